@@ -1,0 +1,15 @@
+use clap::Parser;
+
+/// cairn: build reproducible, signed, immutable OS images.
+#[derive(Parser)]
+#[command(name = "cairn", version)]
+struct Cli {}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_writer(std::io::stderr)
+        .init();
+    let _cli = Cli::parse();
+    Ok(())
+}

@@ -1,0 +1,3 @@
+fn main() {
+    println!("cairn-init {}", env!("CARGO_PKG_VERSION"));
+}

@@ -1,0 +1,1 @@
+//! Installing cairn releases to disks (filled in by the installer issue).

@@ -1,0 +1,1 @@
+//! Release manifests and their signatures (filled in by the signing issue).
