@@ -1,3 +1,6 @@
+#[allow(dead_code)] // used by the build pipeline, landing next
+mod profile;
+
 use clap::Parser;
 
 /// cairn: build reproducible, signed, immutable OS images.

@@ -1,0 +1,549 @@
+//! Image profiles: declarative TOML describing what goes into an image.
+//!
+//! A profile may `extends` another; each file is parsed on its own against a
+//! schema where every field is optional and unknown keys are rejected, so an
+//! error always names the file, line and key it comes from. The chain is then
+//! merged (the extending file wins, tables merge field by field) and the
+//! result checked for required fields.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::de::{self, Deserializer};
+use serde::Deserialize;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ProfileError {
+    #[error("reading profile {path}: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}:{column}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        column: usize,
+        message: String,
+    },
+    #[error("{path}: profile chain extends itself ({chain})")]
+    Cycle { path: PathBuf, chain: String },
+    #[error("{path}: required key `{key}` is not set (nor by any profile it extends)")]
+    Missing { path: PathBuf, key: &'static str },
+    #[error("{path}: `{key}`: {message}")]
+    Invalid {
+        path: PathBuf,
+        key: &'static str,
+        message: String,
+    },
+}
+
+/// A size in bytes, written in TOML as an integer or a string like `"512MiB"`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct Size(pub u64);
+
+impl Size {
+    pub fn parse(s: &str) -> Result<Size, String> {
+        let s = s.trim();
+        let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+        let (num, unit) = s.split_at(split);
+        let n: u64 = num
+            .parse()
+            .map_err(|_| format!("`{s}` is not a size (expected e.g. 512MiB or 2GiB)"))?;
+        let mult: u64 = match unit.trim() {
+            "" | "B" => 1,
+            "KiB" | "K" => 1 << 10,
+            "MiB" | "M" => 1 << 20,
+            "GiB" | "G" => 1 << 30,
+            "TiB" | "T" => 1 << 40,
+            other => {
+                return Err(format!(
+                    "unknown size unit `{other}` in `{s}` (use KiB, MiB, GiB, TiB)"
+                ))
+            }
+        };
+        n.checked_mul(mult)
+            .map(Size)
+            .ok_or_else(|| format!("size `{s}` overflows"))
+    }
+}
+
+impl fmt::Display for Size {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.0;
+        for (unit, m) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
+            if n >= m && n.is_multiple_of(m) {
+                return write!(f, "{}{unit}", n / m);
+            }
+        }
+        write!(f, "{n}B")
+    }
+}
+
+impl<'de> Deserialize<'de> for Size {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Size, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Int(u64),
+            Str(String),
+        }
+        match Raw::deserialize(d)? {
+            Raw::Int(n) => Ok(Size(n)),
+            Raw::Str(s) => Size::parse(&s).map_err(de::Error::custom),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Metal,
+    Qemu,
+    Aws,
+    Gcp,
+    Azure,
+    Vmware,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Output {
+    /// `disk.raw`: a complete installed disk, slot A.
+    Raw,
+    /// `installer.iso`: hybrid ISO that runs the installer.
+    Iso,
+    Qcow2,
+    Vhd,
+    Vmdk,
+    /// `gce.tar.gz` holding `disk.raw`.
+    Gce,
+    /// `update.tar`: the upgrade bundle.
+    Bundle,
+    /// `oci/`: the bundle as an OCI image layout.
+    Oci,
+}
+
+/// One extra file placed into the rootfs.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtraFile {
+    /// Host path, relative to the profile file's directory.
+    pub src: PathBuf,
+    /// Absolute path inside the image.
+    pub dst: PathBuf,
+    /// Octal permission bits as a string, e.g. "0644".
+    #[serde(default)]
+    pub mode: Option<String>,
+}
+
+macro_rules! partial {
+    ($(#[$m:meta])* $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
+        $(#[$m])*
+        #[derive(Debug, Clone, Default, Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct $name { $($field: Option<$ty>),* }
+        impl $name {
+            /// Fields set in `over` win.
+            fn merge(self, over: Self) -> Self {
+                Self { $($field: over.$field.or(self.$field)),* }
+            }
+        }
+    };
+}
+
+partial!(OsPart {
+    name: String,
+    version: String,
+    source_date_epoch: u64,
+});
+partial!(KernelPart {
+    cmdline: Vec<String>,
+    console: String,
+});
+partial!(RootfsPart {
+    packages: Vec<String>,
+    files: Vec<ExtraFile>,
+});
+partial!(DiskPart {
+    size: Size,
+    esp: Size,
+    boot: Size,
+    state: Size,
+});
+partial!(SecureBootPart {
+    enabled: bool,
+    keys: PathBuf,
+});
+partial!(SigningPart { key: PathBuf });
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ProfileFile {
+    extends: Option<PathBuf>,
+    name: Option<String>,
+    platform: Option<Platform>,
+    outputs: Option<Vec<Output>>,
+    os: Option<OsPart>,
+    kernel: Option<KernelPart>,
+    rootfs: Option<RootfsPart>,
+    disk: Option<DiskPart>,
+    secure_boot: Option<SecureBootPart>,
+    signing: Option<SigningPart>,
+}
+
+fn merge_opt<T>(base: Option<T>, over: Option<T>, f: impl FnOnce(T, T) -> T) -> Option<T> {
+    match (base, over) {
+        (Some(b), Some(o)) => Some(f(b, o)),
+        (b, o) => o.or(b),
+    }
+}
+
+impl ProfileFile {
+    fn merge(self, over: ProfileFile) -> ProfileFile {
+        ProfileFile {
+            extends: None,
+            name: over.name.or(self.name),
+            platform: over.platform.or(self.platform),
+            outputs: over.outputs.or(self.outputs),
+            os: merge_opt(self.os, over.os, OsPart::merge),
+            kernel: merge_opt(self.kernel, over.kernel, KernelPart::merge),
+            rootfs: merge_opt(self.rootfs, over.rootfs, RootfsPart::merge),
+            disk: merge_opt(self.disk, over.disk, DiskPart::merge),
+            secure_boot: merge_opt(self.secure_boot, over.secure_boot, SecureBootPart::merge),
+            signing: merge_opt(self.signing, over.signing, SigningPart::merge),
+        }
+    }
+}
+
+/// A fully resolved profile.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// The file this profile was loaded from (the most derived one).
+    pub path: PathBuf,
+    pub name: String,
+    pub platform: Platform,
+    pub outputs: Vec<Output>,
+    pub os_name: String,
+    pub version: semver_lite::Version,
+    pub source_date_epoch: u64,
+    pub cmdline: Vec<String>,
+    pub console: String,
+    pub packages: Vec<String>,
+    /// Extra files with `src` resolved against the directory of the profile that named them.
+    pub files: Vec<ExtraFile>,
+    pub disk: DiskSizes,
+    pub secure_boot: Option<PathBuf>,
+    pub signing_key: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DiskSizes {
+    pub total: Size,
+    pub esp: Size,
+    /// Each of BOOT-A and BOOT-B.
+    pub boot: Size,
+    pub state: Size,
+}
+
+/// Minimal semantic version (MAJOR.MINOR.PATCH[-PRE]) for profile validation;
+/// ordering of releases is the signing crate's job.
+pub mod semver_lite {
+    use std::fmt;
+
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    pub struct Version(pub String);
+
+    impl Version {
+        pub fn parse(s: &str) -> Result<Version, String> {
+            let core = s.split(['-', '+']).next().unwrap_or("");
+            let parts: Vec<&str> = core.split('.').collect();
+            let numeric = |p: &&str| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit());
+            if parts.len() != 3 || !parts.iter().all(numeric) {
+                return Err(format!(
+                    "`{s}` is not a semantic version (MAJOR.MINOR.PATCH)"
+                ));
+            }
+            Ok(Version(s.to_string()))
+        }
+    }
+
+    impl fmt::Display for Version {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str(&self.0)
+        }
+    }
+}
+
+fn parse_file(path: &Path) -> Result<ProfileFile, ProfileError> {
+    let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    toml::from_str::<ProfileFile>(&text).map_err(|e| {
+        let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
+        ProfileError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message: e.message().to_string(),
+        }
+    })
+}
+
+fn line_col(text: &str, offset: usize) -> (usize, usize) {
+    let before = &text[..offset.min(text.len())];
+    let line = before.matches('\n').count() + 1;
+    let column = before.rsplit('\n').next().map_or(0, |l| l.chars().count()) + 1;
+    (line, column)
+}
+
+impl Profile {
+    pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+        let mut chain: Vec<(PathBuf, ProfileFile)> = Vec::new();
+        let mut next = Some(path.to_path_buf());
+        while let Some(p) = next {
+            let canon = p.canonicalize().map_err(|source| ProfileError::Read {
+                path: p.clone(),
+                source,
+            })?;
+            if chain.iter().any(|(c, _)| *c == canon) {
+                let names: Vec<String> =
+                    chain.iter().map(|(c, _)| c.display().to_string()).collect();
+                return Err(ProfileError::Cycle {
+                    path: path.to_path_buf(),
+                    chain: names.join(" -> "),
+                });
+            }
+            let mut file = parse_file(&canon)?;
+            let dir = canon.parent().unwrap_or(Path::new("/")).to_path_buf();
+            next = file.extends.as_ref().map(|e| dir.join(e));
+            if let Some(rootfs) = file.rootfs.as_mut() {
+                for f in rootfs.files.iter_mut().flatten() {
+                    f.src = dir.join(&f.src);
+                }
+            }
+            if let Some(sb) = file.secure_boot.as_mut() {
+                sb.keys = sb.keys.take().map(|k| dir.join(k));
+            }
+            if let Some(s) = file.signing.as_mut() {
+                s.key = s.key.take().map(|k| dir.join(k));
+            }
+            chain.push((canon, file));
+        }
+        let merged = chain
+            .into_iter()
+            .rev()
+            .map(|(_, f)| f)
+            .reduce(ProfileFile::merge)
+            .unwrap_or_default();
+        Self::resolve(path, merged)
+    }
+
+    fn resolve(path: &Path, f: ProfileFile) -> Result<Profile, ProfileError> {
+        let missing = |key| ProfileError::Missing {
+            path: path.to_path_buf(),
+            key,
+        };
+        let invalid = |key, message: String| ProfileError::Invalid {
+            path: path.to_path_buf(),
+            key,
+            message,
+        };
+        let os = f.os.unwrap_or_default();
+        let kernel = f.kernel.unwrap_or_default();
+        let rootfs = f.rootfs.unwrap_or_default();
+        let disk = f.disk.unwrap_or_default();
+        let version = os.version.ok_or_else(|| missing("os.version"))?;
+        let version =
+            semver_lite::Version::parse(&version).map_err(|m| invalid("os.version", m))?;
+        let sizes = DiskSizes {
+            total: disk.size.ok_or_else(|| missing("disk.size"))?,
+            esp: disk.esp.ok_or_else(|| missing("disk.esp"))?,
+            boot: disk.boot.ok_or_else(|| missing("disk.boot"))?,
+            state: disk.state.ok_or_else(|| missing("disk.state"))?,
+        };
+        let fixed = sizes.esp.0 + 2 * sizes.boot.0 + sizes.state.0;
+        // 1 MiB alignment and GPT headers at both ends, plus at least 64 MiB of EPHEMERAL.
+        let needed = fixed + (66 << 20);
+        if sizes.total.0 < needed {
+            return Err(invalid(
+                "disk.size",
+                format!(
+                    "{} is too small: EFI {} + 2 x BOOT {} + STATE {} + EPHEMERAL (64MiB min) + GPT needs {}",
+                    sizes.total, sizes.esp, sizes.boot, sizes.state, Size(needed)
+                ),
+            ));
+        }
+        for file in rootfs.files.iter().flatten() {
+            if !file.dst.is_absolute() {
+                return Err(invalid(
+                    "rootfs.files",
+                    format!("dst `{}` must be an absolute path", file.dst.display()),
+                ));
+            }
+            if let Some(m) = &file.mode {
+                u32::from_str_radix(m, 8)
+                    .ok()
+                    .filter(|m| *m <= 0o7777)
+                    .ok_or_else(|| {
+                        invalid(
+                            "rootfs.files",
+                            format!("mode `{m}` is not octal permission bits"),
+                        )
+                    })?;
+            }
+        }
+        let secure_boot = match f.secure_boot {
+            Some(SecureBootPart {
+                enabled: Some(true),
+                keys,
+            }) => Some(keys.ok_or_else(|| missing("secure_boot.keys"))?),
+            _ => None,
+        };
+        let mut outputs = f.outputs.ok_or_else(|| missing("outputs"))?;
+        outputs.sort();
+        outputs.dedup();
+        Ok(Profile {
+            path: path.to_path_buf(),
+            name: f.name.ok_or_else(|| missing("name"))?,
+            platform: f.platform.ok_or_else(|| missing("platform"))?,
+            outputs,
+            os_name: os.name.ok_or_else(|| missing("os.name"))?,
+            version,
+            source_date_epoch: os
+                .source_date_epoch
+                .ok_or_else(|| missing("os.source_date_epoch"))?,
+            cmdline: kernel.cmdline.unwrap_or_default(),
+            console: kernel.console.unwrap_or_else(|| "ttyS0".into()),
+            packages: rootfs.packages.unwrap_or_default(),
+            files: rootfs.files.unwrap_or_default(),
+            disk: sizes,
+            secure_boot,
+            signing_key: f.signing.and_then(|s| s.key),
+        })
+    }
+
+    /// `SOURCE_DATE_EPOCH` from the environment wins over the profile's, as
+    /// reproducible-builds.org specifies.
+    pub fn epoch(&self) -> u64 {
+        std::env::var("SOURCE_DATE_EPOCH")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(self.source_date_epoch)
+    }
+
+    /// Everything that identifies the profile's content, for cache keys.
+    pub fn summary(&self) -> BTreeMap<&'static str, String> {
+        BTreeMap::from([
+            ("name", self.name.clone()),
+            ("os", format!("{} {}", self.os_name, self.version)),
+            ("platform", format!("{:?}", self.platform).to_lowercase()),
+            ("cmdline", self.cmdline.join(" ")),
+        ])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) -> PathBuf {
+        let p = dir.join(name);
+        std::fs::write(&p, text).unwrap();
+        p
+    }
+
+    const BASE: &str = r#"
+name = "default"
+platform = "qemu"
+outputs = ["raw", "iso"]
+[os]
+name = "cairn"
+version = "1.0.0"
+source_date_epoch = 1735689600
+[kernel]
+cmdline = ["console=ttyS0"]
+[disk]
+size = "2GiB"
+esp = "128MiB"
+boot = "256MiB"
+state = "64MiB"
+"#;
+
+    #[test]
+    fn shipped_profiles_load() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+        for name in ["default", "aws", "gcp", "azure", "vmware"] {
+            let p = Profile::load(&dir.join(format!("{name}.toml"))).unwrap();
+            assert_eq!(p.name, name);
+        }
+    }
+
+    #[test]
+    fn extends_merges_tables_field_by_field() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "base.toml", BASE);
+        let p = write(
+            d.path(),
+            "aws.toml",
+            "extends = \"base.toml\"\nname = \"aws\"\nplatform = \"aws\"\n[disk]\nsize = \"4GiB\"\n",
+        );
+        let p = Profile::load(&p).unwrap();
+        assert_eq!(p.name, "aws");
+        assert_eq!(p.platform, Platform::Aws);
+        assert_eq!(p.disk.total, Size(4 << 30));
+        assert_eq!(p.disk.esp, Size(128 << 20));
+        assert_eq!(p.version.to_string(), "1.0.0");
+    }
+
+    #[test]
+    fn unknown_key_names_file_line_and_key() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "bad.toml", &format!("{BASE}[disk2]\nsize = 1\n"));
+        let e = Profile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.toml:16:"), "{e}");
+        assert!(e.contains("disk2"), "{e}");
+    }
+
+    #[test]
+    fn wrong_type_names_line() {
+        let d = tempfile::tempdir().unwrap();
+        let text = BASE.replace(
+            "source_date_epoch = 1735689600",
+            "source_date_epoch = \"soon\"",
+        );
+        let p = write(d.path(), "bad.toml", &text);
+        let e = Profile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("bad.toml:8:"), "{e}");
+    }
+
+    #[test]
+    fn too_small_disk_says_how_much() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "p.toml", &BASE.replace("\"2GiB\"", "\"512MiB\""));
+        let e = Profile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("disk.size") && e.contains("needs 770MiB"), "{e}");
+    }
+
+    #[test]
+    fn cycle_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.toml", "extends = \"b.toml\"");
+        let b = write(d.path(), "b.toml", "extends = \"a.toml\"");
+        assert!(matches!(Profile::load(&b), Err(ProfileError::Cycle { .. })));
+    }
+
+    #[test]
+    fn bad_version_and_size() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "p.toml", &BASE.replace("\"1.0.0\"", "\"1.0\""));
+        assert!(Profile::load(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("os.version"));
+        assert_eq!(Size::parse("3MiB"), Ok(Size(3 << 20)));
+        assert!(Size::parse("3 parsecs").is_err());
+    }
+}
