@@ -1,5 +1,7 @@
 #[allow(dead_code)] // used by the build pipeline, landing next
 mod profile;
+#[allow(dead_code)]
+mod stage;
 
 use clap::Parser;
 
