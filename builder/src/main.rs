@@ -2,6 +2,8 @@
 mod profile;
 #[allow(dead_code)]
 mod stage;
+#[allow(dead_code)]
+mod rootfs;
 
 use clap::Parser;
 

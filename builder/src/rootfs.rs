@@ -1,0 +1,161 @@
+//! The staged rootfs tree: init, the vendored tools, os-release and the
+//! profile's files, and nothing else.
+
+use std::fs;
+use std::os::unix::fs::{symlink, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context, Result};
+
+use crate::profile::Profile;
+
+/// Directories every cairn rootfs has (mount points and the layout init expects).
+const DIRS: &[&str] = &[
+    "dev",
+    "proc",
+    "sys",
+    "run",
+    "tmp",
+    "var",
+    "efi",
+    "etc",
+    "sbin",
+    "system",
+    "system/state",
+    "usr",
+    "usr/lib",
+    "usr/share",
+    "usr/share/cairn",
+];
+
+/// Subtrees of a package's output that belong in the rootfs.
+const PKG_TREES: &[&str] = &["bin", "sbin", "etc", "lib", "usr"];
+
+/// `/etc/os-release` (and the UKI's `.osrel`): systemd-boot sorts entries by
+/// ID then version, which is what makes the newest release boot first.
+pub fn os_release(profile: &Profile) -> String {
+    let v = &profile.version;
+    format!(
+        "NAME=\"{name}\"\nID={id}\nPRETTY_NAME=\"{name} {v}\"\nVERSION=\"{v}\"\nVERSION_ID={v}\nIMAGE_ID={id}-{profile_name}\nIMAGE_VERSION={v}\n",
+        name = profile.os_name,
+        id = profile.os_name.to_lowercase(),
+        profile_name = profile.name,
+    )
+}
+
+pub struct Staged {
+    pub dir: PathBuf,
+    /// ELF executables in the tree: the whole userland, counted.
+    pub binaries: Vec<PathBuf>,
+}
+
+/// Stages the rootfs for `profile` into `dir` (which must be empty).
+/// `packages` maps each of the profile's rootfs packages to its built output.
+pub fn stage(profile: &Profile, packages: &[(String, PathBuf)], dir: &Path) -> Result<Staged> {
+    for d in DIRS {
+        fs::create_dir_all(dir.join(d))?;
+    }
+    fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777))?;
+    fs::write(dir.join("usr/lib/os-release"), os_release(profile))?;
+    symlink("../usr/lib/os-release", dir.join("etc/os-release"))?;
+    fs::write(dir.join("etc/hostname"), "cairn\n")?;
+    // An empty machine-id: a read-only root cannot get one later.
+    fs::write(dir.join("etc/machine-id"), "")?;
+    fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/:/sbin/nologin\n")?;
+    fs::write(dir.join("etc/group"), "root:x:0:\n")?;
+
+    for (name, out) in packages {
+        if name == "init" {
+            // One binary, two stages: /init in the initramfs, /sbin/init here.
+            copy_file(&out.join("init"), &dir.join("sbin/init"), Some(0o755))?;
+            continue;
+        }
+        let mut found = false;
+        for t in PKG_TREES {
+            let src = out.join(t);
+            if src.is_dir() {
+                copy_tree(&src, &dir.join(t))?;
+                found = true;
+            }
+        }
+        if !found {
+            bail!(
+                "package {name} ({}) has none of {PKG_TREES:?} to install into the rootfs",
+                out.display()
+            );
+        }
+    }
+
+    for f in &profile.files {
+        let rel = f.dst.strip_prefix("/").unwrap_or(&f.dst);
+        let dst = dir.join(rel);
+        if let Some(parent) = dst.parent() {
+            fs::create_dir_all(parent)?;
+        }
+        let mode = f
+            .mode
+            .as_deref()
+            .map(|m| u32::from_str_radix(m, 8))
+            .transpose()
+            .with_context(|| format!("mode of {}", f.dst.display()))?;
+        copy_file(&f.src, &dst, mode).with_context(|| {
+            format!(
+                "profile {}: rootfs.files entry {}",
+                profile.path.display(),
+                f.src.display()
+            )
+        })?;
+    }
+
+    let mut binaries = Vec::new();
+    find_elf(dir, dir, &mut binaries)?;
+    binaries.sort();
+    Ok(Staged {
+        dir: dir.to_path_buf(),
+        binaries,
+    })
+}
+
+fn copy_file(src: &Path, dst: &Path, mode: Option<u32>) -> Result<()> {
+    fs::copy(src, dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    if let Some(m) = mode {
+        fs::set_permissions(dst, fs::Permissions::from_mode(m))?;
+    }
+    Ok(())
+}
+
+fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
+    fs::create_dir_all(dst)?;
+    let mut names: Vec<_> = fs::read_dir(src)?.collect::<Result<Vec<_>, _>>()?;
+    names.sort_by_key(|e| e.file_name());
+    for e in names {
+        let (s, d) = (e.path(), dst.join(e.file_name()));
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            copy_tree(&s, &d)?;
+        } else if ft.is_symlink() {
+            symlink(fs::read_link(&s)?, &d)?;
+        } else {
+            copy_file(&s, &d, None)?;
+        }
+    }
+    Ok(())
+}
+
+fn find_elf(root: &Path, dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        let ft = e.file_type()?;
+        if ft.is_dir() {
+            find_elf(root, &e.path(), out)?;
+        } else if ft.is_file() {
+            let mut magic = [0u8; 4];
+            use std::io::Read;
+            let n = fs::File::open(e.path())?.read(&mut magic)?;
+            if n == 4 && magic == *b"\x7fELF" {
+                out.push(Path::new("/").join(e.path().strip_prefix(root)?));
+            }
+        }
+    }
+    Ok(())
+}
