@@ -56,7 +56,7 @@ impl Geometry {
     /// (512 B up to 260 MiB, 4 KiB up to 8 GiB, ...), halved until the volume
     /// has the 65525 clusters FAT32 needs.
     pub fn for_size(size: u64) -> Result<Geometry, FatError> {
-        if size % SECTOR as u64 != 0 {
+        if !size.is_multiple_of(SECTOR as u64) {
             return Err(FatError::NotSectorMultiple { size });
         }
         if size > MAXIMUM_SIZE {

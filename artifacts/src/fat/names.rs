@@ -120,7 +120,7 @@ const LFN_OFFSETS: [usize; 13] = [1, 3, 5, 7, 9, 14, 16, 18, 20, 22, 24, 28, 30]
 pub(crate) fn lfn_entries(long: &str, sum: u8) -> Vec<[u8; 32]> {
     let mut units: Vec<u16> = long.encode_utf16().collect();
     let n = units.len().div_ceil(13);
-    if units.len() % 13 != 0 {
+    if !units.len().is_multiple_of(13) {
         units.push(0);
     }
     units.resize(n * 13, 0xFFFF);
@@ -151,7 +151,7 @@ pub(crate) fn lfn_units(e: &[u8]) -> [u16; 13] {
 /// Display form of a short name; `case` is the NT lower-case flag byte
 /// (0x08 base, 0x10 extension) other systems use instead of long names.
 pub(crate) fn short_display(s: &[u8; 11], case: u8) -> String {
-    let mut base: Vec<u8> = s[..8].iter().copied().collect();
+    let mut base: Vec<u8> = s[..8].to_vec();
     if base[0] == 0x05 {
         base[0] = 0xE5;
     }
