@@ -51,20 +51,27 @@ fn run(cmd: &str, args: &[&str]) -> std::process::Output {
 }
 
 /// `fsck.fat -n` must exit 0 and print nothing but its banner and summary.
-fn fsck_clean(img: &Path) {
+fn fsck_report(img: &Path) -> Result<(), String> {
     let out = run("fsck.fat", &["-n", img.to_str().unwrap()]);
     let stdout = String::from_utf8_lossy(&out.stdout);
     let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "fsck.fat failed:\n{stdout}\n{stderr}");
     let lines: Vec<&str> = stdout.lines().collect();
-    assert_eq!(
-        lines.len(),
-        2,
-        "fsck.fat reported problems:\n{stdout}\n{stderr}"
-    );
-    assert!(lines[0].starts_with("fsck.fat "), "{stdout}");
-    assert!(lines[1].contains(" files, "), "{stdout}");
-    assert!(stderr.trim().is_empty(), "fsck.fat stderr: {stderr}");
+    let clean = out.status.success()
+        && lines.len() == 2
+        && lines[0].starts_with("fsck.fat ")
+        && lines[1].contains(" files, ")
+        && stderr.trim().is_empty();
+    if clean {
+        Ok(())
+    } else {
+        Err(format!("fsck.fat ({}):\n{stdout}\n{stderr}", out.status))
+    }
+}
+
+fn fsck_clean(img: &Path) {
+    if let Err(e) = fsck_report(img) {
+        panic!("{e}");
+    }
 }
 
 /// Names in a directory as mtools sees them (long names where present).
@@ -766,4 +773,71 @@ fn cut_after_any_write_never_shows_partial_file() {
         }
         assert!(budget >= 1, "{label}: no writes?");
     }
+}
+
+/// The fsck check itself must notice damage, or every test above is hollow.
+#[test]
+fn fsck_check_detects_damage() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("esp.img");
+    let s = format_path(&img, &opts(64 * MIB), &esp_files(d.path())).unwrap();
+    let good = fs::read(&img).unwrap();
+    let fat2 = s.geometry.fat_offset(1) as usize;
+    let patches: [(usize, &[u8]); 3] = [
+        (512 + 488, &[1, 0, 0, 0]),     // FSInfo free count
+        (fat2 + 4 * 40, &[0, 0, 0, 0]), // FAT 2 differs from FAT 1
+        (6 * 512 + 71, b"X"),           // backup boot sector differs
+    ];
+    for (at, patch) in patches {
+        let mut raw = good.clone();
+        raw[at..at + patch.len()].copy_from_slice(patch);
+        fs::write(&img, &raw).unwrap();
+        assert!(
+            fsck_report(&img).is_err(),
+            "damage at byte {at} not reported"
+        );
+    }
+}
+
+/// The editor works on a volume inside a larger disk image and touches
+/// nothing outside it.
+#[test]
+fn editor_at_offset_stays_inside_its_region() {
+    let start = 3 * MIB;
+    let mut disk = Cursor::new(vec![0xA5u8; (70 * MIB) as usize]);
+    // The writer leaves free clusters alone: zero the region first, as a
+    // fresh image would be.
+    disk.get_mut()[start as usize..(start + 64 * MIB) as usize].fill(0);
+    format(
+        &mut disk,
+        start,
+        &opts(64 * MIB),
+        &[bytes("EFI/BOOT/BOOTX64.EFI", pattern(7000, 1))],
+    )
+    .unwrap();
+    let mut fat = Fat32::open(disk, start, 64 * MIB).unwrap();
+    fat.set_epoch(EPOCH);
+    fat.create_dir_all("EFI/Linux").unwrap();
+    fat.write_file("EFI/Linux/cairn-1.0.0+3.efi", &pattern(100_000, 2))
+        .unwrap();
+    fat.rename("EFI/Linux/cairn-1.0.0+3.efi", "cairn-1.0.0+2-1.efi")
+        .unwrap();
+    fat.flush().unwrap();
+    assert_eq!(
+        fat.read_file("EFI/Linux/cairn-1.0.0+2-1.efi").unwrap(),
+        pattern(100_000, 2)
+    );
+    let raw = fat.into_inner().into_inner();
+    let end = (start + 64 * MIB) as usize;
+    assert!(raw[..start as usize].iter().all(|&b| b == 0xA5));
+    assert!(raw[end..].iter().all(|&b| b == 0xA5));
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("esp.img");
+    fs::write(&img, &raw[start as usize..end]).unwrap();
+    fsck_clean(&img);
+    assert_eq!(
+        mcopy(&img, "/EFI/Linux/cairn-1.0.0+2-1.efi"),
+        pattern(100_000, 2)
+    );
+    assert_eq!(mcopy(&img, "/EFI/BOOT/BOOTX64.EFI"), pattern(7000, 1));
 }

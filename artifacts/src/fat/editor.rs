@@ -27,6 +27,13 @@
 //!   (4) FSInfo if the directory grew. A cut between (2) and (3) leaves the
 //!   file visible under both names (sharing its clusters, which `fsck.fat`
 //!   reports as cross-linked); it never leaves it with no name.
+//!   The in-place write is one call but may span two sectors; a device that
+//!   tears it leaves long-name entries whose checksum does not match the
+//!   short entry, which readers ignore: the file stays visible under its
+//!   short name.
+//!
+//! After any error from `io` the in-memory FAT may be ahead of the disk:
+//! drop the handle and open the volume again.
 //!
 //! FSInfo is a hint: after a cut its free count may be stale, which
 //! `fsck.fat` corrects; the FAT itself is always authoritative.
