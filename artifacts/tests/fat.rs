@@ -841,3 +841,44 @@ fn editor_at_offset_stays_inside_its_region() {
     );
     assert_eq!(mcopy(&img, "/EFI/BOOT/BOOTX64.EFI"), pattern(7000, 1));
 }
+
+/// The same edits on two copies of a volume give identical bytes.
+#[test]
+fn editor_is_deterministic() {
+    let d = tempfile::tempdir().unwrap();
+    let base = d.path().join("base.img");
+    format_path(&base, &opts(64 * MIB), &esp_files(d.path())).unwrap();
+    let edit = |name: &str| {
+        let img = d.path().join(name);
+        fs::copy(&base, &img).unwrap();
+        let mut fat = open_rw(&img);
+        fat.write_file("EFI/Linux/cairn-2.0.0+3.efi", &pattern(9000, 3))
+            .unwrap();
+        fat.rename("EFI/Linux/cairn-2.0.0+3.efi", "cairn-2.0.0+2-1.efi")
+            .unwrap();
+        fat.remove_file("EFI/Linux/cairn-0.9.0.efi").unwrap();
+        fat.create_dir_all("cairn/sub").unwrap();
+        fat.flush().unwrap();
+        drop(fat);
+        fs::read(&img).unwrap()
+    };
+    assert!(edit("a.img") == edit("b.img"));
+}
+
+/// FAT dates start in 1980: an epoch of 0 is clamped, not wrapped.
+#[test]
+fn epoch_before_1980_is_clamped() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("esp.img");
+    let mut o = opts(64 * MIB);
+    o.epoch = 0;
+    format_path(
+        &img,
+        &o,
+        &[bytes("loader/loader.conf", b"timeout 0\n".to_vec())],
+    )
+    .unwrap();
+    fsck_clean(&img);
+    let listing = mdir_long(&img, "/loader");
+    assert!(listing.contains("1980-01-01   0:00"), "{listing}");
+}
