@@ -1,0 +1,733 @@
+//! In-place edits of an existing FAT32 volume.
+//!
+//! Every read and write goes through the caller's `io` handle, so a
+//! fault-injection harness can cut the volume after any single write. Each
+//! operation's writes are few and ordered so that a cut between any two of
+//! them leaves a volume in which no file is visible half-written:
+//!
+//! * `write_file`: (1) file data, one write per contiguous cluster run, the
+//!   tail of the last cluster zeroed; (2) when the directory must grow, its
+//!   new clusters zeroed; (3) the FAT: changed sectors, merged into runs,
+//!   FAT 1 then FAT 2; (4) the directory entries, long-name entries before
+//!   the short entry (one write unless the set crosses a cluster boundary,
+//!   then the part holding the short entry is written last); (5) FSInfo.
+//!   A cut before (4) leaves allocated but unreferenced clusters (a lost
+//!   chain `fsck.fat` reclaims), never a visible partial file.
+//! * `create_dir`: the same, with the new directory's cluster (`.`, `..`)
+//!   as the data.
+//! * `remove_file`: (1) the entries marked deleted (the part holding the
+//!   short entry first); (2) the FAT chain freed, FAT 1 then FAT 2;
+//!   (3) FSInfo.
+//! * `rename`: when the new entry set needs no more slots than the old one
+//!   and the old one lies in one cluster, a single write replaces it in
+//!   place (unused leading slots marked deleted), so the file has exactly
+//!   one of its two names at every point. Otherwise: (1) directory growth
+//!   as above if needed; (2) the new entries written into free slots;
+//!   (3) the old entries marked deleted (short entry part first);
+//!   (4) FSInfo if the directory grew. A cut between (2) and (3) leaves the
+//!   file visible under both names (sharing its clusters, which `fsck.fat`
+//!   reports as cross-linked); it never leaves it with no name.
+//!   The in-place write is one call but may span two sectors; a device that
+//!   tears it leaves long-name entries whose checksum does not match the
+//!   short entry, which readers ignore: the file stays visible under its
+//!   short name.
+//!
+//! After any error from `io` the in-memory FAT may be ahead of the disk:
+//! drop the handle and open the volume again.
+//!
+//! FSInfo is a hint: after a cut its free count may be stale, which
+//! `fsck.fat` corrects; the FAT itself is always authoritative.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+
+use super::dirent::{self, DosTime, Parsed, ATTR_DIR, DELETED};
+use super::geometry::{get32, parse_boot_sector, Geometry, FSINFO_FREE};
+use super::{io_err, names, FatError};
+
+const EOC: u32 = 0x0FFF_FFFF;
+const MASK: u32 = 0x0FFF_FFFF;
+
+/// One entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EntryInfo {
+    /// The long name, or the short name when there is none.
+    pub name: String,
+    /// The 8.3 name as `BASE.EXT`.
+    pub short_name: String,
+    pub is_dir: bool,
+    pub size: u32,
+    pub first_cluster: u32,
+}
+
+pub struct Fat32<R> {
+    io: R,
+    base: u64,
+    geo: Geometry,
+    /// Raw FAT entries 0..cluster_count+2 (upper 4 bits kept as found).
+    fat: Vec<u32>,
+    free: u32,
+    fsinfo: bool,
+    stamp: DosTime,
+}
+
+struct Dir {
+    chain: Vec<u32>,
+    bytes: Vec<u8>,
+    entries: Vec<Parsed>,
+    /// First cluster as `..` entries refer to it (0 for the root).
+    dotdot: u32,
+}
+
+impl<R: Read + Write + Seek> Fat32<R> {
+    /// Opens the FAT32 volume occupying `len` bytes of `io` from `offset`.
+    /// Reads the boot sector and FAT 1; new timestamps default to
+    /// 1980-01-01 until [`Fat32::set_epoch`].
+    pub fn open(mut io: R, offset: u64, len: u64) -> Result<Self, FatError> {
+        let mut boot = [0u8; 512];
+        read_at(&mut io, offset, &mut boot, "boot sector")?;
+        let geo = parse_boot_sector(&boot, len)?;
+        let entries = geo.cluster_count() as usize + 2;
+        let mut raw = vec![0u8; entries * 4];
+        read_at(&mut io, offset + geo.fat_offset(0), &mut raw, "FAT 1")?;
+        let fat: Vec<u32> = raw.chunks_exact(4).map(|c| get32(c, 0)).collect();
+        let free = fat[2..].iter().filter(|v| *v & MASK == 0).count() as u32;
+        let fsinfo = if geo.fsinfo_sector >= 1 && geo.fsinfo_sector < geo.reserved_sectors {
+            let mut s = vec![0u8; geo.bytes_per_sector as usize];
+            let at = offset + geo.fsinfo_sector as u64 * geo.bytes_per_sector as u64;
+            read_at(&mut io, at, &mut s, "FSInfo sector")?;
+            get32(&s, 0) == 0x4161_5252 && get32(&s, 484) == 0x6141_7272
+        } else {
+            false
+        };
+        Ok(Fat32 {
+            io,
+            base: offset,
+            geo,
+            fat,
+            free,
+            fsinfo,
+            stamp: DosTime::from_epoch(0),
+        })
+    }
+
+    /// Timestamp for entries created from now on (SOURCE_DATE_EPOCH,
+    /// clamped as [`DosTime`] describes).
+    pub fn set_epoch(&mut self, epoch: u64) {
+        self.stamp = DosTime::from_epoch(epoch);
+    }
+
+    pub fn geometry(&self) -> Geometry {
+        self.geo
+    }
+
+    pub fn free_bytes(&self) -> u64 {
+        self.free as u64 * self.geo.cluster_size()
+    }
+
+    pub fn into_inner(self) -> R {
+        self.io
+    }
+
+    /// Entries of the directory at `path` (`""` or `/` for the root), in
+    /// on-disk order, without `.`, `..` and the volume label.
+    pub fn list(&mut self, path: &str) -> Result<Vec<EntryInfo>, FatError> {
+        let dir = self.open_dir(&split(path), path)?;
+        Ok(dir
+            .entries
+            .iter()
+            .map(|e| EntryInfo {
+                name: e.name.clone(),
+                short_name: names::short_display(&e.short, 0),
+                is_dir: e.is_dir(),
+                size: e.size,
+                first_cluster: e.cluster,
+            })
+            .collect())
+    }
+
+    pub fn read_file(&mut self, path: &str) -> Result<Vec<u8>, FatError> {
+        let (_, e) = self.lookup(path)?;
+        if e.is_dir() {
+            return Err(FatError::IsADirectory { path: path.into() });
+        }
+        let mut out = Vec::with_capacity(e.size as usize);
+        if e.size == 0 {
+            return Ok(out);
+        }
+        let chain = self.chain_of(e.cluster, path)?;
+        let cs = self.geo.cluster_size();
+        if (chain.len() as u64) * cs < e.size as u64 {
+            return Err(FatError::Corrupt(format!(
+                "{path}: size {} needs {} clusters, its chain has {}",
+                e.size,
+                (e.size as u64).div_ceil(cs),
+                chain.len()
+            )));
+        }
+        for (first, n) in runs(&chain) {
+            let want = ((n as u64 * cs) as usize).min(e.size as usize - out.len());
+            let start = out.len();
+            out.resize(start + want, 0);
+            let at = self.base + self.geo.cluster_offset(first);
+            read_at(&mut self.io, at, &mut out[start..], path)?;
+            if out.len() == e.size as usize {
+                break;
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates a new file (the parent directory must exist; the name must
+    /// not). See the module docs for the write order.
+    pub fn write_file(&mut self, path: &str, data: &[u8]) -> Result<(), FatError> {
+        self.write_file_from(path, &mut &data[..], data.len() as u64)
+    }
+
+    /// [`Fat32::write_file`] reading exactly `len` bytes from `src`.
+    pub fn write_file_from(
+        &mut self,
+        path: &str,
+        src: &mut dyn Read,
+        len: u64,
+    ) -> Result<(), FatError> {
+        if len > u32::MAX as u64 {
+            return Err(FatError::FileTooLarge {
+                path: path.into(),
+                size: len,
+            });
+        }
+        let (mut dir, name) = self.prepare_new(path)?;
+        let cs = self.geo.cluster_size();
+        let n = len.div_ceil(cs) as u32;
+        let (short, lfn) = pick_short(&dir, &name, None);
+        let tail = dirent::short_entry(&short, 0, 0, len as u32, self.stamp);
+        let set_len = dirent::entry_set(&name, &short, lfn, &tail).len();
+        let (start, grow) = plan_slots(&dir, set_len, cs);
+        if n + grow > self.free {
+            return Err(FatError::NoSpace {
+                path: path.into(),
+                needed: (n + grow) as u64 * cs,
+                free: self.free_bytes(),
+            });
+        }
+        let clusters = self.alloc(n);
+        if let Err(e) = self.write_data(&clusters, src, len, path) {
+            self.release(&clusters);
+            return Err(e);
+        }
+        let mut dirty = clusters.clone();
+        dirty.extend(self.grow_dir(&mut dir, grow, path)?);
+        self.write_fat(&dirty)?;
+        let first = clusters.first().copied().unwrap_or(0);
+        let tail = dirent::short_entry(&short, 0, first, len as u32, self.stamp);
+        let set = dirent::entry_set(&name, &short, lfn, &tail);
+        self.write_slots(&mut dir, start, &set, false, path)?;
+        self.write_fsinfo()
+    }
+
+    /// Creates one directory (its parent must exist).
+    pub fn create_dir(&mut self, path: &str) -> Result<(), FatError> {
+        let (mut dir, name) = self.prepare_new(path)?;
+        let cs = self.geo.cluster_size();
+        let (short, lfn) = pick_short(&dir, &name, None);
+        let tail = dirent::short_entry(&short, ATTR_DIR, 0, 0, self.stamp);
+        let set_len = dirent::entry_set(&name, &short, lfn, &tail).len();
+        let (start, grow) = plan_slots(&dir, set_len, cs);
+        if 1 + grow > self.free {
+            return Err(FatError::NoSpace {
+                path: path.into(),
+                needed: (1 + grow) as u64 * cs,
+                free: self.free_bytes(),
+            });
+        }
+        let clusters = self.alloc(1);
+        let c = clusters[0];
+        let mut body = vec![0u8; cs as usize];
+        body[..32].copy_from_slice(&dirent::short_entry(
+            b".          ",
+            ATTR_DIR,
+            c,
+            0,
+            self.stamp,
+        ));
+        body[32..64].copy_from_slice(&dirent::short_entry(
+            b"..         ",
+            ATTR_DIR,
+            dir.dotdot,
+            0,
+            self.stamp,
+        ));
+        let at = self.base + self.geo.cluster_offset(c);
+        if let Err(e) = write_at(&mut self.io, at, &body, path) {
+            self.release(&clusters);
+            return Err(e);
+        }
+        let mut dirty = clusters;
+        dirty.extend(self.grow_dir(&mut dir, grow, path)?);
+        self.write_fat(&dirty)?;
+        let tail = dirent::short_entry(&short, ATTR_DIR, c, 0, self.stamp);
+        let set = dirent::entry_set(&name, &short, lfn, &tail);
+        self.write_slots(&mut dir, start, &set, false, path)?;
+        self.write_fsinfo()
+    }
+
+    /// Creates `path` and any missing parents; existing directories are fine.
+    pub fn create_dir_all(&mut self, path: &str) -> Result<(), FatError> {
+        let parts = split(path);
+        for i in 1..=parts.len() {
+            let sub = parts[..i].join("/");
+            let dir = self.open_dir(&parts[..i - 1], &sub)?;
+            match dir
+                .entries
+                .iter()
+                .find(|e| names::same_name(&e.name, parts[i - 1]))
+            {
+                Some(e) if e.is_dir() => {}
+                Some(_) => return Err(FatError::NotADirectory { path: sub }),
+                None => self.create_dir(&sub)?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Removes a file (not a directory).
+    pub fn remove_file(&mut self, path: &str) -> Result<(), FatError> {
+        let (mut dir, e) = self.lookup(path)?;
+        if e.is_dir() {
+            return Err(FatError::IsADirectory { path: path.into() });
+        }
+        let chain = if e.cluster >= 2 {
+            self.chain_of(e.cluster, path)?
+        } else {
+            Vec::new()
+        };
+        self.delete_slots(&mut dir, e.first_slot, e.slot, path)?;
+        self.release(&chain);
+        self.write_fat(&chain)?;
+        self.write_fsinfo()
+    }
+
+    /// Renames the file or directory at `path` to `new_name` in the same
+    /// directory. See the module docs for why this is safe to cut.
+    pub fn rename(&mut self, path: &str, new_name: &str) -> Result<(), FatError> {
+        names::validate(new_name)?;
+        let (mut dir, e) = self.lookup(path)?;
+        let parts = split(path);
+        let target = {
+            let mut p = parts[..parts.len() - 1].to_vec();
+            p.push(new_name);
+            p.join("/")
+        };
+        let clash = dir.entries.iter().any(|o| {
+            o.slot != e.slot
+                && (names::same_name(&o.name, new_name)
+                    || names::as_short(new_name) == Some(o.short))
+        });
+        if clash {
+            return Err(FatError::AlreadyExists { path: target });
+        }
+        let (short, lfn) = pick_short(&dir, new_name, Some(e.slot));
+        let set = dirent::entry_set(new_name, &short, lfn, &e.raw);
+        let old_n = e.slot - e.first_slot + 1;
+        let cs = self.geo.cluster_size() as usize;
+        let one_cluster = e.first_slot * 32 / cs == e.slot * 32 / cs;
+        if set.len() <= old_n && one_cluster {
+            let mut buf = vec![[0u8; 32]; old_n - set.len()];
+            for b in &mut buf {
+                b[0] = DELETED;
+            }
+            buf.extend(set);
+            return self.write_slots(&mut dir, e.first_slot, &buf, false, path);
+        }
+        let (start, grow) = plan_slots(&dir, set.len(), cs as u64);
+        if grow > self.free {
+            return Err(FatError::NoSpace {
+                path: target,
+                needed: grow as u64 * cs as u64,
+                free: self.free_bytes(),
+            });
+        }
+        if grow > 0 {
+            let dirty = self.grow_dir(&mut dir, grow, path)?;
+            self.write_fat(&dirty)?;
+        }
+        self.write_slots(&mut dir, start, &set, false, path)?;
+        self.delete_slots(&mut dir, e.first_slot, e.slot, path)?;
+        if grow > 0 {
+            self.write_fsinfo()?;
+        }
+        Ok(())
+    }
+
+    /// Writes FSInfo's free count and next-free hint, then flushes `io`.
+    pub fn flush(&mut self) -> Result<(), FatError> {
+        self.write_fsinfo()?;
+        self.io.flush().map_err(io_err("flushing FAT32 volume"))
+    }
+
+    fn write_fsinfo(&mut self) -> Result<(), FatError> {
+        if !self.fsinfo {
+            return Ok(());
+        }
+        let next = (2..self.fat.len())
+            .find(|&c| self.fat[c] & MASK == 0)
+            .map_or(0xFFFF_FFFF, |c| c as u32);
+        let mut b = [0u8; 8];
+        b[..4].copy_from_slice(&self.free.to_le_bytes());
+        b[4..].copy_from_slice(&next.to_le_bytes());
+        let at = self.base
+            + self.geo.fsinfo_sector as u64 * self.geo.bytes_per_sector as u64
+            + FSINFO_FREE as u64;
+        write_at(&mut self.io, at, &b, "FSInfo sector")
+    }
+
+    fn prepare_new(&mut self, path: &str) -> Result<(Dir, String), FatError> {
+        let parts = split(path);
+        let Some((name, parents)) = parts.split_last() else {
+            return Err(FatError::InvalidName {
+                name: path.into(),
+                reason: "empty path".into(),
+            });
+        };
+        names::validate(name)?;
+        let dir = self.open_dir(parents, path)?;
+        if dir
+            .entries
+            .iter()
+            .any(|e| names::same_name(&e.name, name) || names::as_short(name) == Some(e.short))
+        {
+            return Err(FatError::AlreadyExists { path: path.into() });
+        }
+        Ok((dir, name.to_string()))
+    }
+
+    fn lookup(&mut self, path: &str) -> Result<(Dir, Parsed), FatError> {
+        let parts = split(path);
+        let Some((name, parents)) = parts.split_last() else {
+            return Err(FatError::IsADirectory { path: "/".into() });
+        };
+        let dir = self.open_dir(parents, path)?;
+        let e = find(&dir, name).ok_or_else(|| FatError::NotFound { path: path.into() })?;
+        Ok((dir, e))
+    }
+
+    fn open_dir(&mut self, parts: &[&str], path: &str) -> Result<Dir, FatError> {
+        let mut dir = self.load_dir(self.geo.root_cluster, 0, "/")?;
+        for (i, p) in parts.iter().enumerate() {
+            let sub = parts[..=i].join("/");
+            let e = find(&dir, p).ok_or_else(|| FatError::NotFound { path: sub.clone() })?;
+            if !e.is_dir() {
+                return Err(FatError::NotADirectory { path: sub });
+            }
+            let first = if e.cluster == 0 {
+                self.geo.root_cluster
+            } else {
+                e.cluster
+            };
+            let dotdot = if first == self.geo.root_cluster {
+                0
+            } else {
+                first
+            };
+            dir = self.load_dir(first, dotdot, path)?;
+        }
+        Ok(dir)
+    }
+
+    fn load_dir(&mut self, first: u32, dotdot: u32, path: &str) -> Result<Dir, FatError> {
+        let chain = self.chain_of(first, path)?;
+        let cs = self.geo.cluster_size() as usize;
+        let mut bytes = vec![0u8; chain.len() * cs];
+        for (i, c) in chain.iter().enumerate() {
+            let at = self.base + self.geo.cluster_offset(*c);
+            read_at(&mut self.io, at, &mut bytes[i * cs..(i + 1) * cs], path)?;
+        }
+        let entries = dirent::parse_dir(&bytes);
+        Ok(Dir {
+            chain,
+            bytes,
+            entries,
+            dotdot,
+        })
+    }
+
+    fn chain_of(&self, first: u32, what: &str) -> Result<Vec<u32>, FatError> {
+        let limit = self.fat.len() as u32;
+        let mut out = Vec::new();
+        let mut c = first;
+        loop {
+            if c < 2 || c >= limit {
+                return Err(FatError::Corrupt(format!(
+                    "{what}: cluster chain from {first} reaches cluster {c}, outside 2..{limit}"
+                )));
+            }
+            if out.len() >= limit as usize {
+                return Err(FatError::Corrupt(format!(
+                    "{what}: cluster chain from {first} loops"
+                )));
+            }
+            out.push(c);
+            let next = self.fat[c as usize] & MASK;
+            if next >= 0x0FFF_FFF8 {
+                return Ok(out);
+            }
+            c = next;
+        }
+    }
+
+    /// Marks `n` clusters used in memory, one contiguous run when there is
+    /// one (first fit from cluster 2), else the first `n` free clusters.
+    fn alloc(&mut self, n: u32) -> Vec<u32> {
+        if n == 0 {
+            return Vec::new();
+        }
+        let len = self.fat.len();
+        let mut run = 0;
+        let mut found = None;
+        for c in 2..len {
+            if self.fat[c] & MASK == 0 {
+                run += 1;
+                if run == n as usize {
+                    found = Some(c + 1 - run);
+                    break;
+                }
+            } else {
+                run = 0;
+            }
+        }
+        let clusters: Vec<u32> = match found {
+            Some(s) => (s as u32..s as u32 + n).collect(),
+            None => (2..len as u32)
+                .filter(|&c| self.fat[c as usize] & MASK == 0)
+                .take(n as usize)
+                .collect(),
+        };
+        for (i, &c) in clusters.iter().enumerate() {
+            let next = clusters.get(i + 1).copied().unwrap_or(EOC);
+            self.set(c, next);
+        }
+        self.free -= clusters.len() as u32;
+        clusters
+    }
+
+    fn release(&mut self, clusters: &[u32]) {
+        for &c in clusters {
+            self.set(c, 0);
+        }
+        self.free += clusters.len() as u32;
+    }
+
+    fn set(&mut self, c: u32, v: u32) {
+        let e = &mut self.fat[c as usize];
+        *e = (*e & !MASK) | v;
+    }
+
+    fn write_data(
+        &mut self,
+        clusters: &[u32],
+        src: &mut dyn Read,
+        len: u64,
+        path: &str,
+    ) -> Result<(), FatError> {
+        let cs = self.geo.cluster_size();
+        let mut left = len;
+        for (first, n) in runs(clusters) {
+            let mut buf = vec![0u8; (n as u64 * cs) as usize];
+            let take = left.min(buf.len() as u64) as usize;
+            src.read_exact(&mut buf[..take])
+                .map_err(io_err(format!("reading source for {path}")))?;
+            left -= take as u64;
+            let at = self.base + self.geo.cluster_offset(first);
+            write_at(&mut self.io, at, &buf, path)?;
+        }
+        Ok(())
+    }
+
+    /// Adds `n` zeroed clusters to `dir` (data written, FAT only in memory);
+    /// returns the FAT entries the caller must write.
+    fn grow_dir(&mut self, dir: &mut Dir, n: u32, path: &str) -> Result<Vec<u32>, FatError> {
+        if n == 0 {
+            return Ok(Vec::new());
+        }
+        let new = self.alloc(n);
+        let cs = self.geo.cluster_size() as usize;
+        for &c in &new {
+            let at = self.base + self.geo.cluster_offset(c);
+            write_at(&mut self.io, at, &vec![0u8; cs], path)?;
+        }
+        let last = *dir
+            .chain
+            .last()
+            .expect("a directory has at least one cluster");
+        self.set(last, new[0]);
+        let mut dirty = vec![last];
+        dirty.extend(&new);
+        dir.chain.extend(&new);
+        dir.bytes.resize(dir.chain.len() * cs, 0);
+        Ok(dirty)
+    }
+
+    /// Writes the sectors of every FAT copy that hold `clusters`' entries,
+    /// FAT 1 first, merging adjacent sectors into one write.
+    fn write_fat(&mut self, clusters: &[u32]) -> Result<(), FatError> {
+        let bps = self.geo.bytes_per_sector as usize;
+        let per = bps / 4;
+        let mut sectors: Vec<usize> = clusters.iter().map(|&c| c as usize / per).collect();
+        sectors.sort_unstable();
+        sectors.dedup();
+        let mut ranges: Vec<(usize, usize)> = Vec::new();
+        for s in sectors {
+            match ranges.last_mut() {
+                Some((_, end)) if *end == s => *end += 1,
+                _ => ranges.push((s, s + 1)),
+            }
+        }
+        for copy in 0..self.geo.fat_count {
+            for &(s, e) in &ranges {
+                let mut buf = vec![0u8; (e - s) * bps];
+                for (i, chunk) in buf.chunks_exact_mut(4).enumerate() {
+                    if let Some(v) = self.fat.get(s * per + i) {
+                        chunk.copy_from_slice(&v.to_le_bytes());
+                    }
+                }
+                // The last FAT sector may hold entries past the last
+                // cluster: keep what is on disk there.
+                let have = self.fat.len().saturating_sub(s * per).min(buf.len() / 4) * 4;
+                let at = self.base + self.geo.fat_offset(copy) + (s * bps) as u64;
+                write_at(&mut self.io, at, &buf[..have], &format!("FAT {}", copy + 1))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes `set` at `start`, one write per cluster it spans, in slot
+    /// order (so the short entry, last in a set, goes last) or reversed.
+    fn write_slots(
+        &mut self,
+        dir: &mut Dir,
+        start: usize,
+        set: &[[u8; 32]],
+        reverse: bool,
+        path: &str,
+    ) -> Result<(), FatError> {
+        let cs = self.geo.cluster_size() as usize;
+        for (i, e) in set.iter().enumerate() {
+            let at = (start + i) * 32;
+            dir.bytes[at..at + 32].copy_from_slice(e);
+        }
+        let mut parts: Vec<(usize, usize)> = Vec::new();
+        for slot in start..start + set.len() {
+            match parts.last_mut() {
+                Some((s, end)) if *s * 32 / cs == slot * 32 / cs => *end = slot + 1,
+                _ => parts.push((slot, slot + 1)),
+            }
+        }
+        if reverse {
+            parts.reverse();
+        }
+        for (s, e) in parts {
+            let c = dir.chain[s * 32 / cs];
+            let at = self.base + self.geo.cluster_offset(c) + (s * 32 % cs) as u64;
+            let bytes = dir.bytes[s * 32..e * 32].to_vec();
+            write_at(
+                &mut self.io,
+                at,
+                &bytes,
+                &format!("directory entry of {path}"),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn delete_slots(
+        &mut self,
+        dir: &mut Dir,
+        first: usize,
+        last: usize,
+        path: &str,
+    ) -> Result<(), FatError> {
+        let set: Vec<[u8; 32]> = (first..=last)
+            .map(|s| {
+                let mut e = [0u8; 32];
+                e.copy_from_slice(&dir.bytes[s * 32..s * 32 + 32]);
+                e[0] = DELETED;
+                e
+            })
+            .collect();
+        self.write_slots(dir, first, &set, true, path)
+    }
+}
+
+fn find(dir: &Dir, name: &str) -> Option<Parsed> {
+    dir.entries
+        .iter()
+        .find(|e| names::same_name(&e.name, name) || names::as_short(name) == Some(e.short))
+        .cloned()
+}
+
+/// The short name for `name` in `dir`, ignoring the entry at `exclude`, and
+/// whether long-name entries are needed.
+fn pick_short(dir: &Dir, name: &str, exclude: Option<usize>) -> ([u8; 11], bool) {
+    let taken = |s: &[u8; 11]| {
+        dir.entries
+            .iter()
+            .any(|e| Some(e.slot) != exclude && &e.short == s)
+    };
+    match names::as_short(name) {
+        Some(s) if !taken(&s) => (s, false),
+        _ => (names::generate_short(name, &taken), true),
+    }
+}
+
+/// First run of `n` free slots, and how many clusters the directory must
+/// grow by when the run extends past its end.
+fn plan_slots(dir: &Dir, n: usize, cs: u64) -> (usize, u32) {
+    let total = dir.bytes.len() / 32;
+    let mut run = 0;
+    for i in 0..total {
+        let b = dir.bytes[i * 32];
+        if b == 0 || b == DELETED {
+            run += 1;
+            if run == n {
+                return (i + 1 - n, 0);
+            }
+        } else {
+            run = 0;
+        }
+    }
+    let missing = (n - run) as u64 * 32;
+    (total - run, missing.div_ceil(cs) as u32)
+}
+
+/// (first cluster, length) of each contiguous run in a chain.
+fn runs(chain: &[u32]) -> Vec<(u32, u32)> {
+    let mut out: Vec<(u32, u32)> = Vec::new();
+    for &c in chain {
+        match out.last_mut() {
+            Some((s, n)) if *s + *n == c => *n += 1,
+            _ => out.push((c, 1)),
+        }
+    }
+    out
+}
+
+fn split(path: &str) -> Vec<&str> {
+    path.split('/').filter(|p| !p.is_empty()).collect()
+}
+
+fn read_at<R: Read + Seek>(
+    io: &mut R,
+    at: u64,
+    buf: &mut [u8],
+    what: &str,
+) -> Result<(), FatError> {
+    let ctx = || format!("reading {what} at byte {at}");
+    io.seek(SeekFrom::Start(at)).map_err(io_err(ctx()))?;
+    io.read_exact(buf).map_err(io_err(ctx()))
+}
+
+fn write_at<W: Write + Seek>(io: &mut W, at: u64, buf: &[u8], what: &str) -> Result<(), FatError> {
+    let ctx = || format!("writing {what} at byte {at}");
+    io.seek(SeekFrom::Start(at)).map_err(io_err(ctx()))?;
+    io.write_all(buf).map_err(io_err(ctx()))
+}
