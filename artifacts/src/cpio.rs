@@ -6,7 +6,7 @@
 //! inode, every member carries the group's nlink, and only the last member
 //! carries the data (as GNU cpio and the kernel's gen_init_cpio write it).
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::fs::File;
 use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
@@ -240,7 +240,8 @@ pub fn write_newc<W: Write>(
     }
     let mut group_left = group_size.clone();
     let mut group_ino: HashMap<usize, u32> = HashMap::new();
-    let mut names: HashSet<Vec<u8>> = HashSet::new();
+    // Every name written so far, and whether it is a directory.
+    let mut names: HashMap<Vec<u8>, bool> = HashMap::new();
 
     for e in &tree.entries {
         // The root is "." as `find . | cpio -o` writes it; the rest are
@@ -314,7 +315,7 @@ pub fn write_newc<W: Write>(
             }
             Kind::Fifo => o.header(&h)?,
         }
-        names.insert(name);
+        names.insert(name, e.kind == Kind::Dir);
         entries += 1;
     }
 
@@ -332,23 +333,33 @@ pub fn write_newc<W: Write>(
                 parent.push('/');
             }
             parent.push_str(c);
-            if names.insert(parent.as_bytes().to_vec()) {
-                o.header(&Header {
-                    name: parent.as_bytes(),
-                    ino: next_ino,
-                    mode: libc::S_IFDIR | 0o755,
-                    uid: 0,
-                    gid: 0,
-                    nlink: 2,
-                    mtime,
-                    size: 0,
-                    rdev: (0, 0),
-                })?;
-                next_ino += 1;
-                entries += 1;
+            match names.get(parent.as_bytes()) {
+                Some(true) => continue,
+                Some(false) => {
+                    return Err(CpioError::BadExtraPath {
+                        path: x.path.clone(),
+                        why: "a parent is not a directory",
+                    })
+                }
+                None => {}
             }
+            names.insert(parent.as_bytes().to_vec(), true);
+            o.header(&Header {
+                name: parent.as_bytes(),
+                ino: next_ino,
+                mode: libc::S_IFDIR | 0o755,
+                uid: 0,
+                gid: 0,
+                nlink: 2,
+                mtime,
+                size: 0,
+                rdev: (0, 0),
+            })?;
+            next_ino += 1;
+            entries += 1;
         }
-        if !names.insert(name.as_bytes().to_vec()) {
+        let is_dir = x.kind == ExtraKind::Dir;
+        if names.insert(name.as_bytes().to_vec(), is_dir).is_some() {
             return Err(CpioError::Duplicate {
                 path: x.path.clone(),
             });

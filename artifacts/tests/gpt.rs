@@ -318,3 +318,107 @@ fn reproducible() {
     assert!(one == fs::read(b.path().join("disk.img")).unwrap());
     assert_eq!(one.len(), 64 << 20);
 }
+
+/// The reader on a disk made by sgdisk, not by our writer.
+#[test]
+fn reads_sgdisk_made_disk() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("foreign.img");
+    fs::File::create(&img).unwrap().set_len(64 << 20).unwrap();
+    run(
+        "sgdisk",
+        &[
+            "-o",
+            "-n",
+            "1:2048:+8M",
+            "-t",
+            "1:C12A7328-F81F-11D2-BA4B-00A0C93EC93B",
+            "-c",
+            "1:EFI",
+            "-u",
+            "1:01234567-89AB-4CDE-8F01-23456789ABCD",
+            "-n",
+            "3:0:+4M",
+            "-c",
+            "3:third",
+            "-A",
+            "3:set:2",
+            img.to_str().unwrap(),
+        ],
+    );
+    let r = read_disk(&mut fs::File::open(&img).unwrap()).unwrap();
+    assert_eq!(r.used, HeaderCopy::Primary);
+    let p = &r.layout.partitions;
+    assert_eq!(p.len(), 2);
+    assert_eq!((p[0].slot, p[0].name.as_str()), (0, "EFI"));
+    assert_eq!(p[0].type_guid, ESP_TYPE);
+    assert_eq!(
+        p[0].guid.to_string(),
+        "01234567-89AB-4CDE-8F01-23456789ABCD"
+    );
+    assert_eq!((p[0].first_lba, p[0].size_bytes()), (2048, 8 << 20));
+    assert_eq!((p[1].slot, p[1].name.as_str()), (2, "third"));
+    assert_eq!(p[1].attributes, 1 << 2);
+    assert_eq!(p[1].type_guid, LINUX_FS_TYPE);
+
+    // Our updater keeps sgdisk's other entries intact.
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&img)
+        .unwrap();
+    update_partition(
+        &mut f,
+        2,
+        &PartitionUpdate {
+            name: Some("renamed".into()),
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    drop(f);
+    let v = run("sgdisk", &["-v", img.to_str().unwrap()]);
+    assert!(v.contains("No problems found"), "{v}");
+    let info = run("sgdisk", &["-i", "1", img.to_str().unwrap()]);
+    assert!(
+        info.contains("01234567-89AB-4CDE-8F01-23456789ABCD"),
+        "{info}"
+    );
+    let info = run("sgdisk", &["-i", "3", img.to_str().unwrap()]);
+    assert!(info.contains("Partition name: 'renamed'"), "{info}");
+}
+
+/// A slot filled with verity content and named by its root hash, the way
+/// the image builder and installer combine the two writers.
+#[test]
+fn slot_named_by_root_hash() {
+    let d = tempfile::tempdir().unwrap();
+    let slot = d.path().join("slot.img");
+    fs::write(&slot, vec![7u8; 3 * 4096 + 5]).unwrap();
+    let info = artifacts::verity::append(&slot, b"seed").unwrap();
+    let mut specs = cairn_specs(8 << 20, 16 << 20, 8 << 20);
+    specs[1].guid = Some(Guid::from_root_hash(&info.root_hash).unwrap());
+    let l = DiskLayout::new(64 << 20, b"seed", &specs).unwrap();
+    let img = d.path().join("disk.img");
+    let mut w = DiskWriter::create(&img, l.clone()).unwrap();
+    w.write_partition(1, fs::File::open(&slot).unwrap())
+        .unwrap();
+    w.finish().unwrap();
+    let dump = run("sfdisk", &["-d", img.to_str().unwrap()]);
+    let want = hex::encode_upper(&info.root_hash[..16]);
+    let uuid = format!(
+        "{}-{}-{}-{}-{}",
+        &want[0..8],
+        &want[8..12],
+        &want[12..16],
+        &want[16..20],
+        &want[20..32]
+    );
+    assert!(
+        dump.contains(&format!("uuid={uuid}, name=\"BOOT-A\"")),
+        "{dump}"
+    );
+    let bytes = fs::read(&img).unwrap();
+    let off = l.partitions[1].offset() as usize;
+    assert!(bytes[off..off + info.end() as usize] == fs::read(&slot).unwrap()[..]);
+}

@@ -120,5 +120,19 @@ fn read_copy<R: Read + Seek>(
             });
         }
     }
+    let mut spans: Vec<&super::Partition> = parts.iter().collect();
+    spans.sort_by_key(|p| p.first_lba);
+    for w in spans.windows(2) {
+        if w[1].first_lba <= w[0].last_lba {
+            return Err(GptError::BadEntry {
+                slot: w[1].slot,
+                offset: table_offset + w[1].slot as u64 * h.entry_size as u64,
+                what: format!(
+                    "LBAs {}..={} overlap entry {} ({}..={})",
+                    w[1].first_lba, w[1].last_lba, w[0].slot, w[0].first_lba, w[0].last_lba
+                ),
+            });
+        }
+    }
     Ok((h, parts))
 }

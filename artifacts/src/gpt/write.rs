@@ -197,6 +197,24 @@ pub fn update_partition(
         p.attributes = a;
     }
     let updated = p.clone();
+    // Rewriting puts 128 entries at the standard places; a table made by
+    // another tool with partitions reaching into those places must not be
+    // rewritten that way.
+    let (first, last) = (2 + TABLE_SECTORS, last_usable_lba(layout.sectors()));
+    if let Some(p) = layout
+        .partitions
+        .iter()
+        .find(|p| p.first_lba < first || p.last_lba > last || p.slot >= ENTRY_COUNT)
+    {
+        return Err(GptError::BadEntry {
+            slot: p.slot,
+            offset: 0,
+            what: format!(
+                "LBAs {}..={} (slot {}) fall outside the standard usable {first}..={last} with {ENTRY_COUNT} entries; refusing to rewrite",
+                p.first_lba, p.last_lba, p.slot
+            ),
+        });
+    }
     write_copy(disk, &layout, false)?;
     sync(disk)?;
     write_copy(disk, &layout, true)?;
