@@ -219,3 +219,39 @@ fn reproducible() {
     let (_, ic) = slot(tempfile::tempdir().unwrap().path(), 777 * 1000, b"other");
     assert_ne!(ia.root_hash, ic.root_hash);
 }
+
+/// 128*128+1 blocks need three tree levels: still byte-identical to
+/// veritysetup, and verifiable in the combined layout.
+#[test]
+fn three_levels_match_veritysetup() {
+    let d = tempfile::tempdir().unwrap();
+    let blocks = 128 * 128 + 1u64;
+    let data = d.path().join("data");
+    {
+        let mut w = std::io::BufWriter::new(File::create(&data).unwrap());
+        let mut block = vec![0u8; 4096];
+        for i in 0..blocks {
+            block[..8].copy_from_slice(&i.to_le_bytes());
+            block[4000] = (i % 251) as u8;
+            w.write_all(&block).unwrap();
+        }
+    }
+    let ours = d.path().join("ours.hash");
+    let mut out = File::create(&ours).unwrap();
+    let info = verity::build(File::open(&data).unwrap(), blocks * 4096, &mut out, 0, b"3").unwrap();
+    drop(out);
+    assert_eq!(info.hash_blocks, 129 + 2 + 1);
+    let theirs = d.path().join("theirs.hash");
+    ok(&[
+        "format",
+        s(&data),
+        s(&theirs),
+        &format!("--salt={}", info.salt_hex()),
+        &format!("--uuid={}", info.uuid),
+    ]);
+    assert!(fs::read(&ours).unwrap() == fs::read(&theirs).unwrap());
+    let info2 = verity::append(&data, b"3").unwrap();
+    assert_eq!(info2.root_hash, info.root_hash);
+    let off = format!("--hash-offset={}", info2.hash_offset);
+    ok(&["verify", s(&data), s(&data), &info.root_hash_hex(), &off]);
+}
