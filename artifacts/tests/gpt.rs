@@ -422,3 +422,30 @@ fn slot_named_by_root_hash() {
     let off = l.partitions[1].offset() as usize;
     assert!(bytes[off..off + info.end() as usize] == fs::read(&slot).unwrap()[..]);
 }
+
+#[test]
+fn garbage_inputs_are_errors_not_panics() {
+    use std::io::Cursor;
+    let e = read_disk(&mut Cursor::new(vec![0u8; 1000])).unwrap_err();
+    assert!(e.to_string().contains("1000"), "{e}");
+    assert!(matches!(
+        read_disk(&mut Cursor::new(vec![0u8; 1024])),
+        Err(GptError::DiskTooSmall { size: 1024 })
+    ));
+    let e = read_disk(&mut Cursor::new(vec![0u8; 1 << 20])).unwrap_err();
+    assert!(e.to_string().contains("offset 510"), "{e}");
+    // Valid MBR, headers full of pseudo-random bytes.
+    let mut disk = vec![0u8; 1 << 20];
+    let mut x = 12345u32;
+    for b in disk.iter_mut() {
+        x = x.wrapping_mul(1_103_515_245).wrapping_add(12345);
+        *b = (x >> 16) as u8;
+    }
+    disk[446 + 4] = 0xEE;
+    disk[510] = 0x55;
+    disk[511] = 0xAA;
+    disk[512..520].copy_from_slice(b"EFI PART");
+    let e = read_disk(&mut Cursor::new(disk)).unwrap_err().to_string();
+    assert!(e.contains("primary") && e.contains("revision"), "{e}");
+    assert!(e.contains("backup") && e.contains("signature"), "{e}");
+}

@@ -74,11 +74,7 @@ impl Guid {
 
     pub fn from_disk(d: &[u8; 16]) -> Guid {
         // The swap is its own inverse.
-        Guid(*d).to_disk_swapped()
-    }
-
-    fn to_disk_swapped(self) -> Guid {
-        Guid(self.to_disk())
+        Guid(Guid(*d).to_disk())
     }
 
     pub fn is_zero(&self) -> bool {

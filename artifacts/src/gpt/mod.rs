@@ -94,8 +94,8 @@ pub enum GptError {
     },
     #[error("partition {index}: name {name:?} is longer than {NAME_UNITS} UTF-16 units")]
     NameTooLong { index: usize, name: String },
-    #[error("partition {index} ({name}) does not exist in this table")]
-    NoSuchPartition { index: usize, name: String },
+    #[error("partition {index} does not exist in this table")]
+    NoSuchPartition { index: usize },
     #[error("partition {index} ({name}): {len} bytes of data do not fit in its {size} bytes")]
     DataTooLarge {
         index: usize,

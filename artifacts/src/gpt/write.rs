@@ -102,10 +102,7 @@ impl DiskWriter {
             .layout
             .partitions
             .get(index)
-            .ok_or_else(|| GptError::NoSuchPartition {
-                index,
-                name: String::new(),
-            })?
+            .ok_or(GptError::NoSuchPartition { index })?
             .clone();
         let mut buf = vec![0u8; 64 << 10];
         let mut done = 0u64;
@@ -179,7 +176,6 @@ pub fn update_partition(
         .find(|p| p.slot == slot)
         .ok_or(GptError::NoSuchPartition {
             index: slot as usize,
-            name: String::new(),
         })?;
     if let Some(name) = &update.name {
         if name.encode_utf16().count() > NAME_UNITS {
