@@ -63,6 +63,16 @@ pub enum ExtraKind {
     File(Content),
     Dir,
     Symlink(String),
+    /// Lets an unprivileged build add e.g. `/dev/console` (5, 1), which the
+    /// kernel opens before init runs.
+    CharDev {
+        major: u32,
+        minor: u32,
+    },
+    BlockDev {
+        major: u32,
+        minor: u32,
+    },
 }
 
 /// An entry added beside the tree (e.g. `/init`, `/payload/rootfs.img`),
@@ -381,6 +391,16 @@ pub fn write_newc<W: Write>(
             ExtraKind::Dir => {
                 h.mode |= libc::S_IFDIR;
                 h.nlink = 2;
+                o.header(&h)?;
+            }
+            ExtraKind::CharDev { major, minor } => {
+                h.mode |= libc::S_IFCHR;
+                h.rdev = (*major, *minor);
+                o.header(&h)?;
+            }
+            ExtraKind::BlockDev { major, minor } => {
+                h.mode |= libc::S_IFBLK;
+                h.rdev = (*major, *minor);
                 o.header(&h)?;
             }
             ExtraKind::Symlink(t) => {

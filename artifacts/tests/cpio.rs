@@ -82,6 +82,16 @@ fn extras(dir: &Path) -> Vec<Extra> {
             Content::Bytes(b"key".to_vec()),
         ),
         Extra {
+            path: "/dev/null".into(),
+            mode: 0o666,
+            kind: ExtraKind::CharDev { major: 1, minor: 3 },
+        },
+        Extra {
+            path: "/dev/loop-extra".into(),
+            mode: 0o600,
+            kind: ExtraKind::BlockDev { major: 7, minor: 9 },
+        },
+        Extra {
             path: "/payload/uki-link".into(),
             mode: 0o777,
             kind: ExtraKind::Symlink("uki.efi".into()),
@@ -160,6 +170,9 @@ fn listing_matches() {
         "lrwxrwxrwx 0:0 19 etc/dangling -> /nonexistent/target",
         "drwx------ 0:0 0 etc/empty",
         "-rwsr-xr-x 0:0 300001 etc/tool3",
+        // Extras, sorted, after the tree.
+        "brw------- 0:0 7,9 dev/loop-extra",
+        "crw-rw-rw- 0:0 1,3 dev/null",
         "-rwxr-xr-x 0:0 20 init",
         "drwxr-xr-x 0:0 0 payload",
         "drwxr-xr-x 0:0 0 payload/keys",
@@ -188,6 +201,8 @@ fn extraction_is_byte_identical() {
     let a = Tree::read(&root, Normalize::root_owned(0)).unwrap();
     let b = Tree::read(&x, Normalize::root_owned(0)).unwrap();
     let extra = [
+        "dev/null",
+        "dev/loop-extra",
         "init",
         "payload",
         "payload/keys",
@@ -235,6 +250,9 @@ fn extraction_is_byte_identical() {
     assert_eq!(ino("bin/tool"), ino("bin/tool2"));
     assert_eq!(fs::metadata(x.join("bin/tool")).unwrap().nlink(), 3);
     assert_eq!(fs::read(x.join("init")).unwrap(), b"#!/bin/sh\necho init\n");
+    let null = fs::symlink_metadata(x.join("dev/null")).unwrap();
+    assert_eq!(null.mode(), libc::S_IFCHR | 0o666);
+    assert_eq!(null.rdev(), libc::makedev(1, 3));
     assert_eq!(fs::read(x.join("payload/manifest.json")).unwrap(), b"{}\n");
 }
 
