@@ -8,7 +8,9 @@
 //! keys signed it, which is what makes rotation possible.
 
 use ed25519_dalek::pkcs8::spki::der::pem::LineEnding;
-use ed25519_dalek::pkcs8::{DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey};
+use ed25519_dalek::pkcs8::{
+    DecodePrivateKey, DecodePublicKey, EncodePrivateKey, EncodePublicKey, KeypairBytes,
+};
 use ed25519_dalek::{Signature, Signer, SigningKey, VerifyingKey};
 use std::fmt;
 use std::fs::{self, OpenOptions};
@@ -220,8 +222,13 @@ impl PrivateKey {
                 });
             }
         }
-        let pem = self
-            .key
+        // PKCS#8 v1 (seed only), the form `openssl genpkey` writes: OpenSSL 3.0
+        // cannot read the v2 form (with the public key) that dalek emits.
+        let v1 = KeypairBytes {
+            secret_key: self.key.to_bytes(),
+            public_key: None,
+        };
+        let pem = v1
             .to_pkcs8_pem(LineEnding::LF)
             .expect("PKCS#8 encoding of an ed25519 key");
         // create_new + mode at open time: the key is never visible with a
