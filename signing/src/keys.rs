@@ -246,7 +246,7 @@ pub fn pub_path_for(path: &Path) -> PathBuf {
     PathBuf::from(s)
 }
 
-/// Refuses a private key path that resolves to somewhere inside `dir`, so
+/// Refuses a private key path that is, or resolves to, somewhere inside `dir`, so
 /// signing can never place key material into a release directory.
 pub fn ensure_outside(key: &Path, dir: &Path) -> Result<(), KeyError> {
     let canon = |p: &Path| {
@@ -255,8 +255,16 @@ pub fn ensure_outside(key: &Path, dir: &Path) -> Result<(), KeyError> {
             source,
         })
     };
-    let (k, d) = (canon(key)?, canon(dir)?);
-    if k.starts_with(&d) {
+    let d = canon(dir)?;
+    // Both where the path is (a symlink in DIR would ship with the release)
+    // and what it resolves to.
+    let resolved = canon(key)?;
+    let parent = match key.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let located = canon(parent)?.join(key.file_name().unwrap_or_default());
+    if resolved.starts_with(&d) || located.starts_with(&d) {
         return Err(KeyError::KeyInOutput {
             key: key.to_path_buf(),
             dir: dir.to_path_buf(),
