@@ -9,3 +9,4 @@ pub mod config;
 pub mod dm;
 pub mod fsprobe;
 pub mod gpt;
+pub mod supervisor;
