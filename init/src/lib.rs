@@ -9,4 +9,5 @@ pub mod config;
 pub mod dm;
 pub mod fsprobe;
 pub mod gpt;
+pub mod slot;
 pub mod supervisor;
