@@ -148,7 +148,7 @@ pub fn decide(selected: Option<&str>, count_path: Option<&str>) -> Decision {
 /// optionally NUL-terminated. `None` for anything malformed.
 pub fn decode_efivar_string(raw: &[u8]) -> Option<String> {
     let body = raw.get(4..)?;
-    if body.len() % 2 != 0 {
+    if body.len() & 1 != 0 {
         return None;
     }
     let units: Vec<u16> = body

@@ -206,7 +206,7 @@ pub fn read<R: Read + Seek>(r: &mut R, disk: &str, sector_size: u64) -> Result<T
     let entries_lba = u64_at(&hdr, 72);
     let count = u32_at(&hdr, 80) as u64;
     let esize = u32_at(&hdr, 84) as u64;
-    if !(128..=4096).contains(&esize) || esize % 8 != 0 {
+    if !(128..=4096).contains(&esize) || esize & 7 != 0 {
         return Err(field("partition_entry_size", esize));
     }
     // The spec allows larger arrays, but no real disk needs more than a few

@@ -114,6 +114,8 @@ struct Slot {
 
 pub struct Supervisor {
     slots: Vec<Slot>,
+    /// One-shot commands (health checks): pid -> exit once reaped.
+    oneshots: std::collections::BTreeMap<i32, Option<Exit>>,
     backoff: Backoff,
     console: Console,
 }
@@ -159,6 +161,7 @@ impl Supervisor {
             .collect();
         Supervisor {
             slots,
+            oneshots: Default::default(),
             backoff,
             console,
         }
@@ -264,12 +267,57 @@ impl Supervisor {
                 break;
             }
             let exit = Exit::from_wait_status(st);
+            if let Some(slot) = self.oneshots.get_mut(&pid) {
+                *slot = Some(exit);
+                continue;
+            }
             match self.slots.iter().position(|s| s.pid == Some(pid)) {
                 Some(i) => events.extend(self.finished(i, exit, now)),
                 None => events.push(Event::Orphan { pid, exit }),
             }
         }
         events
+    }
+
+    /// Starts a command that is not a service (a health check); its exit is
+    /// collected by [`Supervisor::reap`] and read with [`Supervisor::take_oneshot`].
+    pub fn spawn_oneshot(
+        &mut self,
+        label: &str,
+        exec: &str,
+        args: &[String],
+    ) -> std::io::Result<i32> {
+        let mut c = Command::new(exec)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .process_group(0)
+            .spawn()?;
+        let pid = c.id() as i32;
+        if let Some(o) = c.stdout.take() {
+            forward(label.to_string(), o, self.console.clone());
+        }
+        if let Some(e) = c.stderr.take() {
+            forward(label.to_string(), e, self.console.clone());
+        }
+        self.oneshots.insert(pid, None);
+        Ok(pid)
+    }
+
+    /// The exit of a one-shot once it has been reaped (then forgotten).
+    pub fn take_oneshot(&mut self, pid: i32) -> Option<Exit> {
+        let exit = (*self.oneshots.get(&pid)?)?;
+        self.oneshots.remove(&pid);
+        Some(exit)
+    }
+
+    /// Kills a one-shot's process group (it stays registered until reaped).
+    pub fn kill_oneshot(&mut self, pid: i32) {
+        if pid > 1 && self.oneshots.contains_key(&pid) {
+            // SAFETY: signalling a process group we created.
+            unsafe { libc::kill(-pid, libc::SIGKILL) };
+        }
     }
 
     /// Restarts services whose backoff has elapsed.

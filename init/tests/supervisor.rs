@@ -256,3 +256,63 @@ fn stop_terms_then_kills() {
     assert_eq!(s.pid("polite"), None);
     assert!(text(&out).contains("stubborn did not stop within 500 ms; killing"));
 }
+
+#[test]
+fn health_checks_pass_when_service_is_ready_and_time_out_otherwise() {
+    use cairn_init::config::Health;
+    use cairn_init::health::run_checks;
+    let _g = serial();
+    let dir = tempfile::tempdir().unwrap();
+    let ready = dir.path().join("ready");
+    let (con, _out) = console();
+    let mut s = Supervisor::new(
+        vec![sh(
+            "svc",
+            &format!("sleep 0.5; touch {}; exec sleep 30", ready.display()),
+            Restart::Always,
+        )],
+        fast(),
+        con,
+    );
+    s.start_all(Instant::now());
+    let check = |name: &str, script: String, timeout_s| Health {
+        name: name.into(),
+        exec: "/bin/sh".into(),
+        args: vec!["-c".into(), script],
+        timeout_s,
+    };
+    let t = Instant::now();
+    run_checks(
+        &mut s,
+        &[check("ready", format!("test -e {}", ready.display()), 5)],
+        Duration::from_millis(100),
+    )
+    .unwrap();
+    assert!(
+        t.elapsed() >= Duration::from_millis(400),
+        "passed before the service was ready"
+    );
+
+    let e = run_checks(
+        &mut s,
+        &[check("never", "exit 7".into(), 1)],
+        Duration::from_millis(200),
+    )
+    .unwrap_err();
+    assert!(
+        e.starts_with("health check never did not pass within 1 s"),
+        "{e}"
+    );
+    assert!(e.ends_with("last: exit code 7)"), "{e}");
+
+    let t = Instant::now();
+    let e = run_checks(
+        &mut s,
+        &[check("hang", "exec sleep 30".into(), 1)],
+        Duration::from_millis(200),
+    )
+    .unwrap_err();
+    assert!(e.contains("still running at the deadline"), "{e}");
+    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    s.stop_all(Duration::from_millis(500));
+}
