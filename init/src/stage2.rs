@@ -22,6 +22,8 @@ pub const BOOTS_LOG: &str = "/system/state/boots.log";
 const ESP_DIR: &str = "/run/cairn/esp";
 const EFIVARS: &str = "/sys/firmware/efi/efivars";
 const STOP_GRACE: Duration = Duration::from_secs(10);
+const MKE2FS: &str = "/sbin/mke2fs";
+const E2FSCK: &str = "/sbin/e2fsck";
 
 /// What a failure must record, once STATE is mounted.
 struct Pending {
@@ -61,7 +63,63 @@ fn run_tool(prog: &str, args: &[&str]) -> Result<i32, BootError> {
     Ok(st.code().unwrap_or(-1))
 }
 
-/// Applies the format rule to one partition and mounts it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Prepared {
+    Formatted,
+    /// e2fsck -p exit code (0 clean, 1/2 repaired).
+    Checked(i32),
+}
+
+/// Applies the format rule of design.md to `dev` (a partition or an image
+/// file): format when the first MiB is zero, `e2fsck -p` when ext4, stop
+/// otherwise. `label` is the ext4 label and names the partition in messages.
+pub fn prepare_fs(dev: &Path, label: &str) -> Result<Prepared, BootError> {
+    let ds = dev.to_string_lossy().into_owned();
+    let mut head = Vec::with_capacity(PROBE_LEN);
+    File::open(dev)
+        .and_then(|f| f.take(PROBE_LEN as u64).read_to_end(&mut head))
+        .ctx(|| format!("reading the first MiB of {label} ({ds})"))?;
+    match fsprobe::action(&fsprobe::classify(&head), &format!("{label} ({ds})")) {
+        Action::Format => {
+            say!("{label} ({ds}): empty, formatting ext4");
+            let code = run_tool(
+                MKE2FS,
+                &[
+                    "-q",
+                    "-t",
+                    "ext4",
+                    "-L",
+                    label,
+                    "-E",
+                    "nodiscard",
+                    "-F",
+                    &ds,
+                ],
+            )?;
+            if code != 0 {
+                return Err(BootError::Stop(format!(
+                    "{label} ({ds}): mke2fs exited with {code}"
+                )));
+            }
+            Ok(Prepared::Formatted)
+        }
+        Action::Check => {
+            let code = run_tool(E2FSCK, &["-p", &ds])?;
+            if !fsprobe::fsck_ok(code) {
+                return Err(BootError::Stop(format!(
+                    "{label} ({ds}): e2fsck -p exited with {code}: filesystem needs manual repair; not formatting"
+                )));
+            }
+            if code != 0 {
+                say!("{label} ({ds}): e2fsck repaired errors (exit {code})");
+            }
+            Ok(Prepared::Checked(code))
+        }
+        Action::Stop(why) => Err(BootError::Stop(why)),
+    }
+}
+
+/// Finds `label` on the boot disk, prepares it and mounts it.
 fn prepare(
     disk: &disks::Disk,
     table: &gpt::Table,
@@ -78,37 +136,8 @@ fn prepare(
         ))
     })?;
     let dev = Path::new("/dev").join(name);
-    let ds = dev.to_string_lossy().into_owned();
-    let mut head = Vec::with_capacity(PROBE_LEN);
-    File::open(&dev)
-        .and_then(|f| f.take(PROBE_LEN as u64).read_to_end(&mut head))
-        .ctx(|| format!("reading the first MiB of {label} ({ds})"))?;
-    match fsprobe::action(&fsprobe::classify(&head), &format!("{label} ({ds})")) {
-        Action::Format => {
-            say!("{label} ({ds}): empty, formatting ext4");
-            let code = run_tool(
-                "/sbin/mke2fs",
-                &["-t", "ext4", "-L", label, "-E", "nodiscard", "-F", &ds],
-            )?;
-            if code != 0 {
-                return Err(BootError::Stop(format!(
-                    "{label} ({ds}): mke2fs exited with {code}"
-                )));
-            }
-        }
-        Action::Check => {
-            let code = run_tool("/sbin/e2fsck", &["-p", &ds])?;
-            if !fsprobe::fsck_ok(code) {
-                return Err(BootError::Stop(format!(
-                    "{label} ({ds}): e2fsck -p exited with {code}: filesystem needs manual repair; not formatting"
-                )));
-            }
-            if code != 0 {
-                say!("{label} ({ds}): e2fsck repaired errors (exit {code})");
-            }
-        }
-        Action::Stop(why) => return Err(BootError::Stop(why)),
-    }
+    prepare_fs(&dev, label)?;
+    let ds = dev.to_string_lossy();
     fs::create_dir_all(mountpoint).ctx(|| format!("creating {mountpoint}"))?;
     sys::mount(
         &ds,
@@ -150,13 +179,15 @@ fn sync_dir(d: &Path) -> std::io::Result<()> {
 
 /// First boot: move the ESP's transient machine.toml into STATE (durably,
 /// then delete the ESP copy, which any ESP reader could see).
-fn load_config(esp: &Path) -> Result<MachineConfig, BootError> {
-    let cfg = Path::new(CONFIG);
-    let transient = esp.join("cairn/machine.toml");
+/// `cfg` is the persistent copy (CONFIG), `transient` the ESP's
+/// `cairn/machine.toml`.
+pub fn load_config(cfg: &Path, transient: &Path) -> Result<MachineConfig, BootError> {
     if !cfg.exists() && transient.exists() {
-        let dir = cfg.parent().expect("CONFIG has a parent");
+        let dir = cfg.parent().ok_or_else(|| {
+            BootError::Stop(format!("config path {} has no directory", cfg.display()))
+        })?;
         fs::create_dir_all(dir).ctx(|| format!("creating {}", dir.display()))?;
-        let text = fs::read(&transient).ctx(|| format!("reading {}", transient.display()))?;
+        let text = fs::read(transient).ctx(|| format!("reading {}", transient.display()))?;
         // Validate before importing: a broken file stays on the ESP to fix.
         MachineConfig::parse(
             &String::from_utf8_lossy(&text),
@@ -167,29 +198,37 @@ fn load_config(esp: &Path) -> Result<MachineConfig, BootError> {
         f.write_all(&text)
             .and_then(|_| f.sync_all())
             .ctx(|| format!("writing {}", tmp.display()))?;
-        fs::rename(&tmp, cfg).ctx(|| format!("renaming into {CONFIG}"))?;
+        fs::rename(&tmp, cfg).ctx(|| format!("renaming into {}", cfg.display()))?;
         sync_dir(dir).ctx(|| format!("syncing {}", dir.display()))?;
-        fs::remove_file(&transient).ctx(|| format!("removing {}", transient.display()))?;
+        fs::remove_file(transient).ctx(|| format!("removing {}", transient.display()))?;
         sys::sync();
-        say!("imported machine config from the ESP into {CONFIG}");
+        say!(
+            "imported machine config from the ESP into {}",
+            cfg.display()
+        );
     }
     if cfg.exists() {
         Ok(MachineConfig::load(cfg)?)
     } else {
-        say!("no machine config ({CONFIG} or ESP cairn/machine.toml): running without services");
+        say!(
+            "no machine config ({} or {}): running without services",
+            cfg.display(),
+            transient.display()
+        );
         Ok(MachineConfig::default())
     }
 }
 
-fn read_efivar(name: &str) -> Option<String> {
-    let raw = fs::read(Path::new(EFIVARS).join(format!("{name}-{LOADER_GUID}"))).ok()?;
+fn read_efivar(efivars: &Path, name: &str) -> Option<String> {
+    let raw = fs::read(efivars.join(format!("{name}-{LOADER_GUID}"))).ok()?;
     bless::decode_efivar_string(&raw)
 }
 
 /// Returns whether the boot counts as blessed (renamed now or already).
-fn bless_boot(esp: &Path) -> Result<bool, BootError> {
-    let selected = read_efivar("LoaderEntrySelected");
-    let count = read_efivar("LoaderBootCountPath");
+/// `efivars` is the efivarfs mount, `esp` the mounted ESP.
+pub fn bless_boot(esp: &Path, efivars: &Path) -> Result<bool, BootError> {
+    let selected = read_efivar(efivars, "LoaderEntrySelected");
+    let count = read_efivar(efivars, "LoaderBootCountPath");
     match bless::decide(selected.as_deref(), count.as_deref()) {
         Decision::AlreadyBlessed => Ok(true),
         Decision::Refuse(why) => {
@@ -285,7 +324,7 @@ pub fn run() -> Result<Shutdown, BootError> {
     let esp = mount_esp(&disk, &table)?;
     mounted.push(esp.clone());
 
-    let cfg = load_config(&esp)?;
+    let cfg = load_config(Path::new(CONFIG), &esp.join("cairn/machine.toml"))?;
     if let Some(h) = &cfg.hostname {
         sys::sethostname(h).ctx(|| format!("setting hostname {h:?}"))?;
     }
@@ -302,7 +341,7 @@ pub fn run() -> Result<Shutdown, BootError> {
     sup.start_all(Instant::now());
     health::run_checks(&mut sup, &cfg.health, health::RETRY).map_err(BootError::Stop)?;
 
-    let blessed = bless_boot(&esp)?;
+    let blessed = bless_boot(&esp, Path::new(EFIVARS))?;
     let result = if blessed { "ok" } else { "ok (not blessed)" };
     PENDING.lock().unwrap_or_else(|e| e.into_inner()).take();
     append_boot_line(&record::boot_line(number, hand.slot(), &version, result))
