@@ -50,18 +50,29 @@ pub fn verity_table(dev: &str, data_blocks: u64, root_hash: &[u8; 32], salt: &[u
 
 // Layout of struct dm_ioctl and dm_target_spec from <linux/dm-ioctl.h>.
 const DM_NAME_LEN: usize = 128;
-const DM_IOCTL_SIZE: usize = 312;
-const DM_SPEC_SIZE: usize = 40;
+pub const DM_IOCTL_SIZE: usize = 312;
+pub const DM_SPEC_SIZE: usize = 40;
+// Field offsets in struct dm_ioctl (checked against the C header in tests).
+pub const OFF_DATA_SIZE: usize = 12;
+pub const OFF_DATA_START: usize = 16;
+pub const OFF_TARGET_COUNT: usize = 20;
+pub const OFF_FLAGS: usize = 28;
+pub const OFF_DEV: usize = 40;
+pub const OFF_NAME: usize = 48;
+// ... and in struct dm_target_spec.
+pub const SPEC_OFF_LENGTH: usize = 8;
+pub const SPEC_OFF_NEXT: usize = 20;
+pub const SPEC_OFF_TYPE: usize = 24;
 const DM_VERSION: [u32; 3] = [4, 0, 0];
-const DM_READONLY_FLAG: u32 = 1 << 0;
+pub const DM_READONLY_FLAG: u32 = 1 << 0;
 
 const fn dm_iowr(nr: u32) -> u32 {
     (3 << 30) | ((DM_IOCTL_SIZE as u32) << 16) | (0xfd << 8) | nr
 }
-const DM_DEV_CREATE: u32 = dm_iowr(3);
-const DM_DEV_REMOVE: u32 = dm_iowr(4);
-const DM_DEV_SUSPEND: u32 = dm_iowr(6);
-const DM_TABLE_LOAD: u32 = dm_iowr(9);
+pub const DM_DEV_CREATE: u32 = dm_iowr(3);
+pub const DM_DEV_REMOVE: u32 = dm_iowr(4);
+pub const DM_DEV_SUSPEND: u32 = dm_iowr(6);
+pub const DM_TABLE_LOAD: u32 = dm_iowr(9);
 
 /// Builds the ioctl buffer: header, then (for a table load) one target spec
 /// with its NUL-terminated params, padded to 8 bytes.
@@ -88,12 +99,12 @@ pub fn ioctl_buffer(
         }
         let spec_len = (DM_SPEC_SIZE + params.len() + 1).next_multiple_of(8);
         let mut spec = vec![0u8; spec_len];
-        spec[8..16].copy_from_slice(&len_sectors.to_ne_bytes());
-        spec[20..24].copy_from_slice(&(spec_len as u32).to_ne_bytes());
-        spec[24..24 + ttype.len()].copy_from_slice(ttype.as_bytes());
+        spec[SPEC_OFF_LENGTH..SPEC_OFF_LENGTH + 8].copy_from_slice(&len_sectors.to_ne_bytes());
+        spec[SPEC_OFF_NEXT..SPEC_OFF_NEXT + 4].copy_from_slice(&(spec_len as u32).to_ne_bytes());
+        spec[SPEC_OFF_TYPE..SPEC_OFF_TYPE + ttype.len()].copy_from_slice(ttype.as_bytes());
         spec[DM_SPEC_SIZE..DM_SPEC_SIZE + params.len()].copy_from_slice(params.as_bytes());
         buf.extend_from_slice(&spec);
-        buf[24..28].copy_from_slice(&1u32.to_ne_bytes()); // target_count
+        buf[OFF_TARGET_COUNT..OFF_TARGET_COUNT + 4].copy_from_slice(&1u32.to_ne_bytes());
     }
     // Room for the kernel's reply (it writes status/deps into the data area).
     buf.resize(buf.len() + 4096, 0);
@@ -101,10 +112,10 @@ pub fn ioctl_buffer(
         buf[i * 4..i * 4 + 4].copy_from_slice(&v.to_ne_bytes());
     }
     let total = buf.len() as u32;
-    buf[12..16].copy_from_slice(&total.to_ne_bytes()); // data_size
-    buf[16..20].copy_from_slice(&(DM_IOCTL_SIZE as u32).to_ne_bytes()); // data_start
-    buf[32..36].copy_from_slice(&flags.to_ne_bytes());
-    buf[48..48 + name.len()].copy_from_slice(name.as_bytes());
+    buf[OFF_DATA_SIZE..OFF_DATA_SIZE + 4].copy_from_slice(&total.to_ne_bytes());
+    buf[OFF_DATA_START..OFF_DATA_START + 4].copy_from_slice(&(DM_IOCTL_SIZE as u32).to_ne_bytes());
+    buf[OFF_FLAGS..OFF_FLAGS + 4].copy_from_slice(&flags.to_ne_bytes());
+    buf[OFF_NAME..OFF_NAME + name.len()].copy_from_slice(name.as_bytes());
     Ok(buf)
 }
 
@@ -149,7 +160,7 @@ pub fn create_verity(
         .map_err(DmError::Control)?;
     let mut b = ioctl_buffer(name, 0, None)?;
     dm_ioctl(&ctl, "DM_DEV_CREATE", DM_DEV_CREATE, &mut b, name)?;
-    let dev = u64::from_ne_bytes(b[40..48].try_into().expect("8 bytes"));
+    let dev = u64::from_ne_bytes(b[OFF_DEV..OFF_DEV + 8].try_into().expect("8 bytes"));
     let result = (|| {
         let mut b = ioctl_buffer(
             name,
@@ -215,8 +226,8 @@ mod tests {
             b.len()
         );
         assert_eq!(u32::from_ne_bytes(b[16..20].try_into().unwrap()), 312);
-        assert_eq!(u32::from_ne_bytes(b[24..28].try_into().unwrap()), 1);
-        assert_eq!(u32::from_ne_bytes(b[32..36].try_into().unwrap()), 1);
+        assert_eq!(u32::from_ne_bytes(b[20..24].try_into().unwrap()), 1);
+        assert_eq!(u32::from_ne_bytes(b[28..32].try_into().unwrap()), 1);
         assert_eq!(&b[48..53], b"root\0");
         let spec = &b[312..];
         assert_eq!(u64::from_ne_bytes(spec[8..16].try_into().unwrap()), 8000);
