@@ -135,10 +135,10 @@ pub fn block_signals() {
 /// Waits up to `timeout` for one of the blocked signals.
 pub fn wait_signal(timeout: Duration) -> Option<libc::c_int> {
     let set = sigset();
-    let ts = libc::timespec {
-        tv_sec: timeout.as_secs().min(i32::MAX as u64) as libc::time_t,
-        tv_nsec: timeout.subsec_nanos() as libc::c_long,
-    };
+    // SAFETY: plain data, fields set below.
+    let mut ts: libc::timespec = unsafe { std::mem::zeroed() };
+    ts.tv_sec = timeout.as_secs().min(i32::MAX as u64) as _;
+    ts.tv_nsec = timeout.subsec_nanos() as _;
     // SAFETY: valid set and timespec; null siginfo.
     let r = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
     (r > 0).then_some(r)
