@@ -2,7 +2,7 @@
 //! number, and a one-line inventory for "device not found" messages.
 
 use std::fs;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
@@ -13,9 +13,6 @@ pub struct Disk {
 }
 
 impl Disk {
-    pub fn node(&self) -> PathBuf {
-        Path::new("/dev").join(&self.name)
-    }
     pub fn partition_name(&self, index: u32) -> Option<&str> {
         self.partitions
             .iter()

@@ -46,15 +46,16 @@ pub fn mount_api_filesystems() -> Result<(), BootError> {
     Ok(())
 }
 
+#[derive(Debug)]
 pub struct Located {
     pub disk: disks::Disk,
     pub partition: gpt::Partition,
     pub how: slot::Found,
 }
 
-fn scan(sys_block: &Path, root: &[u8; 32], v: &Verity) -> Option<Located> {
+fn scan(sys_block: &Path, dev_dir: &Path, root: &[u8; 32], v: &Verity) -> Option<Located> {
     for d in disks::list(sys_block) {
-        let Ok(mut f) = File::open(d.node()) else {
+        let Ok(mut f) = File::open(dev_dir.join(&d.name)) else {
             continue;
         };
         let Ok(table) = gpt::read(&mut f, &d.name, d.sector_size) else {
@@ -71,25 +72,62 @@ fn scan(sys_block: &Path, root: &[u8; 32], v: &Verity) -> Option<Located> {
     None
 }
 
+/// One line per disk: its partitions by label and PARTUUID, or why its
+/// table could not be read. For the "not found" message.
+pub fn describe_disks(sys_block: &Path, dev_dir: &Path) -> String {
+    let list = disks::list(sys_block);
+    if list.is_empty() {
+        return "no block devices".into();
+    }
+    list.iter()
+        .map(|d| {
+            let node = dev_dir.join(&d.name);
+            let gpt = File::open(&node)
+                .map_err(|e| format!("{}: {e}", node.display()))
+                .and_then(|mut f| {
+                    gpt::read(&mut f, &d.name, d.sector_size).map_err(|e| e.to_string())
+                });
+            match gpt {
+                Ok(t) => {
+                    let parts: Vec<String> = t
+                        .partitions
+                        .iter()
+                        .map(|p| format!("{} {:?} {}", p.index, p.name, p.part_guid))
+                        .collect();
+                    format!("{}: GPT [{}]", d.name, parts.join(", "))
+                }
+                Err(e) => format!("{}: {e}", d.name),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
 /// Polls until the slot's disk shows up: virtio and NVMe probe
 /// asynchronously, so the disk can appear after init starts.
-pub fn wait_for_slot(root: &[u8; 32], v: &Verity, timeout: Duration) -> Result<Located, BootError> {
-    let sys_block = Path::new("/sys/block");
+/// `sys_block` and `dev_dir` are /sys/block and /dev outside tests.
+pub fn wait_for_slot(
+    sys_block: &Path,
+    dev_dir: &Path,
+    root: &[u8; 32],
+    v: &Verity,
+    timeout: Duration,
+) -> Result<Located, BootError> {
     let start = Instant::now();
     let want = gpt::Guid::from_root_hash(root);
     say!("looking for rootfs partition PARTUUID={want} (or BOOT-A/BOOT-B with matching verity superblock)");
     loop {
-        if let Some(l) = scan(sys_block, root, v) {
+        if let Some(l) = scan(sys_block, dev_dir, root, v) {
             return Ok(l);
         }
         if start.elapsed() >= timeout {
             return Err(BootError::Stop(format!(
                 "no rootfs partition after {} s: wanted PARTUUID={want}; block devices seen: {}",
-                timeout.as_secs(),
-                disks::inventory(&disks::list(sys_block))
+                timeout.as_secs_f32(),
+                describe_disks(sys_block, dev_dir)
             )));
         }
-        std::thread::sleep(Duration::from_millis(250));
+        std::thread::sleep(Duration::from_millis(250).min(timeout));
     }
 }
 
@@ -184,7 +222,13 @@ pub fn run() -> Result<Outcome, BootError> {
         BootError::Stop("cairn.verity= is missing from the kernel command line".into())
     })?;
 
-    let found = wait_for_slot(&root, &verity, DEVICE_TIMEOUT)?;
+    let found = wait_for_slot(
+        Path::new("/sys/block"),
+        Path::new("/dev"),
+        &root,
+        &verity,
+        DEVICE_TIMEOUT,
+    )?;
     let part_name = found
         .disk
         .partition_name(found.partition.index)

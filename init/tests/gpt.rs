@@ -298,3 +298,68 @@ fn corrupt_tables_are_rejected_with_details() {
     File::open(&d).unwrap().read_to_end(&mut sink).unwrap();
     assert_eq!(sink, pristine, "reading must not modify the image");
 }
+
+/// A fake /sys/block and /dev holding `disk0` (the sgdisk image) and
+/// `disk1` (no partition table).
+fn fake_machine(dir: &Path, disk_img: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    let sys = dir.join("sys_block");
+    let dev = dir.join("dev");
+    for (p, v) in [
+        ("disk0/queue/logical_block_size", "512\n"),
+        ("disk1/queue/logical_block_size", "512\n"),
+        ("loop0/queue/logical_block_size", "512\n"),
+    ] {
+        std::fs::create_dir_all(sys.join(p).parent().unwrap()).unwrap();
+        std::fs::write(sys.join(p), v).unwrap();
+    }
+    for i in 1..=5 {
+        let p = sys.join(format!("disk0/disk0p{i}"));
+        std::fs::create_dir_all(&p).unwrap();
+        std::fs::write(p.join("partition"), format!("{i}\n")).unwrap();
+    }
+    std::fs::create_dir_all(&dev).unwrap();
+    std::os::unix::fs::symlink(disk_img, dev.join("disk0")).unwrap();
+    std::fs::write(dev.join("disk1"), vec![0u8; 8192]).unwrap();
+    (sys, dev)
+}
+
+#[test]
+fn waits_for_and_finds_the_slot_among_disks() {
+    use cairn_init::stage1::wait_for_slot;
+    use std::time::{Duration, Instant};
+    let dir = tempfile::tempdir().unwrap();
+    let (_slot, root) = slot_image(dir.path());
+    let d = disk(dir.path(), &Guid::from_root_hash(&root).to_string());
+    let (sys, dev) = fake_machine(dir.path(), &d);
+    let v = Verity {
+        data_blocks: DATA_BLOCKS,
+        salt: parse_hex::<32>("s", SALT).unwrap(),
+    };
+    let l = wait_for_slot(&sys, &dev, &root, &v, Duration::from_secs(5)).unwrap();
+    assert_eq!(
+        (l.disk.name.as_str(), l.partition.index, l.how),
+        ("disk0", 2, Found::ByPartUuid)
+    );
+    assert_eq!(l.disk.partition_name(2), Some("disk0p2"));
+
+    // another release: bounded wait, then a message listing what was seen
+    let mut other = root;
+    other[0] ^= 0xff;
+    let t = Instant::now();
+    let e = wait_for_slot(&sys, &dev, &other, &v, Duration::from_millis(600))
+        .unwrap_err()
+        .to_string();
+    assert!(t.elapsed() >= Duration::from_millis(600) && t.elapsed() < Duration::from_secs(3));
+    let want = Guid::from_root_hash(&other).to_string();
+    assert!(e.starts_with(&format!("no rootfs partition after 0.6 s: wanted PARTUUID={want}; block devices seen: disk0: GPT [1 \"EFI\" ")), "{e}");
+    assert!(
+        e.contains(&format!("2 \"BOOT-A\" {}", Guid::from_root_hash(&root))),
+        "{e}"
+    );
+    assert!(e.contains("5 \"EPHEMERAL\""), "{e}");
+    assert!(
+        e.ends_with("; disk1: disk1: no GPT signature at LBA 1 (offset 512)"),
+        "{e}"
+    );
+    assert!(!e.contains("loop0"), "{e}");
+}
