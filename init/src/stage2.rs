@@ -12,7 +12,6 @@ use crate::{disks, gpt, health, say, sys};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -56,7 +55,7 @@ pub fn record_failure(reason: &str) {
 }
 
 fn run_tool(prog: &str, args: &[&str]) -> Result<i32, BootError> {
-    let st = Command::new(prog)
+    let st = sys::command(prog)
         .args(args)
         .status()
         .ctx(|| format!("running {prog}"))?;

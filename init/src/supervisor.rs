@@ -8,7 +8,7 @@
 use crate::config::{Restart, Service};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -177,7 +177,7 @@ impl Supervisor {
         let spec = self.slots[i].spec.clone();
         self.slots[i].starts += 1;
         self.slots[i].restart_at = None;
-        let child = Command::new(&spec.exec)
+        let child = crate::sys::command(&spec.exec)
             .args(&spec.args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
@@ -287,7 +287,7 @@ impl Supervisor {
         exec: &str,
         args: &[String],
     ) -> std::io::Result<i32> {
-        let mut c = Command::new(exec)
+        let mut c = crate::sys::command(exec)
             .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())

@@ -125,7 +125,8 @@ fn sigset() -> libc::sigset_t {
 }
 
 /// Blocks the signals PID 1 handles, so they queue for [`wait_signal`]
-/// instead of running handlers (std's Command resets the mask in children).
+/// instead of running handlers. std's Command passes the mask on to
+/// children, so every command init starts goes through [`command`].
 pub fn block_signals() {
     let set = sigset();
     // SAFETY: valid set pointer, null old-set.
@@ -142,4 +143,24 @@ pub fn wait_signal(timeout: Duration) -> Option<libc::c_int> {
     // SAFETY: valid set and timespec; null siginfo.
     let r = unsafe { libc::sigtimedwait(&set, std::ptr::null_mut(), &ts) };
     (r > 0).then_some(r)
+}
+
+/// A Command whose child starts with an empty signal mask: without this,
+/// services would inherit PID 1's blocked SIGTERM and ignore a stop request.
+pub fn command(prog: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = std::process::Command::new(prog);
+    // SAFETY: only async-signal-safe calls (sigemptyset, pthread_sigmask)
+    // between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            if libc::pthread_sigmask(libc::SIG_SETMASK, &set, std::ptr::null_mut()) != 0 {
+                return Err(io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    c
 }
