@@ -123,26 +123,34 @@ pub struct Supervisor {
 /// Copies a child's stream to the console, one `name: line` at a time so
 /// lines of different services never interleave mid-line.
 fn forward(name: String, stream: impl Read + Send + 'static, console: Console) {
-    std::thread::spawn(move || {
-        let mut r = BufReader::new(stream);
-        let mut line = Vec::new();
-        loop {
-            line.clear();
-            match r.read_until(b'\n', &mut line) {
-                Ok(0) | Err(_) => break,
-                Ok(_) => {
-                    if line.last() != Some(&b'\n') {
-                        line.push(b'\n');
-                    }
-                    if let Ok(mut c) = console.lock() {
-                        let _ = write!(c, "{name}: ");
-                        let _ = c.write_all(&line);
-                        let _ = c.flush();
+    let label = name.clone();
+    let spawned = std::thread::Builder::new()
+        .name(format!("out-{name}"))
+        .spawn(move || {
+            let mut r = BufReader::new(stream);
+            let mut line = Vec::new();
+            loop {
+                line.clear();
+                match r.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        if line.last() != Some(&b'\n') {
+                            line.push(b'\n');
+                        }
+                        if let Ok(mut c) = console.lock() {
+                            let _ = write!(c, "{name}: ");
+                            let _ = c.write_all(&line);
+                            let _ = c.flush();
+                        }
                     }
                 }
             }
-        }
-    });
+        });
+    if let Err(e) = spawned {
+        // The stream is dropped: the service sees EPIPE on output instead
+        // of init panicking over a thread it could not create.
+        crate::say!("no output forwarding for {label}: {e}");
+    }
 }
 
 impl Supervisor {
