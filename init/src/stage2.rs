@@ -382,6 +382,9 @@ pub fn run() -> Result<Shutdown, BootError> {
     };
     say!("shutting down: stopping services");
     sup.stop_all(STOP_GRACE);
+    // Whatever escaped its service's process group would keep /var busy.
+    sys::kill_all(libc::SIGTERM, Duration::from_secs(3));
+    sys::kill_all(libc::SIGKILL, Duration::from_secs(1));
     sys::sync();
     for m in mounted.iter().rev() {
         if let Err(e) = sys::umount(m) {

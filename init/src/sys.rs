@@ -164,3 +164,26 @@ pub fn command(prog: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
     }
     c
 }
+
+/// Signals every process but init itself, then reaps what exits, for up to
+/// `wait`. Catches daemons that left their service's process group. Does
+/// nothing unless this is PID 1: kill(-1) elsewhere would hit the caller's
+/// whole session.
+pub fn kill_all(sig: libc::c_int, wait: Duration) {
+    if getpid() != 1 {
+        return;
+    }
+    // SAFETY: kill(-1) from PID 1 excludes PID 1 itself.
+    unsafe { libc::kill(-1, sig) };
+    let end = std::time::Instant::now() + wait;
+    while std::time::Instant::now() < end {
+        // SAFETY: plain waitpid with a null status pointer.
+        let r = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if r < 0 {
+            return; // ECHILD: nothing left
+        }
+        if r == 0 {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
