@@ -1,23 +1,18 @@
 //! UKI assembly checked with binutils (`objdump`, `objcopy`) and by booting
 //! the result under OVMF + systemd-boot in QEMU.
 
+#[path = "support/boot.rs"]
+mod boot;
+
 use std::fs;
-use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use artifacts::uki::{Uki, UkiError, UkiInputs};
 use sha2::{Digest, Sha256};
 
-const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
-const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-
-const KERNEL_DEB: &str = "linux-image-6.1.0-56-amd64_6.1.192-2_amd64.deb";
-const KERNEL_PKG: &str = "linux-image-6.1.0-56-amd64=6.1.192-2";
-const KERNEL_DEB_SHA256: &str = "a86e2049672f52354c4536a089203b6c82639420424d31c91cf31a181fd4d8f1";
+use boot::STUB;
 
 const OSREL: &str = "ID=cairn\nVERSION_ID=1.2.3\nIMAGE_VERSION=1.2.3\n";
 const CMDLINE: &str = "console=ttyS0 panic=-1 cairn.rootfs=00ff";
@@ -341,156 +336,12 @@ fn signed_stub_is_rejected() {
 
 // ---------------------------------------------------------------- boot test
 
-fn cache_dir() -> PathBuf {
-    let home = std::env::var_os("HOME").expect("HOME");
-    let d = PathBuf::from(home).join(".cache/cairn-test");
-    fs::create_dir_all(&d).unwrap();
-    d
-}
-
-fn sha256_file(p: &Path) -> String {
-    hex::encode(Sha256::digest(fs::read(p).unwrap()))
-}
-
-/// The pinned Debian kernel's vmlinuz, downloaded once into the cache.
-fn debian_kernel(work: &Path) -> PathBuf {
-    let cache = cache_dir();
-    let deb = cache.join(KERNEL_DEB);
-    if !deb.exists() {
-        run(Command::new("apt-get")
-            .args([
-                "download",
-                "-q=2",
-                "-o",
-                "APT::Sandbox::User=root",
-                KERNEL_PKG,
-            ])
-            .current_dir(&cache));
-    }
-    assert_eq!(sha256_file(&deb), KERNEL_DEB_SHA256, "{}", deb.display());
-    let x = work.join("kdeb");
-    fs::create_dir_all(&x).unwrap();
-    let tar = run(Command::new("dpkg-deb").arg("--fsys-tarfile").arg(&deb));
-    let mut child = Command::new("tar")
-        .arg("-C")
-        .arg(&x)
-        .args(["-x", "--wildcards", "./boot/vmlinuz-*"])
-        .stdin(Stdio::piped())
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child.stdin.take().unwrap().write_all(&tar).unwrap();
-    assert!(child.wait().unwrap().success());
-    let boot = x.join("boot");
-    fs::read_dir(&boot).unwrap().next().unwrap().unwrap().path()
-}
-
-const MARKER: &str = "CAIRN-UKI-BOOT-OK";
-
-/// A newc initramfs whose /init (static musl C) prints the marker and powers off.
-fn marker_initramfs(work: &Path) -> PathBuf {
-    let root = work.join("initramfs");
-    fs::create_dir_all(root.join("dev")).unwrap();
-    let src = work.join("init.c");
-    fs::write(
-        &src,
-        format!(
-            r#"#include <fcntl.h>
-#include <string.h>
-#include <unistd.h>
-#include <sys/reboot.h>
-int main(void) {{
-    const char *m = "\n{MARKER}\n";
-    int fd = open("/dev/console", O_WRONLY);
-    if (fd < 0) fd = 1;
-    write(fd, m, strlen(m));
-    fsync(fd);
-    sync();
-    reboot(RB_POWER_OFF);
-    for (;;) pause();
-}}
-"#
-        ),
-    )
-    .unwrap();
-    run(Command::new("musl-gcc")
-        .args(["-static", "-Os", "-o"])
-        .arg(root.join("init"))
-        .arg(&src));
-    let cpio = work.join("initrd.cpio");
-    let out = fs::File::create(&cpio).unwrap();
-    let mut child = Command::new("cpio")
-        .args(["-o", "-H", "newc", "-R", "0:0", "--quiet"])
-        .current_dir(&root)
-        .stdin(Stdio::piped())
-        .stdout(out)
-        .spawn()
-        .unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"dev\ninit\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
-    cpio
-}
-
-/// GPT disk with one ESP (mkfs.fat + mtools) holding systemd-boot and `uki`.
-fn esp_disk(work: &Path, uki: &Path) -> PathBuf {
-    let esp = work.join("esp.img");
-    let _ = fs::remove_file(&esp);
-    run(Command::new("mkfs.fat")
-        .args(["-F", "32", "-n", "EFI", "-C"])
-        .arg(&esp)
-        .arg("65536"));
-    let m = |args: &[&str]| {
-        run(Command::new(args[0]).arg("-i").arg(&esp).args(&args[1..]));
-    };
-    m(&["mmd", "::/EFI", "::/EFI/BOOT", "::/EFI/Linux", "::/loader"]);
-    let loader = work.join("loader.conf");
-    fs::write(&loader, "timeout 0\n").unwrap();
-    run(Command::new("mcopy")
-        .arg("-i")
-        .arg(&esp)
-        .arg(SYSTEMD_BOOT)
-        .arg("::/EFI/BOOT/BOOTX64.EFI"));
-    run(Command::new("mcopy")
-        .arg("-i")
-        .arg(&esp)
-        .arg(&loader)
-        .arg("::/loader/loader.conf"));
-    run(Command::new("mcopy")
-        .arg("-i")
-        .arg(&esp)
-        .arg(uki)
-        .arg("::/EFI/Linux/cairn-1.2.3.efi"));
-    let disk = work.join("disk.img");
-    let f = fs::File::create(&disk).unwrap();
-    f.set_len((1 + 64 + 1) << 20).unwrap();
-    drop(f);
-    run(Command::new("sgdisk")
-        .args(["-n", "1:2048:+64M", "-t", "1:ef00"])
-        .arg(&disk));
-    run(Command::new("dd")
-        .arg(format!("if={}", esp.display()))
-        .arg(format!("of={}", disk.display()))
-        .args(["bs=1M", "seek=1", "conv=notrunc", "status=none"]));
-    disk
-}
-
-fn tail(text: &str, n: usize) -> String {
-    let lines: Vec<&str> = text.lines().collect();
-    lines[lines.len().saturating_sub(n)..].join("\n")
-}
-
 #[test]
 fn uki_boots_under_ovmf_and_systemd_boot() {
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path();
-    let kernel = debian_kernel(work);
-    let initrd = marker_initramfs(work);
+    let kernel = boot::debian_kernel(work);
+    let initrd = boot::marker_initramfs(work);
     let uki = work.join("uki.efi");
     Uki::build(
         &UkiInputs {
@@ -505,65 +356,27 @@ fn uki_boots_under_ovmf_and_systemd_boot() {
         &uki,
     )
     .unwrap();
-    let disk = esp_disk(work, &uki);
+    let disk = boot::esp_disk(
+        work,
+        &[
+            (Path::new(boot::SYSTEMD_BOOT), "EFI/BOOT/BOOTX64.EFI"),
+            (&uki, "EFI/Linux/cairn-1.2.3.efi"),
+        ],
+    );
     let vars = work.join("vars.fd");
-    fs::copy(OVMF_VARS, &vars).unwrap();
-    let log = work.join("console.log");
-    let started = Instant::now();
-    let mut qemu = Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35", "-m", "512", "-nographic", "-no-reboot"])
-        .args(["-monitor", "none", "-nodefaults"])
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
-        ))
-        .arg("-drive")
-        .arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            vars.display()
-        ))
-        .arg("-drive")
-        .arg(format!("if=virtio,format=raw,file={}", disk.display()))
-        .arg("-serial")
-        .arg(format!("file:{}", log.display()))
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("qemu-system-x86_64");
+    fs::copy(boot::OVMF_VARS, &vars).unwrap();
     let timeout = Duration::from_secs(240);
-    let mut seen = false;
-    let mut exited = None;
-    while started.elapsed() < timeout {
-        let text = fs::read(&log).unwrap_or_default();
-        if String::from_utf8_lossy(&text).contains(MARKER) {
-            seen = true;
-        }
-        if let Some(st) = qemu.try_wait().unwrap() {
-            exited = Some(st);
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(500));
-    }
-    // Reap in every path; kill is a no-op error if it already powered off.
-    let _ = qemu.kill();
-    let reaped = qemu.wait();
-    if exited.is_none() {
-        exited = reaped.ok();
-    }
-    let text = String::from_utf8_lossy(&fs::read(&log).unwrap_or_default()).into_owned();
-    seen |= text.contains(MARKER);
-    let mut err = String::new();
-    if let Some(mut e) = qemu.stderr.take() {
-        let _ = e.read_to_string(&mut err);
-    }
+    let r = boot::boot(work, &disk, boot::OVMF_CODE, &vars, false, timeout, |t| {
+        t.contains(boot::MARKER)
+    });
     eprintln!(
-        "boot took {:.1} s, qemu exit {:?}",
-        started.elapsed().as_secs_f64(),
-        exited
+        "boot took {:.1} s (qemu exited by itself: {})",
+        r.seconds, r.exited
     );
     assert!(
-        seen,
-        "marker {MARKER} not on the serial console within {timeout:?}; qemu stderr: {err}\nlast 50 lines:\n{}",
-        tail(&text, 50)
+        r.console.contains(boot::MARKER),
+        "marker {} not on the serial console within {timeout:?}; last 50 lines:\n{}",
+        boot::MARKER,
+        boot::tail(&r.console, 50)
     );
 }
