@@ -6,13 +6,16 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
+use std::time::Duration;
+
+#[path = "../../artifacts/tests/support/boot.rs"]
+mod boot;
 
 use artifacts::uki::{Uki, UkiInputs};
 use signing::authenticode::{image_digest, sign_file, sign_image, AuthenticodeError};
 use signing::secureboot::{SecureBootError, SecureBootKey, SecureBootKeys};
 
-const STUB: &str = "/usr/lib/systemd/boot/efi/linuxx64.efi.stub";
-const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
+use boot::{STUB, SYSTEMD_BOOT};
 const EPOCH: u64 = 1_704_067_200; // 2024-01-01T00:00:00Z
 
 struct Keys {
@@ -310,4 +313,131 @@ fn bad_inputs_are_rejected() {
         SecureBootKey::load(&kpath("db.key"), &junk),
         Err(SecureBootError::BadCert { .. })
     ));
+}
+
+// ------------------------------------------------------ Secure Boot in QEMU
+
+/// Owner GUID for the enrolled certificates (any fixed value works).
+const OWNER: &str = "6b7f4e1a-3c2d-4f5e-9a8b-0c1d2e3f4a5b";
+
+/// OVMF variables with our PK/KEK/db enrolled and Secure Boot enabled.
+fn enrolled_vars(work: &Path) -> PathBuf {
+    let vars = work.join("sbvars.fd");
+    boot::run(
+        Command::new("virt-fw-vars")
+            .args(["-i", boot::OVMF_VARS, "-o"])
+            .arg(&vars)
+            .arg("--set-pk")
+            .arg(OWNER)
+            .arg(kpath("PK.crt"))
+            .arg("--add-kek")
+            .arg(OWNER)
+            .arg(kpath("KEK.crt"))
+            .arg("--add-db")
+            .arg(OWNER)
+            .arg(kpath("db.crt"))
+            .arg("--sb"),
+    );
+    vars
+}
+
+fn real_uki(work: &Path) -> PathBuf {
+    let kernel = boot::debian_kernel(work);
+    let initrd = boot::marker_initramfs(work);
+    let uki = work.join("uki.efi");
+    Uki::build(
+        &UkiInputs {
+            stub: Path::new(STUB),
+            linux: &kernel,
+            initrd: &initrd,
+            cmdline: "console=ttyS0 panic=-1 quiet",
+            osrel: "ID=cairn\nVERSION_ID=1.0\nIMAGE_VERSION=1.0\n",
+            uname: None,
+            sbat: None,
+        },
+        &uki,
+    )
+    .unwrap();
+    uki
+}
+
+/// systemd-boot reports a refused image; OVMF's wording varies with the path.
+fn refused(console: &str) -> bool {
+    let c = console.to_ascii_lowercase();
+    c.contains("access denied") || c.contains("security violation")
+}
+
+#[test]
+fn secure_boot_runs_signed_uki_and_refuses_altered_one() {
+    let tmp = tempfile::tempdir().unwrap();
+    let work = tmp.path();
+    let uki = real_uki(work);
+    let signed_uki = work.join("signed-uki.efi");
+    sign_file(&uki, &signed_uki, &keys().set.db).unwrap();
+    let signed_boot = work.join("BOOTX64.EFI");
+    sign_file(Path::new(SYSTEMD_BOOT), &signed_boot, &keys().set.db).unwrap();
+    let timeout = Duration::from_secs(240);
+
+    // Signed systemd-boot + signed UKI: boots to the marker.
+    let disk = boot::esp_disk(
+        work,
+        &[
+            (&signed_boot, "EFI/BOOT/BOOTX64.EFI"),
+            (&signed_uki, "EFI/Linux/cairn-1.0.efi"),
+        ],
+    );
+    let vars = enrolled_vars(work);
+    let r = boot::boot(
+        work,
+        &disk,
+        boot::OVMF_CODE_SECBOOT,
+        &vars,
+        true,
+        timeout,
+        |t| t.contains(boot::MARKER),
+    );
+    eprintln!("secure boot (signed) took {:.1} s", r.seconds);
+    assert!(
+        r.console.contains(boot::MARKER),
+        "signed UKI did not boot under Secure Boot; last 50 lines:\n{}",
+        boot::tail(&r.console, 50)
+    );
+
+    // The same UKI with one byte of .cmdline changed after signing.
+    let mut bytes = fs::read(&signed_uki).unwrap();
+    let cmdline = Uki::sections(&signed_uki)
+        .unwrap()
+        .into_iter()
+        .find(|s| s.name_str() == ".cmdline")
+        .unwrap();
+    bytes[cmdline.pointer_to_raw_data as usize] ^= 0x20;
+    let altered = work.join("altered.efi");
+    fs::write(&altered, &bytes).unwrap();
+    let disk = boot::esp_disk(
+        work,
+        &[
+            (&signed_boot, "EFI/BOOT/BOOTX64.EFI"),
+            (&altered, "EFI/Linux/cairn-1.0.efi"),
+        ],
+    );
+    let vars = enrolled_vars(work);
+    let r = boot::boot(
+        work,
+        &disk,
+        boot::OVMF_CODE_SECBOOT,
+        &vars,
+        true,
+        timeout,
+        |t| t.contains(boot::MARKER) || refused(t),
+    );
+    eprintln!(
+        "secure boot (altered) took {:.1} s:\n{}",
+        r.seconds,
+        boot::tail(&r.console, 5)
+    );
+    assert!(
+        !r.console.contains(boot::MARKER) && refused(&r.console),
+        "altered UKI was not refused; last 50 lines:\n{}",
+        boot::tail(&r.console, 50)
+    );
 }
