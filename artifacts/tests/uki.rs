@@ -226,6 +226,28 @@ fn sbat_is_merged_after_the_stubs_entries() {
 }
 
 #[test]
+fn sbat_from_caller_alone_when_stub_has_none() {
+    let tmp = tempfile::tempdir().unwrap();
+    let p = fake_payload(tmp.path());
+    // A stub copy whose .sbat header is renamed, so it carries no SBAT.
+    let mut stub = fs::read(STUB).unwrap();
+    let at = stub
+        .windows(8)
+        .position(|w| w == b".sbat\0\0\0")
+        .expect(".sbat header in the stub");
+    stub[at..at + 8].copy_from_slice(b".xbat\0\0\0");
+    let nosbat = tmp.path().join("nosbat.stub");
+    fs::write(&nosbat, &stub).unwrap();
+    let ours = "sbat,1,SBAT Version,sbat,1,https://github.com/rhboot/shim/blob/main/SBAT.md\n\
+                cairn,1,cairn,cairn,1,https://example.invalid\n";
+    let mut i = inputs(&p, Some(ours));
+    i.stub = &nosbat;
+    let out = tmp.path().join("uki.efi");
+    Uki::build(&i, &out).unwrap();
+    assert_eq!(Uki::read_section(&out, ".sbat").unwrap(), ours.as_bytes());
+}
+
+#[test]
 fn two_builds_in_different_dirs_are_identical() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();

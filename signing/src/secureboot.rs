@@ -390,3 +390,44 @@ impl SecureBootKeys {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn x509_time_switches_to_generalized_in_2050() {
+        assert_eq!(x509_time(0), tlv(der::UTC_TIME, b"700101000000Z"));
+        // 2024-02-29T12:34:56Z: a leap day
+        assert_eq!(
+            x509_time(1_709_210_096),
+            tlv(der::UTC_TIME, b"240229123456Z")
+        );
+        // 2049-12-31T23:59:59Z and one second later
+        assert_eq!(
+            x509_time(2_524_607_999),
+            tlv(der::UTC_TIME, b"491231235959Z")
+        );
+        assert_eq!(
+            x509_time(2_524_608_000),
+            tlv(der::GENERALIZED_TIME, b"20500101000000Z")
+        );
+    }
+
+    #[test]
+    fn der_lengths_and_integers() {
+        assert_eq!(tlv(0x04, &[7; 3]), vec![0x04, 3, 7, 7, 7]);
+        let long = tlv(0x04, &[0; 300]);
+        assert_eq!(&long[..4], &[0x04, 0x82, 0x01, 0x2c]);
+        assert_eq!(uint(&[0x80]), vec![0x02, 2, 0x00, 0x80]);
+        assert_eq!(uint(&[0, 0, 5]), vec![0x02, 1, 5]);
+        assert_eq!(uint(&[0, 0]), vec![0x02, 1, 0]);
+        assert_eq!(
+            oid(OID_SHA256),
+            vec![0x06, 9, 0x60, 0x86, 0x48, 0x01, 0x65, 0x03, 0x04, 0x02, 0x01]
+        );
+        let (t, rest) = der::parse(&long).unwrap();
+        assert_eq!((t.tag, t.content.len(), rest.len()), (0x04, 300, 0));
+        assert!(der::parse(&long[..100]).is_none());
+    }
+}
