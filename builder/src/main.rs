@@ -1,15 +1,26 @@
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 /// cairn: build reproducible, signed, immutable OS images.
 #[derive(Parser)]
 #[command(name = "cairn", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Package layer: pinned sources, cached builds (see pkgs/README.md).
+    Pkg(builder::pkgs::cli::PkgArgs),
+}
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let _cli = Cli::parse();
-    Ok(())
+    match Cli::parse().command {
+        Some(Command::Pkg(args)) => builder::pkgs::cli::run(args),
+        None => Ok(()),
+    }
 }
