@@ -55,6 +55,8 @@ impl Pkgs {
     /// dependency graph. The cache defaults to `default_cache_dir()`,
     /// SOURCE_DATE_EPOCH to 0, jobs to the available parallelism.
     pub fn load(repo_root: &Path) -> Result<Pkgs, PkgError> {
+        // Scripts run in another cwd: every path handed to them is absolute.
+        let repo_root = &fs::canonicalize(repo_root).map_err(io_err(repo_root))?;
         let pkgs_dir = repo_root.join("pkgs");
         let mut names: Vec<String> = Vec::new();
         for e in fs::read_dir(&pkgs_dir).map_err(io_err(&pkgs_dir))? {
