@@ -64,14 +64,12 @@ pub fn run_script(inv: &Invocation) -> Result<(), PkgError> {
     );
     pb.set_message(format!("building {}", inv.package));
     pb.enable_steady_tick(Duration::from_millis(200));
-    let status = cmd
-        .status()
-        .map_err(|e| PkgError::BuildFailed {
-            package: inv.package.into(),
-            status: format!("could not start /bin/bash: {e}"),
-            log: inv.log.to_path_buf(),
-            tail: String::new(),
-        });
+    let status = cmd.status().map_err(|e| PkgError::BuildFailed {
+        package: inv.package.into(),
+        status: format!("could not start /bin/bash: {e}"),
+        log: inv.log.to_path_buf(),
+        tail: String::new(),
+    });
     pb.finish_and_clear();
     let status = status?;
     if status.success() {

@@ -32,7 +32,9 @@ pub fn default_cache_dir() -> PathBuf {
     if let Some(d) = env("XDG_CACHE_HOME") {
         return PathBuf::from(d).join("cairn");
     }
-    let home = env("HOME").map(PathBuf::from).unwrap_or_else(|| "/root".into());
+    let home = env("HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| "/root".into());
     home.join(".cache").join("cairn")
 }
 
@@ -150,7 +152,10 @@ pub fn make_writable(p: &Path) {
     use std::os::unix::fs::PermissionsExt;
     if let Ok(m) = fs::symlink_metadata(p) {
         if m.is_dir() {
-            let _ = fs::set_permissions(p, fs::Permissions::from_mode(m.permissions().mode() | 0o700));
+            let _ = fs::set_permissions(
+                p,
+                fs::Permissions::from_mode(m.permissions().mode() | 0o700),
+            );
             if let Ok(rd) = fs::read_dir(p) {
                 for e in rd.flatten() {
                     make_writable(&e.path());

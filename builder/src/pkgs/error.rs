@@ -51,16 +51,16 @@ pub enum PkgError {
         command: String,
         message: String,
     },
-    #[error(
-        "package `{package}`: build script {status}; log: {log}\n--- last lines ---\n{tail}"
-    )]
+    #[error("package `{package}`: build script {status}; log: {log}\n--- last lines ---\n{tail}")]
     BuildFailed {
         package: String,
         status: String,
         log: PathBuf,
         tail: String,
     },
-    #[error("package `{package}`: declared output `{output}` missing from CAIRN_OUT after the build")]
+    #[error(
+        "package `{package}`: declared output `{output}` missing from CAIRN_OUT after the build"
+    )]
     MissingOutput { package: String, output: String },
 }
 

@@ -53,12 +53,10 @@ pub fn fetch(cache: &Cache, package: &str, src: &Source) -> Result<Fetched, PkgE
             version,
             ..
         } => {
-            run(
-                Command::new("apt-get")
-                    .arg("download")
-                    .arg(format!("{p}={version}"))
-                    .current_dir(dir),
-            )
+            run(Command::new("apt-get")
+                .arg("download")
+                .arg(format!("{p}={version}"))
+                .current_dir(dir))
             .map_err(&fail)?;
         }
         SourceKind::Url { url, .. } => {
@@ -158,9 +156,7 @@ fn cached(cache: &Cache, wanted: &[(Option<String>, String)]) -> Option<Vec<Path
 
 fn run(cmd: &mut Command) -> Result<(), String> {
     let shown = format!("{cmd:?}");
-    let out = cmd
-        .output()
-        .map_err(|e| format!("running {shown}: {e}"))?;
+    let out = cmd.output().map_err(|e| format!("running {shown}: {e}"))?;
     if out.status.success() {
         Ok(())
     } else {
@@ -198,7 +194,10 @@ fn fetch_deb_src(
         format!("-oDir::Cache={}", apt.join("cache").display()),
     ];
     let have_lists = fs::read_dir(&lists)
-        .map(|rd| rd.flatten().any(|e| e.file_name().to_string_lossy().ends_with("Sources")))
+        .map(|rd| {
+            rd.flatten()
+                .any(|e| e.file_name().to_string_lossy().ends_with("Sources"))
+        })
         .unwrap_or(false);
     if !have_lists {
         run(Command::new("apt-get").args(&opts).args(["-q", "update"]))?;

@@ -2,8 +2,8 @@
 //! a content-addressed build cache (see `pkgs/README.md` for the format).
 
 pub mod build;
-pub mod cli;
 pub mod cache;
+pub mod cli;
 pub mod error;
 pub mod fetch;
 pub mod hash;
@@ -19,8 +19,8 @@ use std::sync::Mutex;
 use sha2::{Digest, Sha256};
 
 pub use cache::{default_cache_dir, Cache};
-pub use error::PkgError;
 use error::io_err;
+pub use error::PkgError;
 pub use recipe::{Recipe, Source, SourceKind, Unpack};
 
 /// One package as loaded from `pkgs/NAME/`.
@@ -129,10 +129,12 @@ impl Pkgs {
     }
 
     pub fn package(&self, name: &str) -> Result<&Package, PkgError> {
-        self.packages.get(name).ok_or_else(|| PkgError::UnknownPackage {
-            name: name.into(),
-            context: None,
-        })
+        self.packages
+            .get(name)
+            .ok_or_else(|| PkgError::UnknownPackage {
+                name: name.into(),
+                context: None,
+            })
     }
 
     fn check_graph(&self, name: &str, path: &mut Vec<String>) -> Result<(), PkgError> {
@@ -141,10 +143,13 @@ impl Pkgs {
             cycle.push(name.into());
             return Err(PkgError::Cycle { cycle });
         }
-        let pkg = self.packages.get(name).ok_or_else(|| PkgError::UnknownPackage {
-            name: name.into(),
-            context: path.last().cloned(),
-        })?;
+        let pkg = self
+            .packages
+            .get(name)
+            .ok_or_else(|| PkgError::UnknownPackage {
+                name: name.into(),
+                context: path.last().cloned(),
+            })?;
         path.push(name.into());
         for d in &pkg.recipe.depends {
             self.check_graph(d, path)?;
@@ -203,7 +208,12 @@ impl Pkgs {
     /// The cache key of `name` (hex sha256). Cheap: hashes recipe, script
     /// and `path` sources, never the fetched files (pinned by hash already).
     pub fn key(&self, name: &str) -> Result<String, PkgError> {
-        if let Some(k) = self.keys.lock().unwrap_or_else(|p| p.into_inner()).get(name) {
+        if let Some(k) = self
+            .keys
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+        {
             return Ok(k.clone());
         }
         let pkg = self.package(name)?;
@@ -393,7 +403,10 @@ impl Pkgs {
         fs::create_dir(dest).map_err(io_err(dest))?;
         let bad_unpack = || PkgError::Recipe {
             path: self.packages[package].dir.join("recipe.toml"),
-            message: format!("source `{}`: unpack {:?} does not apply to its kind", s.name, s.unpack),
+            message: format!(
+                "source `{}`: unpack {:?} does not apply to its kind",
+                s.name, s.unpack
+            ),
         };
         if let SourceKind::Path { path, sha256 } = &s.kind {
             let abs = self.repo.join(path);

@@ -87,11 +87,7 @@ impl RawSource {
             "deb-src" => &["package", "version", "sha256", "files", "suite"],
             "url" => &["url", "sha256", "filename"],
             "path" => &["path", "sha256"],
-            other => {
-                return Err(format!(
-                    "unknown kind `{other}` (deb, deb-src, url, path)"
-                ))
-            }
+            other => return Err(format!("unknown kind `{other}` (deb, deb-src, url, path)")),
         };
         let present = [
             ("package", package.is_some()),
@@ -196,8 +192,10 @@ impl Recipe {
         let mut r: Recipe = toml::from_str(&text).map_err(|e| bad(e.to_string()))?;
         for raw in std::mem::take(&mut r.raw_sources) {
             let n = raw.name.clone();
-            r.sources
-                .push(raw.into_source().map_err(|m| bad(format!("source `{n}`: {m}")))?);
+            r.sources.push(
+                raw.into_source()
+                    .map_err(|m| bad(format!("source `{n}`: {m}")))?,
+            );
         }
         if r.name != dir_name {
             return Err(bad(format!(
@@ -285,7 +283,10 @@ fn check_name(n: &str) -> Result<(), String> {
 }
 
 fn check_sha(h: &str) -> Result<(), String> {
-    if h.len() == 64 && h.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if h.len() == 64
+        && h.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
         Err(format!(

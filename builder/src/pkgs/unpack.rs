@@ -56,9 +56,7 @@ fn parse_ar(data: &[u8]) -> Result<Vec<ArMember>, String> {
         let name = raw_name.strip_suffix('/').unwrap_or(&raw_name).to_string();
         let size_text = String::from_utf8_lossy(&h[48..58]).trim().to_string();
         let size: u64 = size_text.parse().map_err(|_| {
-            format!(
-                "ar member `{name}` at offset {pos}: size field `{size_text}` is not a number"
-            )
+            format!("ar member `{name}` at offset {pos}: size field `{size_text}` is not a number")
         })?;
         let start = pos + AR_HEADER;
         let end = (start as u64)
@@ -108,7 +106,11 @@ pub fn unpack_deb(deb: &Path, target: &Path) -> Result<(), PkgError> {
     let label = deb.join(&data.name);
     let compression = Compression::from_name(&data.name)
         .ok_or_else(|| unpack_err(deb, format!("unsupported member `{}`", data.name)))?;
-    unpack_tar_stream(compression.reader(Box::new(reader), &label)?, target, &label)
+    unpack_tar_stream(
+        compression.reader(Box::new(reader), &label)?,
+        target,
+        &label,
+    )
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -159,15 +161,24 @@ pub fn unpack_tar(archive: &Path, target: &Path) -> Result<(), PkgError> {
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let c = Compression::from_name(&name)
-        .ok_or_else(|| unpack_err(archive, "not a tarball name (.tar, .tar.gz, .tar.xz, .tar.zst)".into()))?;
+    let c = Compression::from_name(&name).ok_or_else(|| {
+        unpack_err(
+            archive,
+            "not a tarball name (.tar, .tar.gz, .tar.xz, .tar.zst)".into(),
+        )
+    })?;
     let f = fs::File::open(archive).map_err(|e| unpack_err(archive, e.to_string()))?;
     unpack_tar_stream(c.reader(Box::new(f), archive)?, target, archive)
 }
 
 /// Extracts an uncompressed tar stream into `target` (created if missing).
-pub fn unpack_tar_stream(r: Box<dyn Read + '_>, target: &Path, label: &Path) -> Result<(), PkgError> {
-    fs::create_dir_all(target).map_err(|e| unpack_err(label, format!("{}: {e}", target.display())))?;
+pub fn unpack_tar_stream(
+    r: Box<dyn Read + '_>,
+    target: &Path,
+    label: &Path,
+) -> Result<(), PkgError> {
+    fs::create_dir_all(target)
+        .map_err(|e| unpack_err(label, format!("{}: {e}", target.display())))?;
     let mut ar = tar::Archive::new(r);
     let entries = ar
         .entries()
@@ -191,7 +202,11 @@ pub fn unpack_tar_stream(r: Box<dyn Read + '_>, target: &Path, label: &Path) -> 
             T::Directory => {
                 match fs::symlink_metadata(&dest) {
                     Ok(m) if m.is_dir() => {}
-                    Ok(_) => return Err(bad("a directory would replace an existing non-directory".into())),
+                    Ok(_) => {
+                        return Err(bad(
+                            "a directory would replace an existing non-directory".into()
+                        ))
+                    }
                     Err(_) => fs::create_dir(&dest).map_err(|e| bad(e.to_string()))?,
                 }
                 fs::set_permissions(&dest, fs::Permissions::from_mode(mode | 0o700))
@@ -232,11 +247,9 @@ pub fn unpack_tar_stream(r: Box<dyn Read + '_>, target: &Path, label: &Path) -> 
                 let src = target.join(&link_rel);
                 match fs::symlink_metadata(&src) {
                     Ok(m) if m.is_file() => {}
-                    _ => {
-                        return Err(bad(format!(
-                            "hard link target `{shown_link}` is not a regular file already extracted"
-                        )))
-                    }
+                    _ => return Err(bad(format!(
+                        "hard link target `{shown_link}` is not a regular file already extracted"
+                    ))),
                 }
                 remove_existing(&dest).map_err(&bad)?;
                 fs::hard_link(&src, &dest).map_err(|e| bad(e.to_string()))?;
@@ -247,8 +260,7 @@ pub fn unpack_tar_stream(r: Box<dyn Read + '_>, target: &Path, label: &Path) -> 
             }
         }
     }
-    check_symlinks(target, target, Path::new(""))
-        .map_err(|m| unpack_err(label, m))?;
+    check_symlinks(target, target, Path::new("")).map_err(|m| unpack_err(label, m))?;
     Ok(())
 }
 
@@ -267,9 +279,7 @@ fn safe_relative(raw: &[u8]) -> Result<PathBuf, String> {
             Component::Normal(n) => out.push(n),
             Component::CurDir => {}
             Component::ParentDir => return Err("`..` component refused".into()),
-            Component::RootDir | Component::Prefix(_) => {
-                return Err("absolute path refused".into())
-            }
+            Component::RootDir | Component::Prefix(_) => return Err("absolute path refused".into()),
         }
     }
     Ok(out)
