@@ -247,9 +247,11 @@ pub fn unpack_tar_stream(
                 let src = target.join(&link_rel);
                 match fs::symlink_metadata(&src) {
                     Ok(m) if m.is_file() => {}
-                    _ => return Err(bad(format!(
+                    _ => {
+                        return Err(bad(format!(
                         "hard link target `{shown_link}` is not a regular file already extracted"
-                    ))),
+                    )))
+                    }
                 }
                 remove_existing(&dest).map_err(&bad)?;
                 fs::hard_link(&src, &dest).map_err(|e| bad(e.to_string()))?;
