@@ -93,7 +93,7 @@ fn chain(repo: &Repo) {
     fs::write(repo.root.join("data/input.txt"), "one\n").unwrap();
     repo.add(
         "a",
-        "outputs = [\"a.txt\"]\n[[source]]\nname = \"data\"\nkind = \"path\"\npath = \"data\"",
+        "outputs = [\"a.txt\"]\n[[source]]\nname = \"data\"\nkind = \"path\"\nspec = \"data\"",
         "cat $CAIRN_SRC/data/input.txt > $CAIRN_OUT/a.txt\necho a >> $CAIRN_OUT/a.txt",
     );
     repo.add(
@@ -251,7 +251,7 @@ fn url_repo(payload: &Path, sha: &str) -> Repo {
     repo.add(
         "u",
         &format!(
-            "outputs = [\"hello\"]\n[[source]]\nname = \"t\"\nkind = \"url\"\nurl = \"file://{}\"\nsha256 = \"{sha}\"",
+            "outputs = [\"hello\"]\n[[source]]\nname = \"t\"\nkind = \"url\"\nspec = \"file://{}\"\nsha256 = \"{sha}\"",
             payload.display()
         ),
         "cp $CAIRN_SRC/t/dir/hello $CAIRN_OUT/hello",
@@ -426,6 +426,10 @@ fn missing_host_packages_name_the_apt_get_line() {
         "{err}"
     );
     assert!(!err.contains("-y bash"), "{err}");
+    // A version pin that the installed package does not meet is missing too.
+    repo.add("h", "host_packages = [\"bash=0.0-cairn\"]", "true");
+    let err = repo.pkgs(c.path()).build("top").unwrap_err().to_string();
+    assert!(err.contains("apt-get install -y bash=0.0-cairn"), "{err}");
     assert_eq!(repo.count("h"), 0);
 }
 
@@ -478,29 +482,38 @@ fn bad_recipes_are_refused_with_the_reason() {
         ),
         ("depends = [\"bad\"]", "cycle: bad -> bad"),
         (
-            "[[source]]\nname = \"s\"\nkind = \"url\"\nurl = \"http://x/y.tar\"\nsha256 = \"SHA\"",
+            "[[source]]\nname = \"s\"\nkind = \"url\"\nspec = \"http://x/y.tar\"\nsha256 = \"SHA\"",
             "must be https://",
         ),
         (
-            "[[source]]\nname = \"s\"\nkind = \"url\"\nurl = \"https://x/y.tar\"\nsha256 = \"abc\"",
+            "[[source]]\nname = \"s\"\nkind = \"url\"\nspec = \"https://x/y.tar\"\nsha256 = \"abc\"",
             "not 64 lowercase hex",
         ),
         (
-            "[[source]]\nname = \"s\"\nkind = \"path\"\npath = \"../outside\"",
+            "[[source]]\nname = \"s\"\nkind = \"path\"\nspec = \"../outside\"",
             "without `..`",
         ),
         (
-            "[[source]]\nname = \"s\"\nkind = \"deb\"\npackage = \"p\"\nsha256 = \"SHA\"",
-            "needs `version`",
+            "[[source]]\nname = \"s\"\nkind = \"deb\"\nspec = \"p\"\nsha256 = \"SHA\"",
+            "must be `package=version`",
         ),
         (
-            "[[source]]\nname = \"s\"\nkind = \"path\"\npath = \"x\"\nurl = \"https://x\"",
+            "[[source]]\nname = \"s\"\nkind = \"path\"\nspec = \"x\"\nfilename = \"x\"",
             "does not apply to kind `path`",
         ),
         (
-            "[[source]]\nname = \"s\"\nkind = \"git\"",
+            "[[source]]\nname = \"s\"\nkind = \"git\"\nspec = \"x\"",
             "unknown kind `git`",
         ),
+        (
+            "[[source]]\nname = \"s\"\nkind = \"deb\"\nspec = \"p=1\"",
+            "needs `sha256`",
+        ),
+        (
+            "[[source]]\nname = \"s\"\nkind = \"deb\"\nspec = \"p=1\"\nsha256 = \"SHA\"\nunpack = \"zip\"",
+            "unpack",
+        ),
+        ("[[source]]\nname = \"s\"\nkind = \"path\"", "missing field `spec`"),
     ];
     for (extra, want) in cases {
         let err = load_err(&extra.replace("SHA", &sha));
@@ -529,7 +542,7 @@ fn pinned_path_source_is_checked() {
     repo.add(
         "p",
         &format!(
-            "[[source]]\nname = \"f\"\nkind = \"path\"\npath = \"f.txt\"\nsha256 = \"{good}\""
+            "[[source]]\nname = \"f\"\nkind = \"path\"\nspec = \"f.txt\"\nsha256 = \"{good}\""
         ),
         "cmp $CAIRN_SRC/f/f.txt $CAIRN_REPO/f.txt",
     );

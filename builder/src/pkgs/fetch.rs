@@ -1,6 +1,7 @@
 //! Fetching sources into the download cache, verified by sha256 before
 //! anything else sees them.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -24,26 +25,25 @@ pub fn fetch(cache: &Cache, package: &str, src: &Source) -> Result<Fetched, PkgE
         source_name: src.name.clone(),
         message,
     };
-    // (file name, expected sha256) of every file the source consists of.
-    let wanted: Vec<(Option<String>, String)> = match &src.kind {
-        SourceKind::Deb { sha256, .. } => vec![(None, sha256.clone())],
+    // The download cache is keyed by the one pin every kind has: the .deb,
+    // the file, or the .dsc (whose directory also holds the files it lists).
+    let (pin, url_name) = match &src.kind {
+        SourceKind::Deb { sha256, .. } | SourceKind::DebSrc { sha256, .. } => (sha256, None),
         SourceKind::Url {
             url,
             sha256,
             filename,
-        } => vec![(
+        } => (
+            sha256,
             Some(filename.clone().unwrap_or_else(|| url_file_name(url))),
-            sha256.clone(),
-        )],
-        SourceKind::DebSrc { sha256, files, .. } => {
-            let mut v = vec![(None, sha256.clone())];
-            v.extend(files.iter().map(|(f, h)| (Some(f.clone()), h.clone())));
-            v
-        }
+        ),
         SourceKind::Path { .. } => return Err(fail("path sources are not fetched".into())),
     };
-    if let Some(files) = cached(cache, &wanted) {
-        return Ok(Fetched { files });
+    let cached_dir = cache.download_dir(pin);
+    if cached_dir.is_dir() {
+        return Ok(Fetched {
+            files: sorted_files(&cached_dir)?,
+        });
     }
     let work = cache.temp_dir("fetch-")?;
     let dir = work.path();
@@ -60,7 +60,7 @@ pub fn fetch(cache: &Cache, package: &str, src: &Source) -> Result<Fetched, PkgE
             .map_err(&fail)?;
         }
         SourceKind::Url { url, .. } => {
-            let name = wanted[0].0.clone().unwrap_or_default();
+            let name = url_name.clone().unwrap_or_default();
             let dest = dir.join(&name);
             if let Some(local) = url.strip_prefix("file://") {
                 fs::copy(local, &dest).map_err(|e| fail(format!("copying {local}: {e}")))?;
@@ -81,77 +81,121 @@ pub fn fetch(cache: &Cache, package: &str, src: &Source) -> Result<Fetched, PkgE
         SourceKind::Path { .. } => unreachable!("rejected above"),
     }
     // Every downloaded file must be pinned, and every pin matched.
-    let mut names: Vec<String> = fs::read_dir(dir)
-        .map_err(io_err(dir))?
-        .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-        .collect::<Result<_, _>>()
-        .map_err(io_err(dir))?;
-    names.sort();
-    let is_dsc = matches!(src.kind, SourceKind::DebSrc { .. });
-    let mut verified: Vec<(String, String)> = Vec::new();
-    let mut problem: Option<PkgError> = None;
-    for n in &names {
-        let path = dir.join(n);
-        let actual = sha256_file(&path)?;
-        let expected = wanted.iter().find(|(f, _)| match f {
-            Some(f) => f == n,
-            // The unnamed pin is the .deb (only file) or the .dsc.
-            None => !is_dsc || n.ends_with(".dsc"),
-        });
-        match expected {
-            Some((_, exp)) if *exp == actual => verified.push((n.clone(), actual)),
-            Some((_, exp)) => {
-                problem.get_or_insert(PkgError::HashMismatch {
-                    package: package.into(),
-                    source_name: src.name.clone(),
-                    file: n.clone(),
-                    expected: exp.clone(),
-                    actual,
-                });
-            }
-            None => {
-                problem.get_or_insert(fail(format!(
-                    "downloaded `{n}` (sha256 {actual}) is not pinned in the recipe"
+    let names: Vec<String> = sorted_files(dir)?
+        .iter()
+        .map(|p| {
+            p.file_name()
+                .unwrap_or_default()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .collect();
+    let mismatch = |file: &str, expected: &str, actual: String| PkgError::HashMismatch {
+        package: package.into(),
+        source_name: src.name.clone(),
+        file: file.into(),
+        expected: expected.into(),
+        actual,
+    };
+    // `work` drops on every early return: nothing of a bad download is kept.
+    let pins: BTreeMap<String, String> = match &src.kind {
+        SourceKind::DebSrc { files, .. } => {
+            let dscs: Vec<&String> = names.iter().filter(|n| n.ends_with(".dsc")).collect();
+            let [dsc] = dscs.as_slice() else {
+                return Err(fail(format!(
+                    "expected one .dsc, got: {}",
+                    names.join(", ")
                 )));
+            };
+            let dsc_path = dir.join(dsc);
+            let actual = sha256_file(&dsc_path)?;
+            if actual != *pin {
+                return Err(mismatch(dsc, pin, actual));
+            }
+            let text = fs::read_to_string(&dsc_path).map_err(io_err(&dsc_path))?;
+            let mut pins = dsc_checksums(&text);
+            for (f, h) in files {
+                match pins.get(f) {
+                    Some(listed) if listed != h => {
+                        return Err(fail(format!(
+                            "recipe pins {f} to {h} but the pinned .dsc lists {listed}"
+                        )))
+                    }
+                    Some(_) => {}
+                    None => return Err(fail(format!("{f} is pinned but not listed in {dsc}"))),
+                }
+            }
+            pins.insert((*dsc).clone(), pin.clone());
+            pins.extend(files.clone());
+            pins
+        }
+        SourceKind::Deb { .. } => {
+            let [one] = names.as_slice() else {
+                return Err(fail(format!(
+                    "apt-get download left {} files: {}",
+                    names.len(),
+                    names.join(", ")
+                )));
+            };
+            BTreeMap::from([(one.clone(), pin.clone())])
+        }
+        _ => BTreeMap::from([(url_name.unwrap_or_default(), pin.clone())]),
+    };
+    for n in &names {
+        let actual = sha256_file(&dir.join(n))?;
+        match pins.get(n) {
+            Some(exp) if *exp == actual => {}
+            Some(exp) => return Err(mismatch(n, exp, actual)),
+            None => {
+                return Err(fail(format!(
+                    "downloaded `{n}` (sha256 {actual}) is not pinned"
+                )))
             }
         }
     }
-    if let Some(e) = problem {
-        // `work` drops here: nothing of a bad download is kept.
-        return Err(e);
-    }
-    if verified.len() != wanted.len() {
-        return Err(fail(format!(
-            "expected {} file(s), got {}: {}",
-            wanted.len(),
-            verified.len(),
-            names.join(", ")
-        )));
-    }
-    let mut files = Vec::new();
-    for (n, sha) in verified {
-        let dest = cache.download_dir(&sha);
-        if !dest.is_dir() {
-            let one = cache.temp_dir("dl-")?;
-            fs::rename(dir.join(&n), one.path().join(&n)).map_err(io_err(one.path()))?;
-            let kept = one.keep();
-            commit_dir(&kept, &dest)?;
+    for p in pins.keys() {
+        if !names.contains(p) {
+            return Err(fail(format!("pinned file `{p}` was not downloaded")));
         }
-        files.push(dest.join(&n));
     }
-    Ok(Fetched { files })
+    let kept = work.keep();
+    commit_dir(&kept, &cached_dir)?;
+    Ok(Fetched {
+        files: sorted_files(&cached_dir)?,
+    })
 }
 
-/// All files already in the download cache, or `None`.
-fn cached(cache: &Cache, wanted: &[(Option<String>, String)]) -> Option<Vec<PathBuf>> {
-    let mut out = Vec::new();
-    for (_, sha) in wanted {
-        let d = cache.download_dir(sha);
-        let mut it = fs::read_dir(&d).ok()?;
-        let e = it.next()?.ok()?;
-        out.push(e.path());
+fn sorted_files(dir: &Path) -> Result<Vec<PathBuf>, PkgError> {
+    let mut v: Vec<PathBuf> = fs::read_dir(dir)
+        .map_err(io_err(dir))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .map_err(io_err(dir))?;
+    v.sort();
+    Ok(v)
+}
+
+/// File name -> sha256 from a .dsc's `Checksums-Sha256:` field.
+pub fn dsc_checksums(dsc: &str) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    let mut inside = false;
+    for line in dsc.lines() {
+        if line.starts_with("Checksums-Sha256:") {
+            inside = true;
+            continue;
+        }
+        if inside {
+            if !line.starts_with(' ') {
+                inside = false;
+                continue;
+            }
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if let [sha, _size, name] = f.as_slice() {
+                out.insert((*name).to_string(), sha.to_ascii_lowercase());
+            }
+        }
     }
-    Some(out)
+    out
 }
 
 fn run(cmd: &mut Command) -> Result<(), String> {

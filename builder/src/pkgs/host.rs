@@ -68,3 +68,26 @@ pub fn toolchain_identity(package: &str, command: &str) -> Result<String, PkgErr
     }
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
+
+/// For each `package` or `package=version` spec: the installed version, and
+/// whether it satisfies the spec (installed, and equal to the pin if any).
+pub fn check_specs(specs: &[String]) -> Result<Vec<(String, Option<String>, bool)>, PkgError> {
+    let names: Vec<String> = specs
+        .iter()
+        .map(|s| s.split_once('=').map_or(s.as_str(), |(n, _)| n).to_string())
+        .collect();
+    let installed = installed_versions(&names)?;
+    Ok(specs
+        .iter()
+        .zip(&names)
+        .map(|(spec, name)| {
+            let have = installed.get(name).cloned().flatten();
+            let ok = match (spec.split_once('='), &have) {
+                (_, None) => false,
+                (None, Some(_)) => true,
+                (Some((_, want)), Some(v)) => want == v,
+            };
+            (spec.clone(), have, ok)
+        })
+        .collect())
+}

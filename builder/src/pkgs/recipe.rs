@@ -52,16 +52,28 @@ pub struct Recipe {
 struct RawSource {
     name: String,
     kind: String,
-    package: Option<String>,
-    version: Option<String>,
+    /// `package=version` (deb, deb-src), the URL (url), the repo path (path).
+    spec: String,
     sha256: Option<String>,
     files: Option<BTreeMap<String, String>>,
     suite: Option<String>,
-    url: Option<String>,
     filename: Option<String>,
-    path: Option<String>,
     #[serde(default)]
-    unpack: Unpack,
+    unpack: UnpackField,
+}
+
+/// `unpack = true|false` (auto / none) or a named mode.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(untagged)]
+enum UnpackField {
+    Bool(bool),
+    Mode(Unpack),
+}
+
+impl Default for UnpackField {
+    fn default() -> Self {
+        UnpackField::Bool(true)
+    }
 }
 
 impl RawSource {
@@ -69,62 +81,71 @@ impl RawSource {
         let RawSource {
             name,
             kind,
-            package,
-            version,
+            spec,
             sha256,
             files,
             suite,
-            url,
             filename,
-            path,
             unpack,
         } = self;
-        let need = |v: Option<String>, field: &str| {
-            v.ok_or_else(|| format!("kind `{kind}` needs `{field}`"))
+        let unpack = match unpack {
+            UnpackField::Bool(true) => Unpack::Auto,
+            UnpackField::Bool(false) => Unpack::None,
+            UnpackField::Mode(m) => m,
         };
         let allowed: &[&str] = match kind.as_str() {
-            "deb" => &["package", "version", "sha256"],
-            "deb-src" => &["package", "version", "sha256", "files", "suite"],
-            "url" => &["url", "sha256", "filename"],
-            "path" => &["path", "sha256"],
+            "deb" => &[],
+            "deb-src" => &["files", "suite"],
+            "url" => &["filename"],
+            "path" => &[],
             other => return Err(format!("unknown kind `{other}` (deb, deb-src, url, path)")),
         };
         let present = [
-            ("package", package.is_some()),
-            ("version", version.is_some()),
             ("files", files.is_some()),
             ("suite", suite.is_some()),
-            ("url", url.is_some()),
             ("filename", filename.is_some()),
-            ("path", path.is_some()),
         ];
         for (field, is) in present {
             if is && !allowed.contains(&field) {
                 return Err(format!("field `{field}` does not apply to kind `{kind}`"));
             }
         }
+        let need_sha = || {
+            sha256
+                .clone()
+                .ok_or_else(|| format!("kind `{kind}` needs `sha256`"))
+        };
+        let split = || -> Result<(String, String), String> {
+            match spec.split_once('=') {
+                Some((p, v)) if !p.is_empty() && !v.is_empty() => Ok((p.into(), v.into())),
+                _ => Err(format!("spec `{spec}` must be `package=version`")),
+            }
+        };
         let kind = match kind.as_str() {
-            "deb" => SourceKind::Deb {
-                package: need(package, "package")?,
-                version: need(version, "version")?,
-                sha256: need(sha256, "sha256")?,
-            },
-            "deb-src" => SourceKind::DebSrc {
-                package: need(package, "package")?,
-                version: need(version, "version")?,
-                sha256: need(sha256, "sha256")?,
-                files: files.unwrap_or_default(),
-                suite: suite.unwrap_or_else(|| "bookworm".into()),
-            },
+            "deb" => {
+                let (package, version) = split()?;
+                SourceKind::Deb {
+                    package,
+                    version,
+                    sha256: need_sha()?,
+                }
+            }
+            "deb-src" => {
+                let (package, version) = split()?;
+                SourceKind::DebSrc {
+                    package,
+                    version,
+                    sha256: need_sha()?,
+                    files: files.unwrap_or_default(),
+                    suite: suite.unwrap_or_else(|| "bookworm".into()),
+                }
+            }
             "url" => SourceKind::Url {
-                url: need(url, "url")?,
-                sha256: need(sha256, "sha256")?,
+                url: spec,
+                sha256: need_sha()?,
                 filename,
             },
-            _ => SourceKind::Path {
-                path: need(path, "path")?,
-                sha256,
-            },
+            _ => SourceKind::Path { path: spec, sha256 },
         };
         Ok(Source { name, kind, unpack })
     }
@@ -149,7 +170,8 @@ pub enum SourceKind {
         version: String,
         sha256: String,
     },
-    /// A Debian source package; `sha256` pins the .dsc, `files` every other file.
+    /// A Debian source package; `sha256` pins the .dsc, which pins every
+    /// other file by its Checksums-Sha256; `files` may pin them again.
     DebSrc {
         package: String,
         version: String,
