@@ -84,3 +84,56 @@ fn systemd_boot_from_the_pinned_deb() {
         assert_eq!(fs::read(o1.join(n)).unwrap(), fs::read(o2.join(n)).unwrap());
     }
 }
+
+/// A Debian source package through the private sources list, unpacked by
+/// dpkg-source (hello is small; its .dsc pins the other three files).
+#[test]
+fn deb_src_fetch_and_dpkg_source_extract() {
+    let d = tempfile::tempdir().unwrap();
+    let pkg = d.path().join("repo/pkgs/hello");
+    fs::create_dir_all(&pkg).unwrap();
+    fs::write(
+        pkg.join("recipe.toml"),
+        r#"name = "hello"
+version = "2.10-3"
+host_packages = ["dpkg-dev"]
+outputs = ["configure", "debian-control"]
+[[source]]
+name = "hello"
+kind = "deb-src"
+spec = "hello=2.10-3"
+sha256 = "75296f5ef618ae2f1849e22b142a2b5ab52c452ebefa4e7b0564c44617db3790"
+"#,
+    )
+    .unwrap();
+    fs::write(
+        pkg.join("build.sh"),
+        "cp $CAIRN_SRC/hello/configure $CAIRN_OUT/\ncp $CAIRN_SRC/hello/debian/control $CAIRN_OUT/debian-control\n",
+    )
+    .unwrap();
+    let cache = d.path().join("cache");
+    let out = builder::pkgs::Pkgs::load(&d.path().join("repo"))
+        .unwrap()
+        .with_cache(cache.clone())
+        .build("hello")
+        .unwrap();
+    let control = fs::read_to_string(out.join("debian-control")).unwrap();
+    assert!(control.contains("Source: hello"), "{control}");
+    let mut files: Vec<String> = fs::read_dir(cache.join("downloads"))
+        .unwrap()
+        .flat_map(|e| fs::read_dir(e.unwrap().path()).unwrap())
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    files.sort();
+    assert_eq!(
+        files,
+        [
+            "hello_2.10-3.debian.tar.xz",
+            "hello_2.10-3.dsc",
+            "hello_2.10.orig.tar.gz",
+            "hello_2.10.orig.tar.gz.asc"
+        ]
+    );
+    // The machine's own apt state was not used: the private lists exist.
+    assert!(cache.join("apt/bookworm/lists").is_dir());
+}

@@ -261,3 +261,19 @@ fn fetch_deb_src(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::dsc_checksums;
+
+    #[test]
+    fn dsc_checksums_reads_only_the_sha256_field() {
+        let dsc = "Format: 3.0 (quilt)\nSource: x\nChecksums-Sha1:\n aaaa 1 x.orig.tar.gz\n\
+                   Checksums-Sha256:\n BBBB 10 x_1.orig.tar.gz\n cccc 20 x_1-1.debian.tar.xz\n\
+                   Files:\n dddd 10 x_1.orig.tar.gz\n";
+        let m = dsc_checksums(dsc);
+        assert_eq!(m.len(), 2);
+        assert_eq!(m["x_1.orig.tar.gz"], "bbbb");
+        assert_eq!(m["x_1-1.debian.tar.xz"], "cccc");
+    }
+}
