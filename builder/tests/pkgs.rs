@@ -601,3 +601,32 @@ fn cli_list_and_build() {
         "{list}"
     );
 }
+
+#[test]
+fn path_sources_copy_directories_and_extract_tarballs() {
+    let repo = Repo::new();
+    let tgz = make_tarball(&repo.root.join("vendor"));
+    assert!(tgz.starts_with(&repo.root));
+    fs::create_dir_all(repo.root.join("conf/sub")).unwrap();
+    fs::write(repo.root.join("conf/sub/a.cfg"), "A\n").unwrap();
+    std::os::unix::fs::symlink("sub/a.cfg", repo.root.join("conf/link")).unwrap();
+    repo.add_raw(
+        "p",
+        "outputs = [\"r\"]\n\
+         [[source]]\nname = \"t\"\nkind = \"path\"\nspec = \"vendor/payload.tar.gz\"\n\
+         [[source]]\nname = \"raw\"\nkind = \"path\"\nspec = \"vendor/payload.tar.gz\"\nunpack = false\n\
+         [[source]]\nname = \"conf\"\nkind = \"path\"\nspec = \"conf\"",
+        "{ cat $CAIRN_SRC/t/dir/hello; ls $CAIRN_SRC/raw; readlink $CAIRN_SRC/conf/link; cat $CAIRN_SRC/conf/link; } > $CAIRN_OUT/r",
+    );
+    let c = tempfile::tempdir().unwrap();
+    let out = repo.pkgs(c.path()).build("p").unwrap();
+    assert_eq!(
+        fs::read_to_string(out.join("r")).unwrap(),
+        "hello from a tarball\npayload.tar.gz\nsub/a.cfg\nA\n"
+    );
+    // A symlink's target is part of the directory's content hash.
+    let k1 = repo.pkgs(c.path()).key("p").unwrap();
+    fs::remove_file(repo.root.join("conf/link")).unwrap();
+    std::os::unix::fs::symlink("sub/../sub/a.cfg", repo.root.join("conf/link")).unwrap();
+    assert_ne!(repo.pkgs(c.path()).key("p").unwrap(), k1);
+}

@@ -96,3 +96,12 @@ pub fn tail(path: &Path, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
     all[all.len().saturating_sub(lines)..].join("\n")
 }
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn dep_var_follows_the_design_contract() {
+        assert_eq!(super::dep_var("rust-musl"), "CAIRN_DEP_RUST_MUSL");
+        assert_eq!(super::dep_var("kernel"), "CAIRN_DEP_KERNEL");
+    }
+}

@@ -422,8 +422,10 @@ impl Pkgs {
                 }
             }
             let is_file = fs::symlink_metadata(&abs).map_err(io_err(&abs))?.is_file();
+            let tarball = unpack::Compression::from_name(&path.to_string()).is_some();
             return match (s.unpack, is_file) {
                 (Unpack::Tar, true) => unpack::unpack_tar(&abs, dest),
+                (Unpack::Auto, true) if tarball => unpack::unpack_tar(&abs, dest),
                 (Unpack::Auto | Unpack::None, true) => {
                     copy_tree(&abs, &dest.join(abs.file_name().unwrap_or_default()))
                 }
