@@ -51,6 +51,17 @@ pub fn run_script(inv: &Invocation) -> Result<(), PkgError> {
         .stdin(Stdio::null())
         .stdout(Stdio::from(log))
         .stderr(Stdio::from(log2));
+    // If cairn dies the script goes too instead of running on unobserved.
+    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
     for (dep, out) in inv.deps {
         cmd.env(dep_var(dep), out);
     }

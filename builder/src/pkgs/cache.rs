@@ -101,7 +101,10 @@ impl Cache {
             } else {
                 fs::remove_file(&p)
             };
-            r.map_err(io_err(&p))?;
+            // Not fatal: an orphaned script may still be writing there.
+            if let Err(e) = r {
+                tracing::warn!(path = %p.display(), "cannot remove leftover: {e}");
+            }
         }
         Ok(CacheLock { _file: file })
     }

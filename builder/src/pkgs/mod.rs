@@ -353,8 +353,15 @@ impl Pkgs {
         for s in &r.sources {
             self.stage_source(name, s, &src.join(&s.name))?;
         }
-        let partial = self.cache.tmp().join(format!("{key}.partial"));
-        fs::create_dir(&partial).map_err(io_err(&partial))?;
+        // A random suffix: a script orphaned by a killed cairn may still be
+        // writing into its own partial; it must never share one with us.
+        let tmp = self.cache.tmp();
+        let partial = tempfile::Builder::new()
+            .prefix(&format!("{key}."))
+            .suffix(".partial")
+            .tempdir_in(&tmp)
+            .map_err(io_err(&tmp))?
+            .keep();
         let deps: BTreeMap<String, PathBuf> = r
             .depends
             .iter()
