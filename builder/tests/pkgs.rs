@@ -377,7 +377,8 @@ fn killed_cairn_leaves_only_a_partial_that_the_next_run_removes() {
         "slow",
         "outputs = [\"x\"]",
         &format!(
-            "echo started > $CAIRN_OUT/x\nwhile [ -e {} ]; do sleep 0.1; done",
+            "echo $$ > {}/pid\necho started > $CAIRN_OUT/x\nwhile [ -e {} ]; do sleep 0.1; done",
+            repo.counts.display(),
             marker.display()
         ),
     );
@@ -400,6 +401,25 @@ fn killed_cairn_leaves_only_a_partial_that_the_next_run_removes() {
     }
     child.kill().unwrap();
     child.wait().unwrap();
+    // The orphaned script was killed with cairn (it would otherwise run on).
+    let pid = fs::read_to_string(repo.counts.join("pid")).unwrap();
+    let proc_dir = PathBuf::from(format!("/proc/{}", pid.trim()));
+    let t = Instant::now();
+    // Gone, or a zombie when nothing reaps orphans in this container.
+    let alive = || {
+        fs::read_to_string(proc_dir.join("stat")).is_ok_and(|st| {
+            st.rsplit(')')
+                .next()
+                .is_some_and(|r| !r.trim_start().starts_with('Z'))
+        })
+    };
+    while alive() {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "script outlived cairn"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
     assert!(dir_names(&c.path().join("pkgs")).is_empty());
     let p = repo.pkgs(c.path());
     assert!(!p.is_cached("slow").unwrap());
