@@ -1,11 +1,4 @@
-#[allow(dead_code)] // used by the build pipeline, landing next
-mod profile;
-#[allow(dead_code)]
-mod rootfs;
-#[allow(dead_code)]
-mod stage;
-
-use clap::Parser;
+use clap::{Parser, Subcommand};
 
 mod sign_cmd;
 
@@ -17,8 +10,10 @@ struct Cli {
     command: Command,
 }
 
-#[derive(clap::Subcommand)]
+#[derive(Subcommand)]
 enum Command {
+    /// Package layer: pinned sources, cached builds (see pkgs/README.md).
+    Pkg(builder::pkgs::cli::PkgArgs),
     #[command(flatten)]
     Sign(sign_cmd::SignCommand),
 }
@@ -29,6 +24,7 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Pkg(args) => builder::pkgs::cli::run(args),
         Command::Sign(cmd) => sign_cmd::run(cmd),
     }
 }
