@@ -295,12 +295,13 @@ fn read_exact_size(path: &Path, size: u64) -> Result<Vec<u8>, SquashfsError> {
     let f = File::open(path).map_err(err)?;
     let mut buf = Vec::with_capacity(size as usize);
     // One byte past the expected size tells a grown file from an exact one.
-    f.take(size + 1).read_to_end(&mut buf).map_err(err)?;
+    (&f).take(size + 1).read_to_end(&mut buf).map_err(err)?;
     if buf.len() as u64 != size {
+        let actual = f.metadata().map_err(err)?.len();
         return Err(SquashfsError::SizeChanged {
             path: path.to_path_buf(),
             expected: size,
-            actual: buf.len() as u64,
+            actual,
         });
     }
     Ok(buf)
