@@ -574,3 +574,36 @@ fn bad_options_and_times_are_rejected() {
         Err(SquashfsError::NoRoot)
     ));
 }
+
+/// Files past the whole-read size are hashed, then streamed block by block.
+#[test]
+fn large_files_stream_and_deduplicate() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    let mut big = text(11, 9 << 20);
+    big.extend_from_slice(&vec![0u8; 2 * BS]);
+    big.extend_from_slice(&noise(12, 123));
+    fs::write(src.join("big1"), &big).unwrap();
+    fs::write(src.join("big2"), &big).unwrap();
+    big[5] ^= 1;
+    fs::write(src.join("big3"), &big).unwrap();
+    let tree = Tree::read(&src, rule()).unwrap();
+    let img = dir.path().join("o.img");
+    let stats = write_squashfs_file(&tree, &img, &SquashfsOptions::new(EPOCH)).unwrap();
+    assert_eq!(stats.duplicate_files, 1, "{stats:?}");
+    assert_eq!(stats.sparse_blocks, 4, "{stats:?}");
+    let x = dir.path().join("x");
+    run(Command::new("unsquashfs")
+        .arg("-q")
+        .arg("-n")
+        .arg("-d")
+        .arg(&x)
+        .arg(&img));
+    for n in ["big1", "big2", "big3"] {
+        assert!(
+            fs::read(x.join(n)).unwrap() == fs::read(src.join(n)).unwrap(),
+            "{n}"
+        );
+    }
+}

@@ -9,7 +9,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
-use std::io::{Read, Write};
+use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::mpsc::{channel, sync_channel, Receiver, Sender};
@@ -209,23 +209,21 @@ fn read_files(
         if e.link_group.is_some_and(|g| g != i) {
             continue;
         }
-        let content = read_exact_size(&e.source, size)?;
-        let hash: [u8; 32] = Sha256::digest(&content).into();
+        let (mut content, hash) = Content::open(&e.source, size)?;
         if let Some(&p) = by_hash.get(&hash) {
             out.plans.push((i, p));
             out.duplicates += 1;
             continue;
         }
-        let content = Arc::new(content);
-        let full = content.len() / bs;
+        let full = (size / bs as u64) as usize;
         let mut plan = Plan {
             blocks: Vec::with_capacity(full + 1),
             fragment: None,
             sparse_bytes: 0,
         };
         for b in 0..full {
-            let (start, end) = (b * bs, (b + 1) * bs);
-            if content[start..end].iter().all(|&x| x == 0) {
+            let (buf, start, end) = content.block(b * bs, bs)?;
+            if buf[start..end].iter().all(|&x| x == 0) {
                 plan.blocks.push(Slot::Sparse);
                 plan.sparse_bytes += bs as u64;
                 out.sparse_blocks += 1;
@@ -234,7 +232,7 @@ fn read_files(
             plan.blocks.push(Slot::Job(seq));
             if !send(Job {
                 seq,
-                buf: Arc::clone(&content),
+                buf,
                 start,
                 end,
                 what: JobWhat::Block,
@@ -243,7 +241,10 @@ fn read_files(
             }
             seq += 1;
         }
-        let tail = &content[full * bs..];
+        let tail_len = (size % bs as u64) as usize;
+        let (buf, start, end) = content.block(full * bs, tail_len)?;
+        content.finish()?;
+        let tail = &buf[start..end];
         if !tail.is_empty() {
             if frag.len() + tail.len() > bs && !flush_fragment(&mut frag, &mut seq, &mut out, &send)
             {
@@ -283,6 +284,111 @@ fn flush_fragment(
     });
     *seq += 1;
     ok
+}
+
+/// Files up to this size are read whole: one read, hashed in memory.
+const WHOLE_READ_MAX: u64 = 8 << 20;
+
+/// A file's content, handed out block by block. Larger files are hashed in
+/// a first streaming pass (the duplicate check needs the hash before any
+/// block is queued) and read again block by block, so memory stays at a few
+/// blocks per worker whatever the file size.
+enum Content {
+    Whole(Arc<Vec<u8>>),
+    Stream {
+        file: File,
+        path: std::path::PathBuf,
+        hash: [u8; 32],
+        hasher: Sha256,
+    },
+}
+
+impl Content {
+    fn open(path: &Path, size: u64) -> Result<(Content, [u8; 32]), SquashfsError> {
+        if size <= WHOLE_READ_MAX {
+            let c = read_exact_size(path, size)?;
+            let hash = Sha256::digest(&c).into();
+            return Ok((Content::Whole(Arc::new(c)), hash));
+        }
+        let err = |source| SquashfsError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let mut f = File::open(path).map_err(err)?;
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 1 << 20];
+        let mut seen = 0u64;
+        loop {
+            let n = f.read(&mut buf).map_err(err)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+            seen += n as u64;
+        }
+        if seen != size {
+            return Err(SquashfsError::SizeChanged {
+                path: path.to_path_buf(),
+                expected: size,
+                actual: seen,
+            });
+        }
+        let hash: [u8; 32] = hasher.finalize().into();
+        f.seek(SeekFrom::Start(0)).map_err(err)?;
+        let c = Content::Stream {
+            file: f,
+            path: path.to_path_buf(),
+            hash,
+            hasher: Sha256::new(),
+        };
+        Ok((c, hash))
+    }
+
+    /// `len` bytes at `start`, as (buffer, range); blocks are asked for in order.
+    fn block(
+        &mut self,
+        start: usize,
+        len: usize,
+    ) -> Result<(Arc<Vec<u8>>, usize, usize), SquashfsError> {
+        match self {
+            Content::Whole(c) => Ok((Arc::clone(c), start, start + len)),
+            Content::Stream {
+                file, path, hasher, ..
+            } => {
+                let mut b = vec![0u8; len];
+                file.read_exact(&mut b)
+                    .map_err(|source| SquashfsError::Read {
+                        path: path.clone(),
+                        source,
+                    })?;
+                hasher.update(&b);
+                Ok((Arc::new(b), 0, len))
+            }
+        }
+    }
+
+    /// Checks a streamed file still had the content it was hashed with.
+    fn finish(self) -> Result<(), SquashfsError> {
+        if let Content::Stream {
+            mut file,
+            path,
+            hash,
+            hasher,
+        } = self
+        {
+            let mut extra = [0u8; 1];
+            let more = file
+                .read(&mut extra)
+                .map_err(|source| SquashfsError::Read {
+                    path: path.clone(),
+                    source,
+                })?;
+            if more != 0 || <[u8; 32]>::from(hasher.finalize()) != hash {
+                return Err(SquashfsError::Changed { path });
+            }
+        }
+        Ok(())
+    }
 }
 
 /// Reads a whole file, insisting it still has the size the tree recorded:

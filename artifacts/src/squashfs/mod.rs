@@ -58,6 +58,8 @@ pub enum SquashfsError {
         expected: u64,
         actual: u64,
     },
+    #[error("{path}: content changed while it was being read")]
+    Changed { path: PathBuf },
     #[error("writing the image at offset {offset}: {source}")]
     Write {
         offset: u64,
@@ -307,15 +309,10 @@ pub fn write_squashfs_file(
     })?;
     let mut w = BufWriter::with_capacity(1 << 20, f);
     let stats = write_squashfs(tree, &mut w, opts)?;
-    w.into_inner()
-        .map_err(|e| SquashfsError::Write {
-            offset: stats.image_len,
-            source: e.into_error(),
-        })?
-        .sync_all()
-        .map_err(|source| SquashfsError::Write {
-            offset: stats.image_len,
-            source,
-        })?;
+    // Not synced: like mksquashfs, durability is the caller's choice.
+    w.into_inner().map_err(|e| SquashfsError::Write {
+        offset: stats.image_len,
+        source: e.into_error(),
+    })?;
     Ok(stats)
 }
