@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use artifacts::squashfs::{
-    write_squashfs, write_squashfs_file, MemoryCache, SquashfsError, SquashfsOptions,
+    write_squashfs, write_squashfs_file, DirCache, MemoryCache, SquashfsError, SquashfsOptions,
 };
 use artifacts::tree::Kind;
 use artifacts::{ModeRule, Normalize, Tree};
@@ -605,5 +605,33 @@ fn large_files_stream_and_deduplicate() {
             fs::read(x.join(n)).unwrap() == fs::read(src.join(n)).unwrap(),
             "{n}"
         );
+    }
+}
+
+#[test]
+fn dir_cache_serves_a_second_process_worth_of_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = dir.path().join("src");
+    fs::create_dir(&src).unwrap();
+    fixture(&src);
+    let tree = Tree::read(&src, rule()).unwrap();
+    let plain = write_squashfs_file(
+        &tree,
+        &dir.path().join("0.img"),
+        &SquashfsOptions::new(EPOCH),
+    )
+    .unwrap();
+    for (n, hits) in [
+        (1, 0),
+        (2, plain.data_blocks + plain.fragment_blocks as u64),
+    ] {
+        // A fresh DirCache each time, as a new process would open it.
+        let cache = DirCache::new(dir.path().join("cache"));
+        let mut o = SquashfsOptions::new(EPOCH);
+        o.cache = Some(&cache);
+        let img = dir.path().join(format!("{n}.img"));
+        let s = write_squashfs_file(&tree, &img, &o).unwrap();
+        assert_eq!(s.cache_hits, hits, "run {n}: {s:?}");
+        assert!(fs::read(&img).unwrap() == fs::read(dir.path().join("0.img")).unwrap());
     }
 }

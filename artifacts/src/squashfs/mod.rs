@@ -10,16 +10,15 @@
 //! tail in a fragment block ("tail-end packing"), identical files are stored
 //! once, all-zero blocks are stored as sparse, hard links share one inode.
 
+mod cache;
 mod compress;
 mod data;
 mod meta;
 mod tables;
 
-use std::collections::HashMap;
 use std::fs::File;
 use std::io::{BufWriter, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
 
 use compress::Codec;
 use data::Settings;
@@ -27,6 +26,7 @@ use meta::lookup_table;
 
 use crate::tree::Tree;
 
+pub use cache::{BlockCache, DirCache, MemoryCache};
 pub use data::cache_key;
 
 const MAGIC: u32 = 0x7371_7368;
@@ -102,42 +102,6 @@ pub enum SquashfsError {
     TableTooLarge { table: &'static str, bytes: u64 },
     #[error("internal error: {what}")]
     Internal { what: &'static str },
-}
-
-/// Compressed blocks by content, so a rebuild after a small change only
-/// compresses the blocks that changed. Keys come from [`cache_key`] (the
-/// level is part of the key). A value is the block as stored in the image:
-/// shorter than the input when compressed, the input itself otherwise.
-/// Values are trusted: a cache must hand back exactly what was put.
-pub trait BlockCache: Sync {
-    fn get(&self, key: &[u8; 32]) -> Option<Vec<u8>>;
-    fn put(&self, key: [u8; 32], stored: Vec<u8>);
-}
-
-/// An in-memory [`BlockCache`].
-#[derive(Debug, Default)]
-pub struct MemoryCache {
-    blocks: Mutex<HashMap<[u8; 32], Vec<u8>>>,
-}
-
-impl MemoryCache {
-    pub fn len(&self) -> usize {
-        self.blocks.lock().map(|m| m.len()).unwrap_or(0)
-    }
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-}
-
-impl BlockCache for MemoryCache {
-    fn get(&self, key: &[u8; 32]) -> Option<Vec<u8>> {
-        self.blocks.lock().ok()?.get(key).cloned()
-    }
-    fn put(&self, key: [u8; 32], stored: Vec<u8>) {
-        if let Ok(mut m) = self.blocks.lock() {
-            m.insert(key, stored);
-        }
-    }
 }
 
 #[derive(Clone, Copy)]
