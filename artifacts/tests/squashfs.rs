@@ -457,6 +457,8 @@ fn kernel_lookups_through_directory_index() {
     assert!(fs::symlink_metadata(mnt.join(BIG_DIR).join("entry-missing")).is_err());
     assert!(fs::symlink_metadata(mnt.join(BIG_DIR).join("zzz")).is_err());
     assert!(fs::symlink_metadata(mnt.join(BIG_DIR).join("a")).is_err());
+    let listed = fs::read_dir(mnt.join(BIG_DIR)).unwrap().count();
+    assert_eq!(listed, BIG_DIR_ENTRIES);
     let m = fs::metadata(mnt.join("links/second")).unwrap();
     assert_eq!(m.nlink(), 3);
     assert_eq!(m.ino(), fs::metadata(mnt.join("a/third")).unwrap().ino());

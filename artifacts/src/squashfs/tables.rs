@@ -184,8 +184,7 @@ pub fn write_tables(
 
     let mut refs = vec![0u64; tree.entries.len()];
     let mut export = vec![0u64; lay.order.len()];
-    // Two codecs are not needed: the tables are written one after the other,
-    // but both streams are open at once, so the directory table gets its own.
+    // Both tables grow at once, so each holds its own compression context.
     let mut dir_codec = codec.clone_level()?;
     let mut itab = MetaWriter::new(codec, "inode table block");
     let mut dtab = MetaWriter::new(&mut dir_codec, "directory table block");
