@@ -4,3 +4,5 @@ pub mod pkgs;
 pub mod profile;
 pub mod rootfs;
 pub mod stage;
+pub mod assemble;
+pub mod pipeline;

@@ -1,5 +1,6 @@
 use clap::{Parser, Subcommand};
 
+mod build_cmd;
 mod sign_cmd;
 
 /// cairn: build reproducible, signed, immutable OS images.
@@ -12,6 +13,10 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Build a profile into signed, reproducible images.
+    Build(build_cmd::BuildArgs),
+    /// Assemble images from a kernel, initramfs and rootfs you bring.
+    Assemble(build_cmd::AssembleArgs),
     /// Package layer: pinned sources, cached builds (see pkgs/README.md).
     Pkg(builder::pkgs::cli::PkgArgs),
     #[command(flatten)]
@@ -24,6 +29,8 @@ fn main() -> anyhow::Result<()> {
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Build(args) => build_cmd::build(args),
+        Command::Assemble(args) => build_cmd::assemble(args),
         Command::Pkg(args) => builder::pkgs::cli::run(args),
         Command::Sign(cmd) => sign_cmd::run(cmd),
     }
