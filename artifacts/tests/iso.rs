@@ -6,7 +6,8 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use artifacts::fat::{format_path, minimum_size, FatFile, FatSource, FormatOptions};
-use artifacts::iso::{self, IsoOptions};
+use artifacts::gpt;
+use artifacts::iso::{self, IsoError, IsoOptions, IsoSummary};
 
 const EPOCH: u64 = 1_700_000_001; // 2023-11-14 22:13:21 UTC
 const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
@@ -94,31 +95,465 @@ fn extra_files(dir: &Path) -> Vec<(String, PathBuf)> {
     v
 }
 
-#[test]
-fn dump() {
+/// An image with the standard fixture: our ESP and the extra files.
+struct Fixture {
+    _dir: tempfile::TempDir,
+    img: PathBuf,
+    esp: PathBuf,
+    files: Vec<(String, PathBuf)>,
+    summary: IsoSummary,
+}
+
+fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let esp = make_esp(dir.path());
     let files = extra_files(dir.path());
-    let img = Path::new("/tmp/isoscratch/a.iso");
-    let s = iso::write(img, &opts(), &esp, &files).unwrap();
-    println!("{s:#?}");
-    let i = img.to_str().unwrap();
-    for args in [
-        vec![
-            "-indev",
-            i,
-            "-report_el_torito",
-            "plain",
-            "-report_system_area",
-            "plain",
-        ],
-        vec!["-indev", i, "-find", "/"],
-        vec!["-indev", i, "-pvd_info"],
-    ] {
-        println!("{}", run("xorriso", &args).1);
+    let img = dir.path().join("cairn.iso");
+    let summary = iso::write(&img, &opts(), &esp, &files).expect("write ISO");
+    Fixture {
+        _dir: dir,
+        img,
+        esp,
+        files,
+        summary,
     }
-    println!("{}", run("isoinfo", &["-d", "-i", i]).1);
-    println!("{}", run("isoinfo", &["-l", "-i", i]).1);
-    println!("{}", run("sgdisk", &["-v", i]).1);
-    println!("{}", run("sgdisk", &["-p", i]).1);
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().unwrap()
+}
+
+/// The whitespace-separated fields of the first line starting with `key`.
+fn fields<'a>(report: &'a str, key: &str) -> Vec<&'a str> {
+    let line = report
+        .lines()
+        .find(|l| l.starts_with(key))
+        .unwrap_or_else(|| panic!("no {key:?} line in:\n{report}"));
+    line[key.len()..].split_whitespace().collect()
+}
+
+fn hex_disk(g: gpt::Guid) -> String {
+    hex::encode(g.to_disk())
+}
+
+#[test]
+fn layout_numbers_are_consistent() {
+    let f = fixture();
+    let s = &f.summary;
+    let len = fs::metadata(&f.img).unwrap().len();
+    assert_eq!(len, s.size);
+    assert_eq!(s.size, s.volume_blocks as u64 * 2048);
+    assert_eq!(s.efi_bytes, fs::metadata(&f.esp).unwrap().len());
+    assert_eq!(s.efi_block as u64 * 2048 % iso::EFI_ALIGN, 0);
+    assert_eq!(s.esp_first_lba, s.efi_block as u64 * 4);
+    assert_eq!((s.esp_last_lba + 1 - s.esp_first_lba) * 512, s.efi_bytes);
+    // Our FAT32 minimum is over 32 MiB: the UEFI "to the end" count.
+    assert!(s.efi_bytes > 65535 * 512);
+    assert_eq!(s.boot_sector_count, 0);
+}
+
+#[test]
+fn xorriso_reports_uefi_el_torito_entry() {
+    let f = fixture();
+    let r = run_ok(
+        "xorriso",
+        &["-indev", s(&f.img), "-report_el_torito", "plain"],
+    );
+    // Idx Platform Bootable Emulation Load-seg Sys-type Sectors LBA
+    let img = fields(&r, "El Torito boot img :");
+    assert_eq!(
+        img,
+        [
+            "1",
+            "UEFI",
+            "y",
+            "none",
+            "0x0000",
+            "0x00",
+            "0",
+            &f.summary.efi_block.to_string()
+        ],
+        "{r}"
+    );
+    assert_eq!(fields(&r, "El Torito img path :"), ["1", "/EFI.IMG"], "{r}");
+    assert_eq!(
+        fields(&r, "El Torito catalog  :"),
+        [f.summary.boot_catalog_block.to_string(), "1".into()],
+        "{r}"
+    );
+    assert!(
+        !r.contains("FAILURE") && !r.contains("SORRY") && !r.contains("WARNING"),
+        "{r}"
+    );
+
+    // genisoimage's reader agrees: arch 0xEF, no emulation, the same RBA.
+    let d = run_ok("isoinfo", &["-d", "-i", s(&f.img)]);
+    assert!(d.contains("Arch 239"), "{d}");
+    assert!(d.contains("Bootid 88 (bootable)"), "{d}");
+    assert!(d.contains("Boot media 0 (No Emulation Boot)"), "{d}");
+    assert!(
+        d.contains(&format!(
+            "Bootoff {:x} {}",
+            f.summary.efi_block, f.summary.efi_block
+        )),
+        "{d}"
+    );
+    assert!(
+        d.contains(&format!(
+            "boot catalog is in sector {}",
+            f.summary.boot_catalog_block
+        )),
+        "{d}"
+    );
+}
+
+#[test]
+fn xorriso_reports_protective_mbr_and_gpt_esp() {
+    let f = fixture();
+    let s_ = &f.summary;
+    let r = run_ok(
+        "xorriso",
+        &["-indev", s(&f.img), "-report_system_area", "plain"],
+    );
+    let sectors = s_.size / 512;
+    assert_eq!(
+        fields(&r, "System area summary:"),
+        ["MBR", "protective-msdos-label", "cyl-align-off", "GPT"],
+        "{r}"
+    );
+    assert_eq!(
+        fields(&r, "MBR partition      :"),
+        ["1", "0x00", "0xee", "1", &(sectors - 1).to_string()],
+        "{r}"
+    );
+    assert_eq!(
+        fields(&r, "GPT disk GUID      :"),
+        [hex_disk(s_.disk_guid)],
+        "{r}"
+    );
+    assert_eq!(
+        fields(&r, "GPT lba range      :"),
+        [
+            "34",
+            &(sectors - 34).to_string(),
+            &(sectors - 1).to_string()
+        ],
+        "{r}"
+    );
+    assert_eq!(
+        fields(&r, "GPT type GUID      :"),
+        ["1", &hex_disk(gpt::ESP_TYPE)],
+        "{r}"
+    );
+    assert_eq!(
+        fields(&r, "GPT partition GUID :"),
+        ["1", &hex_disk(s_.esp_guid)],
+        "{r}"
+    );
+    assert_eq!(
+        fields(&r, "GPT start and size :"),
+        [
+            "1",
+            &s_.esp_first_lba.to_string(),
+            &(s_.efi_bytes / 512).to_string()
+        ],
+        "{r}"
+    );
+    // xorriso maps the partition back onto the file holding its bytes.
+    assert_eq!(fields(&r, "GPT partition path :"), ["1", "/EFI.IMG"], "{r}");
+    assert!(!r.contains("GPT backup problems"), "{r}");
+}
+
+#[test]
+fn sgdisk_verifies_and_shows_the_esp() {
+    let f = fixture();
+    let v = run_ok("sgdisk", &["-v", s(&f.img)]);
+    assert!(v.contains("No problems found"), "{v}");
+    let p = run_ok("sgdisk", &["-p", s(&f.img)]);
+    let row = p
+        .lines()
+        .find(|l| l.trim_start().starts_with("1 "))
+        .unwrap_or_else(|| panic!("no partition 1 in:\n{p}"));
+    let cols: Vec<&str> = row.split_whitespace().collect();
+    assert_eq!(cols[1], f.summary.esp_first_lba.to_string(), "{p}");
+    assert_eq!(cols[2], f.summary.esp_last_lba.to_string(), "{p}");
+    assert_eq!(&cols[5..], ["EF00", "EFI"], "{p}");
+    assert!(
+        p.contains(&format!("Disk identifier (GUID): {}", f.summary.disk_guid)),
+        "{p}"
+    );
+    let i = run_ok("sgdisk", &["-i", "1", s(&f.img)]);
+    assert!(
+        i.contains(&format!("Partition unique GUID: {}", f.summary.esp_guid)),
+        "{i}"
+    );
+    // Our own reader agrees and finds both header copies valid.
+    let mut file = fs::File::open(&f.img).unwrap();
+    let disk = gpt::read_disk(&mut file).expect("our GPT reader");
+    let part = &disk.layout.partitions[0];
+    assert_eq!(
+        (part.first_lba, part.last_lba),
+        (f.summary.esp_first_lba, f.summary.esp_last_lba)
+    );
+}
+
+#[test]
+fn esp_through_gpt_offsets_is_the_image_and_fsck_clean() {
+    let f = fixture();
+    let img = fs::read(&f.img).unwrap();
+    let esp = &img
+        [(f.summary.esp_first_lba * 512) as usize..((f.summary.esp_last_lba + 1) * 512) as usize];
+    assert!(
+        esp == fs::read(&f.esp).unwrap(),
+        "ESP bytes differ from the image"
+    );
+    let out = f.img.with_file_name("esp-from-gpt.img");
+    fs::write(&out, esp).unwrap();
+    let r = run_ok("fsck.fat", &["-n", s(&out)]);
+    assert!(r.contains(" files, "), "{r}");
+    let listing = run_ok("mdir", &["-i", s(&out), "-/", "::/EFI/BOOT"]);
+    assert!(listing.contains("BOOTX64  EFI"), "{listing}");
+}
+
+#[test]
+fn xorriso_lists_and_osirrox_extracts_exact_bytes() {
+    let f = fixture();
+    let r = run_ok("xorriso", &["-indev", s(&f.img), "-find", "/"]);
+    let listed: Vec<&str> = r
+        .lines()
+        .filter(|l| l.starts_with('\''))
+        .map(|l| l.trim_matches('\''))
+        .collect();
+    assert_eq!(
+        listed,
+        [
+            "/",
+            "/CAIRN",
+            "/CAIRN/IMAGES",
+            "/CAIRN/IMAGES/ROOTFS.SQF",
+            "/CAIRN/MANIFEST.JSN",
+            "/EFI.IMG",
+            "/EMPTY",
+            "/README.TXT"
+        ],
+        "{r}"
+    );
+    let out = f.img.with_file_name("extracted");
+    fs::create_dir(&out).unwrap();
+    let mut want = vec![(iso::EFI_IMAGE_PATH.to_string(), f.esp.clone())];
+    want.extend(f.files.iter().cloned());
+    for (n, (iso_path, host)) in want.iter().enumerate() {
+        let dest = out.join(format!("f{n}"));
+        run_ok(
+            "osirrox",
+            &["-indev", s(&f.img), "-extract", iso_path, s(&dest)],
+        );
+        assert!(
+            fs::read(&dest).unwrap() == fs::read(host).unwrap(),
+            "{iso_path} extracted bytes differ"
+        );
+    }
+    // genisoimage's structural checker: records, path tables.
+    let v = run_ok("isovfy", &["-i", s(&f.img)]);
+    assert!(v.contains("No errors found"), "{v}");
+}
+
+#[test]
+fn volume_id_and_dates_come_from_options() {
+    let f = fixture();
+    let d = run_ok("isoinfo", &["-d", "-i", s(&f.img)]);
+    assert!(d.contains("Volume id: CAIRN_INSTALL\n"), "{d}");
+    assert!(
+        d.contains(&format!("Volume size is: {}", f.summary.volume_blocks)),
+        "{d}"
+    );
+    let p = run_ok("xorriso", &["-indev", s(&f.img), "-pvd_info"]);
+    for key in ["Creation Time:", "Modif. Time  :", "Eff. Time    :"] {
+        assert_eq!(fields(&p, key), ["2023111422132100"], "{p}");
+    }
+    assert_eq!(fields(&p, "Expir. Time  :"), ["0000000000000000"], "{p}");
+    // Directory records carry the same instant.
+    let l = run_ok("isoinfo", &["-l", "-i", s(&f.img)]);
+    let records: Vec<&str> = l.lines().filter(|l| l.contains(" [ ")).collect();
+    assert!(records.len() >= 8, "{l}");
+    for rec in records {
+        assert!(rec.contains("Nov 14 2023"), "{rec}");
+    }
+}
+
+#[test]
+fn small_esp_gets_an_exact_sector_count() {
+    let dir = tempfile::tempdir().unwrap();
+    let esp = dir.path().join("small.img");
+    run_ok("mkfs.fat", &["-C", s(&esp), "4096"]);
+    let img = dir.path().join("small.iso");
+    let sum = iso::write(&img, &opts(), &esp, &[]).unwrap();
+    assert_eq!(sum.boot_sector_count, 8192);
+    let r = run_ok(
+        "xorriso",
+        &["-indev", s(&img), "-report_el_torito", "plain"],
+    );
+    let fields = fields(&r, "El Torito boot img :");
+    assert_eq!(fields[6], "8192", "{r}");
+    assert_eq!(fields[7], sum.efi_block.to_string(), "{r}");
+    let v = run_ok("sgdisk", &["-v", s(&img)]);
+    assert!(v.contains("No problems found"), "{v}");
+}
+
+#[test]
+fn large_directory_spills_over_blocks() {
+    let dir = tempfile::tempdir().unwrap();
+    let esp = dir.path().join("small.img");
+    run_ok("mkfs.fat", &["-C", s(&esp), "1024"]);
+    let mut files = Vec::new();
+    // 80 records of 64 bytes: three blocks for the root directory.
+    for i in 0..80 {
+        let host = dir.path().join(format!("f{i}"));
+        fs::write(&host, format!("file {i}\n")).unwrap();
+        files.push((format!("/FILE_WITH_A_LONG_NAME_{i:03}.TXT"), host));
+    }
+    let img = dir.path().join("many.iso");
+    iso::write(&img, &opts(), &esp, &files).unwrap();
+    let r = run_ok("xorriso", &["-indev", s(&img), "-find", "/", "-type", "f"]);
+    assert_eq!(
+        r.lines().filter(|l| l.starts_with("'/FILE_")).count(),
+        80,
+        "{r}"
+    );
+    let v = run_ok("isovfy", &["-i", s(&img)]);
+    assert!(v.contains("No errors found"), "{v}");
+    for i in [0usize, 31, 79] {
+        let dest = dir.path().join("x");
+        let _ = fs::remove_file(&dest);
+        run_ok(
+            "osirrox",
+            &[
+                "-indev",
+                s(&img),
+                "-extract",
+                &format!("/FILE_WITH_A_LONG_NAME_{i:03}.TXT"),
+                s(&dest),
+            ],
+        );
+        assert_eq!(fs::read_to_string(&dest).unwrap(), format!("file {i}\n"));
+    }
+}
+
+#[test]
+fn reproducible_across_directories() {
+    let a = fixture();
+    let b = fixture();
+    assert_ne!(a.img.parent(), b.img.parent());
+    assert_eq!(a.summary, b.summary);
+    assert!(
+        fs::read(&a.img).unwrap() == fs::read(&b.img).unwrap(),
+        "two runs differ"
+    );
+    // The seed only moves the GUIDs (and the CRCs over them).
+    let dir = tempfile::tempdir().unwrap();
+    let other = dir.path().join("other.iso");
+    let mut o = opts();
+    o.seed = b"another seed".to_vec();
+    let s2 = iso::write(&other, &o, &a.esp, &a.files).unwrap();
+    assert_ne!(s2.disk_guid, a.summary.disk_guid);
+    assert_ne!(s2.esp_guid, a.summary.esp_guid);
+    assert_eq!(s2.size, a.summary.size);
+}
+
+fn write_err(o: &IsoOptions, esp: &Path, files: &[(String, PathBuf)]) -> (IsoError, bool) {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("bad.iso");
+    let e = iso::write(&out, o, esp, files).expect_err("bad input accepted");
+    (e, out.exists())
+}
+
+#[test]
+fn bad_inputs_are_refused_before_writing() {
+    let dir = tempfile::tempdir().unwrap();
+    let esp = dir.path().join("esp.img");
+    run_ok("mkfs.fat", &["-C", s(&esp), "1024"]);
+    let file = dir.path().join("data");
+    fs::write(&file, b"x").unwrap();
+
+    let missing = dir.path().join("nope.img");
+    let (e, created) = write_err(&opts(), &missing, &[]);
+    assert!(
+        matches!(&e, IsoError::Source { path, .. } if *path == missing),
+        "{e}"
+    );
+    assert!(e.to_string().contains("nope.img"), "{e}");
+    assert!(!created);
+
+    let (e, _) = write_err(&opts(), dir.path(), &[]);
+    assert!(matches!(e, IsoError::NotAFile { .. }), "{e}");
+
+    let odd = dir.path().join("odd.img");
+    fs::write(&odd, vec![0u8; 1000]).unwrap();
+    let (e, _) = write_err(&opts(), &odd, &[]);
+    assert!(
+        matches!(e, IsoError::EfiImageSize { size: 1000, .. }),
+        "{e}"
+    );
+
+    for (id, needle) in [
+        ("A".repeat(33), "33 characters"),
+        ("cairn".to_string(), "'c'"),
+        ("CAIRN-1".to_string(), "'-'"),
+        (String::new(), "empty"),
+    ] {
+        let mut o = opts();
+        o.volume_id = id.clone();
+        let (e, created) = write_err(&o, &esp, &[]);
+        assert!(matches!(e, IsoError::BadVolumeId { .. }), "{id:?}: {e}");
+        assert!(e.to_string().contains(needle), "{id:?}: {e}");
+        assert!(!created);
+    }
+
+    let mut o = opts();
+    o.epoch = 6_000_000_000; // year 2160
+    let (e, _) = write_err(&o, &esp, &[]);
+    assert!(
+        matches!(e, IsoError::EpochOutOfRange { year: 2160, .. }),
+        "{e}"
+    );
+
+    let f = |p: &str| (p.to_string(), file.clone());
+    for path in [
+        "/readme.txt",
+        "/A.B.C",
+        "/A/",
+        "//A",
+        "/A-B",
+        "/THIRTY_ONE_CHARACTERS_LONG_.TXT",
+        "/1/2/3/4/5/6/7/8/FILE",
+    ] {
+        let (e, created) = write_err(&opts(), &esp, &[f(path)]);
+        assert!(
+            matches!(&e, IsoError::BadPath { path: p, .. } if p == path),
+            "{path}: {e}"
+        );
+        assert!(!created);
+    }
+    for files in [
+        vec![f("/EFI.IMG")],
+        vec![f("/A"), f("/A")],
+        vec![f("/A"), f("/A/B")],
+        vec![f("/A/B"), f("/A")],
+    ] {
+        let (e, _) = write_err(&opts(), &esp, &files);
+        assert!(
+            matches!(e, IsoError::DuplicatePath { .. }),
+            "{files:?}: {e}"
+        );
+    }
+    let (e, created) = write_err(&opts(), &esp, &[("/X".into(), missing.clone())]);
+    assert!(
+        matches!(&e, IsoError::Source { path, .. } if *path == missing),
+        "{e}"
+    );
+    assert!(!created);
+
+    let e = iso::write(&dir.path().join("no/such/dir/x.iso"), &opts(), &esp, &[])
+        .expect_err("unwritable output");
+    assert!(matches!(e, IsoError::Write { offset: 0, .. }), "{e}");
 }
