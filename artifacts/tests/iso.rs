@@ -557,3 +557,186 @@ fn bad_inputs_are_refused_before_writing() {
         .expect_err("unwritable output");
     assert!(matches!(e, IsoError::Write { offset: 0, .. }), "{e}");
 }
+
+// --- Booting under OVMF -------------------------------------------------
+
+const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+/// One QEMU at a time: TCG is CPU-bound and the machine is shared.
+static QEMU: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+#[derive(Clone, Copy, Debug)]
+enum Medium {
+    Cdrom,
+    UsbStick,
+}
+
+impl Medium {
+    /// How OVMF names the device in its boot messages.
+    fn device(self) -> &'static str {
+        match self {
+            Medium::Cdrom => "DVD-ROM",
+            Medium::UsbStick => "USB HARDDRIVE",
+        }
+    }
+}
+
+fn failed_to_load(console: &str, medium: Medium) -> bool {
+    console
+        .lines()
+        .any(|l| l.contains("BdsDxe: failed to load") && l.contains(medium.device()))
+}
+
+/// Boots `img` under OVMF (TCG) until systemd-boot's countdown reaches
+/// "Boot in 1 s." or the firmware fails to load from `medium` (then kills QEMU),
+/// QEMU exits, or 90 s pass. Returns the
+/// serial console, where OVMF mirrors the text console.
+fn boot(img: &Path, medium: Medium) -> String {
+    let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
+    let dir = img.parent().unwrap();
+    let vars = dir.join(format!("vars-{medium:?}.fd"));
+    fs::copy(OVMF_VARS, &vars).expect("OVMF vars (package ovmf)");
+    let log = dir.join(format!("serial-{medium:?}.log"));
+    let _ = fs::remove_file(&log);
+    let mut args: Vec<String> = [
+        "-machine",
+        "q35",
+        "-m",
+        "512",
+        "-nographic",
+        "-no-reboot",
+        "-monitor",
+        "none",
+        // No PXE attempts: they only delay a failing boot.
+        "-nic",
+        "none",
+    ]
+    .iter()
+    .map(|a| a.to_string())
+    .collect();
+    args.push("-drive".into());
+    args.push(format!(
+        "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
+    ));
+    args.push("-drive".into());
+    args.push(format!("if=pflash,format=raw,unit=1,file={}", s(&vars)));
+    args.push("-serial".into());
+    args.push(format!("file:{}", s(&log)));
+    match medium {
+        Medium::Cdrom => {
+            args.push("-cdrom".into());
+            args.push(s(img).into());
+        }
+        Medium::UsbStick => {
+            args.extend(["-device".into(), "qemu-xhci".into(), "-drive".into()]);
+            args.push(format!("if=none,id=stick,format=raw,file={}", s(img)));
+            args.extend(["-device".into(), "usb-storage,drive=stick".into()]);
+        }
+    }
+    let mut child = Command::new("qemu-system-x86_64")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("qemu-system-x86_64 (package qemu-system-x86)");
+    let start = std::time::Instant::now();
+    let read = || String::from_utf8_lossy(&fs::read(&log).unwrap_or_default()).into_owned();
+    loop {
+        if child.try_wait().unwrap().is_some() {
+            break;
+        }
+        let console = read();
+        // The countdown proves the boot; a failed load of our medium is
+        // final too (what follows is network boot and the shell).
+        let done = console.contains("Boot in 1 s.") || failed_to_load(&console, medium);
+        if done || start.elapsed().as_secs() >= 90 {
+            let _ = child.kill();
+            let _ = child.wait();
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(250));
+    }
+    read()
+}
+
+fn tail(console: &str) -> String {
+    let clean = console.replace('\x1b', "^[");
+    let lines: Vec<&str> = clean.lines().collect();
+    lines[lines.len().saturating_sub(50)..].join("\n")
+}
+
+/// systemd-boot started from `device` and read our loader.conf: the menu
+/// with its one automatic entry and the 3 s countdown from `timeout 3`.
+fn assert_systemd_boot(console: &str, device: &str) {
+    let started = console
+        .find("BdsDxe: starting Boot")
+        .map(|i| &console[i..])
+        .filter(|rest| rest.lines().next().unwrap_or("").contains(device))
+        .unwrap_or_else(|| {
+            panic!(
+                "firmware did not start {device:?}; last console lines:\n{}",
+                tail(console)
+            )
+        });
+    for text in ["Reboot Into Firmware Interface", "Boot in 3 s."] {
+        assert!(
+            started.contains(text),
+            "no {text:?} after starting {device:?}; last console lines:\n{}",
+            tail(console)
+        );
+    }
+}
+
+#[test]
+fn ovmf_boots_systemd_boot_from_cdrom() {
+    let f = fixture();
+    let console = boot(&f.img, Medium::Cdrom);
+    assert_systemd_boot(&console, Medium::Cdrom.device());
+}
+
+#[test]
+fn ovmf_boots_systemd_boot_from_usb_stick() {
+    let f = fixture();
+    let console = boot(&f.img, Medium::UsbStick);
+    assert_systemd_boot(&console, Medium::UsbStick.device());
+}
+
+/// The control for the boot tests: a CD without the El Torito boot record
+/// must not reach systemd-boot, so the detection above can fail.
+#[test]
+fn ovmf_cdrom_without_el_torito_does_not_boot() {
+    let f = fixture();
+    let patched = without_boot_record(&f.img);
+    let console = boot(&patched, Medium::Cdrom);
+    assert!(
+        failed_to_load(&console, Medium::Cdrom) && !console.contains("Boot in 3 s."),
+        "expected a failed CD load and no systemd-boot; last console lines:\n{}",
+        tail(&console)
+    );
+}
+
+fn without_boot_record(iso: &Path) -> PathBuf {
+    let mut img = fs::read(iso).unwrap();
+    assert_eq!(&img[17 * 2048 + 1..17 * 2048 + 6], b"CD001");
+    img[17 * 2048..18 * 2048].fill(0);
+    let patched = iso.with_file_name("no-eltorito.iso");
+    fs::write(&patched, img).unwrap();
+    let r = run_ok(
+        "xorriso",
+        &["-indev", s(&patched), "-report_el_torito", "plain"],
+    );
+    assert!(!r.contains("El Torito boot img"), "{r}");
+    patched
+}
+
+/// OVMF also finds El Torito on a disk, so the plain USB boot does not prove
+/// the GPT works: with the boot record descriptor zeroed, only the GPT can
+/// lead the firmware to the ESP.
+#[test]
+fn ovmf_boots_usb_stick_through_gpt_alone() {
+    let f = fixture();
+    let patched = without_boot_record(&f.img);
+    let console = boot(&patched, Medium::UsbStick);
+    assert_systemd_boot(&console, Medium::UsbStick.device());
+}
