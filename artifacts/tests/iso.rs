@@ -740,3 +740,61 @@ fn ovmf_boots_usb_stick_through_gpt_alone() {
     let console = boot(&patched, Medium::UsbStick);
     assert_systemd_boot(&console, Medium::UsbStick.device());
 }
+
+/// isoinfo reads the L path table; its rows must match the directory
+/// records' extents. The M table must be the same records big-endian.
+#[test]
+fn path_tables_match_directories() {
+    let f = fixture();
+    let listing = run_ok("isoinfo", &["-l", "-i", s(&f.img)]);
+    // "d---------   0    0    0   2048 Nov 14 2023 [     22 02]  CAIRN "
+    let extent_of = |name: &str| -> u32 {
+        listing
+            .lines()
+            .find(|l| l.starts_with('d') && l.trim_end().ends_with(&format!("]  {name}")))
+            .and_then(|l| l.split('[').nth(1))
+            .and_then(|r| r.split_whitespace().next())
+            .unwrap_or_else(|| panic!("no directory {name} in:\n{listing}"))
+            .parse()
+            .unwrap()
+    };
+    let root = extent_of(".");
+    let p = run_ok("isoinfo", &["-p", "-i", s(&f.img)]);
+    let rows: Vec<Vec<String>> = p
+        .lines()
+        .skip_while(|l| !l.starts_with("Path table starts"))
+        .skip(1)
+        .map(|l| l.split_whitespace().map(String::from).collect())
+        .collect();
+    let want = [
+        ("1:", 1, root, None),
+        ("2:", 1, extent_of("CAIRN"), Some("CAIRN")),
+        ("3:", 2, extent_of("IMAGES"), Some("IMAGES")),
+    ];
+    assert_eq!(rows.len(), want.len(), "{p}");
+    for (row, (n, parent, extent, name)) in rows.iter().zip(want) {
+        assert_eq!(row[0], n, "{p}");
+        assert_eq!(row[1], parent.to_string(), "{p}");
+        assert_eq!(u32::from_str_radix(&row[2], 16).unwrap(), extent, "{p}");
+        assert_eq!(row.get(3).map(String::as_str), name, "{p}");
+    }
+
+    let img = fs::read(&f.img).unwrap();
+    let pvd = &img[16 * 2048..17 * 2048];
+    let size = u32::from_le_bytes(pvd[132..136].try_into().unwrap()) as usize;
+    let l_at = u32::from_le_bytes(pvd[140..144].try_into().unwrap()) as usize * 2048;
+    let m_at = u32::from_be_bytes(pvd[148..152].try_into().unwrap()) as usize * 2048;
+    let (l, m) = (&img[l_at..l_at + size], &img[m_at..m_at + size]);
+    let mut at = 0;
+    while at < size {
+        let id_len = l[at] as usize;
+        let len = 8 + id_len + id_len % 2;
+        let (a, b) = (&l[at..at + len], &m[at..at + len]);
+        assert_eq!(a[..2], b[..2]);
+        let swapped: Vec<u8> = a[2..6].iter().rev().copied().collect();
+        assert_eq!(b[2..6], swapped[..], "M table extent at {at}");
+        assert_eq!(b[6..8], [a[7], a[6]], "M table parent at {at}");
+        assert_eq!(a[8..], b[8..]);
+        at += len;
+    }
+}
