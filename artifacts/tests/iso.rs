@@ -449,6 +449,15 @@ fn reproducible_across_directories() {
         fs::read(&a.img).unwrap() == fs::read(&b.img).unwrap(),
         "two runs differ"
     );
+    // The order the caller lists extra files in does not matter.
+    let dir = tempfile::tempdir().unwrap();
+    let reversed: Vec<_> = a.files.iter().rev().cloned().collect();
+    let rev_img = dir.path().join("reversed.iso");
+    iso::write(&rev_img, &opts(), &a.esp, &reversed).unwrap();
+    assert!(
+        fs::read(&a.img).unwrap() == fs::read(&rev_img).unwrap(),
+        "file order changed the image"
+    );
     // The seed only moves the GUIDs (and the CRCs over them).
     let dir = tempfile::tempdir().unwrap();
     let other = dir.path().join("other.iso");
@@ -549,6 +558,20 @@ fn bad_inputs_are_refused_before_writing() {
     let (e, created) = write_err(&opts(), &esp, &[("/X".into(), missing.clone())]);
     assert!(
         matches!(&e, IsoError::Source { path, .. } if *path == missing),
+        "{e}"
+    );
+    assert!(!created);
+
+    // Over 4 GiB needs multi-extent files, which we do not write. Sparse:
+    // the size is all that is looked at before refusing.
+    let huge = dir.path().join("huge");
+    fs::File::create(&huge)
+        .unwrap()
+        .set_len(u32::MAX as u64 + 1)
+        .unwrap();
+    let (e, created) = write_err(&opts(), &esp, &[("/HUGE".into(), huge.clone())]);
+    assert!(
+        matches!(&e, IsoError::FileTooLarge { path, size, .. } if *path == huge && *size == 1 << 32),
         "{e}"
     );
     assert!(!created);

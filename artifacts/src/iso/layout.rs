@@ -195,8 +195,14 @@ impl Layout {
         next += 1;
         // The ESP first, aligned so the GPT partition on it is too.
         next = next.div_ceil(efi_align_blocks) * efi_align_blocks;
-        let order = std::iter::once(efi).chain((0..files.len()).filter(|&i| i != efi));
-        for i in order.collect::<Vec<_>>() {
+        // The rest by ISO path, so the bytes do not depend on the order the
+        // caller listed the files in.
+        let mut rest: Vec<usize> = (0..files.len()).filter(|&i| i != efi).collect();
+        rest.sort_by(|&a, &b| {
+            let key = |i: usize| files[i].iso_path.trim_start_matches('/').to_string();
+            key(a).cmp(&key(b))
+        });
+        for i in std::iter::once(efi).chain(rest) {
             files[i].extent = next as u32;
             next += files[i].size.div_ceil(BLOCK);
             if next > u32::MAX as u64 {

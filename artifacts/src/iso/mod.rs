@@ -94,6 +94,12 @@ pub enum IsoError {
     },
     #[error("image of {blocks} blocks exceeds ISO 9660's 32-bit block numbers")]
     VolumeTooLarge { blocks: u64 },
+    #[error("{path}: internal layout error: structure at offset {offset} overlaps data written up to {position}")]
+    LayoutOverlap {
+        path: PathBuf,
+        offset: u64,
+        position: u64,
+    },
     #[error("writing {path} at offset {offset}: {source}")]
     Write {
         path: PathBuf,
@@ -241,9 +247,16 @@ impl Sink<'_> {
         Ok(())
     }
 
-    /// Zeros up to byte `to`; the layout never moves backwards.
+    /// Zeros up to byte `to`. A layout that moves backwards is a bug here,
+    /// but it must not turn into a silently shifted image.
     fn zero_to(&mut self, to: u64) -> Result<(), IsoError> {
-        debug_assert!(to >= self.pos, "layout went backwards");
+        if to < self.pos {
+            return Err(IsoError::LayoutOverlap {
+                path: self.path.to_path_buf(),
+                offset: to,
+                position: self.pos,
+            });
+        }
         const ZEROS: [u8; 8192] = [0; 8192];
         while self.pos < to {
             let n = (to - self.pos).min(ZEROS.len() as u64) as usize;
@@ -366,7 +379,9 @@ fn emit(
 
     let mut order: Vec<&layout::FileItem> = layout.files.iter().collect();
     order.sort_by_key(|f| f.extent);
-    for f in order {
+    // Empty files share their extent number with the next file and have
+    // no bytes to place.
+    for f in order.into_iter().filter(|f| f.size > 0) {
         w.zero_to(block(f.extent))?;
         w.copy_file(&f.host, f.size)?;
         tracing::trace!(iso_path = %f.iso_path, extent = f.extent, "file");
