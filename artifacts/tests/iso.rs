@@ -576,6 +576,16 @@ fn bad_inputs_are_refused_before_writing() {
     );
     assert!(!created);
 
+    // procfs reports size 0 for files that have content: the size changed
+    // between layout and copy, and the half-written image is removed.
+    let status = PathBuf::from("/proc/self/status");
+    let (e, created) = write_err(&opts(), &esp, &[("/STATUS".into(), status.clone())]);
+    assert!(
+        matches!(&e, IsoError::SourceChanged { path, expected: 0, .. } if *path == status),
+        "{e}"
+    );
+    assert!(!created, "partial image left behind");
+
     let e = iso::write(&dir.path().join("no/such/dir/x.iso"), &opts(), &esp, &[])
         .expect_err("unwritable output");
     assert!(matches!(e, IsoError::Write { offset: 0, .. }), "{e}");

@@ -197,30 +197,28 @@ pub fn write(
         esp_guid: hybrid.esp_guid,
     };
 
-    let result = File::create(out)
-        .map_err(|source| IsoError::Write {
+    let f = File::create(out).map_err(|source| IsoError::Write {
+        path: out.to_path_buf(),
+        offset: 0,
+        source,
+    })?;
+    let mut w = Sink {
+        w: BufWriter::with_capacity(1 << 20, f),
+        pos: 0,
+        path: out,
+    };
+    let result = emit(&mut w, opts, date, &layout, &hybrid, &summary).and_then(|()| {
+        let f = w.w.into_inner().map_err(|e| IsoError::Write {
             path: out.to_path_buf(),
-            offset: 0,
+            offset: w.pos,
+            source: e.into_error(),
+        })?;
+        f.sync_all().map_err(|source| IsoError::Write {
+            path: out.to_path_buf(),
+            offset: w.pos,
             source,
         })
-        .and_then(|f| {
-            let mut w = Sink {
-                w: BufWriter::with_capacity(1 << 20, f),
-                pos: 0,
-                path: out,
-            };
-            emit(&mut w, opts, date, &layout, &hybrid, &summary)?;
-            let f = w.w.into_inner().map_err(|e| IsoError::Write {
-                path: out.to_path_buf(),
-                offset: w.pos,
-                source: e.into_error(),
-            })?;
-            f.sync_all().map_err(|source| IsoError::Write {
-                path: out.to_path_buf(),
-                offset: w.pos,
-                source,
-            })
-        });
+    });
     if let Err(e) = result {
         // Best effort: a half-written image must not look like a result.
         let _ = std::fs::remove_file(out);
@@ -379,10 +377,12 @@ fn emit(
 
     let mut order: Vec<&layout::FileItem> = layout.files.iter().collect();
     order.sort_by_key(|f| f.extent);
-    // Empty files share their extent number with the next file and have
-    // no bytes to place.
-    for f in order.into_iter().filter(|f| f.size > 0) {
-        w.zero_to(block(f.extent))?;
+    for f in order {
+        // Empty files share their extent number with the next file and have
+        // no bytes to place; reading them still checks they stayed empty.
+        if f.size > 0 {
+            w.zero_to(block(f.extent))?;
+        }
         w.copy_file(&f.host, f.size)?;
         tracing::trace!(iso_path = %f.iso_path, extent = f.extent, "file");
     }
