@@ -1,9 +1,9 @@
 #[allow(dead_code)] // used by the build pipeline, landing next
 mod profile;
 #[allow(dead_code)]
-mod rootfs;
-#[allow(dead_code)]
 mod stage;
+#[allow(dead_code)]
+mod rootfs;
 
 use clap::Parser;
 
