@@ -1,22 +1,30 @@
-#[allow(dead_code)] // used by the build pipeline, landing next
-mod profile;
-#[allow(dead_code)]
-mod stage;
-#[allow(dead_code)]
-mod rootfs;
+use clap::{Parser, Subcommand};
 
-use clap::Parser;
+mod sign_cmd;
 
 /// cairn: build reproducible, signed, immutable OS images.
 #[derive(Parser)]
 #[command(name = "cairn", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Package layer: pinned sources, cached builds (see pkgs/README.md).
+    Pkg(builder::pkgs::cli::PkgArgs),
+    #[command(flatten)]
+    Sign(sign_cmd::SignCommand),
+}
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let _cli = Cli::parse();
-    Ok(())
+    match Cli::parse().command {
+        Command::Pkg(args) => builder::pkgs::cli::run(args),
+        Command::Sign(cmd) => sign_cmd::run(cmd),
+    }
 }
