@@ -1,6 +1,9 @@
 //! Hybrid ISO writer, checked with independent tools: xorriso/osirrox,
 //! isoinfo (genisoimage), sgdisk, fsck.fat, and OVMF under QEMU.
 
+#[path = "support/boot.rs"]
+mod support;
+
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -620,11 +623,14 @@ fn failed_to_load(console: &str, medium: Medium) -> bool {
         .any(|l| l.contains("BdsDxe: failed to load") && l.contains(medium.device()))
 }
 
-/// Boots `img` under OVMF (TCG) until systemd-boot's countdown reaches
-/// "Boot in 1 s." or the firmware fails to load from `medium` (then kills QEMU),
-/// QEMU exits, or 90 s pass. Returns the
-/// serial console, where OVMF mirrors the text console.
-fn boot(img: &Path, medium: Medium) -> String {
+/// systemd-boot's countdown has reached its last second.
+const COUNTDOWN_END: &str = "Boot in 1 s.";
+
+/// Boots `img` under OVMF (TCG) until the console shows `until` or the
+/// firmware fails to load from `medium` (then kills QEMU), QEMU exits, or
+/// 90 s pass. Returns the serial console, where OVMF mirrors the text
+/// console.
+fn boot(img: &Path, medium: Medium, until: &str) -> String {
     let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
     let dir = img.parent().unwrap();
     let vars = dir.join(format!("vars-{medium:?}.fd"));
@@ -680,9 +686,8 @@ fn boot(img: &Path, medium: Medium) -> String {
             break;
         }
         let console = read();
-        // The countdown proves the boot; a failed load of our medium is
-        // final too (what follows is network boot and the shell).
-        let done = console.contains("Boot in 1 s.") || failed_to_load(&console, medium);
+        // A failed load of our medium is final (what follows is network boot and the shell).
+        let done = console.contains(until) || failed_to_load(&console, medium);
         if done || start.elapsed().as_secs() >= 90 {
             let _ = child.kill();
             let _ = child.wait();
@@ -724,14 +729,14 @@ fn assert_systemd_boot(console: &str, device: &str) {
 #[test]
 fn ovmf_boots_systemd_boot_from_cdrom() {
     let f = fixture();
-    let console = boot(&f.img, Medium::Cdrom);
+    let console = boot(&f.img, Medium::Cdrom, COUNTDOWN_END);
     assert_systemd_boot(&console, Medium::Cdrom.device());
 }
 
 #[test]
 fn ovmf_boots_systemd_boot_from_usb_stick() {
     let f = fixture();
-    let console = boot(&f.img, Medium::UsbStick);
+    let console = boot(&f.img, Medium::UsbStick, COUNTDOWN_END);
     assert_systemd_boot(&console, Medium::UsbStick.device());
 }
 
@@ -741,7 +746,7 @@ fn ovmf_boots_systemd_boot_from_usb_stick() {
 fn ovmf_cdrom_without_el_torito_does_not_boot() {
     let f = fixture();
     let patched = without_boot_record(&f.img);
-    let console = boot(&patched, Medium::Cdrom);
+    let console = boot(&patched, Medium::Cdrom, COUNTDOWN_END);
     assert!(
         failed_to_load(&console, Medium::Cdrom) && !console.contains("Boot in 3 s."),
         "expected a failed CD load and no systemd-boot; last console lines:\n{}",
@@ -770,7 +775,7 @@ fn without_boot_record(iso: &Path) -> PathBuf {
 fn ovmf_boots_usb_stick_through_gpt_alone() {
     let f = fixture();
     let patched = without_boot_record(&f.img);
-    let console = boot(&patched, Medium::UsbStick);
+    let console = boot(&patched, Medium::UsbStick, COUNTDOWN_END);
     assert_systemd_boot(&console, Medium::UsbStick.device());
 }
 
@@ -829,5 +834,72 @@ fn path_tables_match_directories() {
         assert_eq!(b[6..8], [a[7], a[6]], "M table parent at {at}");
         assert_eq!(a[8..], b[8..]);
         at += len;
+    }
+}
+
+/// The whole chain from the ISO: firmware -> systemd-boot -> a UKI (pinned
+/// Debian kernel, marker initramfs) read from the ESP inside the ISO -> the
+/// marker on the console, once as a CD and once as a USB stick.
+#[test]
+fn ovmf_boots_uki_from_iso_to_userspace() {
+    let dir = tempfile::tempdir().unwrap();
+    let work = dir.path();
+    let kernel = support::debian_kernel(work);
+    let initrd = support::marker_initramfs(work);
+    let uki = work.join("cairn.efi");
+    artifacts::uki::Uki::build(
+        &artifacts::uki::UkiInputs {
+            stub: Path::new(support::STUB),
+            linux: &kernel,
+            initrd: &initrd,
+            cmdline: "console=ttyS0 panic=-1 quiet",
+            osrel: "ID=cairn\nVERSION_ID=1\n",
+            uname: None,
+            sbat: None,
+        },
+        &uki,
+    )
+    .expect("UKI");
+    let esp = work.join("esp.img");
+    let size = minimum_size().div_ceil(1 << 20) * (1 << 20);
+    format_path(
+        &esp,
+        &FormatOptions {
+            size,
+            label: "EFI".into(),
+            seed: b"esp".to_vec(),
+            epoch: EPOCH,
+        },
+        &[
+            FatFile {
+                path: "EFI/BOOT/BOOTX64.EFI".into(),
+                source: FatSource::Host(SYSTEMD_BOOT.into()),
+            },
+            FatFile {
+                path: "EFI/Linux/cairn-1.efi".into(),
+                source: FatSource::Host(uki.clone()),
+            },
+            FatFile {
+                path: "loader/loader.conf".into(),
+                source: FatSource::Bytes(b"timeout 0\n".to_vec()),
+            },
+        ],
+    )
+    .expect("ESP image");
+    let img = work.join("installer.iso");
+    iso::write(&img, &opts(), &esp, &[]).expect("write ISO");
+    for medium in [Medium::Cdrom, Medium::UsbStick] {
+        let started = std::time::Instant::now();
+        let console = boot(&img, medium, support::MARKER);
+        eprintln!(
+            "{medium:?}: marker after {:.1} s",
+            started.elapsed().as_secs_f64()
+        );
+        assert!(
+            console.contains(support::MARKER),
+            "{medium:?}: marker {} not on the console; last console lines:\n{}",
+            support::MARKER,
+            tail(&console)
+        );
     }
 }
