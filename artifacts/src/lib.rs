@@ -8,6 +8,7 @@
 pub mod cpio;
 pub mod fat;
 pub mod gpt;
+pub mod iso;
 pub mod squashfs;
 pub mod tree;
 pub mod uki;
