@@ -20,15 +20,17 @@ done
 work=$(pwd)
 export CARGO_HOME="$HOME/.cargo"
 mkdir -p "$CARGO_HOME"
-# The registry path contains the index hash, not the machine's name, but its
-# parent is this run's HOME: remap the whole registry source root.
+# Its parent is this run's HOME, a fresh directory each time.
 registry_src="$CARGO_HOME/registry/src"
 
 # RUSTFLAGS would replace, not merge with, the config's rustflags: the whole
 # target config is built here, and nothing is taken from the environment.
 unset RUSTFLAGS CARGO_ENCODED_RUSTFLAGS CARGO_BUILD_RUSTFLAGS
 remaps="\"--remap-path-prefix=$work=/build\", \"--remap-path-prefix=$registry_src=/cargo/registry/src\""
-remaps+=", \"--remap-path-prefix=$RUST_SRC=/rustc/src\", \"--remap-path-prefix=$CAIRN_REPO=/cairn\""
+# cargo names std's sources by the sysroot symlink, not by its target
+sysroot_src="$("$RUSTC" --print sysroot)/lib/rustlib/src/rust"
+remaps+=", \"--remap-path-prefix=$RUST_SRC=/rustc/src\", \"--remap-path-prefix=$sysroot_src=/rustc/src\""
+remaps+=", \"--remap-path-prefix=$CAIRN_REPO=/cairn\""
 sed -e "s|@LINKDIR@|$linkdir|" -e "s|^rustflags = \[\(.*\)\]\$|rustflags = [\1, $remaps]|" \
   "$tc/cargo-config.toml" >cargo-config.toml
 grep -q -- '--remap-path-prefix' cargo-config.toml || { echo "init: no rustflags line in $tc/cargo-config.toml" >&2; exit 1; }
@@ -42,7 +44,7 @@ RUSTC_BOOTSTRAP=1 "$CARGO" --config "$work/cargo-config.toml" build \
 bin="$work/target/x86_64-unknown-linux-musl/init/init"
 bash "$CAIRN_REPO/ci/check-static" "$bin"
 # A leaked build path would make the binary differ per build directory.
-for p in "$work" "$HOME" "$CAIRN_REPO"; do
+for p in "$work" "$HOME" "$CAIRN_REPO" "$RUST_SRC" "$sysroot_src"; do
   if grep -aqF "$p" "$bin"; then
     echo "init: $bin contains the build path $p" >&2
     exit 1
