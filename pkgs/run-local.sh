@@ -156,7 +156,7 @@ while read -r kind rest; do
       dep_out="$(dirname "$out")/$1"
       [ -d "$dep_out" ] || die "dependency $1: no output at $dep_out (build it first)"
       var=$(echo "$1" | tr 'a-z-' 'A-Z_')
-      env_args+=("CAIRN_DEP_$var=$dep_out")
+      env_args+=("CAIRN_DEP_$var=$(readlink -f "$dep_out")")
       ;;
     ENV)
       eval "set -- $rest"
