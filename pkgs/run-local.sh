@@ -30,7 +30,7 @@ out=$(cd "$2" && pwd)
 cache=${CAIRN_LOCAL_CACHE:-$HOME/.cache/cairn-run-local}
 mkdir -p "$cache"
 jobs=${CAIRN_JOBS:-$(nproc)}
-sde=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct)}
+sde=${SOURCE_DATE_EPOCH:-$(git -C "$repo" log -1 --format=%ct 2>/dev/null)} || die "SOURCE_DATE_EPOCH unset and $repo is not a git checkout"
 
 # The recipe as shell-safe lines: SRC name kind spec sha256 unpack / DEP / HOST / ENV.
 recipe_lines=$(python3 - "$recipe_dir/recipe.toml" <<'PY'
@@ -135,9 +135,13 @@ while read -r kind rest; do
       fi
       ;;
     url)
+      # kept in the cache only once verified
       f="$cache/url-$sha"
-      [ -f "$f" ] || { curl -fsSL -o "$f.part" "$spec" && mv "$f.part" "$f"; }
-      check_sha "$f" "$sha"
+      if [ ! -f "$f" ]; then
+        curl -fsSL -o "$f.part" "$spec" || die "download $spec failed"
+        check_sha "$f.part" "$sha"
+        mv "$f.part" "$f"
+      fi
       base=$(basename "${spec%%\?*}")
       if $unpack; then tar -xf "$f" -C "$dest"; else cp "$f" "$dest/$base"; fi
       ;;
