@@ -101,16 +101,15 @@ while read -r kind rest; do
   case "$skind" in
     deb)
       pkg=${spec%%=*} ver=${spec#*=}
-      f="$cache/${pkg}_${ver//:/%3a}_"*.deb
-      # shellcheck disable=SC2086
-      set -- $f
-      if [ ! -f "$1" ]; then
+      glob="$cache/${pkg}_${ver//:/%3a}_*.deb"
+      deb=$(compgen -G "$glob" | head -n1 || true)
+      if [ -z "$deb" ]; then
         (cd "$cache" && apt-get download -q "$spec" >/dev/null 2>&1) || die "apt-get download $spec failed"
-        # shellcheck disable=SC2086
-        set -- $f
+        deb=$(compgen -G "$glob" | head -n1 || true)
+        [ -n "$deb" ] || die "apt-get download $spec left no file matching $glob"
       fi
-      check_sha "$1" "$sha"
-      if $unpack; then dpkg-deb -x "$1" "$dest"; else cp "$1" "$dest/"; fi
+      check_sha "$deb" "$sha"
+      if $unpack; then dpkg-deb -x "$deb" "$dest"; else cp "$deb" "$dest/"; fi
       ;;
     deb-src)
       # sha256 pins the .dsc; dpkg-source checks every file the .dsc lists.
