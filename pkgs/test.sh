@@ -4,6 +4,7 @@
 #   pkgs/test.sh build PKG...    build each PKG twice in different directories,
 #                                require identical bytes, run the results
 #                                (kernel: ~10-25 min; init: 2-6; e2fsprogs: 1-4)
+#   pkgs/test.sh check PKG DIR   only the checks on an existing output DIR
 # Needs: binutils, file, musl-tools, python3, util-linux (unshare), dpkg-dev.
 # A missing tool is a failure, not a skip: CI installs them.
 set -euo pipefail
@@ -150,8 +151,8 @@ build_twice() {
   ok "$pkg: two builds in different directories are identical"
 }
 
-check_built() {
-  local pkg=$1 out="$tmp/b1/$1"
+check_built() { # PKG [OUTDIR]
+  local pkg=$1 out=${2:-$tmp/b1/$1}
   case "$pkg" in
     kernel)
       file -b "$out/bzImage" | grep -q 'Linux kernel x86 boot executable bzImage' || fail "bzImage: $(file -b "$out/bzImage")"
@@ -177,7 +178,8 @@ check_built() {
       mkdir -p "$tmp/e2-root/sbin" "$tmp/e2-root/tmp-in-root"
       cp "$out"/sbin/* "$tmp/e2-root/sbin/"
       truncate -s 64M "$tmp/e2-root/tmp-in-root/img"
-      run_in_empty_root "$tmp/e2-root" /sbin/mke2fs -q -F -t ext4 -L STATE /tmp-in-root/img
+      run_in_empty_root "$tmp/e2-root" /sbin/mke2fs -q -F -t ext4 -L STATE /tmp-in-root/img 2>/dev/null ||
+        fail "mke2fs failed in an empty root"
       run_in_empty_root "$tmp/e2-root" /sbin/e2fsck -fn /tmp-in-root/img >/dev/null 2>&1 || fail "our e2fsck rejects our mke2fs output"
       # the independent check: the host's e2fsprogs
       e2fsck -fn "$tmp/e2-root/tmp-in-root/img" >/dev/null 2>&1 || fail "host e2fsck rejects our mke2fs output"
@@ -202,6 +204,10 @@ if [ "${1:-}" = build ]; then
     build_twice "$pkg"
     check_built "$pkg"
   done
+elif [ "${1:-}" = check ]; then
+  [ $# -eq 3 ] || fail "usage: $0 check PKG OUTDIR"
+  [ -d "$3" ] || fail "$3: no such directory"
+  check_built "$2" "$(cd "$3" && pwd)"
 else
   quick
 fi
