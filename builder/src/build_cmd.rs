@@ -77,10 +77,16 @@ pub struct AssembleArgs {
 }
 
 pub fn assemble(a: AssembleArgs) -> Result<()> {
-    let cache = a.cache.clone().unwrap_or_else(builder::pkgs::default_cache_dir);
+    let cache = a
+        .cache
+        .clone()
+        .unwrap_or_else(builder::pkgs::default_cache_dir);
     let mut stages = StageCache::new(&cache)?;
     std::fs::create_dir_all(&a.out)?;
-    let osrel_path = a.osrel.clone().unwrap_or_else(|| a.rootfs.join("usr/lib/os-release"));
+    let osrel_path = a
+        .osrel
+        .clone()
+        .unwrap_or_else(|| a.rootfs.join("usr/lib/os-release"));
     let osrel = std::fs::read_to_string(&osrel_path)
         .with_context(|| format!("reading os-release {}", osrel_path.display()))?;
     // The rootfs is the user's: key it by its content (the squashfs block
@@ -120,7 +126,12 @@ pub fn assemble(a: AssembleArgs) -> Result<()> {
         a.source_date_epoch,
     )?;
     for r in &stages.reports {
-        eprintln!("{:<14} {:>8.2}s cached={}", r.name, r.time.as_secs_f64(), r.cached);
+        eprintln!(
+            "{:<14} {:>8.2}s cached={}",
+            r.name,
+            r.time.as_secs_f64(),
+            r.cached
+        );
     }
     println!("root hash {}", rootfs.root_hash);
     Ok(())

@@ -222,9 +222,15 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
         state: profile.disk.state.0,
     };
     let wants = |o: Output| profile.outputs.contains(&o);
-    let needs_raw = [Output::Raw, Output::Qcow2, Output::Vhd, Output::Vmdk, Output::Gce]
-        .into_iter()
-        .any(wants);
+    let needs_raw = [
+        Output::Raw,
+        Output::Qcow2,
+        Output::Vhd,
+        Output::Vmdk,
+        Output::Gce,
+    ]
+    .into_iter()
+    .any(wants);
     if needs_raw {
         progress.step("disk.raw", || {
             let t = Instant::now();
@@ -363,7 +369,8 @@ fn publish(from: &Path, to: &Path) -> Result<()> {
         }
     }
     let tmp = to.with_extension("partial");
-    fs::copy(from, &tmp).with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
+    fs::copy(from, &tmp)
+        .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
     fs::rename(&tmp, to)?;
     Ok(())
 }
@@ -416,7 +423,11 @@ pub fn print_table(s: &Summary) {
         "cairn {} (profile {}), root hash {}",
         s.version, s.profile, s.root_hash
     );
-    println!("rootfs binaries ({}): {}", s.binaries.len(), s.binaries.join(" "));
+    println!(
+        "rootfs binaries ({}): {}",
+        s.binaries.len(),
+        s.binaries.join(" ")
+    );
     println!("\n{:<22} {:>14}  sha256", "artifact", "size");
     for a in &s.artifacts {
         println!("{:<22} {:>14}  {}", a.name, a.size, a.sha256);

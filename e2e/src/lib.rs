@@ -399,3 +399,116 @@ mod tests {
         assert_eq!(printk_time("no stamp"), None);
     }
 }
+
+/// Where `cairn build` left the images under test: `$CAIRN_E2E_OUT`, else `<repo>/out`.
+pub fn images_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("CAIRN_E2E_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../out"));
+    if !dir.join("disk.raw").exists() {
+        bail!(
+            "{} has no disk.raw: run `ci/build` (cairn build) before the end-to-end suite, or set CAIRN_E2E_OUT",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// A sparse copy, so every test boots its own disk.
+pub fn sparse_copy(from: &Path, to: &Path) -> Result<()> {
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(from)
+        .arg(to)
+        .status()?;
+    if !st.success() {
+        bail!("cp {} {} failed", from.display(), to.display());
+    }
+    Ok(())
+}
+
+/// A partition as `sfdisk --json` (the independent tool) reports it.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub name: String,
+    pub uuid: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+pub fn partitions(disk: &Path) -> Result<Vec<Part>> {
+    let out = Command::new("sfdisk").arg("--json").arg(disk).output()?;
+    if !out.status.success() {
+        bail!(
+            "sfdisk --json {}: {}",
+            disk.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The fields we need, without a JSON dependency: one partition object a line.
+    let field = |l: &str, k: &str| -> Option<String> {
+        let i = l.find(&format!("\"{k}\":"))? + k.len() + 3;
+        let rest = l[i..].trim_start();
+        let v = if let Some(r) = rest.strip_prefix('"') {
+            r[..r.find('"')?].to_string()
+        } else {
+            rest[..rest.find([',', '}']).unwrap_or(rest.len())]
+                .trim()
+                .to_string()
+        };
+        Some(v)
+    };
+    let mut parts = Vec::new();
+    for l in text.lines().filter(|l| l.contains("\"node\"")) {
+        let start: u64 = field(l, "start").context("start")?.parse()?;
+        let size: u64 = field(l, "size").context("size")?.parse()?;
+        parts.push(Part {
+            name: field(l, "name").unwrap_or_default(),
+            uuid: field(l, "uuid").unwrap_or_default(),
+            offset: start * 512,
+            size: size * 512,
+        });
+    }
+    Ok(parts)
+}
+
+pub fn partition(disk: &Path, name: &str) -> Result<Part> {
+    partitions(disk)?
+        .into_iter()
+        .find(|p| p.name == name)
+        .with_context(|| format!("{} has no partition named {name}", disk.display()))
+}
+
+/// Runs a command and returns stdout, failing with its stderr.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Lists a directory of the disk's ESP with mtools.
+pub fn esp_dir(disk: &Path, dir: &str) -> Result<String> {
+    let esp = partition(disk, "EFI")?;
+    run(Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-b")
+        .arg("-i")
+        .arg(format!("{}@@{}", disk.display(), esp.offset))
+        .arg(format!("::{dir}")))
+}
+
+/// Reads a file from an ext4 partition of the disk with debugfs.
+pub fn ext4_cat(disk: &Path, part: &str, path: &str) -> Result<String> {
+    let p = partition(disk, part)?;
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(format!("{}?offset={}", disk.display(), p.offset)))
+}

@@ -282,6 +282,25 @@ pub enum Shutdown {
     PowerOff,
 }
 
+/// Boots are recorded on EPHEMERAL too: the count shows on the console
+/// that /var kept what earlier boots wrote (or that it was wiped).
+const VAR_BOOTS: &str = "/var/log/cairn-boots";
+
+fn note_var_boot(number: u64) -> std::io::Result<()> {
+    let earlier = fs::read_to_string(VAR_BOOTS)
+        .map(|t| t.lines().count())
+        .unwrap_or(0);
+    fs::create_dir_all("/var/log")?;
+    let mut f = fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(VAR_BOOTS)?;
+    writeln!(f, "boot={number}")?;
+    f.sync_all()?;
+    say!("/var holds {earlier} earlier boot record(s)");
+    Ok(())
+}
+
 pub fn run() -> Result<Shutdown, BootError> {
     crate::log::open_pid1();
     sys::disable_ctrl_alt_del();
@@ -320,6 +339,7 @@ pub fn run() -> Result<Shutdown, BootError> {
         version: version.clone(),
     });
     mounted.push(prepare(&disk, &table, "EPHEMERAL", "/var")?);
+    note_var_boot(number).ctx(|| format!("appending to {VAR_BOOTS}"))?;
     let esp = mount_esp(&disk, &table)?;
     mounted.push(esp.clone());
 
