@@ -27,14 +27,22 @@ pub struct BuildArgs {
     /// Print the summary as JSON on stdout (for CI).
     #[arg(long)]
     json: bool,
+    /// Build twice in fresh temporary directories (other paths, umask and
+    /// TZ, empty stage caches) and compare every output byte for byte.
+    #[arg(long)]
+    check_reproducible: bool,
 }
 
 pub fn build(a: BuildArgs) -> Result<()> {
+    if a.check_reproducible {
+        return check_reproducible(&a);
+    }
     let summary = pipeline::build(&BuildOptions {
         profile: a.profile,
         out: a.out,
         key: a.key,
         cache: a.cache,
+        stage_cache: None,
         repo: a.repo,
     })?;
     if a.json {
@@ -163,4 +171,99 @@ fn tree_key(dir: &std::path::Path, epoch: u64) -> Result<String> {
         }
     }
     Ok(k.finish())
+}
+
+fn check_reproducible(a: &BuildArgs) -> Result<()> {
+    // One signing key for both builds: the signature is part of the output.
+    let keydir = tempfile::tempdir()?;
+    let key = match &a.key {
+        Some(k) => k.clone(),
+        None => {
+            let k = keydir.path().join("repro.key");
+            signing::PrivateKey::generate()?.write_new(&k)?;
+            k
+        }
+    };
+    let mut outs = Vec::new();
+    let runs: [(&str, u32, &str); 2] =
+        [("a", 0o022, "UTC"), ("b-other-path", 0o077, "Asia/Kolkata")];
+    let mut temps = Vec::new();
+    for (name, umask, tz) in runs {
+        let dir = tempfile::Builder::new()
+            .prefix(&format!("cairn-repro-{name}-"))
+            .tempdir()?;
+        // SAFETY: single-threaded here; umask and TZ only affect this process.
+        unsafe {
+            libc::umask(umask);
+            std::env::set_var("TZ", tz);
+        }
+        eprintln!(
+            "reproducibility build {name}: {} (umask {umask:03o}, TZ={tz})",
+            dir.path().display()
+        );
+        pipeline::build(&BuildOptions {
+            profile: a.profile.clone(),
+            out: dir.path().join("out"),
+            key: Some(key.clone()),
+            cache: a.cache.clone(),
+            stage_cache: Some(dir.path().join("stages")),
+            repo: a.repo.clone(),
+        })?;
+        outs.push(dir.path().join("out"));
+        temps.push(dir);
+    }
+    unsafe {
+        libc::umask(0o022);
+    }
+    let names = |d: &std::path::Path| -> Result<Vec<String>> {
+        let mut v: Vec<String> = std::fs::read_dir(d)?
+            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
+            .collect::<Result<_, _>>()?;
+        v.sort();
+        Ok(v)
+    };
+    let (na, nb) = (names(&outs[0])?, names(&outs[1])?);
+    if na != nb {
+        anyhow::bail!("the two builds produced different file sets: {na:?} vs {nb:?}");
+    }
+    for n in &na {
+        let (pa, pb) = (outs[0].join(n), outs[1].join(n));
+        if pa.is_dir() {
+            continue;
+        }
+        let (ha, hb) = (signing::hash_file(&pa)?.1, signing::hash_file(&pb)?.1);
+        if ha != hb {
+            let off = first_difference(&pa, &pb)?;
+            anyhow::bail!(
+                "NOT reproducible: {n} differs ({} vs {}), first difference at byte offset {off}",
+                ha.to_hex(),
+                hb.to_hex()
+            );
+        }
+        println!("{:<20} {}  identical", n, ha.to_hex());
+    }
+    println!(
+        "reproducible: {} outputs identical across both builds",
+        na.len()
+    );
+    Ok(())
+}
+
+fn first_difference(a: &std::path::Path, b: &std::path::Path) -> Result<u64> {
+    use std::io::Read;
+    let (mut fa, mut fb) = (std::fs::File::open(a)?, std::fs::File::open(b)?);
+    let (mut ba, mut bb) = (vec![0u8; 1 << 16], vec![0u8; 1 << 16]);
+    let mut off = 0u64;
+    loop {
+        let na = fa.read(&mut ba)?;
+        let nb = fb.read(&mut bb)?;
+        let n = na.min(nb);
+        if let Some(i) = (0..n).find(|&i| ba[i] != bb[i]) {
+            return Ok(off + i as u64);
+        }
+        if na != nb || n == 0 {
+            return Ok(off + n as u64);
+        }
+        off += n as u64;
+    }
 }

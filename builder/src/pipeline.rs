@@ -28,6 +28,8 @@ pub struct BuildOptions {
     pub out: PathBuf,
     pub key: Option<PathBuf>,
     pub cache: Option<PathBuf>,
+    /// Stage cache (default: `<cache>/`); packages always use `<cache>`.
+    pub stage_cache: Option<PathBuf>,
     pub repo: PathBuf,
 }
 
@@ -96,7 +98,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     let pkgs = Pkgs::load(&opts.repo)?
         .with_cache(cache_root.clone())
         .with_epoch(epoch);
-    let mut stages = StageCache::new(&cache_root)?;
+    let mut stages = StageCache::new(opts.stage_cache.as_deref().unwrap_or(&cache_root))?;
     let progress = Progress::new();
 
     // 1. Packages, each cached by its own input hash.
