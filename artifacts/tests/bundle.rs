@@ -494,3 +494,37 @@ fn writer_refuses_bad_input() {
     assert!(!out.exists());
     assert!(!t.path().join("out.tar.partial").exists());
 }
+
+#[test]
+fn reads_gnu_base256_sizes_and_refuses_them_over_the_limit() {
+    let t = tempfile::tempdir().unwrap();
+    let size: u64 = 8 << 30 | 1;
+    fs::File::create(t.path().join("rootfs.img"))
+        .unwrap()
+        .set_len(size)
+        .unwrap();
+    // Only the start of the 8 GiB archive: tar stops when `head` exits.
+    let p = t.path().join("big.tar");
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg("tar --format=gnu -cf - -C \"$1\" rootfs.img | head -c 4096 > \"$2\"")
+        .arg("sh")
+        .arg(t.path())
+        .arg(&p)
+        .output()
+        .unwrap();
+    assert_eq!(fs::metadata(&p).unwrap().len(), 4096, "{out:?}");
+    let e = read_err(&p, loose());
+    assert!(
+        matches!(&e, BundleError::TooLarge { name, size: s, offset: 0, .. } if name == "rootfs.img" && *s == size),
+        "{e}"
+    );
+    let e = read_err(
+        &p,
+        ReadPolicy {
+            max_entry_size: u64::MAX,
+            ..loose()
+        },
+    );
+    assert!(matches!(e, BundleError::Truncated { .. }), "{e}");
+}
