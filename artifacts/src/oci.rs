@@ -156,7 +156,7 @@ pub fn check_ref_name(tag: &str) -> Result<(), OciError> {
             } else {
                 return Err(bad(format!(
                     "character {:?} at byte {} is not allowed",
-                    char::from(c).escape_default().to_string(),
+                    component[j..].chars().next().unwrap_or('?'),
                     at + j
                 )));
             };

@@ -361,3 +361,11 @@ fn refuses_bad_input() {
     let e = oci::write_layout(&used, TAG, &staged.refs(), &ann, EPOCH).unwrap_err();
     assert!(matches!(e, OciError::NotEmpty { .. }), "{e}");
 }
+
+#[test]
+fn tag_errors_name_the_character() {
+    let e = oci::check_ref_name("v1/ä").unwrap_err().to_string();
+    assert!(e.contains("'ä' at byte 3"), "{e}");
+    let e = oci::check_ref_name("v1 x").unwrap_err().to_string();
+    assert!(e.contains("' ' at byte 2"), "{e}");
+}
