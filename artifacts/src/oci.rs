@@ -120,6 +120,19 @@ pub struct OciSummary {
     pub layers: Vec<Descriptor>,
 }
 
+/// The layer media type for each of `bundle::BUNDLE_FILES`.
+pub fn media_type_for(name: &str) -> Option<&'static str> {
+    Some(match name {
+        "manifest.json" => MEDIA_MANIFEST,
+        "manifest.json.sig" => MEDIA_SIGNATURE,
+        "uki.efi" => MEDIA_UKI,
+        "rootfs.img" => MEDIA_ROOTFS,
+        "systemd-bootx64.efi" => MEDIA_BOOTLOADER,
+        "layout.json" => MEDIA_LAYOUT,
+        _ => return None,
+    })
+}
+
 /// Checks `tag` against the image-spec grammar for
 /// `org.opencontainers.image.ref.name`:
 /// `component ("/" component)*`, `component ::= alphanum (separator alphanum)*`,

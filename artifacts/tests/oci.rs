@@ -369,3 +369,19 @@ fn tag_errors_name_the_character() {
     let e = oci::check_ref_name("v1 x").unwrap_err().to_string();
     assert!(e.contains("' ' at byte 2"), "{e}");
 }
+
+#[test]
+fn every_bundle_file_has_a_distinct_valid_media_type() {
+    let types: std::collections::BTreeSet<&str> = artifacts::bundle::BUNDLE_FILES
+        .iter()
+        .map(|n| oci::media_type_for(n).unwrap_or_else(|| panic!("{n}")))
+        .collect();
+    assert_eq!(types.len(), artifacts::bundle::BUNDLE_FILES.len());
+    assert_eq!(oci::media_type_for("evil.sh"), None);
+    // The layer list the other tests use is exactly the bundle, in order.
+    let names: Vec<&str> = files().iter().map(|f| f.0).collect();
+    assert_eq!(names, artifacts::bundle::BUNDLE_FILES);
+    for (n, m, _) in files() {
+        assert_eq!(oci::media_type_for(n), Some(m));
+    }
+}
