@@ -5,10 +5,15 @@
 //! from a seed), sorted directory walks and fixed compression settings. Two
 //! runs with the same inputs produce the same bytes.
 
+pub mod bundle;
 pub mod cpio;
 pub mod fat;
 pub mod gpt;
+<<<<<<< HEAD
 pub mod iso;
+=======
+pub mod oci;
+>>>>>>> oci
 pub mod squashfs;
 pub mod tree;
 pub mod uki;
