@@ -9,11 +9,8 @@ pub mod bundle;
 pub mod cpio;
 pub mod fat;
 pub mod gpt;
-<<<<<<< HEAD
 pub mod iso;
-=======
 pub mod oci;
->>>>>>> oci
 pub mod squashfs;
 pub mod tree;
 pub mod uki;
