@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use anyhow::{Context, Result};
 use artifacts::fat::{self, FatFile, FatSource, FormatOptions};
 use artifacts::gpt::{self, DiskLayout, DiskWriter, Guid};
-use artifacts::squashfs::{write_squashfs_file, SquashfsOptions};
+use artifacts::squashfs::{write_squashfs_file, DirCache, SquashfsOptions};
 use artifacts::tree::{Normalize, Tree};
 use artifacts::uki::{Uki, UkiInputs};
 use artifacts::verity::{self, VerityInfo};
@@ -58,12 +58,18 @@ pub fn rootfs_image(
     tree_dir: &Path,
     epoch: u64,
 ) -> Result<RootfsImage> {
+    // Compressed blocks are content-addressed across builds: after one file
+    // changes, only its blocks are compressed again.
+    let blocks = DirCache::new(stages.dir().join("squashfs-blocks"));
     let dir = stages.run("rootfs-image", key, |out| {
         let tree = Tree::read(tree_dir, Normalize::root_owned(epoch))
             .with_context(|| format!("reading the staged rootfs {}", tree_dir.display()))?;
         let img = out.join("rootfs.img");
-        write_squashfs_file(&tree, &img, &SquashfsOptions::new(epoch))
-            .context("writing the squashfs")?;
+        let opts = SquashfsOptions {
+            cache: Some(&blocks),
+            ..SquashfsOptions::new(epoch)
+        };
+        write_squashfs_file(&tree, &img, &opts).context("writing the squashfs")?;
         // The salt is a function of the inputs (the stage key), never random.
         let info = verity::append(&img, format!("cairn-verity:{key}").as_bytes())
             .context("building the dm-verity hash tree")?;
