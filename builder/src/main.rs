@@ -7,16 +7,28 @@ mod rootfs;
 
 use clap::Parser;
 
+mod sign_cmd;
+
 /// cairn: build reproducible, signed, immutable OS images.
 #[derive(Parser)]
 #[command(name = "cairn", version)]
-struct Cli {}
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(clap::Subcommand)]
+enum Command {
+    #[command(flatten)]
+    Sign(sign_cmd::SignCommand),
+}
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
         .with_writer(std::io::stderr)
         .init();
-    let _cli = Cli::parse();
-    Ok(())
+    match Cli::parse().command {
+        Command::Sign(cmd) => sign_cmd::run(cmd),
+    }
 }

@@ -1,1 +1,19 @@
-//! Release manifests and their signatures (filled in by the signing issue).
+//! Release manifests and their signatures.
+//!
+//! A release directory holds the artifacts, `manifest.json` (canonical JSON,
+//! see [`manifest`]) and `manifest.json.sig` (detached ed25519 signature, see
+//! [`verify`]). The installer calls [`verify_manifest`] / [`verify_dir`] and
+//! hashes payload streams with [`HashingReader`] / [`HashingWriter`].
+
+pub mod keys;
+pub mod manifest;
+pub mod stream;
+pub mod verify;
+
+pub use keys::{KeyError, KeyId, PrivateKey, PublicKey};
+pub use manifest::{Artifact, Manifest, ManifestError, ReleaseMeta};
+pub use stream::{hash_file, HashingReader, HashingWriter, Sha256Digest, StreamError};
+pub use verify::{
+    sign_dir, sign_manifest, verify_dir, verify_manifest, ArtifactProblem, DirReport,
+    SignatureFile, VerifyError, MANIFEST_FILE, SIGNATURE_FILE,
+};

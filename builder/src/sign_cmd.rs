@@ -1,0 +1,94 @@
+//! `cairn keygen`, `cairn sign`, `cairn verify`: thin wrappers over the
+//! signing crate, which the pipeline and installer call directly.
+
+use anyhow::{bail, Context, Result};
+use clap::Subcommand;
+use signing::keys::ensure_outside;
+use signing::{
+    sign_dir, verify_dir, PrivateKey, PublicKey, ReleaseMeta, MANIFEST_FILE, SIGNATURE_FILE,
+};
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum SignCommand {
+    /// Generate an ed25519 signing key: PATH (PKCS#8 PEM, mode 0600) and PATH.pub (SPKI PEM).
+    Keygen {
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Hash the artifacts listed in DIR/manifest.json and sign it (writes
+    /// manifest.json and manifest.json.sig).
+    Sign {
+        /// Private key (PKCS#8 PEM, not group/other readable, outside DIR).
+        #[arg(long)]
+        key: PathBuf,
+        dir: PathBuf,
+    },
+    /// Check DIR's manifest signature against trusted keys, then every artifact.
+    Verify {
+        /// Trusted public key (SPKI PEM); repeat to trust several.
+        #[arg(long = "pubkey", required = true)]
+        pubkeys: Vec<PathBuf>,
+        dir: PathBuf,
+    },
+}
+
+pub fn run(cmd: SignCommand) -> Result<()> {
+    match cmd {
+        SignCommand::Keygen { out } => {
+            let key = PrivateKey::generate()?;
+            let pub_path = key.write_new(&out)?;
+            println!(
+                "key {} written to {} and {}",
+                key.id(),
+                out.display(),
+                pub_path.display()
+            );
+        }
+        SignCommand::Sign { key, dir } => {
+            if !dir.is_dir() {
+                bail!("{}: not a directory", dir.display());
+            }
+            ensure_outside(&key, &dir)?;
+            let private = PrivateKey::load(&key)?;
+            let draft_path = dir.join(MANIFEST_FILE);
+            let draft = std::fs::read(&draft_path)
+                .with_context(|| format!("reading {}", draft_path.display()))?;
+            let (meta, names) = ReleaseMeta::parse_draft(&draft)
+                .with_context(|| format!("{}", draft_path.display()))?;
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
+            let manifest = sign_dir(&dir, meta, &names, &private)?;
+            println!(
+                "signed {} {} ({} artifacts) with key {}: {}, {}",
+                manifest.os_name,
+                manifest.os_version,
+                manifest.artifacts.len(),
+                private.id(),
+                draft_path.display(),
+                dir.join(SIGNATURE_FILE).display()
+            );
+        }
+        SignCommand::Verify { pubkeys, dir } => {
+            let trusted = pubkeys
+                .iter()
+                .map(|p| PublicKey::load(p))
+                .collect::<Result<Vec<_>, _>>()?;
+            let report = verify_dir(&dir, &trusted)
+                .with_context(|| format!("{}: verification failed", dir.display()))?;
+            for extra in &report.extra_files {
+                eprintln!("note: {extra} is not listed in the manifest (ignored)");
+            }
+            let m = &report.manifest;
+            println!(
+                "ok: {} {} ({}, {}) signed by key {}, {} artifacts verified",
+                m.os_name,
+                m.os_version,
+                m.profile,
+                m.arch,
+                m.key_id,
+                m.artifacts.len()
+            );
+        }
+    }
+    Ok(())
+}
