@@ -3,7 +3,7 @@
 
 use anyhow::{bail, Context, Result};
 use clap::Subcommand;
-use signing::keys::ensure_outside;
+use signing::keys::{ensure_outside, load_trusted_dir};
 use signing::{
     sign_dir, verify_dir, PrivateKey, PublicKey, ReleaseMeta, MANIFEST_FILE, SIGNATURE_FILE,
 };
@@ -26,7 +26,8 @@ pub enum SignCommand {
     },
     /// Check DIR's manifest signature against trusted keys, then every artifact.
     Verify {
-        /// Trusted public key (SPKI PEM); repeat to trust several.
+        /// Trusted public key (SPKI PEM), or a directory of *.pub files;
+        /// repeat to trust several.
         #[arg(long = "pubkey", required = true)]
         pubkeys: Vec<PathBuf>,
         dir: PathBuf,
@@ -69,10 +70,14 @@ pub fn run(cmd: SignCommand) -> Result<()> {
             );
         }
         SignCommand::Verify { pubkeys, dir } => {
-            let trusted = pubkeys
-                .iter()
-                .map(|p| PublicKey::load(p))
-                .collect::<Result<Vec<_>, _>>()?;
+            let mut trusted = Vec::new();
+            for p in &pubkeys {
+                if p.is_dir() {
+                    trusted.extend(load_trusted_dir(p)?);
+                } else {
+                    trusted.push(PublicKey::load(p)?);
+                }
+            }
             let report = verify_dir(&dir, &trusted)
                 .with_context(|| format!("{}: verification failed", dir.display()))?;
             for extra in &report.extra_files {

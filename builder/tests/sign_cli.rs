@@ -72,6 +72,9 @@ fn keygen_sign_verify() {
     let o = verify(&[&keys.path().join("k.pub")], rel.path());
     assert!(o.status.success(), "{}", stderr(&o));
     assert!(String::from_utf8_lossy(&o.stdout).contains("ok: cairn 1.2.3"));
+    // A directory of *.pub files works as a trust list too.
+    let o = verify(&[keys.path()], rel.path());
+    assert!(o.status.success(), "{}", stderr(&o));
     // Re-signing a signed dir keeps the artifact set and stays valid.
     let before = fs::read(rel.path().join("manifest.json")).unwrap();
     let o = sign(keys.path(), rel.path());

@@ -239,6 +239,32 @@ impl PrivateKey {
     }
 }
 
+/// Every `*.pub` file in `dir` (sorted by name), e.g. the installer's
+/// `/payload/keys/`. An empty or missing set is an error: verifying against
+/// no keys could only ever fail, and that is a packaging mistake to surface.
+pub fn load_trusted_dir(dir: &Path) -> Result<Vec<PublicKey>, KeyError> {
+    let io_err = |source| KeyError::Io {
+        path: dir.to_path_buf(),
+        source,
+    };
+    let mut paths = Vec::new();
+    for entry in fs::read_dir(dir).map_err(io_err)? {
+        let path = entry.map_err(io_err)?.path();
+        if path.extension().is_some_and(|e| e == "pub") {
+            paths.push(path);
+        }
+    }
+    paths.sort();
+    if paths.is_empty() {
+        return Err(KeyError::Format {
+            path: dir.to_path_buf(),
+            expected: "public key (SPKI)",
+            reason: "directory holds no *.pub files".into(),
+        });
+    }
+    paths.iter().map(|p| PublicKey::load(p)).collect()
+}
+
 /// `PATH.pub` for a private key at `PATH`.
 pub fn pub_path_for(path: &Path) -> PathBuf {
     let mut s = path.as_os_str().to_os_string();

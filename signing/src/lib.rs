@@ -10,7 +10,7 @@ pub mod manifest;
 pub mod stream;
 pub mod verify;
 
-pub use keys::{KeyError, KeyId, PrivateKey, PublicKey};
+pub use keys::{load_trusted_dir, KeyError, KeyId, PrivateKey, PublicKey};
 pub use manifest::{Artifact, Manifest, ManifestError, ReleaseMeta};
 pub use stream::{hash_file, HashingReader, HashingWriter, Sha256Digest, StreamError};
 pub use verify::{

@@ -228,7 +228,9 @@ impl Manifest {
         Ok(m)
     }
 
-    /// The release version, for refusing downgrades.
+    /// The release version, for refusing downgrades. Compare with
+    /// [`semver::Version::cmp_precedence`] to follow semver precedence
+    /// exactly (build metadata ignored); `Ord` also orders build metadata.
     pub fn version(&self) -> &semver::Version {
         &self.os_version
     }

@@ -1,7 +1,7 @@
 //! Signing and verifying releases, checked against OpenSSL and sha256sum as the
 //! independent implementations of ed25519, PKCS#8/SPKI and sha256.
 
-use signing::keys::{ensure_outside, KeyError};
+use signing::keys::{ensure_outside, load_trusted_dir, KeyError};
 use signing::manifest::ManifestError;
 use signing::{
     sign_dir, sign_manifest, verify_dir, verify_manifest, ArtifactProblem, Manifest, PrivateKey,
@@ -571,4 +571,64 @@ fn key_inside_output_dir_is_refused() {
     assert!(ensure_outside(&d.path().join("link"), d.path()).is_err());
     std::os::unix::fs::symlink(&inside, outside.path().join("in")).unwrap();
     assert!(ensure_outside(&outside.path().join("in"), d.path()).is_err());
+}
+
+#[test]
+fn trusted_key_directory() {
+    let k = tempfile::tempdir().unwrap();
+    assert!(load_trusted_dir(k.path()).is_err());
+    let (a, b) = (
+        PrivateKey::from_seed(&SEED_A),
+        PrivateKey::from_seed(&SEED_B),
+    );
+    a.write_new(&k.path().join("2-a")).unwrap();
+    b.write_new(&k.path().join("1-b")).unwrap();
+    let keys = load_trusted_dir(k.path()).unwrap();
+    assert_eq!(keys, vec![b.public(), a.public()]);
+    fs::write(k.path().join("bad.pub"), b"nope").unwrap();
+    let err = load_trusted_dir(k.path()).unwrap_err();
+    assert!(err.to_string().contains("bad.pub"), "{err}");
+}
+
+/// Hand-built signature file in the documented format; a signer that names
+/// another key's id inside the manifest is caught.
+#[test]
+fn manifest_key_id_must_match_signer() {
+    let (a, b) = (
+        PrivateKey::from_seed(&SEED_A),
+        PrivateKey::from_seed(&SEED_B),
+    );
+    let d = tempfile::tempdir().unwrap();
+    let mut m = release(d.path(), &a);
+    m.key_id = b.id().to_string();
+    let bytes = m.to_canonical_bytes();
+    let mut msg = b"cairn-manifest-v1\0".to_vec();
+    msg.extend_from_slice(&bytes);
+    let sig = format!(
+        "{{\"format\":1,\"algorithm\":\"ed25519\",\"key_id\":\"{}\",\"signature\":\"{}\"}}\n",
+        a.id(),
+        hex::encode(a.sign(&msg))
+    );
+    match verify_manifest(&bytes, sig.as_bytes(), &[a.public(), b.public()]) {
+        Err(VerifyError::KeyIdMismatch { .. }) => {}
+        other => panic!("expected KeyIdMismatch, got {other:?}"),
+    }
+    // The same hand-built format with the right key id is accepted.
+    m.key_id = a.id().to_string();
+    let bytes = m.to_canonical_bytes();
+    let mut msg = b"cairn-manifest-v1\0".to_vec();
+    msg.extend_from_slice(&bytes);
+    let sig = format!(
+        "{{\"format\":1,\"algorithm\":\"ed25519\",\"key_id\":\"{}\",\"signature\":\"{}\"}}\n",
+        a.id(),
+        hex::encode(a.sign(&msg))
+    );
+    verify_manifest(&bytes, sig.as_bytes(), &[a.public()]).unwrap();
+    // Unsupported format/algorithm values are named.
+    for (from, to) in [("\"format\":1", "\"format\":2"), ("ed25519", "ed448")] {
+        let err = verify_manifest(&bytes, sig.replace(from, to).as_bytes(), &[a.public()])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("not supported"), "{err}");
+    }
 }
