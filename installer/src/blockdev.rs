@@ -1,0 +1,200 @@
+//! The target: a block device or a disk image file behind one
+//! `Read + Write + Seek` handle whose `flush` is a durability barrier.
+//!
+//! Everything that writes takes a generic `D: Read + Write + Seek` so tests
+//! can put a fault-injecting wrapper in between; code calls `flush` exactly
+//! where ordering matters (it is `fdatasync` on a real disk).
+
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::path::{Path, PathBuf};
+
+use sha2::{Digest, Sha256};
+use signing::Sha256Digest;
+
+use crate::error::{disk_io, Error, Result};
+
+/// An opened target disk.
+#[derive(Debug)]
+pub struct Disk {
+    file: File,
+    pub path: PathBuf,
+    pub size: u64,
+    pub identity: Identity,
+}
+
+/// What a path is on the host, to tell whether two paths are the same disk.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Identity {
+    /// A regular file: (st_dev, st_ino).
+    File { dev: u64, ino: u64 },
+    /// A block device: its st_rdev (major:minor).
+    Block { rdev: u64 },
+}
+
+impl Identity {
+    pub fn of(path: &Path) -> Result<Identity> {
+        let m = std::fs::metadata(path).map_err(|source| Error::File {
+            what: "inspecting",
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(if m.file_type().is_block_device() {
+            Identity::Block { rdev: m.rdev() }
+        } else {
+            Identity::File {
+                dev: m.dev(),
+                ino: m.ino(),
+            }
+        })
+    }
+}
+
+impl Disk {
+    /// Opens `path` read-write (or read-only for `status`/`--dry-run`).
+    pub fn open(path: &Path, write: bool) -> Result<Disk> {
+        let identity = Identity::of(path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(write)
+            .open(path)
+            .map_err(|source| Error::File {
+                what: "opening disk",
+                path: path.to_path_buf(),
+                source,
+            })?;
+        // A block device reports length 0 in metadata; its end is its size.
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(disk_io("finding the disk size", 0, 0))?;
+        Ok(Disk {
+            file,
+            path: path.to_path_buf(),
+            size,
+            identity,
+        })
+    }
+
+    /// True when `other` is this disk, or (for a block device) a file on a
+    /// filesystem that lives on this disk or one of its partitions.
+    pub fn contains(&self, other: &Path) -> Result<bool> {
+        let theirs = Identity::of(other)?;
+        if theirs == self.identity {
+            return Ok(true);
+        }
+        if let (Identity::Block { rdev }, Identity::File { dev, .. }) = (self.identity, theirs) {
+            return Ok(dev == rdev || parent_disk(dev) == Some(rdev));
+        }
+        Ok(false)
+    }
+}
+
+/// The whole-disk device number of partition `dev`, from sysfs.
+fn parent_disk(dev: u64) -> Option<u64> {
+    let (maj, min) = (libc::major(dev), libc::minor(dev));
+    let link = std::fs::canonicalize(format!("/sys/dev/block/{maj}:{min}")).ok()?;
+    if !link.join("partition").exists() {
+        return None;
+    }
+    let text = std::fs::read_to_string(link.parent()?.join("dev")).ok()?;
+    let (a, b) = text.trim().split_once(':')?;
+    Some(libc::makedev(a.parse().ok()?, b.parse().ok()?))
+}
+
+impl Read for Disk {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.file.read(buf)
+    }
+}
+
+impl Write for Disk {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.file.write(buf)
+    }
+
+    /// The ordering barrier: data written before it is on stable storage.
+    fn flush(&mut self) -> io::Result<()> {
+        self.file.sync_data()
+    }
+}
+
+impl Seek for Disk {
+    fn seek(&mut self, pos: SeekFrom) -> io::Result<u64> {
+        self.file.seek(pos)
+    }
+}
+
+pub(crate) fn read_at<D: Read + Seek>(
+    d: &mut D,
+    offset: u64,
+    buf: &mut [u8],
+    what: &str,
+) -> Result<()> {
+    d.seek(SeekFrom::Start(offset))
+        .and_then(|_| d.read_exact(buf))
+        .map_err(disk_io(format!("reading {what}"), offset, buf.len() as u64))
+}
+
+pub(crate) fn write_at<D: Write + Seek>(
+    d: &mut D,
+    offset: u64,
+    buf: &[u8],
+    what: &str,
+) -> Result<()> {
+    d.seek(SeekFrom::Start(offset))
+        .and_then(|_| d.write_all(buf))
+        .map_err(disk_io(format!("writing {what}"), offset, buf.len() as u64))
+}
+
+pub(crate) fn sync<D: Write>(d: &mut D, what: &str) -> Result<()> {
+    d.flush()
+        .map_err(disk_io(format!("syncing after {what}"), 0, 0))
+}
+
+const CHUNK: usize = 1 << 20;
+
+/// Writes `len` zero bytes at `offset`.
+pub(crate) fn zero_range<D: Write + Seek>(
+    d: &mut D,
+    offset: u64,
+    len: u64,
+    what: &str,
+) -> Result<()> {
+    let zeros = vec![0u8; CHUNK.min(len as usize)];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(CHUNK as u64) as usize;
+        write_at(d, offset + done, &zeros[..n], what)?;
+        done += n as u64;
+    }
+    Ok(())
+}
+
+/// sha256 of `len` bytes at `offset`.
+pub fn hash_range<D: Read + Seek>(
+    d: &mut D,
+    offset: u64,
+    len: u64,
+    what: &str,
+) -> Result<Sha256Digest> {
+    let mut h = Sha256::new();
+    let mut buf = vec![0u8; CHUNK.min(len as usize)];
+    let mut done = 0;
+    while done < len {
+        let n = (len - done).min(CHUNK as u64) as usize;
+        read_at(d, offset + done, &mut buf[..n], what)?;
+        h.update(&buf[..n]);
+        done += n as u64;
+    }
+    Ok(Sha256Digest(h.finalize().into()))
+}
+
+/// sha256 of a byte string, for seed derivation.
+pub(crate) fn sha256(parts: &[&[u8]]) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for p in parts {
+        h.update(p);
+    }
+    h.finalize().into()
+}
