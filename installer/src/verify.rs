@@ -70,6 +70,16 @@ pub fn open_verified(path: &Path, trusted: &[PublicKey]) -> Result<Bundle> {
             supported: ARCH,
         });
     }
+    for name in [bundle::UKI, bundle::BOOTLOADER] {
+        let p = dir.join(name);
+        let machine = pe_machine(&p)?;
+        if machine != PE_MACHINE_X86_64 {
+            return Err(Error::Arch {
+                bundle: format!("{name} has PE machine type {machine:#06x}"),
+                supported: "x86_64 (PE machine 0x8664)",
+            });
+        }
+    }
     let version = manifest.os_version.to_string();
     if version.contains('+') {
         return Err(bad(format!(
@@ -119,6 +129,29 @@ pub fn open_verified(path: &Path, trusted: &[PublicKey]) -> Result<Bundle> {
         uki,
         _unpacked: unpacked,
     })
+}
+
+const PE_MACHINE_X86_64: u16 = 0x8664;
+
+/// The COFF machine type of a PE file (what the firmware checks too).
+pub fn pe_machine(path: &Path) -> Result<u16> {
+    let b = std::fs::read(path).map_err(|source| Error::File {
+        what: "reading",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let pe = b
+        .get(0x3c..0x40)
+        .map(|x| u32::from_le_bytes(x.try_into().expect("4 bytes")) as usize);
+    match pe.and_then(|o| Some((b.get(o..o + 4)?, b.get(o + 4..o + 6)?))) {
+        Some((sig, m)) if b.starts_with(b"MZ") && sig == b"PE\0\0" => {
+            Ok(u16::from_le_bytes([m[0], m[1]]))
+        }
+        _ => Err(Error::Bundle {
+            path: path.to_path_buf(),
+            what: "not a PE image (no MZ/PE signature)".into(),
+        }),
+    }
 }
 
 /// Reads `.osrel` and `.cmdline` from the release UKI.
