@@ -21,7 +21,7 @@ use artifacts::gpt::Guid;
 use signing::PublicKey;
 
 use crate::blockdev::{sync, Disk};
-use crate::bootmodel::{entry_name, parse_name, Counter, ENTRY_DIR};
+use crate::bootmodel::{compare, entry_name, BootModel, Counter, ENTRY_DIR};
 use crate::bundle::{self, Bundle};
 use crate::error::{fat, gpt as gpt_err, Error, Result};
 use crate::install::{write_slot, TRIES};
@@ -270,8 +270,21 @@ pub fn upgrade_disk<D: Read + Write + Seek>(
         .map_err(fat(format!("renaming {tmp} to {}", plan.new_uki)))?;
     esp.flush()
         .map_err(fat("syncing the ESP after the rename"))?;
+    // A downgrade sorts below the running release: demote whatever sorts
+    // first to its exhausted name (as rollback does) so the new release
+    // boots next; the demoted entries stay as last-resort fallbacks.
+    let model = BootModel::read(&mut esp)?;
+    if let Some(new) = model.entries.iter().find(|e| e.file == plan.new_uki) {
+        for e in model.entries.iter().filter(|e| compare(e, new).is_lt()) {
+            let done = e.counter.map_or(0, |c| c.done);
+            let to = entry_name(&e.base, Some(Counter { left: 0, done }));
+            esp.rename(&format!("{ENTRY_DIR}/{}", e.file), &to)
+                .map_err(fat(format!("demoting {} to {to}", e.file)))?;
+            esp.flush()
+                .map_err(fat(format!("syncing after renaming {}", e.file)))?;
+        }
+    }
     drop(esp);
     sync(d, "the upgrade")?;
-    debug_assert!(parse_name(&plan.new_uki).is_some());
     Ok(plan)
 }

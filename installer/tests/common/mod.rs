@@ -397,3 +397,70 @@ pub fn install_opts(disk: &Path, bundle: &Path) -> installer::install::InstallOp
         ..Default::default()
     }
 }
+
+/// Opens the ESP of an installed image for a test's own renames.
+pub fn with_esp<T>(
+    img: &Path,
+    f: impl FnOnce(&mut artifacts::fat::Fat32<&mut fs::File>) -> T,
+) -> T {
+    let mut file = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    let disk = artifacts::gpt::read_disk(&mut file).unwrap();
+    let esp = disk.layout.partition("EFI").unwrap().clone();
+    let mut vol = artifacts::fat::Fat32::open(&mut file, esp.offset(), esp.size_bytes()).unwrap();
+    let r = f(&mut vol);
+    vol.flush().unwrap();
+    r
+}
+
+/// One power-on as systemd-boot 252 does it: pick the entry, count the try
+/// by renaming. Returns the file name chosen (before the rename).
+pub fn boot_attempt(img: &Path) -> String {
+    with_esp(img, |vol| {
+        let model = installer::bootmodel::BootModel::read(vol).unwrap();
+        let chosen = model.selected().expect("an entry").file.clone();
+        if let Some((from, to)) = model.boot_rename() {
+            vol.rename(&format!("EFI/Linux/{from}"), &to).unwrap();
+        }
+        chosen
+    })
+}
+
+/// What userspace does after a good boot: drop the counter.
+pub fn bless(img: &Path, version: &str) {
+    with_esp(img, |vol| {
+        let model = installer::bootmodel::BootModel::read(vol).unwrap();
+        let e = model
+            .entries
+            .iter()
+            .find(|e| e.version.as_deref() == Some(version))
+            .expect("entry to bless");
+        if e.counter.is_some() {
+            vol.rename(&format!("EFI/Linux/{}", e.file), &format!("{}.efi", e.base))
+                .unwrap();
+        }
+    })
+}
+
+pub fn entry_files(img: &Path) -> Vec<String> {
+    with_esp(img, |vol| {
+        installer::bootmodel::BootModel::read(vol)
+            .unwrap()
+            .entries
+            .iter()
+            .map(|e| e.file.clone())
+            .collect()
+    })
+}
+
+pub fn upgrade_opts(disk: &Path, bundle: &Path) -> installer::upgrade::UpgradeOptions {
+    installer::upgrade::UpgradeOptions {
+        disk: disk.to_path_buf(),
+        bundle: bundle.to_path_buf(),
+        trusted: vec![key().public()],
+        ..Default::default()
+    }
+}
