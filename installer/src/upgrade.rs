@@ -124,9 +124,6 @@ fn plan(
     })?;
     let running = active.entry.version.clone().unwrap_or_default();
     let new = bundle.version();
-    if compare_versions(&new, &running) != Ordering::Greater && !allow_downgrade {
-        return Err(Error::Downgrade { new, running });
-    }
     let target = state.other(active.slot);
     let removes: Vec<String> = state
         .model
@@ -146,6 +143,11 @@ fn plan(
             version: new,
             file: e.file.clone(),
         });
+    }
+    // Checked after "same version" so re-running a finished upgrade says
+    // it is already there rather than calling it a downgrade.
+    if compare_versions(&new, &running) != Ordering::Greater && !allow_downgrade {
+        return Err(Error::Downgrade { new, running });
     }
     if active.slot.guid.to_string() == root_guid(bundle)?.to_string() {
         return Err(Error::SameVersion {
