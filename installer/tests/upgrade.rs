@@ -256,3 +256,52 @@ fn status_json_reports_slots_entries_and_the_next_boot() {
     let blank = fx.image("blank.img", DISK_SIZE);
     assert!(installer::status::status(&blank).is_err());
 }
+
+#[test]
+fn upgrade_is_reproducible() {
+    let (f1, f2) = (Fixture::new(), Fixture::new());
+    let mut imgs = Vec::new();
+    for (fx, sub) in [(&f1, "x"), (&f2, "y/z")] {
+        let b1 = bundle(&fx.path(&format!("{sub}/b1")), "1.0.0");
+        let b2 = bundle(&fx.path(&format!("{sub}/b2")), "2.0.0");
+        let img = fx.image("d.img", DISK_SIZE);
+        install(&install_opts(&img, &b1.dir)).unwrap();
+        upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
+        imgs.push(img);
+    }
+    assert_eq!(sha256_file(&imgs[0]), sha256_file(&imgs[1]));
+}
+
+#[test]
+fn tar_bundles_with_paths_outside_the_top_level_are_refused() {
+    let fx = Fixture::new();
+    let b = bundle(&fx.path("b"), "2.0.0");
+    // A tar whose entry climbs out of the unpack directory.
+    let evil = fx.path("evil.tar");
+    let mut ar = tar::Builder::new(fs::File::create(&evil).unwrap());
+    for name in ["manifest.json", "manifest.json.sig"] {
+        ar.append_path_with_name(b.dir.join(name), name).unwrap();
+    }
+    let data = b"x";
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    // tar::Builder refuses ".." in names: write the raw name bytes.
+    h.as_gnu_mut().unwrap().name[..12].copy_from_slice(b"../escape.tx");
+    h.set_cksum();
+    ar.append(&h, &data[..]).unwrap();
+    ar.finish().unwrap();
+    drop(ar);
+    let img = fx.image("d.img", DISK_SIZE);
+    match installer::install::install(&install_opts(&img, &evil)) {
+        Err(Error::Bundle { what, .. }) => {
+            assert!(what.contains("not a plain file at the top level"), "{what}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(!fx.path("escape.tx").exists());
+    // Not a tar at all.
+    let junk = fx.path("junk.tar");
+    fs::write(&junk, vec![0x5a; 3000]).unwrap();
+    assert!(installer::install::install(&install_opts(&img, &junk)).is_err());
+}
