@@ -90,6 +90,25 @@ impl Disk {
     }
 }
 
+/// systemd-boot's `LoaderDevicePartUUID` EFI variable: the PARTUUID of the
+/// partition the running system (the installer) was loaded from.
+pub const LOADER_DEVICE_VAR: &str =
+    "/sys/firmware/efi/efivars/LoaderDevicePartUUID-4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
+
+/// Reads a `LoaderDevicePartUUID` variable file (4 attribute bytes, then a
+/// NUL-terminated UTF-16LE GUID string). `None` when absent or unreadable:
+/// not booted by systemd-boot, or no efivarfs.
+pub fn loader_device_partuuid(var: &Path) -> Option<artifacts::gpt::Guid> {
+    let b = std::fs::read(var).ok()?;
+    let units: Vec<u16> = b
+        .get(4..)?
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .take_while(|&u| u != 0)
+        .collect();
+    artifacts::gpt::Guid::parse(String::from_utf16(&units).ok()?.trim()).ok()
+}
+
 /// The whole-disk device number of partition `dev`, from sysfs.
 fn parent_disk(dev: u64) -> Option<u64> {
     let (maj, min) = (libc::major(dev), libc::minor(dev));

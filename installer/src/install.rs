@@ -38,6 +38,9 @@ pub struct InstallOptions {
     pub media: Vec<PathBuf>,
     pub wipe: bool,
     pub dry_run: bool,
+    /// Where to read systemd-boot's `LoaderDevicePartUUID` (the partition
+    /// the installer booted from); `None` for the efivarfs path.
+    pub loader_device_var: Option<PathBuf>,
 }
 
 /// What an install will do; printed by `--dry-run`.
@@ -124,6 +127,7 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport> {
     let bundle = open_verified(&opts.bundle, &opts.trusted)?;
     let mut disk = Disk::open(&opts.disk, !opts.dry_run)?;
     refuse_install_media(&disk, &opts.bundle, &opts.media)?;
+    refuse_boot_disk(&mut disk, opts)?;
     let plan = plan(&bundle, &opts.disk, disk.size, &mut disk, opts)?;
     if !plan.destroys.is_empty() && !opts.wipe {
         return Err(Error::NotEmpty {
@@ -151,6 +155,31 @@ fn refuse_install_media(disk: &Disk, bundle: &Path, media: &[PathBuf]) -> Result
             return Err(Error::IsInstallMedia {
                 disk: disk.path.clone(),
                 media: m.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Detects the install media without being told: a disk whose partition
+/// table holds the partition systemd-boot loaded the installer from.
+fn refuse_boot_disk(disk: &mut Disk, opts: &InstallOptions) -> Result<()> {
+    let var = opts
+        .loader_device_var
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::blockdev::LOADER_DEVICE_VAR));
+    let Some(boot) = crate::blockdev::loader_device_partuuid(&var) else {
+        return Ok(());
+    };
+    if let Ok(read) = gpt::read_disk(disk) {
+        if let Some(p) = read.layout.partitions.iter().find(|p| p.guid == boot) {
+            return Err(Error::IsInstallMedia {
+                disk: disk.path.clone(),
+                media: PathBuf::from(format!(
+                    "partition {} (PARTUUID {boot}, the installer's boot partition per {})",
+                    p.name,
+                    var.display()
+                )),
             });
         }
     }

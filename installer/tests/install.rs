@@ -218,6 +218,50 @@ fn refuses_the_install_media() {
     assert!(matches!(err_of(&o), Error::IsInstallMedia { .. }));
 }
 
+#[test]
+fn refuses_the_disk_the_installer_booted_from_even_with_wipe() {
+    let fx = Fixture::new();
+    let b = bundle(&fx.path("b"), "1.0.0");
+    let img = fx.image("usb.img", DISK_SIZE);
+    let guid = "6A2B1C3D-0000-4000-8000-00000000BEEF";
+    let o = tool(
+        "sgdisk",
+        &[
+            "-n",
+            "1:0:+40M",
+            "-u",
+            &format!("1:{guid}"),
+            img.to_str().unwrap(),
+        ],
+    );
+    assert!(o.status.success());
+    // efivarfs layout: 4 attribute bytes, then UTF-16LE text with a NUL.
+    let var = fx.path("LoaderDevicePartUUID");
+    let mut bytes = vec![6, 0, 0, 0];
+    for u in guid.to_ascii_lowercase().encode_utf16().chain([0]) {
+        bytes.extend_from_slice(&u.to_le_bytes());
+    }
+    fs::write(&var, bytes).unwrap();
+    let mut o = install_opts(&img, &b.dir);
+    o.wipe = true;
+    o.loader_device_var = Some(var.clone());
+    let before = sha256_file(&img);
+    match err_of(&o) {
+        Error::IsInstallMedia { media, .. } => assert!(
+            media.display().to_string().contains("PARTUUID"),
+            "{}",
+            media.display()
+        ),
+        e => panic!("unexpected {e}"),
+    }
+    assert_eq!(sha256_file(&img), before);
+    // Another disk is fine with the same variable present.
+    let other = fx.image("other.img", DISK_SIZE);
+    let mut o = install_opts(&other, &b.dir);
+    o.loader_device_var = Some(var);
+    install(&o).unwrap();
+}
+
 fn assert_refuses_then_wipes(fx: &Fixture, img: &Path, what: &str) {
     let b = bundle(&fx.path("b"), "1.0.0");
     let before = sha256_file(img);

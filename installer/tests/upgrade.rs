@@ -305,3 +305,27 @@ fn tar_bundles_with_paths_outside_the_top_level_are_refused() {
     fs::write(&junk, vec![0x5a; 3000]).unwrap();
     assert!(installer::install::install(&install_opts(&img, &junk)).is_err());
 }
+
+#[test]
+fn upgrade_works_from_the_backup_gpt_and_repairs_the_primary() {
+    let fx = Fixture::new();
+    let b1 = bundle(&fx.path("b1"), "1.0.0");
+    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let img = fx.image("d.img", DISK_SIZE);
+    install(&install_opts(&img, &b1.dir)).unwrap();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.seek(SeekFrom::Start(512 + 16)).unwrap(); // header CRC
+        f.write_all(b"garbage").unwrap();
+    }
+    let s = installer::status::status(&img).unwrap();
+    assert_eq!(s.table_copy, "backup");
+    upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
+    assert_eq!(
+        installer::status::status(&img).unwrap().table_copy,
+        "primary"
+    );
+    esp_clean(&fx, &img);
+    assert_eq!(booted_version(&img, &[&b1, &b2]), Ok("2.0.0".into()));
+}

@@ -102,6 +102,7 @@ fn run(cli: Cli) -> Result<()> {
                 media,
                 wipe,
                 dry_run,
+                loader_device_var: None,
             };
             let report = install(&opts).with_context(|| {
                 format!("installing {} on {}", bundle.display(), disk.display())

@@ -394,6 +394,8 @@ pub fn install_opts(disk: &Path, bundle: &Path) -> installer::install::InstallOp
         disk: disk.to_path_buf(),
         bundle: bundle.to_path_buf(),
         trusted: vec![key().public()],
+        // Hermetic: never the host's own boot partition variable.
+        loader_device_var: Some(PathBuf::from("/nonexistent/LoaderDevicePartUUID")),
         ..Default::default()
     }
 }
