@@ -76,18 +76,73 @@ impl Disk {
         })
     }
 
-    /// True when `other` is this disk, or (for a block device) a file on a
-    /// filesystem that lives on this disk or one of its partitions.
+    /// True when `other` is this disk, or (for a block device) lives on it:
+    /// a partition of it, a device stacked on it (dm, md: followed through
+    /// sysfs `slaves`), a file on a filesystem on any of those, or the
+    /// backing file of this loop device.
     pub fn contains(&self, other: &Path) -> Result<bool> {
         let theirs = Identity::of(other)?;
         if theirs == self.identity {
             return Ok(true);
         }
-        if let (Identity::Block { rdev }, Identity::File { dev, .. }) = (self.identity, theirs) {
-            return Ok(dev == rdev || parent_disk(dev) == Some(rdev));
-        }
-        Ok(false)
+        let Identity::Block { rdev: disk } = self.identity else {
+            return Ok(false);
+        };
+        Ok(match theirs {
+            Identity::Block { rdev } => on_disk(rdev, disk, 0),
+            Identity::File { dev, .. } => {
+                on_disk(dev, disk, 0)
+                    || loop_backing(disk).is_some_and(|b| Identity::of(&b).ok() == Some(theirs))
+            }
+        })
     }
+}
+
+fn sysfs_dir(dev: u64) -> Option<PathBuf> {
+    let (maj, min) = (libc::major(dev), libc::minor(dev));
+    std::fs::canonicalize(format!("/sys/dev/block/{maj}:{min}")).ok()
+}
+
+fn dev_of(dir: &Path) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join("dev")).ok()?;
+    let (a, b) = text.trim().split_once(':')?;
+    Some(libc::makedev(a.parse().ok()?, b.parse().ok()?))
+}
+
+/// Whether block device `dev` is `disk`, one of its partitions, or stacked
+/// on one of those.
+fn on_disk(dev: u64, disk: u64, depth: u32) -> bool {
+    if dev == disk || parent_disk(dev) == Some(disk) {
+        return true;
+    }
+    if depth > 8 {
+        return false;
+    }
+    let Some(dir) = sysfs_dir(dev) else {
+        return false;
+    };
+    let Ok(slaves) = std::fs::read_dir(dir.join("slaves")) else {
+        return false;
+    };
+    slaves
+        .flatten()
+        .filter_map(|s| dev_of(&std::fs::canonicalize(s.path()).ok()?))
+        .any(|s| on_disk(s, disk, depth + 1))
+}
+
+/// The file behind loop device `disk`, if it is one.
+fn loop_backing(disk: u64) -> Option<PathBuf> {
+    let text = std::fs::read_to_string(sysfs_dir(disk)?.join("loop/backing_file")).ok()?;
+    Some(PathBuf::from(text.trim_end_matches('\n')))
+}
+
+/// The whole-disk device number of partition `dev`, from sysfs.
+fn parent_disk(dev: u64) -> Option<u64> {
+    let dir = sysfs_dir(dev)?;
+    if !dir.join("partition").exists() {
+        return None;
+    }
+    dev_of(dir.parent()?)
 }
 
 /// systemd-boot's `LoaderDevicePartUUID` EFI variable: the PARTUUID of the
@@ -107,18 +162,6 @@ pub fn loader_device_partuuid(var: &Path) -> Option<artifacts::gpt::Guid> {
         .take_while(|&u| u != 0)
         .collect();
     artifacts::gpt::Guid::parse(String::from_utf16(&units).ok()?.trim()).ok()
-}
-
-/// The whole-disk device number of partition `dev`, from sysfs.
-fn parent_disk(dev: u64) -> Option<u64> {
-    let (maj, min) = (libc::major(dev), libc::minor(dev));
-    let link = std::fs::canonicalize(format!("/sys/dev/block/{maj}:{min}")).ok()?;
-    if !link.join("partition").exists() {
-        return None;
-    }
-    let text = std::fs::read_to_string(link.parent()?.join("dev")).ok()?;
-    let (a, b) = text.trim().split_once(':')?;
-    Some(libc::makedev(a.parse().ok()?, b.parse().ok()?))
 }
 
 impl Read for Disk {
