@@ -67,7 +67,7 @@ fn every_cut(
     assert_eq!(booted_version(&work, &all), Ok(new.version.clone()));
     let state = state_bytes(base);
     let (mut saw_old, mut saw_new) = (0, 0);
-    for mode in [Cut::Drop, Cut::Torn] {
+    for mode in [Cut::Drop, Cut::Torn, Cut::LoseUnflushed] {
         for cut in 1..=total {
             sparse_copy(base, &work);
             let mut d = FaultDisk::new(&work, Some(cut), mode);
@@ -112,7 +112,7 @@ fn every_cut(
     );
     eprintln!(
         "{total} writes, {} cut points: old boots {saw_old}, new boots {saw_new}",
-        2 * total
+        3 * total
     );
     total
 }
@@ -167,7 +167,7 @@ fn rollback_survives_a_cut_at_every_write() {
     installer::rollback::rollback_disk(&mut d, &work).unwrap();
     let total = d.writes;
     assert_eq!(booted_version(&work, &all), Ok("2.0.0".into()));
-    for mode in [Cut::Drop, Cut::Torn] {
+    for mode in [Cut::Drop, Cut::Torn, Cut::LoseUnflushed] {
         for cut in 1..=total {
             sparse_copy(&base, &work);
             let mut d = FaultDisk::new(&work, Some(cut), mode);

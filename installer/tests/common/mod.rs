@@ -217,6 +217,9 @@ pub enum Cut {
     Drop,
     /// The first half of the write reaches the disk.
     Torn,
+    /// The write is dropped and so is every write since the last flush (a
+    /// volatile disk cache lost with the power): only barriers count.
+    LoseUnflushed,
 }
 
 /// A disk image that loses power at write number `cut_at` (1-based): that
@@ -227,6 +230,8 @@ pub struct FaultDisk {
     pub cut_at: Option<usize>,
     pub mode: Cut,
     pub dead: bool,
+    /// (offset, previous bytes) of writes since the last flush.
+    undo: Vec<(u64, Vec<u8>)>,
 }
 
 impl FaultDisk {
@@ -241,6 +246,7 @@ impl FaultDisk {
             cut_at,
             mode,
             dead: false,
+            undo: Vec::new(),
         }
     }
 
@@ -266,16 +272,34 @@ impl std::io::Write for FaultDisk {
         self.writes += 1;
         if self.cut_at == Some(self.writes) {
             self.dead = true;
-            if self.mode == Cut::Torn {
-                self.file.write_all(&buf[..buf.len() / 2])?;
+            match self.mode {
+                Cut::Drop => {}
+                Cut::Torn => self.file.write_all(&buf[..buf.len() / 2])?,
+                Cut::LoseUnflushed => {
+                    use std::os::unix::fs::FileExt;
+                    for (off, old) in self.undo.drain(..).rev() {
+                        self.file.write_all_at(&old, off)?;
+                    }
+                }
             }
             return Err(std::io::Error::other("power lost (injected)"));
+        }
+        if self.mode == Cut::LoseUnflushed {
+            use std::io::Seek;
+            use std::os::unix::fs::FileExt;
+            let off = self.file.stream_position()?;
+            let mut old = vec![0u8; buf.len()];
+            let n = self.file.read_at(&mut old, off)?;
+            old.truncate(n);
+            self.undo.push((off, old));
         }
         self.file.write(buf)
     }
 
     fn flush(&mut self) -> std::io::Result<()> {
-        self.check()
+        self.check()?;
+        self.undo.clear();
+        Ok(())
     }
 }
 
