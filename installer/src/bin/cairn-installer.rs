@@ -1,0 +1,210 @@
+//! cairn-installer: install, upgrade, roll back and inspect cairn disks.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context, Result};
+use clap::{Parser, Subcommand};
+
+use installer::install::{install, InstallOptions};
+use installer::upgrade::{upgrade, UpgradeOptions};
+use installer::verify::load_keys;
+
+/// Where the install media keeps its trusted keys (design.md, install media).
+const MEDIA_KEYS: &str = "/payload/keys";
+
+#[derive(Parser)]
+#[command(
+    name = "cairn-installer",
+    about = "Install and upgrade cairn on disks and disk images"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Install a release on an empty disk (or image file).
+    Install {
+        #[arg(long)]
+        disk: PathBuf,
+        #[arg(long)]
+        bundle: PathBuf,
+        /// Trusted manifest key (PEM); repeatable. Default: /payload/keys/*.pub.
+        #[arg(long = "pubkey")]
+        pubkeys: Vec<PathBuf>,
+        /// Machine config copied to cairn/machine.toml on the ESP.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// The install media (never a target); repeatable.
+        #[arg(long)]
+        media: Vec<PathBuf>,
+        /// Destroy existing partition tables and filesystems.
+        #[arg(long)]
+        wipe: bool,
+        /// Print the plan and write nothing.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Write a new release into the inactive slot and boot it next.
+    Upgrade {
+        #[arg(long)]
+        disk: PathBuf,
+        #[arg(long)]
+        bundle: PathBuf,
+        #[arg(long = "pubkey")]
+        pubkeys: Vec<PathBuf>,
+        #[arg(long)]
+        allow_downgrade: bool,
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Make the release in the other slot the next boot.
+    Rollback {
+        #[arg(long)]
+        disk: PathBuf,
+    },
+    /// Show slots, releases and what boots next.
+    Status {
+        #[arg(long)]
+        disk: PathBuf,
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn keys(paths: Vec<PathBuf>) -> Result<Vec<signing::PublicKey>> {
+    if paths.is_empty() {
+        let dir = PathBuf::from(MEDIA_KEYS);
+        return signing::keys::load_trusted_dir(&dir)
+            .with_context(|| format!("no --pubkey given; loading trusted keys from {MEDIA_KEYS}"));
+    }
+    Ok(load_keys(&paths)?)
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.cmd {
+        Cmd::Install {
+            disk,
+            bundle,
+            pubkeys,
+            config,
+            media,
+            wipe,
+            dry_run,
+        } => {
+            let opts = InstallOptions {
+                trusted: keys(pubkeys)?,
+                disk: disk.clone(),
+                bundle: bundle.clone(),
+                machine_config: config,
+                media,
+                wipe,
+                dry_run,
+                loader_device_var: None,
+            };
+            let report = install(&opts).with_context(|| {
+                format!("installing {} on {}", bundle.display(), disk.display())
+            })?;
+            print!("{}", report.plan);
+            println!(
+                "{}",
+                if report.written {
+                    "installed"
+                } else {
+                    "dry run: nothing written"
+                }
+            );
+        }
+        Cmd::Upgrade {
+            disk,
+            bundle,
+            pubkeys,
+            allow_downgrade,
+            dry_run,
+        } => {
+            let opts = UpgradeOptions {
+                trusted: keys(pubkeys)?,
+                disk: disk.clone(),
+                bundle: bundle.clone(),
+                allow_downgrade,
+                dry_run,
+            };
+            let plan = upgrade(&opts).with_context(|| {
+                format!("upgrading {} with {}", disk.display(), bundle.display())
+            })?;
+            print!("{plan}");
+            println!(
+                "{}",
+                if dry_run {
+                    "dry run: nothing written"
+                } else {
+                    "upgraded"
+                }
+            );
+        }
+        Cmd::Rollback { disk } => {
+            let r = installer::rollback::rollback(&disk)
+                .with_context(|| format!("rolling back {}", disk.display()))?;
+            for (from, to) in &r.renames {
+                println!("renamed {from} -> {to}");
+            }
+            println!(
+                "next boot: {} in {} (was {})",
+                r.to_version.as_deref().unwrap_or("?"),
+                r.to_slot,
+                r.from_version.as_deref().unwrap_or("?")
+            );
+        }
+        Cmd::Status { disk, json } => {
+            let s = installer::status::status(&disk)
+                .with_context(|| format!("reading the status of {}", disk.display()))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&s)?);
+            } else {
+                for slot in &s.slots {
+                    println!(
+                        "{:<7} {} {}{}",
+                        slot.name,
+                        slot.partuuid,
+                        if slot.versions.is_empty() {
+                            "-".into()
+                        } else {
+                            slot.versions.join(",")
+                        },
+                        if slot.active { "  (active)" } else { "" }
+                    );
+                }
+                for e in &s.entries {
+                    println!(
+                        "{:<32} version {:<10} slot {:<7} {}",
+                        e.file,
+                        e.version.as_deref().unwrap_or("?"),
+                        e.slot.as_deref().unwrap_or("none"),
+                        match (e.blessed, e.tries_left) {
+                            (true, _) => "blessed".to_string(),
+                            (false, Some(l)) => format!("{l} tries left"),
+                            _ => String::new(),
+                        }
+                    );
+                }
+                match &s.next_boot {
+                    Some(n) => println!("next boot: {} ({})", n.file, n.reason),
+                    None => println!("next boot: nothing bootable"),
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}

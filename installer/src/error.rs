@@ -1,0 +1,140 @@
+//! The library's one error type: every variant says what was being done and
+//! names the file, partition, offset or numbers involved.
+
+use std::path::PathBuf;
+
+use artifacts::fat::FatError;
+use artifacts::gpt::GptError;
+use artifacts::uki::UkiError;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what} {path}: {source}")]
+    File {
+        what: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{what} at disk offset {offset} ({len} bytes): {source}")]
+    DiskIo {
+        what: String,
+        offset: u64,
+        len: u64,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("bundle {path}: {what}")]
+    Bundle { path: PathBuf, what: String },
+    #[error("bundle {path}: signature or artifact check failed: {source}")]
+    Verify {
+        path: PathBuf,
+        #[source]
+        source: Box<signing::VerifyError>,
+    },
+    #[error("loading trusted key {path}: {source}")]
+    Key {
+        path: PathBuf,
+        #[source]
+        source: signing::KeyError,
+    },
+    #[error("bundle is for architecture {bundle}, this installer installs {supported}")]
+    Arch {
+        bundle: String,
+        supported: &'static str,
+    },
+    #[error("{what}: UKI {path}: {source}")]
+    Uki {
+        what: String,
+        path: String,
+        #[source]
+        source: Box<UkiError>,
+    },
+    #[error("{what}: {source}")]
+    Gpt {
+        what: String,
+        #[source]
+        source: Box<GptError>,
+    },
+    #[error("{what}: {source}")]
+    Fat {
+        what: String,
+        #[source]
+        source: Box<FatError>,
+    },
+    #[error(
+        "disk {path} is {size} bytes; this layout needs at least {needed} bytes ({needed_mib} MiB)"
+    )]
+    DiskTooSmall {
+        path: PathBuf,
+        size: u64,
+        needed: u64,
+        needed_mib: u64,
+    },
+    #[error("disk {disk} is the install media ({media}); refusing to overwrite the installer")]
+    IsInstallMedia { disk: PathBuf, media: PathBuf },
+    #[error("disk {path} is not empty: {found}; pass --wipe to destroy it")]
+    NotEmpty { path: PathBuf, found: String },
+    #[error("release {new} is not newer than the running release {running}; pass --allow-downgrade to install it anyway")]
+    Downgrade { new: String, running: String },
+    #[error("release {version} is already on the disk as {file}")]
+    SameVersion { version: String, file: String },
+    #[error("{what} does not fit: {need} bytes needed, {partition} holds {have}")]
+    DoesNotFit {
+        what: String,
+        partition: String,
+        need: u64,
+        have: u64,
+    },
+    #[error("read-back of {partition} at offset {offset} ({len} bytes) gives sha256 {actual}, wrote {expected}")]
+    ReadBack {
+        partition: String,
+        offset: u64,
+        len: u64,
+        expected: String,
+        actual: String,
+    },
+    #[error("disk {path} has no cairn layout: {what}")]
+    NotCairn { path: PathBuf, what: String },
+    #[error("boot entries on {path}: {what}")]
+    Boot { path: PathBuf, what: String },
+    #[error("install failed while {step}: {source}; the partition table was cleared, so the disk is plainly not bootable{clear_note}")]
+    InstallAborted {
+        step: String,
+        #[source]
+        source: Box<Error>,
+        clear_note: String,
+    },
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+pub(crate) fn disk_io(
+    what: impl Into<String>,
+    offset: u64,
+    len: u64,
+) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::DiskIo {
+        what,
+        offset,
+        len,
+        source,
+    }
+}
+
+pub(crate) fn gpt(what: impl Into<String>) -> impl FnOnce(GptError) -> Error {
+    let what = what.into();
+    move |source| Error::Gpt {
+        what,
+        source: Box::new(source),
+    }
+}
+
+pub(crate) fn fat(what: impl Into<String>) -> impl FnOnce(FatError) -> Error {
+    let what = what.into();
+    move |source| Error::Fat {
+        what,
+        source: Box::new(source),
+    }
+}

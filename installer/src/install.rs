@@ -1,0 +1,447 @@
+//! `install`: put a verified release on an empty disk.
+//!
+//! The story: verify the bundle completely; refuse unsafe targets; plan the
+//! layout; write slot A (hashing while writing, then reading back); zero the
+//! start of STATE and EPHEMERAL so init formats them; build the ESP; write
+//! the partition table last, so an interrupted install leaves a disk with no
+//! partition table rather than a half-installed one that might boot.
+
+use std::fmt;
+use std::io::{Read, Seek, Write};
+use std::path::{Path, PathBuf};
+
+use artifacts::fat::{self, FatFile, FatSource, FormatOptions};
+use artifacts::gpt::{self, DiskLayout, Guid, Partition, SECTOR};
+use signing::{HashingReader, PublicKey};
+
+use crate::blockdev::{hash_range, read_at, sha256, sync, write_at, zero_range, Disk};
+use crate::bootmodel::{entry_name, Counter};
+use crate::bundle::{self, Bundle};
+use crate::error::{fat as fat_err, Error, Result};
+use crate::table;
+use crate::verify::open_verified;
+
+/// Tries a new UKI gets before systemd-boot falls back.
+pub const TRIES: u32 = 3;
+pub const LOADER_CONF: &[u8] = b"timeout 0\n";
+pub const MACHINE_CONFIG: &str = "cairn/machine.toml";
+/// How much of STATE and EPHEMERAL is zeroed (the format rule's window).
+pub const ZEROED: u64 = 1 << 20;
+
+#[derive(Debug, Clone, Default)]
+pub struct InstallOptions {
+    pub disk: PathBuf,
+    pub bundle: PathBuf,
+    pub trusted: Vec<PublicKey>,
+    pub machine_config: Option<PathBuf>,
+    /// Paths that are the install media (never a target).
+    pub media: Vec<PathBuf>,
+    pub wipe: bool,
+    pub dry_run: bool,
+    /// Where to read systemd-boot's `LoaderDevicePartUUID` (the partition
+    /// the installer booted from); `None` for the efivarfs path.
+    pub loader_device_var: Option<PathBuf>,
+}
+
+/// What an install will do; printed by `--dry-run`.
+#[derive(Debug, Clone)]
+pub struct InstallPlan {
+    pub disk: PathBuf,
+    pub disk_size: u64,
+    pub version: String,
+    pub layout: DiskLayout,
+    pub uki_name: String,
+    pub rootfs_size: u64,
+    /// Signatures found on the disk that the install destroys.
+    pub destroys: Vec<String>,
+    pub machine_config: Option<PathBuf>,
+}
+
+impl fmt::Display for InstallPlan {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        writeln!(
+            f,
+            "install cairn {} on {} ({} bytes)",
+            self.version,
+            self.disk.display(),
+            self.disk_size
+        )?;
+        if self.destroys.is_empty() {
+            writeln!(f, "destroys: nothing found on the disk")?;
+        } else {
+            writeln!(f, "destroys: {}", self.destroys.join("; "))?;
+        }
+        let p = |name: &str| self.layout.partition(name).expect("cairn layout");
+        let a = p(gpt::BOOT_A);
+        writeln!(
+            f,
+            "1. BOOT-A at {}: rootfs.img, {} bytes, then read back",
+            a.offset(),
+            self.rootfs_size
+        )?;
+        for name in [gpt::STATE, gpt::EPHEMERAL] {
+            writeln!(
+                f,
+                "2. {name} at {}: zero the first {ZEROED} bytes",
+                p(name).offset()
+            )?;
+        }
+        let esp = p(gpt::EFI);
+        write!(
+            f,
+            "3. EFI at {} ({} bytes): FAT32 with EFI/BOOT/BOOTX64.EFI, loader/loader.conf, EFI/Linux/{}",
+            esp.offset(),
+            esp.size_bytes(),
+            self.uki_name
+        )?;
+        if let Some(c) = &self.machine_config {
+            write!(f, ", {MACHINE_CONFIG} from {}", c.display())?;
+        }
+        writeln!(f)?;
+        writeln!(f, "4. GPT (written last):")?;
+        for part in &self.layout.partitions {
+            writeln!(
+                f,
+                "   {:<9} {:>12} bytes at {:>12}  PARTUUID {}",
+                part.name,
+                part.size_bytes(),
+                part.offset(),
+                part.guid
+            )?;
+        }
+        Ok(())
+    }
+}
+
+/// What a finished install did.
+#[derive(Debug, Clone)]
+pub struct InstallReport {
+    pub plan: InstallPlan,
+    /// False for `--dry-run`.
+    pub written: bool,
+}
+
+/// Verifies the bundle, checks the disk, and installs (or only plans, with
+/// `dry_run`).
+pub fn install(opts: &InstallOptions) -> Result<InstallReport> {
+    let bundle = open_verified(&opts.bundle, &opts.trusted)?;
+    let mut disk = Disk::open(&opts.disk, !opts.dry_run)?;
+    refuse_install_media(&disk, &opts.bundle, &opts.media)?;
+    refuse_boot_disk(&mut disk, opts)?;
+    let plan = plan(&bundle, &opts.disk, disk.size, &mut disk, opts)?;
+    if !plan.destroys.is_empty() && !opts.wipe {
+        return Err(Error::NotEmpty {
+            path: opts.disk.clone(),
+            found: plan.destroys.join("; "),
+        });
+    }
+    if opts.dry_run {
+        return Ok(InstallReport {
+            plan,
+            written: false,
+        });
+    }
+    install_to(&mut disk, &bundle, &plan)?;
+    Ok(InstallReport {
+        plan,
+        written: true,
+    })
+}
+
+/// The disk must not be (or hold) the bundle or any install media path.
+fn refuse_install_media(disk: &Disk, bundle: &Path, media: &[PathBuf]) -> Result<()> {
+    for m in std::iter::once(&bundle.to_path_buf()).chain(media) {
+        if disk.contains(m)? {
+            return Err(Error::IsInstallMedia {
+                disk: disk.path.clone(),
+                media: m.clone(),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Detects the install media without being told: a disk whose partition
+/// table holds the partition systemd-boot loaded the installer from.
+fn refuse_boot_disk(disk: &mut Disk, opts: &InstallOptions) -> Result<()> {
+    let var = opts
+        .loader_device_var
+        .clone()
+        .unwrap_or_else(|| PathBuf::from(crate::blockdev::LOADER_DEVICE_VAR));
+    let Some(boot) = crate::blockdev::loader_device_partuuid(&var) else {
+        return Ok(());
+    };
+    if let Ok(read) = gpt::read_disk(disk) {
+        if let Some(p) = read.layout.partitions.iter().find(|p| p.guid == boot) {
+            return Err(Error::IsInstallMedia {
+                disk: disk.path.clone(),
+                media: PathBuf::from(format!(
+                    "partition {} (PARTUUID {boot}, the installer's boot partition per {})",
+                    p.name,
+                    var.display()
+                )),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Seed for every derived GUID and the ESP volume id: the release and the
+/// disk size, so reinstalling the same release on the same disk is
+/// bit-identical.
+fn seed(bundle: &Bundle, disk_size: u64) -> [u8; 32] {
+    sha256(&[
+        b"cairn-install-v1\0",
+        &bundle.manifest_bytes,
+        &disk_size.to_le_bytes(),
+    ])
+}
+
+fn plan<D: Read + Seek>(
+    bundle: &Bundle,
+    path: &Path,
+    size: u64,
+    d: &mut D,
+    opts: &InstallOptions,
+) -> Result<InstallPlan> {
+    let needed = bundle.layout.min_disk_size();
+    if size < needed {
+        return Err(Error::DiskTooSmall {
+            path: path.to_path_buf(),
+            size,
+            needed,
+            needed_mib: needed.div_ceil(1 << 20),
+        });
+    }
+    let root = hex::decode(&bundle.uki.root_hash).expect("verified as 64 hex digits");
+    let slot_a =
+        Guid::from_root_hash(&root).map_err(crate::error::gpt("deriving slot A's GUID"))?;
+    let layout = bundle
+        .layout
+        .disk_layout(size, &seed(bundle, size), slot_a)?;
+    Ok(InstallPlan {
+        disk: path.to_path_buf(),
+        disk_size: size,
+        version: bundle.version(),
+        layout,
+        uki_name: entry_name(
+            &bundle.entry_base(),
+            Some(Counter {
+                left: TRIES,
+                done: 0,
+            }),
+        ),
+        rootfs_size: bundle.artifact(bundle::ROOTFS).size,
+        destroys: probe(d, size)?,
+        machine_config: opts.machine_config.clone(),
+    })
+}
+
+/// Partition tables and filesystem signatures in the first MiB or a GPT
+/// backup header at the end.
+pub fn probe<D: Read + Seek>(d: &mut D, size: u64) -> Result<Vec<String>> {
+    let mut head = vec![0u8; (1u64 << 20).min(size) as usize];
+    read_at(d, 0, &mut head, "the start of the disk")?;
+    let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
+    let mut found = Vec::new();
+    if at(512, b"EFI PART") || at(4096, b"EFI PART") {
+        found.push("a GPT partition table".to_string());
+    } else if at(510, &[0x55, 0xAA]) {
+        found.push("an MBR partition table or boot sector (0x55AA at offset 510)".to_string());
+    }
+    if at(1024 + 56, &[0x53, 0xEF]) {
+        found.push("an ext2/3/4 superblock at offset 1024".to_string());
+    }
+    if at(82, b"FAT32   ") || at(54, b"FAT12   ") || at(54, b"FAT16   ") {
+        found.push("a FAT filesystem at offset 0".to_string());
+    }
+    if at(32769, b"CD001") {
+        found.push("an ISO 9660 filesystem".to_string());
+    }
+    if at(0, b"hsqs") {
+        found.push("a squashfs filesystem at offset 0".to_string());
+    }
+    if size >= 2 * SECTOR {
+        let mut last = [0u8; SECTOR as usize];
+        read_at(d, size - SECTOR, &mut last, "the last sector")?;
+        if &last[..8] == b"EFI PART" && !found.iter().any(|f| f.contains("GPT")) {
+            found.push("a backup GPT header in the last sector".to_string());
+        }
+    }
+    Ok(found)
+}
+
+/// Writes the planned install. On any failure the partition table is
+/// cleared and the error says which step failed.
+pub fn install_to<D: Read + Write + Seek>(
+    d: &mut D,
+    bundle: &Bundle,
+    plan: &InstallPlan,
+) -> Result<()> {
+    let mut step = "";
+    let result = (|| {
+        let part = |name: &str| plan.layout.partition(name).expect("cairn layout").clone();
+        if !plan.destroys.is_empty() {
+            // An old table must not outlive a failed install: it would point
+            // at partitions this install is overwriting.
+            step = "clearing the old partition table";
+            table::clear(d)?;
+        }
+        step = "writing slot A";
+        write_slot(d, bundle, &part(gpt::BOOT_A))?;
+        step = "zeroing the start of STATE and EPHEMERAL";
+        for name in [gpt::STATE, gpt::EPHEMERAL] {
+            let p = part(name);
+            zero_range(d, p.offset(), ZEROED.min(p.size_bytes()), name)?;
+        }
+        sync(d, "zeroing STATE and EPHEMERAL")?;
+        step = "building the ESP";
+        write_esp(d, bundle, plan, &part(gpt::EFI))?;
+        step = "writing the partition table";
+        table::write_new(d, &plan.layout)
+    })();
+    result.map_err(|e| {
+        let clear_note = match table::clear(d) {
+            Ok(()) => String::new(),
+            Err(c) => format!(" (clearing it failed too: {c})"),
+        };
+        Error::InstallAborted {
+            step: step.to_string(),
+            source: Box::new(e),
+            clear_note,
+        }
+    })
+}
+
+/// Streams rootfs.img into `part`, hashing as it goes, then reads the
+/// written range back; both must match the signed manifest.
+pub(crate) fn write_slot<D: Read + Write + Seek>(
+    d: &mut D,
+    bundle: &Bundle,
+    part: &Partition,
+) -> Result<()> {
+    let art = bundle.artifact(bundle::ROOTFS).clone();
+    if art.size > part.size_bytes() {
+        return Err(Error::DoesNotFit {
+            what: format!("rootfs.img ({} bytes)", art.size),
+            partition: part.name.clone(),
+            need: art.size,
+            have: part.size_bytes(),
+        });
+    }
+    let path = bundle.path(bundle::ROOTFS);
+    let file = std::fs::File::open(&path).map_err(|source| Error::File {
+        what: "opening",
+        path: path.clone(),
+        source,
+    })?;
+    let mut src = HashingReader::new(file);
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    loop {
+        let n = src.read(&mut buf).map_err(|source| Error::File {
+            what: "reading",
+            path: path.clone(),
+            source,
+        })?;
+        if n == 0 {
+            break;
+        }
+        if done + n as u64 > art.size {
+            break; // the size check below reports it
+        }
+        write_at(d, part.offset() + done, &buf[..n], &part.name)?;
+        done += n as u64;
+    }
+    // The file may have changed since it was verified: what was streamed
+    // is what counts.
+    src.expect(art.digest(), art.size)
+        .map_err(|e| Error::Bundle {
+            path: bundle.origin.clone(),
+            what: format!("rootfs.img changed after verification: {e}"),
+        })?;
+    sync(d, &format!("writing {}", part.name))?;
+    let back = hash_range(
+        d,
+        part.offset(),
+        art.size,
+        &format!("{} (read-back)", part.name),
+    )?;
+    if back != art.digest() {
+        return Err(Error::ReadBack {
+            partition: part.name.clone(),
+            offset: part.offset(),
+            len: art.size,
+            expected: art.digest().to_hex(),
+            actual: back.to_hex(),
+        });
+    }
+    Ok(())
+}
+
+fn write_esp<D: Read + Write + Seek>(
+    d: &mut D,
+    bundle: &Bundle,
+    plan: &InstallPlan,
+    esp: &Partition,
+) -> Result<()> {
+    let mut files = vec![
+        FatFile {
+            path: "EFI/BOOT/BOOTX64.EFI".into(),
+            source: FatSource::Host(bundle.path(bundle::BOOTLOADER)),
+        },
+        FatFile {
+            path: "loader/loader.conf".into(),
+            source: FatSource::Bytes(LOADER_CONF.to_vec()),
+        },
+        FatFile {
+            path: format!("{}/{}", crate::bootmodel::ENTRY_DIR, plan.uki_name),
+            source: FatSource::Host(bundle.path(bundle::UKI)),
+        },
+    ];
+    if let Some(c) = &plan.machine_config {
+        let bytes = std::fs::read(c).map_err(|source| Error::File {
+            what: "reading machine config",
+            path: c.clone(),
+            source,
+        })?;
+        files.push(FatFile {
+            path: MACHINE_CONFIG.into(),
+            source: FatSource::Bytes(bytes),
+        });
+    }
+    let opts = FormatOptions {
+        size: esp.size_bytes(),
+        label: "EFI".into(),
+        seed: seed(bundle, plan.disk_size).to_vec(),
+        epoch: bundle.manifest.source_date_epoch,
+    };
+    fat::format(d, esp.offset(), &opts, &files).map_err(fat_err(format!(
+        "formatting the ESP at offset {}",
+        esp.offset()
+    )))?;
+    // The UKIs on the ESP were read from host files: check they are the
+    // verified bytes before the table makes the disk bootable.
+    let mut vol = fat::Fat32::open(&mut *d, esp.offset(), esp.size_bytes())
+        .map_err(fat_err("reopening the new ESP"))?;
+    for (path, name) in [
+        (format!("EFI/Linux/{}", plan.uki_name), bundle::UKI),
+        ("EFI/BOOT/BOOTX64.EFI".to_string(), bundle::BOOTLOADER),
+    ] {
+        let bytes = vol
+            .read_file(&path)
+            .map_err(fat_err(format!("reading back {path}")))?;
+        let art = bundle.artifact(name);
+        let got = signing::Sha256Digest::of(&bytes);
+        if got != art.digest() || bytes.len() as u64 != art.size {
+            return Err(Error::ReadBack {
+                partition: format!("EFI ({path})"),
+                offset: esp.offset(),
+                len: bytes.len() as u64,
+                expected: art.digest().to_hex(),
+                actual: got.to_hex(),
+            });
+        }
+    }
+    sync(d, "building the ESP")
+}

@@ -1,0 +1,246 @@
+//! Everything checked before a single byte goes to disk: the manifest
+//! signature against trusted keys, every artifact's size and sha256, and the
+//! cross-checks that tie the UKI to the rootfs it will mount.
+
+use std::io::Read;
+use std::path::Path;
+
+use artifacts::uki::Uki;
+use signing::PublicKey;
+
+use crate::bootmodel::{cmdline_value, osrel_field};
+use crate::bundle::{self, Bundle, UkiFacts};
+use crate::error::{Error, Result};
+use crate::layout::LayoutSpec;
+
+/// The architecture this installer writes (the GPT root type it uses).
+pub const ARCH: &str = "x86_64";
+
+/// Loads trusted public keys from `.pub` PEM files.
+pub fn load_keys(paths: &[std::path::PathBuf]) -> Result<Vec<PublicKey>> {
+    paths
+        .iter()
+        .map(|p| {
+            PublicKey::load(p).map_err(|source| Error::Key {
+                path: p.clone(),
+                source,
+            })
+        })
+        .collect()
+}
+
+/// Opens a bundle directory or `.tar` and verifies it completely.
+pub fn open_verified(path: &Path, trusted: &[PublicKey]) -> Result<Bundle> {
+    let bad = |what: String| Error::Bundle {
+        path: path.to_path_buf(),
+        what,
+    };
+    let (dir, unpacked) = if path.is_dir() {
+        (path.to_path_buf(), None)
+    } else {
+        let t = bundle::unpack_tar(path)?;
+        (t.path().to_path_buf(), Some(t))
+    };
+    // Signature first, then every listed artifact's size and sha256.
+    let report = signing::verify_dir(&dir, trusted).map_err(|source| Error::Verify {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    })?;
+    let manifest = report.manifest;
+    let manifest_bytes =
+        std::fs::read(dir.join(signing::MANIFEST_FILE)).map_err(|source| Error::File {
+            what: "reading",
+            path: dir.join(signing::MANIFEST_FILE),
+            source,
+        })?;
+    // The bytes read again must be the ones whose signature was checked.
+    let again = signing::Manifest::parse(&manifest_bytes)
+        .map_err(|e| bad(format!("manifest.json changed after verification: {e}")))?;
+    if again != manifest {
+        return Err(bad("manifest.json changed after verification".into()));
+    }
+    for name in bundle::REQUIRED {
+        if manifest.artifact(name).is_none() {
+            return Err(bad(format!("the signed manifest does not list {name}")));
+        }
+    }
+    if manifest.arch != ARCH {
+        return Err(Error::Arch {
+            bundle: manifest.arch.clone(),
+            supported: ARCH,
+        });
+    }
+    for name in [bundle::UKI, bundle::BOOTLOADER] {
+        let p = dir.join(name);
+        let machine = pe_machine(&p)?;
+        if machine != PE_MACHINE_X86_64 {
+            return Err(Error::Arch {
+                bundle: format!("{name} has PE machine type {machine:#06x}"),
+                supported: "x86_64 (PE machine 0x8664)",
+            });
+        }
+    }
+    let version = manifest.os_version.to_string();
+    if version.contains('+') {
+        return Err(bad(format!(
+            "version {version} has build metadata ('+'), which would read as a boot counter in the UKI file name"
+        )));
+    }
+    let layout_path = dir.join(bundle::LAYOUT);
+    let layout_bytes = std::fs::read(&layout_path).map_err(|source| Error::File {
+        what: "reading",
+        path: layout_path.clone(),
+        source,
+    })?;
+    let layout = LayoutSpec::parse(&layout_bytes, path)?;
+    let uki = uki_facts(&dir.join(bundle::UKI))?;
+    if uki.version != version {
+        return Err(bad(format!(
+            "uki.efi .osrel says version {}, the manifest says {version}",
+            uki.version
+        )));
+    }
+    match &manifest.verity_root_hash {
+        Some(h) if *h == uki.root_hash => {}
+        other => {
+            return Err(bad(format!(
+                "uki.efi boots rootfs {} but the manifest's verity_root_hash is {}",
+                uki.root_hash,
+                other.as_deref().unwrap_or("absent")
+            )))
+        }
+    }
+    check_rootfs(&dir.join(bundle::ROOTFS), &uki, path)?;
+    let rootfs = manifest.artifact(bundle::ROOTFS).expect("checked above");
+    if rootfs.size > layout.boot {
+        return Err(Error::DoesNotFit {
+            what: format!("rootfs.img ({} bytes)", rootfs.size),
+            partition: "a BOOT slot in layout.json".into(),
+            need: rootfs.size,
+            have: layout.boot,
+        });
+    }
+    Ok(Bundle {
+        dir,
+        origin: path.to_path_buf(),
+        manifest,
+        manifest_bytes,
+        layout,
+        uki,
+        _unpacked: unpacked,
+    })
+}
+
+const PE_MACHINE_X86_64: u16 = 0x8664;
+
+/// The COFF machine type of a PE file (what the firmware checks too).
+pub fn pe_machine(path: &Path) -> Result<u16> {
+    let b = std::fs::read(path).map_err(|source| Error::File {
+        what: "reading",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let pe = b
+        .get(0x3c..0x40)
+        .map(|x| u32::from_le_bytes(x.try_into().expect("4 bytes")) as usize);
+    match pe.and_then(|o| Some((b.get(o..o + 4)?, b.get(o + 4..o + 6)?))) {
+        Some((sig, m)) if b.starts_with(b"MZ") && sig == b"PE\0\0" => {
+            Ok(u16::from_le_bytes([m[0], m[1]]))
+        }
+        _ => Err(Error::Bundle {
+            path: path.to_path_buf(),
+            what: "not a PE image (no MZ/PE signature)".into(),
+        }),
+    }
+}
+
+/// Reads `.osrel` and `.cmdline` from the release UKI.
+pub fn uki_facts(path: &Path) -> Result<UkiFacts> {
+    let shown = path.display().to_string();
+    let section = |name: &str| {
+        Uki::read_section(path, name).map_err(|source| Error::Uki {
+            what: format!("reading section {name}"),
+            path: shown.clone(),
+            source: Box::new(source),
+        })
+    };
+    let osrel = String::from_utf8_lossy(&section(".osrel")?).into_owned();
+    let cmdline = String::from_utf8_lossy(&section(".cmdline")?)
+        .trim_end_matches(['\0', '\n', ' '])
+        .to_string();
+    let bad = |what: String| Error::Bundle {
+        path: path.to_path_buf(),
+        what,
+    };
+    if osrel_field(&osrel, "ID").as_deref() != Some("cairn") {
+        return Err(bad("uki.efi .osrel has no ID=cairn".into()));
+    }
+    let version = osrel_field(&osrel, "IMAGE_VERSION")
+        .or_else(|| osrel_field(&osrel, "VERSION_ID"))
+        .ok_or_else(|| bad("uki.efi .osrel has no IMAGE_VERSION or VERSION_ID".into()))?;
+    let root_hash = cmdline_value(&cmdline, "cairn.rootfs")
+        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+        .ok_or_else(|| {
+            bad(format!(
+                "uki.efi .cmdline has no 64-hex-digit cairn.rootfs=: {cmdline:?}"
+            ))
+        })?
+        .to_ascii_lowercase();
+    let data_blocks = cmdline_value(&cmdline, "cairn.verity")
+        .and_then(|v| v.split_once(',')?.0.parse::<u64>().ok())
+        .filter(|&n| n > 0)
+        .ok_or_else(|| {
+            bad(format!(
+                "uki.efi .cmdline has no cairn.verity=<blocks>,<salt>: {cmdline:?}"
+            ))
+        })?;
+    if cmdline_value(&cmdline, "cairn.mode") == Some("install") {
+        return Err(bad(
+            "uki.efi is an installer UKI (cairn.mode=install), not a release".into(),
+        ));
+    }
+    Ok(UkiFacts {
+        cmdline,
+        version,
+        root_hash,
+        data_blocks,
+    })
+}
+
+/// The rootfs must hold the data blocks the UKI names and a verity
+/// superblock right after them (design.md "Slot content").
+fn check_rootfs(path: &Path, uki: &UkiFacts, origin: &Path) -> Result<()> {
+    let bad = |what: String| Error::Bundle {
+        path: origin.to_path_buf(),
+        what,
+    };
+    let mut f = std::fs::File::open(path).map_err(|source| Error::File {
+        what: "opening",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    let len = f.metadata().map(|m| m.len()).unwrap_or(0);
+    let sb = uki.data_blocks * artifacts::verity::BLOCK;
+    if len < sb + artifacts::verity::BLOCK {
+        return Err(bad(format!(
+            "rootfs.img is {len} bytes; the UKI's {} data blocks need a verity superblock at {sb}",
+            uki.data_blocks
+        )));
+    }
+    use std::io::{Seek, SeekFrom};
+    let mut magic = [0u8; 8];
+    f.seek(SeekFrom::Start(sb))
+        .and_then(|_| f.read_exact(&mut magic))
+        .map_err(|source| Error::File {
+            what: "reading the verity superblock of",
+            path: path.to_path_buf(),
+            source,
+        })?;
+    if &magic != b"verity\0\0" {
+        return Err(bad(format!(
+            "rootfs.img has no verity superblock at offset {sb} (after {} data blocks)",
+            uki.data_blocks
+        )));
+    }
+    Ok(())
+}

@@ -1,0 +1,331 @@
+//! upgrade, rollback and status on image files, checked by following the
+//! boot chain, with sgdisk and fsck.fat.
+
+mod common;
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use common::*;
+use installer::install::install;
+use installer::upgrade::upgrade;
+use installer::Error;
+
+fn esp_clean(fx: &Fixture, img: &Path) {
+    let disk = artifacts::gpt::read_disk(&mut fs::File::open(img).unwrap()).unwrap();
+    let p = disk.layout.partition("EFI").unwrap();
+    let all = fs::read(img).unwrap();
+    let esp = fx.path("esp.check");
+    fs::write(
+        &esp,
+        &all[p.offset() as usize..(p.offset() + p.size_bytes()) as usize],
+    )
+    .unwrap();
+    let o = tool("fsck.fat", &["-n", esp.to_str().unwrap()]);
+    assert!(
+        o.status.success(),
+        "fsck.fat: {}",
+        String::from_utf8_lossy(&o.stdout)
+    );
+    let v = tool("sgdisk", &["-v", img.to_str().unwrap()]);
+    assert!(String::from_utf8_lossy(&v.stdout).contains("No problems found"));
+}
+
+#[test]
+fn upgrade_boots_the_new_release_and_falls_back_after_three_failures() {
+    let fx = Fixture::new();
+    let b1 = bundle(&fx.path("b1"), "1.0.0");
+    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let img = fx.image("d.img", DISK_SIZE);
+    install(&install_opts(&img, &b1.dir)).unwrap();
+    let plan = upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
+    assert_eq!(
+        (plan.running_slot.as_str(), plan.target_slot.as_str()),
+        ("BOOT-A", "BOOT-B")
+    );
+    assert_eq!(plan.new_uki, "cairn-2.0.0+3.efi");
+    esp_clean(&fx, &img);
+    assert_eq!(booted_version(&img, &[&b1, &b2]), Ok("2.0.0".into()));
+    // systemd-boot counts down 2.0.0, then boots 1.0.0 from slot A.
+    for left in [
+        "cairn-2.0.0+3.efi",
+        "cairn-2.0.0+2-1.efi",
+        "cairn-2.0.0+1-2.efi",
+    ] {
+        assert_eq!(boot_attempt(&img), left);
+    }
+    assert_eq!(booted_version(&img, &[&b1, &b2]), Ok("1.0.0".into()));
+    assert_eq!(boot_attempt(&img), "cairn-1.0.0+3.efi");
+}
+
+#[test]
+fn second_upgrade_replaces_the_old_fallback_not_the_blessed_release() {
+    let fx = Fixture::new();
+    let b1 = bundle(&fx.path("b1"), "1.0.0");
+    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let b3 = bundle(&fx.path("b3"), "3.0.0");
+    let img = fx.image("d.img", DISK_SIZE);
+    install(&install_opts(&img, &b1.dir)).unwrap();
+    upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
+    boot_attempt(&img);
+    bless(&img, "2.0.0");
+    let plan = upgrade(&upgrade_opts(&img, &b3.dir)).unwrap();
+    assert_eq!(plan.running_slot, "BOOT-B");
+    assert_eq!(plan.target_slot, "BOOT-A");
+    assert_eq!(plan.removes, ["cairn-1.0.0+3.efi"]);
+    assert_eq!(entry_files(&img), ["cairn-3.0.0+3.efi", "cairn-2.0.0.efi"]);
+    esp_clean(&fx, &img);
+    assert_eq!(booted_version(&img, &[&b2, &b3]), Ok("3.0.0".into()));
+    // An unblessed new release is not "running": upgrading again replaces
+    // it, keeping blessed 2.0.0.
+    let b4 = bundle(&fx.path("b4"), "4.0.0");
+    let plan = upgrade(&upgrade_opts(&img, &b4.dir)).unwrap();
+    assert_eq!(plan.running_slot, "BOOT-B");
+    assert_eq!(plan.removes, ["cairn-3.0.0+3.efi"]);
+    assert_eq!(booted_version(&img, &[&b2, &b4]), Ok("4.0.0".into()));
+}
+
+#[test]
+fn upgrade_refuses_downgrades_unless_allowed() {
+    let fx = Fixture::new();
+    let b1 = bundle(&fx.path("b1"), "1.0.0");
+    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let img = fx.image("d.img", DISK_SIZE);
+    install(&install_opts(&img, &b2.dir)).unwrap();
+    let before = sha256_file(&img);
+    match upgrade(&upgrade_opts(&img, &b1.dir)) {
+        Err(Error::Downgrade { new, running }) => {
+            assert_eq!((new.as_str(), running.as_str()), ("1.0.0", "2.0.0"))
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    // The same version is refused too.
+    let again = bundle(&fx.path("b2again"), "2.0.0");
+    assert!(upgrade(&upgrade_opts(&img, &again.dir)).is_err());
+    assert_eq!(sha256_file(&img), before);
+    let mut o = upgrade_opts(&img, &b1.dir);
+    o.allow_downgrade = true;
+    upgrade(&o).unwrap();
+    assert_eq!(booted_version(&img, &[&b1, &b2]), Ok("1.0.0".into()));
+    // 2.0.0 stays as the (exhausted, last-resort) fallback.
+    assert_eq!(
+        entry_files(&img),
+        ["cairn-1.0.0+3.efi", "cairn-2.0.0+0.efi"]
+    );
+}
+
+#[test]
+fn upgrade_dry_run_and_other_refusals_write_nothing() {
+    let fx = Fixture::new();
+    let b1 = bundle(&fx.path("b1"), "1.0.0");
+    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let img = fx.image("d.img", DISK_SIZE);
+    install(&install_opts(&img, &b1.dir)).unwrap();
+    let before = sha256_file(&img);
+    let mut o = upgrade_opts(&img, &b2.dir);
+    o.dry_run = true;
+    let plan = upgrade(&o).unwrap();
+    assert_eq!(plan.target_slot, "BOOT-B");
+    assert_eq!(sha256_file(&img), before);
+    // Another architecture.
+    let mut bo = BundleOpts::new("3.0.0");
+    bo.uki_machine = Some(0xAA64);
+    let arm = make_bundle(&fx.path("arm"), &bo);
+    assert!(matches!(
+        upgrade(&upgrade_opts(&img, &arm.dir)),
+        Err(Error::Arch { .. })
+    ));
+    // A rootfs larger than the slot.
+    let mut bo = BundleOpts::new("3.0.0");
+    bo.rootfs_len = 9 << 20;
+    bo.layout = format!(
+        r#"{{"esp":{},"boot":{},"state":{}}}"#,
+        36 * MIB,
+        16 * MIB,
+        8 * MIB
+    );
+    let big = make_bundle(&fx.path("big"), &bo);
+    assert!(matches!(
+        upgrade(&upgrade_opts(&img, &big.dir)),
+        Err(Error::DoesNotFit { .. })
+    ));
+    // Not a cairn disk.
+    let blank = fx.image("blank.img", DISK_SIZE);
+    assert!(upgrade(&upgrade_opts(&blank, &b2.dir)).is_err());
+    assert_eq!(sha256_file(&img), before);
+}
+
+#[test]
+fn rollback_flips_between_the_slots() {
+    let fx = Fixture::new();
+    let b1 = bundle(&fx.path("b1"), "1.0.0");
+    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let img = fx.image("d.img", DISK_SIZE);
+    install(&install_opts(&img, &b1.dir)).unwrap();
+    // Nothing to roll back to yet.
+    assert!(installer::rollback::rollback(&img).is_err());
+    upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
+    boot_attempt(&img);
+    bless(&img, "2.0.0");
+    let r = installer::rollback::rollback(&img).unwrap();
+    assert_eq!(r.to_version.as_deref(), Some("1.0.0"));
+    assert_eq!(
+        r.renames,
+        [(
+            "cairn-2.0.0.efi".to_string(),
+            "cairn-2.0.0+0.efi".to_string()
+        )]
+    );
+    assert_eq!(booted_version(&img, &[&b1, &b2]), Ok("1.0.0".into()));
+    // Roll forward again: 2.0.0 gets fresh tries.
+    let r = installer::rollback::rollback(&img).unwrap();
+    assert_eq!(r.to_version.as_deref(), Some("2.0.0"));
+    assert_eq!(booted_version(&img, &[&b1, &b2]), Ok("2.0.0".into()));
+    // 1.0.0 already sorts after the revived 2.0.0: it stays a counted fallback.
+    assert_eq!(
+        entry_files(&img),
+        ["cairn-2.0.0+3.efi", "cairn-1.0.0+3.efi"]
+    );
+    esp_clean(&fx, &img);
+}
+
+#[test]
+fn status_json_reports_slots_entries_and_the_next_boot() {
+    let fx = Fixture::new();
+    let b1 = bundle(&fx.path("b1"), "1.0.0");
+    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let img = fx.image("d.img", DISK_SIZE);
+    install(&install_opts(&img, &b1.dir)).unwrap();
+    upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
+    boot_attempt(&img);
+    let before = sha256_file(&img);
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn-installer"))
+        .args(["status", "--json", "--disk", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(sha256_file(&img), before, "status writes nothing");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["disk_size"], DISK_SIZE);
+    assert_eq!(v["table_copy"], "primary");
+    assert_eq!(v["active_slot"], "BOOT-B");
+    let slots = v["slots"].as_array().unwrap();
+    assert_eq!(slots[0]["name"], "BOOT-A");
+    assert_eq!(slots[0]["versions"], serde_json::json!(["1.0.0"]));
+    assert_eq!(slots[1]["versions"], serde_json::json!(["2.0.0"]));
+    assert_eq!(slots[1]["active"], true);
+    let h = &b2.root_hash;
+    assert_eq!(
+        slots[1]["partuuid"].as_str().unwrap().to_ascii_lowercase(),
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
+    );
+    let e = &v["entries"][0];
+    assert_eq!(e["file"], "cairn-2.0.0+2-1.efi");
+    assert_eq!(e["tries_left"], 2);
+    assert_eq!(e["tries_done"], 1);
+    assert_eq!(e["blessed"], false);
+    assert_eq!(e["slot"], "BOOT-B");
+    assert_eq!(e["root_hash"], b2.root_hash);
+    assert_eq!(v["entries"][1]["file"], "cairn-1.0.0+3.efi");
+    assert_eq!(v["next_boot"]["file"], "cairn-2.0.0+2-1.efi");
+    assert_eq!(v["next_boot"]["renamed_to"], "cairn-2.0.0+1-2.efi");
+    assert_eq!(v["next_boot"]["slot"], "BOOT-B");
+    assert!(v["next_boot"]["reason"]
+        .as_str()
+        .unwrap()
+        .contains("highest version"));
+    // The text form names the same next boot.
+    let out = Command::new(env!("CARGO_BIN_EXE_cairn-installer"))
+        .args(["status", "--disk", img.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).contains("next boot: cairn-2.0.0+2-1.efi"));
+    // A disk that is not cairn's is an error, not a panic.
+    let blank = fx.image("blank.img", DISK_SIZE);
+    assert!(installer::status::status(&blank).is_err());
+}
+
+#[test]
+fn upgrade_is_reproducible() {
+    let (f1, f2) = (Fixture::new(), Fixture::new());
+    let mut imgs = Vec::new();
+    for (fx, sub) in [(&f1, "x"), (&f2, "y/z")] {
+        let b1 = bundle(&fx.path(&format!("{sub}/b1")), "1.0.0");
+        let b2 = bundle(&fx.path(&format!("{sub}/b2")), "2.0.0");
+        let img = fx.image("d.img", DISK_SIZE);
+        install(&install_opts(&img, &b1.dir)).unwrap();
+        upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
+        imgs.push(img);
+    }
+    assert_eq!(sha256_file(&imgs[0]), sha256_file(&imgs[1]));
+}
+
+#[test]
+fn tar_bundles_with_paths_outside_the_top_level_are_refused() {
+    let fx = Fixture::new();
+    let b = bundle(&fx.path("b"), "2.0.0");
+    // A tar whose entry climbs out of the unpack directory.
+    let evil = fx.path("evil.tar");
+    let mut ar = tar::Builder::new(fs::File::create(&evil).unwrap());
+    for name in ["manifest.json", "manifest.json.sig"] {
+        ar.append_path_with_name(b.dir.join(name), name).unwrap();
+    }
+    let data = b"x";
+    let mut h = tar::Header::new_gnu();
+    h.set_size(1);
+    h.set_mode(0o644);
+    // tar::Builder refuses ".." in names: write the raw name bytes.
+    h.as_gnu_mut().unwrap().name[..12].copy_from_slice(b"../escape.tx");
+    h.set_cksum();
+    ar.append(&h, &data[..]).unwrap();
+    ar.finish().unwrap();
+    drop(ar);
+    let img = fx.image("d.img", DISK_SIZE);
+    match installer::install::install(&install_opts(&img, &evil)) {
+        Err(Error::Bundle { what, .. }) => {
+            assert!(what.contains("not a plain file at the top level"), "{what}")
+        }
+        other => panic!("unexpected {other:?}"),
+    }
+    assert!(!fx.path("escape.tx").exists());
+    // Not a tar at all.
+    let junk = fx.path("junk.tar");
+    fs::write(&junk, vec![0x5a; 3000]).unwrap();
+    assert!(installer::install::install(&install_opts(&img, &junk)).is_err());
+}
+
+#[test]
+fn upgrade_works_from_the_backup_gpt_and_repairs_the_primary() {
+    let fx = Fixture::new();
+    let b1 = bundle(&fx.path("b1"), "1.0.0");
+    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let img = fx.image("d.img", DISK_SIZE);
+    install(&install_opts(&img, &b1.dir)).unwrap();
+    {
+        use std::io::{Seek, SeekFrom, Write};
+        let mut f = fs::OpenOptions::new().write(true).open(&img).unwrap();
+        f.seek(SeekFrom::Start(512 + 16)).unwrap(); // header CRC
+        f.write_all(b"garbage").unwrap();
+    }
+    let s = installer::status::status(&img).unwrap();
+    assert_eq!(s.table_copy, "backup");
+    upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
+    assert_eq!(
+        installer::status::status(&img).unwrap().table_copy,
+        "primary"
+    );
+    esp_clean(&fx, &img);
+    assert_eq!(booted_version(&img, &[&b1, &b2]), Ok("2.0.0".into()));
+}
