@@ -4,5 +4,6 @@ pub mod assemble;
 pub mod pipeline;
 pub mod pkgs;
 pub mod profile;
+pub mod release;
 pub mod rootfs;
 pub mod stage;

@@ -17,9 +17,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
-use crate::assemble::{self, DiskSizes, EspContent, RootfsImage, UkiSpec};
+use crate::assemble::{self, RootfsImage, UkiSpec};
 use crate::pkgs::{default_cache_dir, Pkgs};
 use crate::profile::{Output, Profile};
+use crate::release;
 use crate::rootfs;
 use crate::stage::{KeyBuilder, StageCache, StageReport};
 
@@ -217,57 +218,11 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     split_rootfs(&rootfs, out)?;
     written.extend(["rootfs.squashfs", "rootfs.verity"]);
 
-    let sizes = DiskSizes {
-        disk: profile.disk.total.0,
-        esp: profile.disk.esp.0,
-        boot: profile.disk.boot.0,
-        state: profile.disk.state.0,
-    };
-    let wants = |o: Output| profile.outputs.contains(&o);
-    let needs_raw = [
-        Output::Raw,
-        Output::Qcow2,
-        Output::Vhd,
-        Output::Vmdk,
-        Output::Gce,
-    ]
-    .into_iter()
-    .any(wants);
-    if needs_raw {
-        progress.step("disk.raw", || {
-            let t = Instant::now();
-            let esp = EspContent {
-                systemd_boot: &sdboot,
-                ukis: vec![(assemble::uki_entry_name(&version, Some(3)), uki.clone())],
-                machine_config: profile_machine_config(&profile),
-                loader_conf: assemble::LOADER_CONF,
-            };
-            assemble::installed_disk(&out.join("disk.raw"), sizes, &rootfs, &esp, &seed, epoch)?;
-            stages.reports.push(StageReport {
-                name: "disk.raw".into(),
-                key: String::new(),
-                cached: false,
-                time: t.elapsed(),
-            });
-            Ok(())
-        })?;
-        written.push("disk.raw");
-    }
-    let missing: Vec<String> = profile
-        .outputs
-        .iter()
-        .filter(|o| !matches!(o, Output::Raw))
-        .map(|o| format!("{o:?}").to_lowercase())
-        .collect();
-    if !missing.is_empty() {
-        tracing::warn!(
-            "outputs not produced yet by this build: {} (see the issue tracker)",
-            missing.join(", ")
-        );
-    }
-
-    // 7. The signed manifest over everything in the output directory.
-    let (key, dev_key) = signing_key(opts.key.as_deref(), profile.signing_key.as_deref())?;
+    // 7. The signed bundle, and every medium made from it.
+    let (key_path, dev_key) = signing_key(opts.key.as_deref(), profile.signing_key.as_deref())?;
+    let key = signing::PrivateKey::load(&key_path)?;
+    let pubkey_path = signing::keys::pub_path_for(&key_path);
+    let pubkey = signing::PublicKey::load(&pubkey_path)?;
     let meta = signing::ReleaseMeta {
         os_name: profile.os_name.clone(),
         os_version: semver::Version::parse(&version)?,
@@ -280,7 +235,109 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
             .collect(),
         verity_root_hash: Some(rootfs.root_hash.clone()),
     };
-    let key = signing::PrivateKey::load(&key)?;
+    let bundle = progress.step("bundle", || {
+        release::bundle_dir(
+            &mut stages,
+            &release::BundleInputs {
+                uki: &uki,
+                rootfs_img: &rootfs.image,
+                systemd_boot: &sdboot,
+                layout: (
+                    profile.disk.esp.0,
+                    profile.disk.boot.0,
+                    profile.disk.state.0,
+                ),
+                meta: meta.clone(),
+                key: &key,
+            },
+        )
+    })?;
+    let machine_config = profile_machine_config(&profile);
+    let wants = |o: Output| profile.outputs.contains(&o);
+    let needs_raw = [
+        Output::Raw,
+        Output::Qcow2,
+        Output::Vhd,
+        Output::Vmdk,
+        Output::Gce,
+    ]
+    .into_iter()
+    .any(wants);
+    if needs_raw {
+        timed(&mut stages, "disk.raw", || {
+            progress.step("disk.raw (install of the bundle)", || {
+                release::installed_disk(
+                    &bundle,
+                    &pubkey,
+                    machine_config,
+                    profile.disk.total.0,
+                    &out.join("disk.raw"),
+                )
+            })
+        })?;
+        written.push("disk.raw");
+    }
+    if wants(Output::Bundle) {
+        timed(&mut stages, "update.tar", || {
+            release::update_tar(&bundle, &out.join("update.tar"), epoch)
+        })?;
+        written.push("update.tar");
+    }
+    if wants(Output::Oci) {
+        timed(&mut stages, "oci", || {
+            release::oci_layout(
+                &bundle,
+                &out.join("oci"),
+                &version,
+                &rootfs.root_hash,
+                epoch,
+            )
+        })?;
+    }
+    if wants(Output::Iso) {
+        let payload = release::payload(&bundle, &pubkey_path, machine_config);
+        let installer_initrd = progress.step("installer initramfs", || {
+            initramfs(&mut stages, "installer-initramfs", &init, &payload, epoch)
+        })?;
+        let installer_uki = progress.step("installer UKI", || {
+            assemble::uki(
+                &mut stages,
+                "installer-uki",
+                &UkiSpec {
+                    stub: &stub,
+                    kernel: &kernel,
+                    initrd: &installer_initrd,
+                    cmdline: format!("{} cairn.mode=install", profile.cmdline.join(" ")),
+                    osrel: osrel.clone(),
+                },
+            )
+        })?;
+        timed(&mut stages, "installer.iso", || {
+            release::installer_iso(
+                &sdboot,
+                &installer_uki,
+                &version,
+                epoch,
+                &seed,
+                &out.join("installer.iso"),
+            )
+        })?;
+        written.push("installer.iso");
+    }
+    let missing: Vec<String> = profile
+        .outputs
+        .iter()
+        .filter(|o| matches!(o, Output::Qcow2 | Output::Vhd | Output::Vmdk | Output::Gce))
+        .map(|o| format!("{o:?}").to_lowercase())
+        .collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            "outputs not produced yet by this build: {} (see the issue tracker)",
+            missing.join(", ")
+        );
+    }
+
+    // 8. The signed manifest over everything in the output directory.
     signing::sign_dir(out, meta, &written, &key).context("signing the release manifest")?;
 
     let mut artifacts = Vec::new();
@@ -454,5 +511,18 @@ pub fn check_outputs_exist(out: &Path, names: &[&str]) -> Result<()> {
             bail!("{} is missing from {}", n, out.display());
         }
     }
+    Ok(())
+}
+
+/// Runs an output step and records its time in the stage table.
+fn timed(stages: &mut StageCache, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+    let t = Instant::now();
+    f()?;
+    stages.reports.push(StageReport {
+        name: name.to_string(),
+        key: String::new(),
+        cached: false,
+        time: t.elapsed(),
+    });
     Ok(())
 }

@@ -88,7 +88,7 @@ pub struct Manifest {
 /// Also the form of an unsigned `manifest.json` handed to `cairn sign`: the
 /// manifest fields without `format`/`key_id`, and `artifacts` as a list of
 /// names (or of full entries, whose size/sha256 are recomputed).
-#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ReleaseMeta {
     pub os_name: String,
