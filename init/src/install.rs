@@ -13,8 +13,10 @@ pub enum InstallError {
     NoKeys { dir: PathBuf },
     #[error("target disk {0:?} is not an absolute /dev path")]
     Target(String),
-    #[error("installer library not yet linked: payload verified present, target {target}, nothing written")]
-    NotLinked { target: String },
+    #[error("no target disk: {0}")]
+    NoTarget(String),
+    #[error("{0}")]
+    Installer(String),
 }
 
 const REQUIRED: [(&str, &str); 4] = [
@@ -52,12 +54,49 @@ pub fn install(payload: &Path, target: Option<&str>) -> Result<(), InstallError>
         return Err(InstallError::NoKeys { dir: keys });
     }
     progress(&format!("payload: {n} trusted key(s)"));
-    if payload.join("machine.toml").is_file() {
+    let machine_config = payload.join("machine.toml");
+    let machine_config = machine_config.is_file().then(|| {
         progress("payload: machine.toml present");
-    }
-    Err(InstallError::NotLinked {
-        target: target.unwrap_or("(installer default)").into(),
+        machine_config
+    });
+    let key_paths: Vec<PathBuf> = std::fs::read_dir(&keys)
+        .map(|d| {
+            let mut v: Vec<PathBuf> = d
+                .filter_map(Result::ok)
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|x| x == "pub"))
+                .collect();
+            v.sort();
+            v
+        })
+        .unwrap_or_default();
+    let trusted = installer::verify::load_keys(&key_paths)
+        .map_err(|e| InstallError::Installer(e.to_string()))?;
+    let disk = match target {
+        Some(t) => PathBuf::from(t),
+        None => choose_target(Path::new("/sys/block"), TARGET_WAIT)?,
+    };
+    progress(&format!("target {}", disk.display()));
+    let report = installer::install::install(&installer::install::InstallOptions {
+        disk,
+        bundle: payload.to_path_buf(),
+        trusted,
+        machine_config,
+        media: Vec::new(),
+        wipe: false,
+        dry_run: false,
+        loader_device_var: None,
     })
+    .map_err(|e| InstallError::Installer(format!("{e:#}")))?;
+    for line in report.plan.to_string().lines() {
+        progress(line);
+    }
+    progress(&format!(
+        "installed {} on {}",
+        report.plan.version,
+        report.plan.disk.display()
+    ));
+    Ok(())
 }
 
 #[cfg(test)]
@@ -65,7 +104,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn checks_payload_then_reports_missing_installer() {
+    fn checks_payload_then_refuses_a_bad_key() {
         let d = tempfile::tempdir().unwrap();
         assert_eq!(
             install(d.path(), None),
@@ -85,19 +124,98 @@ mod tests {
         );
         std::fs::create_dir(d.path().join("keys")).unwrap();
         std::fs::write(d.path().join("keys/a.pub"), b"k").unwrap();
+        // A key file that is not a key stops the install before any disk is opened.
         let e = install(d.path(), Some("/dev/vda")).unwrap_err();
-        assert_eq!(
-            e,
-            InstallError::NotLinked {
-                target: "/dev/vda".into()
-            }
-        );
-        assert!(e
-            .to_string()
-            .starts_with("installer library not yet linked"));
+        assert!(matches!(e, InstallError::Installer(_)), "{e}");
+        assert!(e.to_string().contains("a.pub"), "{e}");
         assert_eq!(
             install(d.path(), Some("vda")),
             Err(InstallError::Target("vda".into()))
         );
+    }
+}
+
+const TARGET_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Devices that are never install targets: virtual, optical, removable
+/// (the USB stick we may have booted from) or empty.
+fn candidate(sys_block: &Path, name: &str) -> bool {
+    let skip = ["loop", "ram", "sr", "dm-", "zram", "md", "nbd"];
+    if skip.iter().any(|p| name.starts_with(p)) {
+        return false;
+    }
+    let read = |f: &str| std::fs::read_to_string(sys_block.join(name).join(f)).unwrap_or_default();
+    read("removable").trim() != "1" && read("size").trim().parse::<u64>().unwrap_or(0) > 0
+}
+
+/// The one disk the installer may choose by itself; with several, the
+/// command line must name one (`cairn.install.disk=`), never a guess.
+pub fn choose_target(sys_block: &Path, wait: std::time::Duration) -> Result<PathBuf, InstallError> {
+    let deadline = std::time::Instant::now() + wait;
+    loop {
+        let mut found: Vec<String> = std::fs::read_dir(sys_block)
+            .map(|d| {
+                d.filter_map(Result::ok)
+                    .map(|e| e.file_name().to_string_lossy().into_owned())
+                    .filter(|n| candidate(sys_block, n))
+                    .collect()
+            })
+            .unwrap_or_default();
+        found.sort();
+        match found.len() {
+            1 => return Ok(PathBuf::from(format!("/dev/{}", found[0]))),
+            0 if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(250));
+            }
+            0 => {
+                return Err(InstallError::NoTarget(format!(
+                    "no fixed, non-empty disk appeared in {}s",
+                    wait.as_secs()
+                )))
+            }
+            _ => {
+                return Err(InstallError::NoTarget(format!(
+                    "several disks ({}): name one with cairn.install.disk=/dev/NAME",
+                    found.join(", ")
+                )))
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod target_tests {
+    use super::*;
+
+    fn disk(root: &Path, name: &str, removable: &str, size: &str) {
+        let d = root.join(name);
+        std::fs::create_dir_all(&d).unwrap();
+        std::fs::write(d.join("removable"), removable).unwrap();
+        std::fs::write(d.join("size"), size).unwrap();
+    }
+
+    #[test]
+    fn picks_the_only_fixed_disk_and_refuses_to_guess() {
+        let t = tempfile::tempdir().unwrap();
+        disk(t.path(), "sr0", "1", "100");
+        disk(t.path(), "sda", "1", "100"); // the USB stick
+        disk(t.path(), "loop0", "0", "100");
+        disk(t.path(), "vda", "0", "4194304");
+        let zero = std::time::Duration::ZERO;
+        assert_eq!(
+            choose_target(t.path(), zero).unwrap(),
+            PathBuf::from("/dev/vda")
+        );
+        disk(t.path(), "nvme0n1", "0", "4194304");
+        let e = choose_target(t.path(), zero).unwrap_err().to_string();
+        assert!(
+            e.contains("nvme0n1, vda") && e.contains("cairn.install.disk"),
+            "{e}"
+        );
+        let empty = tempfile::tempdir().unwrap();
+        assert!(matches!(
+            choose_target(empty.path(), zero),
+            Err(InstallError::NoTarget(_))
+        ));
     }
 }

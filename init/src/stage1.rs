@@ -209,6 +209,8 @@ pub fn run() -> Result<Outcome, BootError> {
             "install mode: payload /payload, target {}",
             cmd.install_disk.as_deref().unwrap_or("(installer default)")
         );
+        // The installer refuses its own boot medium via LoaderDevicePartUUID.
+        crate::stage2::mount_extras();
         match crate::install::install(Path::new("/payload"), cmd.install_disk.as_deref()) {
             Ok(()) => say!("install complete; powering off"),
             Err(e) => say!("install failed: {e}; powering off"),

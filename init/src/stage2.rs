@@ -252,7 +252,7 @@ pub fn bless_boot(esp: &Path, efivars: &Path) -> Result<bool, BootError> {
     }
 }
 
-fn mount_extras() {
+pub fn mount_extras() {
     if Path::new(EFIVARS).is_dir() {
         if let Err(e) = sys::mount(
             "efivarfs",
