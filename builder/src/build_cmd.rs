@@ -3,8 +3,9 @@
 use std::path::PathBuf;
 
 use anyhow::{Context, Result};
-use builder::assemble::{self, DiskSizes, EspContent, UkiSpec};
+use builder::assemble::{self, UkiSpec};
 use builder::pipeline::{self, BuildOptions};
+use builder::release;
 use builder::stage::StageCache;
 
 #[derive(clap::Args)]
@@ -80,6 +81,9 @@ pub struct AssembleArgs {
     source_date_epoch: u64,
     #[arg(long, env = "CAIRN_CACHE")]
     cache: Option<PathBuf>,
+    /// ed25519 key for the bundle manifest (default: the development key).
+    #[arg(long)]
+    key: Option<PathBuf>,
     #[arg(long)]
     out: PathBuf,
 }
@@ -114,25 +118,35 @@ pub fn assemble(a: AssembleArgs) -> Result<()> {
     )?;
     std::fs::copy(&uki, a.out.join("uki.efi"))?;
     std::fs::copy(&rootfs.image, a.out.join("rootfs.img"))?;
+    // The disk is an install of a signed bundle, exactly as `cairn build`
+    // makes it; the version comes from the UKI's own .osrel.
+    let facts = installer::verify::uki_facts(&uki)?;
+    let (key_path, _) = builder::pipeline::signing_key(a.key.as_deref(), None)?;
+    let key = signing::PrivateKey::load(&key_path)?;
+    let pubkey = signing::PublicKey::load(&signing::keys::pub_path_for(&key_path))?;
     let total = builder::profile::Size::parse(&a.disk_size).map_err(anyhow::Error::msg)?;
-    assemble::installed_disk(
-        &a.out.join("disk.raw"),
-        DiskSizes {
-            disk: total.0,
-            esp: 128 << 20,
-            boot: (rootfs.image_size + (64 << 20)).next_multiple_of(1 << 20),
-            state: 64 << 20,
-        },
-        &rootfs,
-        &EspContent {
+    let boot = (rootfs.image_size + (64 << 20)).next_multiple_of(1 << 20);
+    let bundle = release::bundle_dir(
+        &mut stages,
+        &release::BundleInputs {
+            uki: &uki,
+            rootfs_img: &rootfs.image,
             systemd_boot: &a.systemd_boot,
-            ukis: vec![("cairn+3.efi".into(), uki)],
-            machine_config: None,
-            loader_conf: assemble::LOADER_CONF,
+            layout: (128 << 20, boot, 64 << 20),
+            meta: signing::ReleaseMeta {
+                os_name: "cairn".into(),
+                os_version: semver::Version::parse(&facts.version)
+                    .with_context(|| format!("UKI version {:?} is not semver", facts.version))?,
+                profile: "assemble".into(),
+                source_date_epoch: a.source_date_epoch,
+                arch: "x86_64".into(),
+                inputs: Default::default(),
+                verity_root_hash: Some(rootfs.root_hash.clone()),
+            },
+            key: &key,
         },
-        rootfs.root_hash.as_bytes(),
-        a.source_date_epoch,
     )?;
+    release::installed_disk(&bundle, &pubkey, None, total.0, &a.out.join("disk.raw"))?;
     for r in &stages.reports {
         eprintln!(
             "{:<14} {:>8.2}s cached={}",

@@ -456,7 +456,7 @@ fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
 
 /// The manifest key: `--key`, else the profile's, else a development key
 /// created once in the user's data directory (loudly).
-fn signing_key(cli: Option<&Path>, profile: Option<&Path>) -> Result<(PathBuf, bool)> {
+pub fn signing_key(cli: Option<&Path>, profile: Option<&Path>) -> Result<(PathBuf, bool)> {
     if let Some(k) = cli.or(profile) {
         return Ok((k.to_path_buf(), false));
     }
