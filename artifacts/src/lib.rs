@@ -5,6 +5,7 @@
 //! from a seed), sorted directory walks and fixed compression settings. Two
 //! runs with the same inputs produce the same bytes.
 
+pub mod cloud;
 pub mod cpio;
 pub mod fat;
 pub mod gpt;
