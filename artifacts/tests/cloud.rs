@@ -7,6 +7,7 @@ use std::os::unix::fs::{FileExt, MetadataExt};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use artifacts::cloud::qcow2::{Qcow2Compression, Qcow2Options};
 use artifacts::cloud::{gce, qcow2, vhd, vmdk, CloudError, RawImage};
 use sha2::{Digest, Sha256};
 
@@ -157,11 +158,15 @@ fn raw_reader_finds_data_extents() {
 
 // ---------------------------------------------------------------- qcow2
 
-fn qcow2_checked(cluster_size: u64) {
+fn qcow2_checked(cluster_size: u64, compression: Qcow2Compression) -> qcow2::Qcow2Summary {
     let dir = tempfile::tempdir().unwrap();
     let raw = make_raw(dir.path());
     let out = dir.path().join("disk.qcow2");
-    let sum = qcow2::convert(&raw, &out, &qcow2::Qcow2Options { cluster_size }).unwrap();
+    let opts = Qcow2Options {
+        cluster_size,
+        compression,
+    };
+    let sum = qcow2::convert(&raw, &out, &opts).unwrap();
     assert_eq!(sum.virtual_size, RAW_SIZE);
     assert_eq!(fs::metadata(&out).unwrap().len(), sum.file_size);
 
@@ -182,26 +187,52 @@ fn qcow2_checked(cluster_size: u64) {
     // compat 1.1 is how qemu names qcow2 version 3.
     assert_eq!(info["format-specific"]["data"]["compat"], "1.1");
     assert_eq!(info["format-specific"]["data"]["refcount-bits"], 16);
+    let ctype = match compression {
+        Qcow2Compression::None => "zlib", // qemu's name for "no type byte"
+        Qcow2Compression::Zstd { .. } => "zstd",
+    };
+    assert_eq!(info["format-specific"]["data"]["compression-type"], ctype);
     // About 2.1 MiB of non-zero data in a 96 MiB disk.
     assert!(sum.file_size < 4 * MIB, "{sum:?}");
+    sum
 }
 
 #[test]
 fn qcow2_passes_qemu_img() {
-    qcow2_checked(65536);
+    qcow2_checked(65536, Qcow2Compression::None);
 }
 
 #[test]
 fn qcow2_small_clusters_need_many_tables() {
     // 512-byte clusters: 64 entries per L2 table and 256 refcounts per
     // block, so the data spans dozens of L2 tables and refcount blocks.
-    qcow2_checked(512);
+    qcow2_checked(512, Qcow2Compression::None);
+}
+
+#[test]
+fn qcow2_zstd_clusters_pass_qemu_img_and_shrink() {
+    let plain = qcow2_checked(65536, Qcow2Compression::None);
+    let packed = qcow2_checked(65536, Qcow2Compression::Zstd { level: 3 });
+    // The text region and GPT compress; the noise is stored as is.
+    assert!(
+        packed.file_size < plain.file_size,
+        "{plain:?} vs {packed:?}"
+    );
+    // Small clusters put several compressed clusters in one host cluster.
+    qcow2_checked(512, Qcow2Compression::Zstd { level: 3 });
 }
 
 #[test]
 fn qcow2_reproducible() {
     assert_reproducible("disk.qcow2", |raw, out| {
-        qcow2::convert(raw, out, &qcow2::Qcow2Options::default()).unwrap();
+        qcow2::convert(raw, out, &Qcow2Options::default()).unwrap();
+    });
+    assert_reproducible("disk.qcow2", |raw, out| {
+        let opts = Qcow2Options {
+            compression: Qcow2Compression::Zstd { level: 19 },
+            ..Default::default()
+        };
+        qcow2::convert(raw, out, &opts).unwrap();
     });
 }
 
@@ -214,7 +245,10 @@ fn qcow2_bad_input() {
         let err = qcow2::convert(
             &raw,
             &dir.path().join("x"),
-            &qcow2::Qcow2Options { cluster_size },
+            &Qcow2Options {
+                cluster_size,
+                ..Default::default()
+            },
         )
         .unwrap_err();
         assert!(
@@ -222,6 +256,15 @@ fn qcow2_bad_input() {
             "{err:?}"
         );
     }
+    let opts = Qcow2Options {
+        compression: Qcow2Compression::Zstd { level: 0 },
+        ..Default::default()
+    };
+    let err = qcow2::convert(&raw, &dir.path().join("x"), &opts).unwrap_err();
+    assert!(
+        matches!(err, CloudError::BadCompressionLevel { level: 0 }),
+        "{err:?}"
+    );
 }
 
 // ---------------------------------------------------------------- VHD
