@@ -420,6 +420,48 @@ fn vmdk_passes_qemu_img() {
 }
 
 #[test]
+fn vmdk_writes_every_grain_table() {
+    // 200 MiB with data only in the first and last grain table's range
+    // (32 MiB each), so the four tables between hold no grains.
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("gappy.img");
+    let size = 200 * MIB;
+    let f = fs::File::create(&raw).unwrap();
+    f.set_len(size).unwrap();
+    f.write_all_at(&noise("a", 4096), 0).unwrap();
+    f.write_all_at(&noise("b", 4096), size - 4096).unwrap();
+    drop(f);
+    let out = dir.path().join("gappy.vmdk");
+    let sum = vmdk::convert(&raw, &out, b"seed").unwrap();
+    assert_eq!(sum.grains, 2);
+    run("qemu-img", &["check", "-f", "vmdk", s(&out)]);
+    let cmp = run(
+        "qemu-img",
+        &["compare", "-f", "raw", "-F", "vmdk", s(&raw), s(&out)],
+    );
+    assert!(cmp.contains("Images are identical"), "{cmp}");
+
+    // Footer (second-to-last sector) -> grain directory -> tables, each
+    // table behind a grain-table marker (type 1, 4 sectors).
+    let b = fs::read(&out).unwrap();
+    let le64 = |o: usize| u64::from_le_bytes(b[o..o + 8].try_into().unwrap());
+    let le32 = |o: usize| u32::from_le_bytes(b[o..o + 4].try_into().unwrap());
+    let footer = b.len() - 1024;
+    assert_eq!(&b[footer..footer + 4], b"KDMV");
+    assert_eq!(le32(footer - 512 + 12), 3, "footer marker type");
+    assert_eq!(le32(b.len() - 512 + 12), 0, "end-of-stream marker");
+    assert_eq!(le64(56), u64::MAX, "header gdOffset must be GD_AT_END");
+    let gd = le64(footer + 56) as usize * 512;
+    assert_eq!(le32(gd - 512 + 12), 2, "grain directory marker type");
+    let tables: Vec<usize> = (0..7).map(|i| le32(gd + 4 * i) as usize * 512).collect();
+    assert!(tables.iter().all(|&t| t != 0), "{tables:?}");
+    for &t in &tables {
+        assert_eq!(le32(t - 512 + 12), 1, "grain table marker type");
+        assert_eq!(le64(t - 512), 4, "grain table marker size");
+    }
+}
+
+#[test]
 fn vmdk_seed_sets_cid() {
     assert_ne!(vmdk::cid(b"one"), vmdk::cid(b"two"));
     assert_eq!(vmdk::cid(b"one"), vmdk::cid(b"one"));

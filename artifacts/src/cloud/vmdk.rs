@@ -75,7 +75,12 @@ pub fn convert(raw: &Path, out: &Path, seed: &[u8]) -> Result<VmdkSummary, Cloud
         pos: 0,
     };
     w.put(&header(capacity, GD_AT_END))?;
-    let desc = descriptor(cid, capacity, &name);
+    // The long content id ends in the short one, as VMware's tools write it.
+    let long_cid = format!(
+        "{}{cid:08x}",
+        hex::encode(&derive(seed, "vmdk long cid")[..12])
+    );
+    let desc = descriptor(cid, &long_cid, capacity, &name);
     let mut desc_area = vec![0u8; (DESCRIPTOR_SECTORS * SECTOR) as usize];
     if desc.len() > desc_area.len() {
         // Only a pathological file name can get here.
@@ -90,19 +95,22 @@ pub fn convert(raw: &Path, out: &Path, seed: &[u8]) -> Result<VmdkSummary, Cloud
     w.put(&desc_area)?;
     w.pad_to(OVERHEAD_SECTORS * SECTOR)?;
 
+    // Every grain table is written, empty ones included, as VMware's own
+    // writers do: some stream readers expect a table behind every GD entry.
+    // `gt` always holds the entries of table `next_gt`, the first unwritten
+    // one; grains arrive in ascending order, so tables close in order too.
     let mut gd = vec![0u32; gt_count as usize];
     let mut gt = vec![0u32; GTES_PER_GT as usize];
-    let mut current_gt: Option<u64> = None;
+    let mut next_gt = 0u64;
     let mut grains = 0u64;
     let mut compressed = Vec::with_capacity(GRAIN_BYTES as usize + 1024);
     img.for_each_chunk(GRAIN_BYTES, |offset, grain| {
         let index = offset / GRAIN_BYTES;
-        let gt_index = index / GTES_PER_GT;
-        if let Some(prev) = current_gt.filter(|&p| p != gt_index) {
-            gd[prev as usize] = w.grain_table(&gt)?;
+        while next_gt < index / GTES_PER_GT {
+            gd[next_gt as usize] = w.grain_table(&gt)?;
             gt.fill(0);
+            next_gt += 1;
         }
-        current_gt = Some(gt_index);
         gt[(index % GTES_PER_GT) as usize] = w.sector32()?;
 
         compressed.clear();
@@ -122,8 +130,10 @@ pub fn convert(raw: &Path, out: &Path, seed: &[u8]) -> Result<VmdkSummary, Cloud
         grains += 1;
         Ok(())
     })?;
-    if let Some(prev) = current_gt {
-        gd[prev as usize] = w.grain_table(&gt)?;
+    while next_gt < gt_count {
+        gd[next_gt as usize] = w.grain_table(&gt)?;
+        gt.fill(0);
+        next_gt += 1;
     }
 
     let gd_bytes: Vec<u8> = gd.iter().flat_map(|e| e.to_le_bytes()).collect();
@@ -146,15 +156,11 @@ pub fn convert(raw: &Path, out: &Path, seed: &[u8]) -> Result<VmdkSummary, Cloud
     })
 }
 
-/// The content id: seed-derived, never 0xffffffff (which means "no parent").
+/// The content id: seed-derived, never 0xffffffff ("no parent") or
+/// 0xfffffffe, which VMware tools also treat as special.
 pub fn cid(seed: &[u8]) -> u32 {
     let d = derive(seed, "vmdk cid");
-    let v = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
-    if v == u32::MAX {
-        0xffff_fffe
-    } else {
-        v
-    }
+    u32::from_le_bytes([d[0], d[1], d[2], d[3]]).min(0xffff_fffd)
 }
 
 fn header(capacity: u64, gd_offset: u64) -> [u8; 512] {
@@ -185,12 +191,13 @@ fn marker(sectors: u64, kind: u32) -> [u8; 512] {
     m
 }
 
-fn descriptor(cid: u32, capacity: u64, name: &str) -> String {
+fn descriptor(cid: u32, long_cid: &str, capacity: u64, name: &str) -> String {
     // lsilogic's BIOS geometry: 255 heads, 63 sectors, capped cylinders.
     let cylinders = (capacity / (255 * 63)).clamp(1, 65535);
     format!(
         "# Disk DescriptorFile\n\
          version=1\n\
+         encoding=\"UTF-8\"\n\
          CID={cid:08x}\n\
          parentCID=ffffffff\n\
          createType=\"streamOptimized\"\n\
@@ -201,6 +208,7 @@ fn descriptor(cid: u32, capacity: u64, name: &str) -> String {
          # The Disk Data Base\n\
          #DDB\n\
          \n\
+         ddb.longContentID = \"{long_cid}\"\n\
          ddb.virtualHWVersion = \"4\"\n\
          ddb.adapterType = \"lsilogic\"\n\
          ddb.geometry.cylinders = \"{cylinders}\"\n\
