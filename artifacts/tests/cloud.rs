@@ -529,6 +529,8 @@ fn gce_header_for_large_disks_uses_base256() {
     let out = Command::new("tar").args(["-tvf", s(&t)]).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains(&size.to_string()), "{text}");
+    assert!(gce::tar_header(&"x".repeat(101), 1, 0).is_none());
+    assert!(gce::tar_header("disk.raw", 1, 1 << 33).is_none());
 }
 
 #[test]

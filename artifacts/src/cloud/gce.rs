@@ -113,9 +113,12 @@ impl<W: Write> TarOut<'_, W> {
     }
 }
 
-/// An oldgnu header for a regular file, mode 0644, owner 0:0. `None` if
-/// `mtime` does not fit the 11-digit octal field.
+/// An oldgnu header for a regular file, mode 0644, owner 0:0. `None` if the
+/// name exceeds the 100-byte field or `mtime` the 11-digit octal field.
 pub fn tar_header(name: &str, size: u64, mtime: u64) -> Option<[u8; 512]> {
+    if name.len() > 100 {
+        return None;
+    }
     let mut h = [0u8; 512];
     h[..name.len()].copy_from_slice(name.as_bytes());
     octal(&mut h[100..108], 0o644)?;
