@@ -481,13 +481,33 @@ fn vmdk_bad_input() {
 
 // ---------------------------------------------------------------- GCE
 
-#[test]
-fn gce_tarball_holds_exactly_disk_raw() {
+/// Python's tarfile as a second, independent reader: member names, real
+/// size, whether it is sparse, and the sha256 of the member's content.
+fn python_tar(path: &Path) -> String {
+    run(
+        "python3",
+        &[
+            "-c",
+            "import tarfile, hashlib, sys\n\
+             t = tarfile.open(sys.argv[1])\n\
+             m = t.getmembers()\n\
+             h = hashlib.sha256()\n\
+             f = t.extractfile(m[0])\n\
+             for b in iter(lambda: f.read(1 << 20), b''): h.update(b)\n\
+             print([x.name for x in m], m[0].size, m[0].issparse(), h.hexdigest())",
+            s(path),
+        ],
+    )
+}
+
+type GceConvert = fn(&Path, &Path, u64) -> Result<gce::GceSummary, CloudError>;
+
+fn gce_checked(raw: &Path, size: u64, convert: GceConvert) -> gce::GceSummary {
     let dir = tempfile::tempdir().unwrap();
-    let raw = make_raw(dir.path());
     let out = dir.path().join("image.tar.gz");
-    let sum = gce::convert(&raw, &out, EPOCH).unwrap();
+    let sum = convert(raw, &out, EPOCH).unwrap();
     assert_eq!(sum.tar_size % 10240, 0);
+    assert_eq!(fs::metadata(&out).unwrap().len(), sum.file_size);
 
     let listing = run("tar", &["--numeric-owner", "-tvzf", s(&out)]);
     let lines: Vec<&str> = listing.lines().collect();
@@ -495,15 +515,19 @@ fn gce_tarball_holds_exactly_disk_raw() {
     let fields: Vec<&str> = lines[0].split_whitespace().collect();
     assert_eq!(fields[0], "-rw-r--r--");
     assert_eq!(fields[1], "0/0");
-    assert_eq!(fields[2], RAW_SIZE.to_string());
+    assert_eq!(fields[2], size.to_string());
     assert_eq!(*fields.last().unwrap(), "disk.raw");
 
     let x = dir.path().join("x");
     fs::create_dir(&x).unwrap();
     run("tar", &["-xzf", s(&out), "-C", s(&x)]);
     let extracted = x.join("disk.raw");
-    assert_eq!(sha(&extracted), sha(&raw));
+    assert_eq!(fs::metadata(&extracted).unwrap().len(), size);
+    assert_eq!(sha(&extracted), sha(raw));
     assert_eq!(fs::metadata(&extracted).unwrap().mtime() as u64, EPOCH);
+    let py = python_tar(&out);
+    assert!(py.starts_with(&format!("['disk.raw'] {size} ")), "{py}");
+    assert!(py.trim_end().ends_with(&sha(raw)), "{py}");
 
     // gzip header: no mtime, no FNAME flag, Unix OS byte.
     let gz = fs::read(&out).unwrap();
@@ -512,25 +536,82 @@ fn gce_tarball_holds_exactly_disk_raw() {
     assert_eq!(&gz[4..8], &[0; 4]);
     assert_eq!(gz[9], 3);
     run("gzip", &["-t", s(&out)]);
+    sum
 }
 
 #[test]
-fn gce_header_for_large_disks_uses_base256() {
+fn gce_sparse_tarball_holds_exactly_disk_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = make_raw(dir.path());
+    let sum = gce_checked(&raw, RAW_SIZE, gce::convert);
+    // Only the non-zero chunks are in the tar (about 2 MiB).
+    assert!(sum.tar_size < 4 * MIB, "{sum:?}");
+}
+
+#[test]
+fn gce_plain_tarball_holds_exactly_disk_raw() {
+    let dir = tempfile::tempdir().unwrap();
+    let raw = make_raw(dir.path());
+    let sum = gce_checked(&raw, RAW_SIZE, gce::convert_plain);
+    assert!(sum.tar_size > RAW_SIZE, "{sum:?}");
+}
+
+#[test]
+fn gce_sparse_map_spans_extension_blocks() {
+    // 64 islands: 4 in the header, 21 per extension block, so three
+    // extension blocks; the file also ends in a hole.
+    let dir = tempfile::tempdir().unwrap();
+    let raw = dir.path().join("islands.img");
+    let size = 65 * MIB;
+    let f = fs::File::create(&raw).unwrap();
+    f.set_len(size).unwrap();
+    for i in 0..64 {
+        f.write_all_at(&noise(&format!("island{i}"), 3000), i * MIB + 4096)
+            .unwrap();
+    }
+    drop(f);
+    gce_checked(&raw, size, gce::convert);
+}
+
+#[test]
+fn gce_headers_for_large_disks_use_base256() {
     let size = 10u64 << 30;
     let h = gce::tar_header("disk.raw", size, EPOCH).unwrap();
     assert_eq!(h[124], 0x80);
     assert_eq!(u64::from_be_bytes(h[128..136].try_into().unwrap()), size);
-    // GNU tar itself must read the size back.
+    assert!(gce::tar_header(&"x".repeat(101), 1, 0).is_none());
+
+    // A sparse entry whose only data sits past 8 GiB: both GNU tar and
+    // Python must read the real size and the map back.
     let dir = tempfile::tempdir().unwrap();
     let t = dir.path().join("h.tar");
-    let mut bytes = h.to_vec();
-    bytes.resize(512 * 3, 0);
+    let mut bytes = gce::sparse_headers("disk.raw", size, &[(9 << 30, 512)], EPOCH);
+    bytes.extend_from_slice(&[7u8; 512]);
+    bytes.resize(bytes.len() + 1024, 0);
     fs::write(&t, &bytes).unwrap();
-    let out = Command::new("tar").args(["-tvf", s(&t)]).output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(text.contains(&size.to_string()), "{text}");
-    assert!(gce::tar_header(&"x".repeat(101), 1, 0).is_none());
-    assert!(gce::tar_header("disk.raw", 1, 1 << 33).is_none());
+    let listing = run("tar", &["-tvf", s(&t)]);
+    assert!(listing.contains(&size.to_string()), "{listing}");
+    let py = run(
+        "python3",
+        &[
+            "-c",
+            "import tarfile, sys\nm = tarfile.open(sys.argv[1]).getmembers()[0]\nprint(m.size, m.sparse)",
+            s(&t),
+        ],
+    );
+    // Python lists the header's unused slots as (0, 0) too.
+    let map = format!("{size} [({}, 512), ({size}, 0)", 9u64 << 30);
+    assert!(py.starts_with(&map), "{py}");
+    let x = dir.path().join("x");
+    fs::create_dir(&x).unwrap();
+    run("tar", &["-xf", s(&t), "-C", s(&x)]);
+    let f = fs::File::open(x.join("disk.raw")).unwrap();
+    assert_eq!(f.metadata().unwrap().len(), size);
+    let mut sector = [1u8; 512];
+    f.read_exact_at(&mut sector, 9 << 30).unwrap();
+    assert_eq!(sector, [7u8; 512]);
+    f.read_exact_at(&mut sector, 0).unwrap();
+    assert_eq!(sector, [0u8; 512]);
 }
 
 #[test]
@@ -538,11 +619,15 @@ fn gce_reproducible() {
     assert_reproducible("image.tar.gz", |raw, out| {
         gce::convert(raw, out, EPOCH).unwrap();
     });
+    assert_reproducible("image.tar.gz", |raw, out| {
+        gce::convert_plain(raw, out, EPOCH).unwrap();
+    });
 }
 
 #[test]
 fn gce_bad_input() {
     assert_bad_inputs(|raw, out| gce::convert(raw, out, EPOCH).map(|_| ()));
+    assert_bad_inputs(|raw, out| gce::convert_plain(raw, out, EPOCH).map(|_| ()));
 }
 
 #[test]

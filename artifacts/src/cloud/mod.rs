@@ -67,6 +67,12 @@ pub enum CloudError {
         format: &'static str,
         why: &'static str,
     },
+    #[error("raw image {path} changed while being converted: {expected} data bytes mapped, {found} read")]
+    Changed {
+        path: PathBuf,
+        expected: u64,
+        found: u64,
+    },
     #[error("compressing {path}: {source}")]
     Compress {
         path: PathBuf,
