@@ -580,12 +580,13 @@ fn gce_headers_for_large_disks_use_base256() {
     assert_eq!(h[124], 0x80);
     assert_eq!(u64::from_be_bytes(h[128..136].try_into().unwrap()), size);
     assert!(gce::tar_header(&"x".repeat(101), 1, 0).is_none());
+    assert!(gce::sparse_headers(&"x".repeat(101), 1, &[], 0).is_none());
 
     // A sparse entry whose only data sits past 8 GiB: both GNU tar and
     // Python must read the real size and the map back.
     let dir = tempfile::tempdir().unwrap();
     let t = dir.path().join("h.tar");
-    let mut bytes = gce::sparse_headers("disk.raw", size, &[(9 << 30, 512)], EPOCH);
+    let mut bytes = gce::sparse_headers("disk.raw", size, &[(9 << 30, 512)], EPOCH).unwrap();
     bytes.extend_from_slice(&[7u8; 512]);
     bytes.resize(bytes.len() + 1024, 0);
     fs::write(&t, &bytes).unwrap();

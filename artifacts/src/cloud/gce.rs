@@ -43,33 +43,38 @@ pub struct GceSummary {
 pub fn convert(raw: &Path, out_tar_gz: &Path, epoch: u64) -> Result<GceSummary, CloudError> {
     let img = RawImage::open(raw)?;
     let size = img.size();
-    let mut map: Vec<(u64, u64)> = Vec::new();
+    let mut chunks: Vec<u64> = Vec::new();
     img.for_each_chunk(SPARSE_CHUNK, |offset, _| {
+        chunks.push(offset);
+        Ok(())
+    })?;
+    let mut map: Vec<(u64, u64)> = Vec::new();
+    for &offset in &chunks {
         let len = (size - offset).min(SPARSE_CHUNK);
         match map.last_mut() {
             Some((o, l)) if *o + *l == offset => *l += len,
             _ => map.push((offset, len)),
         }
-        Ok(())
-    })?;
+    }
     let stored: u64 = map.iter().map(|(_, l)| l).sum();
-    let headers = sparse_headers(ENTRY_NAME, size, &map, epoch);
+    let headers = sparse_headers(ENTRY_NAME, size, &map, epoch).expect("entry name fits");
     archive(out_tar_gz, &headers, stored, |tar| {
-        let mut written = 0u64;
+        let changed = |offset| CloudError::Changed {
+            path: raw.to_path_buf(),
+            offset,
+        };
+        let mut expected = chunks.iter();
         img.for_each_chunk(SPARSE_CHUNK, |offset, chunk| {
+            if expected.next() != Some(&offset) {
+                return Err(changed(offset));
+            }
             let len = (size - offset).min(SPARSE_CHUNK);
-            tar.put(&chunk[..len as usize])?;
-            written += len;
-            Ok(())
+            tar.put(&chunk[..len as usize])
         })?;
-        if written != stored {
-            return Err(CloudError::Changed {
-                path: raw.to_path_buf(),
-                expected: stored,
-                found: written,
-            });
+        match expected.next() {
+            Some(&offset) => Err(changed(offset)),
+            None => Ok(()),
         }
-        Ok(())
     })
 }
 
@@ -175,14 +180,20 @@ pub fn tar_header(name: &str, size: u64, mtime: u64) -> Option<[u8; 512]> {
 /// An oldgnu sparse entry ('S'): the header holds the first 4 map entries
 /// and the real size; extension blocks of 21 entries follow it. The map
 /// always ends at `real_size` (a zero-length entry if the file ends in a
-/// hole), which is how GNU tar records a trailing hole.
-pub fn sparse_headers(name: &str, real_size: u64, map: &[(u64, u64)], mtime: u64) -> Vec<u8> {
+/// hole), which is how GNU tar records a trailing hole. `None` if the name
+/// exceeds the 100-byte field.
+pub fn sparse_headers(
+    name: &str,
+    real_size: u64,
+    map: &[(u64, u64)],
+    mtime: u64,
+) -> Option<Vec<u8>> {
     let mut map = map.to_vec();
     if map.last().is_none_or(|(o, l)| o + l < real_size) {
         map.push((real_size, 0));
     }
     let stored: u64 = map.iter().map(|(_, l)| l).sum();
-    let mut h = base_header(name, mtime).expect("entry name fits");
+    let mut h = base_header(name, mtime)?;
     h[156] = b'S';
     number(&mut h[124..136], stored);
     let (first, rest) = map.split_at(map.len().min(4));
@@ -198,7 +209,7 @@ pub fn sparse_headers(name: &str, real_size: u64, map: &[(u64, u64)], mtime: u64
         b[504] = u8::from(i + 1 < blocks.len());
         out.extend_from_slice(&b);
     }
-    out
+    Some(out)
 }
 
 fn put_entries(area: &mut [u8], entries: &[(u64, u64)]) {

@@ -67,12 +67,8 @@ pub enum CloudError {
         format: &'static str,
         why: &'static str,
     },
-    #[error("raw image {path} changed while being converted: {expected} data bytes mapped, {found} read")]
-    Changed {
-        path: PathBuf,
-        expected: u64,
-        found: u64,
-    },
+    #[error("raw image {path} changed while being converted: the data map no longer matches at offset {offset}")]
+    Changed { path: PathBuf, offset: u64 },
     #[error("compressing {path}: {source}")]
     Compress {
         path: PathBuf,
