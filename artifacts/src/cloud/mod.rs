@@ -4,8 +4,10 @@
 //!
 //! Every writer reads the raw image through [`RawImage`], which asks the
 //! filesystem where data lives (SEEK_DATA/SEEK_HOLE) so holes are never read,
-//! and treats all-zero chunks inside data regions as holes too. Outputs are
-//! pure functions of the raw bytes and the caller's epoch/seed.
+//! and treats all-zero chunks inside data regions as holes too: holes become
+//! unallocated clusters (qcow2), missing grains (VMDK), holes in the output
+//! file (VHD) or gaps in a sparse tar entry (GCE). Outputs are pure
+//! functions of the raw bytes and the caller's epoch/seed.
 
 pub mod gce;
 pub mod qcow2;

@@ -1,9 +1,10 @@
 //! streamOptimized VMDK (the disk format inside an OVA), per VMware's
 //! "Virtual Disk Format 5.0": header with the grain directory "at end", an
 //! embedded descriptor, zlib-compressed 64 KiB grains each behind a grain
-//! marker, a grain table after each table's worth of grains, then the grain
-//! directory, a footer (the header again, with the directory offset) and an
-//! end-of-stream marker. Written strictly front to back, so it could stream.
+//! marker, each grain table (empty ones too) once its grains are out, then
+//! the grain directory, a footer (the header again, with the directory
+//! offset) and an end-of-stream marker. Written strictly front to back, so
+//! it could stream.
 
 use std::io::Write;
 use std::path::Path;
@@ -113,9 +114,12 @@ pub fn convert(raw: &Path, out: &Path, seed: &[u8]) -> Result<VmdkSummary, Cloud
         }
         gt[(index % GTES_PER_GT) as usize] = w.sector32()?;
 
+        // A last grain cut short by the capacity holds only the bytes inside
+        // the disk, as VMware's writers do.
+        let valid = (capacity * SECTOR - offset).min(GRAIN_BYTES) as usize;
         compressed.clear();
         let mut z = ZlibEncoder::new(&mut compressed, Compression::new(ZLIB_LEVEL));
-        z.write_all(grain)
+        z.write_all(&grain[..valid])
             .and_then(|_| z.finish().map(|_| ()))
             .map_err(|source| CloudError::Compress {
                 path: raw.to_path_buf(),
