@@ -153,6 +153,10 @@ fn raw_reader_finds_data_extents() {
     })
     .unwrap();
     assert!(!chunks.contains(&(10 * MIB)) && !chunks.contains(&(11 * MIB)));
+    for bad in [0, 1000] {
+        let err = img.for_each_chunk(bad, |_, _| Ok(())).unwrap_err();
+        assert!(matches!(err, CloudError::BadChunkSize { chunk_size } if chunk_size == bad));
+    }
     assert!(chunks.contains(&0) && chunks.contains(&(48 * MIB)) && chunks.contains(&(96 * MIB)));
 }
 

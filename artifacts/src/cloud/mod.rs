@@ -54,6 +54,8 @@ pub enum CloudError {
     },
     #[error("qcow2 cluster size {cluster_size} is not a power of two between 512 and 2097152")]
     BadClusterSize { cluster_size: u64 },
+    #[error("chunk size {chunk_size} is not a non-zero multiple of {SECTOR}")]
+    BadChunkSize { chunk_size: u64 },
     #[error("qcow2 zstd level {level} is outside 1..=19")]
     BadCompressionLevel { level: i32 },
     #[error("raw image {path} is {size} bytes; {format} holds at most {limit}")]

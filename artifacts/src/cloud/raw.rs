@@ -80,12 +80,17 @@ impl RawImage {
 
     /// Calls `f(offset, chunk)` for every `chunk_size`-aligned chunk that holds
     /// a non-zero byte, in ascending order. `chunk` is always `chunk_size`
-    /// long; past the end of the image it is zero-filled.
+    /// long; past the end of the image it is zero-filled. `chunk_size` must
+    /// be a non-zero multiple of 512.
     pub fn for_each_chunk(
         &self,
         chunk_size: u64,
         mut f: impl FnMut(u64, &[u8]) -> Result<(), CloudError>,
     ) -> Result<(), CloudError> {
+        if chunk_size == 0 || chunk_size & (SECTOR - 1) != 0 || usize::try_from(chunk_size).is_err()
+        {
+            return Err(CloudError::BadChunkSize { chunk_size });
+        }
         let mut buf = vec![0u8; chunk_size as usize];
         // Extents are sorted, so remembering the next unvisited chunk keeps
         // a chunk shared by two extents from being visited twice.
