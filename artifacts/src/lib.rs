@@ -6,6 +6,7 @@
 //! runs with the same inputs produce the same bytes.
 
 pub mod bundle;
+pub mod cloud;
 pub mod cpio;
 pub mod fat;
 pub mod gpt;
