@@ -263,6 +263,12 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     ]
     .into_iter()
     .any(wants);
+    // disk.raw is the source of every cloud image; kept only when asked for.
+    let raw = if wants(Output::Raw) {
+        out.join("disk.raw")
+    } else {
+        out.join(".disk.raw.tmp")
+    };
     if needs_raw {
         timed(&mut stages, "disk.raw", || {
             progress.step("disk.raw (install of the bundle)", || {
@@ -271,11 +277,49 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
                     &pubkey,
                     machine_config,
                     profile.disk.total.0,
-                    &out.join("disk.raw"),
+                    &raw,
                 )
             })
         })?;
-        written.push("disk.raw");
+        if wants(Output::Raw) {
+            written.push("disk.raw");
+        }
+    }
+    use artifacts::cloud::{gce, qcow2, vhd, vmdk};
+    if wants(Output::Qcow2) {
+        timed(&mut stages, "disk.qcow2", || {
+            qcow2::convert(
+                &raw,
+                &out.join("disk.qcow2"),
+                &qcow2::Qcow2Options::default(),
+            )?;
+            Ok(())
+        })?;
+        written.push("disk.qcow2");
+    }
+    if wants(Output::Vhd) {
+        timed(&mut stages, "disk.vhd", || {
+            vhd::convert(&raw, &out.join("disk.vhd"), epoch, &seed)?;
+            Ok(())
+        })?;
+        written.push("disk.vhd");
+    }
+    if wants(Output::Vmdk) {
+        timed(&mut stages, "disk.vmdk", || {
+            vmdk::convert(&raw, &out.join("disk.vmdk"), &seed)?;
+            Ok(())
+        })?;
+        written.push("disk.vmdk");
+    }
+    if wants(Output::Gce) {
+        timed(&mut stages, "gce.tar.gz", || {
+            gce::convert(&raw, &out.join("gce.tar.gz"), epoch)?;
+            Ok(())
+        })?;
+        written.push("gce.tar.gz");
+    }
+    if !wants(Output::Raw) && needs_raw {
+        fs::remove_file(&raw)?;
     }
     if wants(Output::Bundle) {
         timed(&mut stages, "update.tar", || {
@@ -324,19 +368,6 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
         })?;
         written.push("installer.iso");
     }
-    let missing: Vec<String> = profile
-        .outputs
-        .iter()
-        .filter(|o| matches!(o, Output::Qcow2 | Output::Vhd | Output::Vmdk | Output::Gce))
-        .map(|o| format!("{o:?}").to_lowercase())
-        .collect();
-    if !missing.is_empty() {
-        tracing::warn!(
-            "outputs not produced yet by this build: {} (see the issue tracker)",
-            missing.join(", ")
-        );
-    }
-
     // 8. The signed manifest over everything in the output directory.
     signing::sign_dir(out, meta, &written, &key).context("signing the release manifest")?;
 
