@@ -1,0 +1,263 @@
+//! Every output of `cairn build` checked with the tool its users inspect it
+//! with (no QEMU here; booting is in the other scenario files).
+
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+use e2e::*;
+
+fn out() -> Result<std::path::PathBuf> {
+    images_dir()
+}
+
+fn tool(cmd: &mut Command) -> Result<String> {
+    run(cmd)
+}
+
+#[test]
+fn manifest_verifies_with_the_release_key() -> Result<()> {
+    let out = out()?;
+    let sig = std::fs::read_to_string(out.join("manifest.json.sig"))?;
+    ensure!(
+        sig.contains("\"algorithm\":\"ed25519\""),
+        "signature file: {sig}"
+    );
+    let manifest = std::fs::read_to_string(out.join("manifest.json"))?;
+    for name in [
+        "uki.efi",
+        "rootfs.squashfs",
+        "rootfs.verity",
+        "disk.raw",
+        "installer.iso",
+        "update.tar",
+        "disk.qcow2",
+        "disk.vhd",
+        "disk.vmdk",
+        "gce.tar.gz",
+    ] {
+        ensure!(
+            manifest.contains(&format!("\"{name}\"")),
+            "manifest.json does not list {name}"
+        );
+        // sha256sum is the independent check of each listed hash.
+        let sum = tool(Command::new("sha256sum").arg(out.join(name)))?;
+        let hash = sum.split_whitespace().next().context("sha256sum output")?;
+        ensure!(
+            manifest.contains(hash),
+            "manifest.json's hash for {name} is not {hash}"
+        );
+    }
+    Ok(())
+}
+
+#[test]
+fn disk_raw_has_our_gpt_and_a_clean_esp() -> Result<()> {
+    let out = out()?;
+    let disk = out.join("disk.raw");
+    let v = tool(Command::new("sgdisk").arg("-v").arg(&disk))?;
+    ensure!(v.contains("No problems found"), "sgdisk -v: {v}");
+    let parts = partitions(&disk)?;
+    let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
+    ensure!(
+        names == ["EFI", "BOOT-A", "BOOT-B", "STATE", "EPHEMERAL"],
+        "partitions: {names:?}"
+    );
+    // BOOT-A's PARTUUID is the first 128 bits of the verity root hash.
+    let manifest = std::fs::read_to_string(out.join("manifest.json"))?;
+    let root = manifest
+        .split("\"verity_root_hash\": \"")
+        .nth(1)
+        .context("verity_root_hash in manifest.json")?;
+    let slot = &parts[1].uuid.to_lowercase().replace('-', "");
+    ensure!(
+        root.starts_with(slot.as_str()),
+        "BOOT-A PARTUUID {slot} is not the root hash prefix of {}",
+        &root[..64.min(root.len())]
+    );
+    let esp = &parts[0];
+    let img = tempfile::NamedTempFile::new()?;
+    tool(
+        Command::new("dd")
+            .arg(format!("if={}", disk.display()))
+            .arg(format!("of={}", img.path().display()))
+            .arg("bs=1M")
+            .arg(format!("skip={}", esp.offset >> 20))
+            .arg(format!("count={}", esp.size >> 20))
+            .arg("status=none"),
+    )?;
+    let fsck = Command::new("fsck.fat")
+        .arg("-n")
+        .arg(img.path())
+        .output()?;
+    ensure!(
+        fsck.status.success(),
+        "fsck.fat -n on the ESP: {}",
+        String::from_utf8_lossy(&fsck.stdout)
+    );
+    let linux = esp_dir(&disk, "/EFI/Linux")?;
+    ensure!(
+        linux.contains("cairn-1.0.0+3.efi"),
+        "ESP EFI/Linux: {linux}"
+    );
+    let loader = tool(
+        Command::new("mtype")
+            .env("MTOOLS_SKIP_CHECK", "1")
+            .arg("-i")
+            .arg(format!("{}@@{}", disk.display(), esp.offset))
+            .arg("::/loader/loader.conf"),
+    )?;
+    ensure!(
+        !loader.contains("default"),
+        "loader.conf must have no default line (it disables fallback): {loader}"
+    );
+    Ok(())
+}
+
+#[test]
+fn rootfs_squashfs_and_verity_check_out() -> Result<()> {
+    let out = out()?;
+    let list = tool(
+        Command::new("unsquashfs")
+            .arg("-lln")
+            .arg(out.join("rootfs.squashfs")),
+    )?;
+    for p in [
+        "/sbin/init",
+        "/sbin/mke2fs",
+        "/sbin/e2fsck",
+        "/usr/lib/os-release",
+    ] {
+        ensure!(list.contains(p), "rootfs lacks {p}:\n{list}");
+    }
+    let manifest = std::fs::read_to_string(out.join("manifest.json"))?;
+    let root = manifest
+        .split("\"verity_root_hash\": \"")
+        .nth(1)
+        .and_then(|r| r.get(..64))
+        .context("verity_root_hash")?;
+    let v = Command::new("veritysetup")
+        .arg("verify")
+        .arg(out.join("rootfs.squashfs"))
+        .arg(out.join("rootfs.verity"))
+        .arg(root)
+        .output()?;
+    ensure!(
+        v.status.success(),
+        "veritysetup verify: {}",
+        String::from_utf8_lossy(&v.stderr)
+    );
+    Ok(())
+}
+
+#[test]
+fn uki_sections() -> Result<()> {
+    let out = out()?;
+    let h = tool(Command::new("objdump").arg("-h").arg(out.join("uki.efi")))?;
+    for s in [".osrel", ".cmdline", ".linux", ".initrd"] {
+        ensure!(h.contains(s), "UKI lacks {s}:\n{h}");
+    }
+    let tmp = tempfile::tempdir()?;
+    let cmd = tmp.path().join("cmdline");
+    tool(
+        Command::new("objcopy")
+            .args(["-O", "binary", "--only-section=.cmdline"])
+            .arg(out.join("uki.efi"))
+            .arg(&cmd),
+    )?;
+    let cmdline = std::fs::read_to_string(&cmd)?;
+    ensure!(
+        cmdline.contains("cairn.rootfs=") && cmdline.contains("cairn.verity="),
+        "UKI cmdline: {cmdline}"
+    );
+    Ok(())
+}
+
+#[test]
+fn installer_iso_is_hybrid_and_bootable() -> Result<()> {
+    let out = out()?;
+    let iso = out.join("installer.iso");
+    let r = tool(
+        Command::new("xorriso")
+            .args(["-indev"])
+            .arg(&iso)
+            .args(["-report_el_torito", "plain"]),
+    )?;
+    ensure!(r.contains("UEFI"), "El Torito report: {r}");
+    let v = tool(Command::new("sgdisk").arg("-v").arg(&iso))?;
+    ensure!(v.contains("No problems found"), "sgdisk -v on the ISO: {v}");
+    Ok(())
+}
+
+fn same_as_raw(image: &Path, format: &str) -> Result<()> {
+    let out = out()?;
+    let c = tool(
+        Command::new("qemu-img")
+            .arg("compare")
+            .args(["-f", format, "-F", "raw"])
+            .arg(image)
+            .arg(out.join("disk.raw")),
+    )?;
+    ensure!(c.contains("identical"), "qemu-img compare {format}: {c}");
+    Ok(())
+}
+
+#[test]
+fn cloud_images_match_the_raw_disk() -> Result<()> {
+    let out = out()?;
+    for (file, format) in [("disk.qcow2", "qcow2"), ("disk.vmdk", "vmdk")] {
+        let c = tool(
+            Command::new("qemu-img")
+                .arg("check")
+                .args(["-f", format])
+                .arg(out.join(file)),
+        )?;
+        ensure!(c.contains("No errors"), "qemu-img check {file}: {c}");
+        same_as_raw(&out.join(file), format)?;
+    }
+    let vmdk = tool(
+        Command::new("qemu-img")
+            .arg("info")
+            .arg(out.join("disk.vmdk")),
+    )?;
+    ensure!(vmdk.contains("streamOptimized"), "{vmdk}");
+    let vhd = out.join("disk.vhd");
+    ensure!(
+        std::fs::metadata(&vhd)?.len() % (1 << 20) == 512,
+        "Azure VHD: size must be whole MiB + 512-byte footer"
+    );
+    same_as_raw(&vhd, "vpc")?;
+    let t = tool(Command::new("tar").arg("-tzf").arg(out.join("gce.tar.gz")))?;
+    ensure!(
+        t.trim() == "disk.raw",
+        "gce.tar.gz must hold exactly disk.raw: {t}"
+    );
+    Ok(())
+}
+
+#[test]
+fn bundle_tar_and_oci_layout() -> Result<()> {
+    let out = out()?;
+    let t = tool(Command::new("tar").arg("-tf").arg(out.join("update.tar")))?;
+    let names: Vec<&str> = t.lines().collect();
+    ensure!(
+        names.first() == Some(&"manifest.json") && names.contains(&"rootfs.img"),
+        "update.tar: {names:?}"
+    );
+    let manifest = std::fs::read_to_string(out.join("manifest.json"))?;
+    let version = manifest
+        .split("\"os_version\": \"")
+        .nth(1)
+        .and_then(|r| r.split('"').next())
+        .context("os_version")?;
+    let raw = tool(
+        Command::new("skopeo")
+            .args(["inspect", "--raw"])
+            .arg(format!("oci:{}:{version}", out.join("oci").display())),
+    )?;
+    ensure!(
+        raw.contains("application/vnd.cairn.bundle.v1"),
+        "skopeo inspect --raw: {raw}"
+    );
+    Ok(())
+}
