@@ -445,6 +445,13 @@ fn refuses_bad_signatures_and_tampered_artifacts_before_writing() {
         err_of(&install_opts(&img, &b.dir)),
         Error::Verify { .. }
     ));
+    // A machine config that is not TOML.
+    let b = bundle(&fx.path("okbundle"), "1.0.0");
+    let cfg = fx.path("bad.toml");
+    fs::write(&cfg, "hostname = [unclosed\n").unwrap();
+    let mut o = install_opts(&img, &b.dir);
+    o.machine_config = Some(cfg);
+    assert!(matches!(err_of(&o), Error::MachineConfig { .. }));
     // A layout.json that is not one.
     let mut o = BundleOpts::new("1.0.0");
     o.layout = r#"{"esp":1000,"boot":1,"state":1}"#.into();
@@ -552,5 +559,45 @@ fn an_install_cut_at_any_write_leaves_no_partition_table() {
                 "{mode:?} cut {cut}/{total}: a table survived but does not boot the release"
             );
         }
+    }
+}
+
+#[test]
+fn an_install_error_midway_clears_the_partition_table_and_says_so() {
+    let fx = Fixture::new();
+    let b = bundle(&fx.path("b"), "1.0.0");
+    let bundle = installer::verify::open_verified(&b.dir, &[key().public()]).unwrap();
+    let img = fx.image("d.img", DISK_SIZE);
+    let mut opts = install_opts(&img, &b.dir);
+    opts.dry_run = true;
+    let plan = install(&opts).unwrap().plan;
+    let mut d = FaultDisk::new(&img, None, Cut::Drop);
+    install_to(&mut d, &bundle, &plan).unwrap();
+    let total = d.writes;
+    for cut in 1..=total {
+        // Start from a completed install, so a stale table would be visible.
+        let mut d = FaultDisk::new(&img, Some(cut), Cut::FailOne);
+        let e = install_to(&mut d, &bundle, &plan).expect_err("failed write");
+        let text = e.to_string();
+        assert!(text.contains("install failed while"), "{text}");
+        assert!(text.contains("the partition table was cleared"), "{text}");
+        let raw = fs::read(&img).unwrap();
+        assert_ne!(&raw[512..520], b"EFI PART", "write {cut}: primary GPT left");
+        assert_ne!(
+            &raw[raw.len() - 512..raw.len() - 504],
+            b"EFI PART",
+            "write {cut}: backup GPT left"
+        );
+        assert_ne!(&raw[510..512], &[0x55, 0xAA], "write {cut}: MBR left");
+        install_to(
+            &mut fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&img)
+                .unwrap(),
+            &bundle,
+            &plan,
+        )
+        .unwrap();
     }
 }

@@ -220,6 +220,8 @@ pub enum Cut {
     /// The write is dropped and so is every write since the last flush (a
     /// volatile disk cache lost with the power): only barriers count.
     LoseUnflushed,
+    /// Only this write fails (an I/O error); the disk keeps working.
+    FailOne,
 }
 
 /// A disk image that loses power at write number `cut_at` (1-based): that
@@ -271,9 +273,9 @@ impl std::io::Write for FaultDisk {
         self.check()?;
         self.writes += 1;
         if self.cut_at == Some(self.writes) {
-            self.dead = true;
+            self.dead = self.mode != Cut::FailOne;
             match self.mode {
-                Cut::Drop => {}
+                Cut::Drop | Cut::FailOne => {}
                 Cut::Torn => self.file.write_all(&buf[..buf.len() / 2])?,
                 Cut::LoseUnflushed => {
                     use std::os::unix::fs::FileExt;
