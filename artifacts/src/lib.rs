@@ -5,9 +5,12 @@
 //! from a seed), sorted directory walks and fixed compression settings. Two
 //! runs with the same inputs produce the same bytes.
 
+pub mod bundle;
 pub mod cpio;
 pub mod fat;
 pub mod gpt;
+pub mod iso;
+pub mod oci;
 pub mod squashfs;
 pub mod tree;
 pub mod uki;

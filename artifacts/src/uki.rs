@@ -77,8 +77,9 @@ pub struct UkiInputs<'a> {
     pub cmdline: &'a str,
     pub osrel: &'a str,
     pub uname: Option<&'a str>,
-    /// Our SBAT lines (without the `sbat,1,...` header line, which the stub's
-    /// own .sbat already carries). Merged after the stub's entries.
+    /// Our SBAT CSV lines, appended after the stub's own entries in a single
+    /// `.sbat` section (a `sbat,1,...` generation line here is dropped if the
+    /// stub already has one).
     pub sbat: Option<&'a str>,
 }
 
@@ -117,16 +118,20 @@ fn section_name(name: &str) -> Result<[u8; 8], UkiError> {
     Ok(n)
 }
 
-/// The stub's SBAT followed by the caller's entries. A caller-supplied
-/// `sbat,` header line is dropped: the generation line must appear once.
+/// The stub's SBAT followed by the caller's entries. The `sbat,` generation
+/// line must appear exactly once: the caller's is dropped when the stub
+/// already has one, and kept when the stub carries no SBAT of its own.
 fn merge_sbat(stub: &[u8], ours: &str) -> Vec<u8> {
     let stub_text = &stub[..stub.iter().position(|&b| b == 0).unwrap_or(stub.len())];
+    let stub_has_header = stub_text
+        .split(|&b| b == b'\n')
+        .any(|l| l.starts_with(b"sbat,"));
     let mut out = stub_text.to_vec();
     if !out.is_empty() && !out.ends_with(b"\n") {
         out.push(b'\n');
     }
     for line in ours.lines() {
-        if line.trim().is_empty() || line.starts_with("sbat,") {
+        if line.trim().is_empty() || (stub_has_header && line.starts_with("sbat,")) {
             continue;
         }
         out.extend_from_slice(line.as_bytes());

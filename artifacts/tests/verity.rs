@@ -255,3 +255,87 @@ fn three_levels_match_veritysetup() {
     let off = format!("--hash-offset={}", info2.hash_offset);
     ok(&["verify", s(&data), s(&data), &info.root_hash_hex(), &off]);
 }
+
+fn flip(path: &Path, offset: u64) {
+    let mut f = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    let mut b = [0u8];
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    std::io::Read::read_exact(&mut f, &mut b).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
+    f.write_all(&[b[0] ^ 0x10]).unwrap();
+}
+
+#[test]
+fn userspace_verify() {
+    let d = tempfile::tempdir().unwrap();
+    let (img, info) = slot(d.path(), 300 * 4096 + 9, b"v");
+    let got = verity::verify_file(&img, info.hash_offset, &info.root_hash).unwrap();
+    assert_eq!(
+        (got.data_blocks, got.hash_blocks, got.salt),
+        (301, 3 + 1, info.salt)
+    );
+    let sb = verity::read_superblock(&mut File::open(&img).unwrap(), info.hash_offset).unwrap();
+    assert_eq!((sb.uuid, sb.data_blocks), (info.uuid, 301));
+
+    let mut wrong = info.root_hash;
+    wrong[0] ^= 1;
+    assert!(matches!(
+        verity::verify_file(&img, info.hash_offset, &wrong),
+        Err(verity::VerityError::RootMismatch { .. })
+    ));
+
+    // A flipped tree byte is reported at its own offset.
+    let tree_byte = info.hash_offset + 4096 + 4096 + 77;
+    flip(&img, tree_byte);
+    match verity::verify_file(&img, info.hash_offset, &info.root_hash) {
+        Err(verity::VerityError::HashMismatch { offset }) => assert_eq!(offset, tree_byte),
+        other => panic!("{other:?}"),
+    }
+    flip(&img, tree_byte);
+    flip(&img, 5);
+    assert!(matches!(
+        verity::verify_file(&img, info.hash_offset, &info.root_hash),
+        Err(verity::VerityError::HashMismatch { .. })
+    ));
+    flip(&img, 5);
+    flip(&img, info.hash_offset + 3);
+    let e = verity::verify_file(&img, info.hash_offset, &info.root_hash)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("signature") && e.contains(&info.hash_offset.to_string()),
+        "{e}"
+    );
+}
+
+/// A slot laid out by veritysetup itself passes our userspace check.
+#[test]
+fn userspace_verify_accepts_veritysetup_slot() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("img");
+    fs::write(&img, pattern(200 * 4096, 9)).unwrap();
+    let off = format!("--hash-offset={}", 200 * 4096);
+    let salt = hex::encode([0x5a; 32]);
+    let text = ok(&[
+        "format",
+        s(&img),
+        s(&img),
+        &off,
+        "--data-blocks=200",
+        &format!("--salt={salt}"),
+    ]);
+    let root_hex = text
+        .lines()
+        .find_map(|l| l.strip_prefix("Root hash:"))
+        .unwrap()
+        .trim();
+    let mut root = [0u8; 32];
+    hex::decode_to_slice(root_hex, &mut root).unwrap();
+    let info = verity::verify_file(&img, 200 * 4096, &root).unwrap();
+    assert_eq!(info.salt, [0x5a; 32]);
+    assert_eq!(info.data_blocks, 200);
+}

@@ -1,12 +1,6 @@
-#[allow(dead_code)] // used by the build pipeline, landing next
-mod profile;
-#[allow(dead_code)]
-mod stage;
-#[allow(dead_code)]
-mod rootfs;
+use clap::{Parser, Subcommand};
 
-use clap::Parser;
-
+mod build_cmd;
 mod sign_cmd;
 
 /// cairn: build reproducible, signed, immutable OS images.
@@ -17,18 +11,30 @@ struct Cli {
     command: Command,
 }
 
-#[derive(clap::Subcommand)]
+#[derive(Subcommand)]
 enum Command {
+    /// Build a profile into signed, reproducible images.
+    Build(build_cmd::BuildArgs),
+    /// Assemble images from a kernel, initramfs and rootfs you bring.
+    Assemble(build_cmd::AssembleArgs),
+    /// Package layer: pinned sources, cached builds (see pkgs/README.md).
+    Pkg(builder::pkgs::cli::PkgArgs),
     #[command(flatten)]
     Sign(sign_cmd::SignCommand),
 }
 
 fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
         .with_writer(std::io::stderr)
         .init();
     match Cli::parse().command {
+        Command::Build(args) => build_cmd::build(args),
+        Command::Assemble(args) => build_cmd::assemble(args),
+        Command::Pkg(args) => builder::pkgs::cli::run(args),
         Command::Sign(cmd) => sign_cmd::run(cmd),
     }
 }

@@ -117,7 +117,8 @@ pub fn stage(profile: &Profile, packages: &[(String, PathBuf)], dir: &Path) -> R
 }
 
 fn copy_file(src: &Path, dst: &Path, mode: Option<u32>) -> Result<()> {
-    fs::copy(src, dst).with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
+    fs::copy(src, dst)
+        .with_context(|| format!("copying {} to {}", src.display(), dst.display()))?;
     if let Some(m) = mode {
         fs::set_permissions(dst, fs::Permissions::from_mode(m))?;
     }

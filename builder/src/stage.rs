@@ -76,6 +76,11 @@ impl StageCache {
         })
     }
 
+    /// The directory stages live in (for caches shared between stages).
+    pub fn dir(&self) -> &Path {
+        &self.root
+    }
+
     /// Returns the output directory for `name` at `key`, running `build`
     /// into a fresh directory first unless it is already cached.
     pub fn run(

@@ -2,11 +2,14 @@
 //!
 //! A release directory holds the artifacts, `manifest.json` (canonical JSON,
 //! see [`manifest`]) and `manifest.json.sig` (detached ed25519 signature, see
-//! [`verify`]). The installer calls [`verify_manifest`] / [`verify_dir`] and
+//! [`verify`]). Secure Boot keys and Authenticode
+//! signatures for PE images live in [`secureboot`] and [`authenticode`]. The installer calls [`verify_manifest`] / [`verify_dir`] and
 //! hashes payload streams with [`HashingReader`] / [`HashingWriter`].
 
+pub mod authenticode;
 pub mod keys;
 pub mod manifest;
+pub mod secureboot;
 pub mod stream;
 pub mod verify;
 

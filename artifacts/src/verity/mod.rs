@@ -14,10 +14,13 @@ use sha2::{Digest, Sha256};
 
 use crate::gpt::Guid;
 
+mod check;
+pub use check::{read_superblock, verify_file, Superblock};
+
 pub const BLOCK: u64 = 4096;
 const DIGEST: usize = 32;
 const HASHES_PER_BLOCK: u64 = BLOCK / DIGEST as u64;
-const SB_SIGNATURE: &[u8; 8] = b"verity\0\0";
+pub(crate) const SB_SIGNATURE: &[u8; 8] = b"verity\0\0";
 
 #[derive(Debug, thiserror::Error)]
 pub enum VerityError {
@@ -37,6 +40,16 @@ pub enum VerityError {
         #[source]
         source: std::io::Error,
     },
+    #[error("verity superblock at offset {offset}: {field}: {what}")]
+    BadSuperblock {
+        offset: u64,
+        field: &'static str,
+        what: String,
+    },
+    #[error("hash tree at offset {offset} is missing or does not match the data")]
+    HashMismatch { offset: u64 },
+    #[error("root hash mismatch: expected {expected}, the data gives {computed}")]
+    RootMismatch { expected: String, computed: String },
     #[error("{path}: {source}")]
     File {
         path: PathBuf,
@@ -212,11 +225,40 @@ pub fn build<R: Read, W: Write + Seek>(
     hash_offset: u64,
     seed: &[u8],
 ) -> Result<VerityInfo, VerityError> {
+    let (salt, uuid) = salt_for(seed);
+    let (root_hash, data_blocks, hash_blocks) = tree(data, data_len, hash_out, hash_offset, &salt)?;
+    let info = VerityInfo {
+        root_hash,
+        salt,
+        uuid,
+        data_size: data_len,
+        data_blocks,
+        hash_offset,
+        hash_blocks,
+    };
+    let w = |source| VerityError::Write {
+        offset: hash_offset,
+        source,
+    };
+    hash_out.seek(SeekFrom::Start(hash_offset)).map_err(w)?;
+    hash_out.write_all(&info.superblock()).map_err(w)?;
+    hash_out.flush().map_err(w)?;
+    Ok(info)
+}
+
+/// Writes the tree after the superblock slot at `hash_offset`; returns
+/// (root hash, data blocks, tree blocks).
+pub(crate) fn tree<R: Read, W: Write + Seek>(
+    data: R,
+    data_len: u64,
+    hash_out: &mut W,
+    hash_offset: u64,
+    salt: &[u8; 32],
+) -> Result<([u8; 32], u64, u64), VerityError> {
     if data_len == 0 {
         return Err(VerityError::Empty);
     }
     let data_blocks = data_len.div_ceil(BLOCK);
-    let (salt, uuid) = salt_for(seed);
     let sizes = level_blocks(data_blocks);
     let tree_start = hash_offset + BLOCK;
     // Top level first on disk: level i starts after every level above it.
@@ -231,7 +273,7 @@ pub fn build<R: Read, W: Write + Seek>(
     }
     let mut tree = Tree {
         out: hash_out,
-        salt,
+        salt: *salt,
         levels,
         root: None,
     };
@@ -251,34 +293,18 @@ pub fn build<R: Read, W: Write + Seek>(
         }
         for block in chunk[..n].chunks(BLOCK as usize) {
             let digest = if block.len() == BLOCK as usize {
-                hash_block(&salt, block)
+                hash_block(salt, block)
             } else {
                 let mut padded = block.to_vec();
                 padded.resize(BLOCK as usize, 0);
-                hash_block(&salt, &padded)
+                hash_block(salt, &padded)
             };
             tree.push(0, digest)?;
         }
         done += n as u64;
     }
-    let root_hash = tree.finish()?;
-    let info = VerityInfo {
-        root_hash,
-        salt,
-        uuid,
-        data_size: data_len,
-        data_blocks,
-        hash_offset,
-        hash_blocks: sizes.iter().sum(),
-    };
-    let w = |source| VerityError::Write {
-        offset: hash_offset,
-        source,
-    };
-    hash_out.seek(SeekFrom::Start(hash_offset)).map_err(w)?;
-    hash_out.write_all(&info.superblock()).map_err(w)?;
-    hash_out.flush().map_err(w)?;
-    Ok(info)
+    let root = tree.finish()?;
+    Ok((root, data_blocks, sizes.iter().sum()))
 }
 
 /// Turns the image at `path` into design.md's slot content in place: the

@@ -1,0 +1,8 @@
+//! The cairn image builder: profiles, packages, the pipeline stages.
+
+pub mod assemble;
+pub mod pipeline;
+pub mod pkgs;
+pub mod profile;
+pub mod rootfs;
+pub mod stage;

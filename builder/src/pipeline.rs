@@ -1,0 +1,458 @@
+//! `cairn build`: a profile in, signed reproducible images out.
+//!
+//! pkgs (cached) -> staged rootfs -> squashfs + verity -> initramfs -> UKI
+//! -> installed disk, installer media, cloud images, bundle -> signed
+//! manifest. Every stage is cached by the hash of its inputs.
+
+use std::collections::BTreeMap;
+use std::fs;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use artifacts::cpio::{self, Content, Extra, ExtraKind};
+use artifacts::tree::{Normalize, Tree};
+use indicatif::{ProgressBar, ProgressStyle};
+use serde::Serialize;
+use sha2::{Digest, Sha256};
+
+use crate::assemble::{self, DiskSizes, EspContent, RootfsImage, UkiSpec};
+use crate::pkgs::{default_cache_dir, Pkgs};
+use crate::profile::{Output, Profile};
+use crate::rootfs;
+use crate::stage::{KeyBuilder, StageCache, StageReport};
+
+pub struct BuildOptions {
+    pub profile: PathBuf,
+    pub out: PathBuf,
+    pub key: Option<PathBuf>,
+    pub cache: Option<PathBuf>,
+    /// Stage cache (default: `<cache>/`); packages always use `<cache>`.
+    pub stage_cache: Option<PathBuf>,
+    pub repo: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+pub struct ArtifactRow {
+    pub name: String,
+    pub size: u64,
+    pub sha256: String,
+}
+
+#[derive(Debug, Serialize)]
+pub struct Summary {
+    pub profile: String,
+    pub version: String,
+    pub root_hash: String,
+    pub dev_key: bool,
+    pub binaries: Vec<String>,
+    pub artifacts: Vec<ArtifactRow>,
+    pub stages: Vec<StageReport>,
+}
+
+/// Shows one spinner per stage; quiet when stderr is not a terminal.
+pub struct Progress {
+    started: Instant,
+}
+
+impl Progress {
+    pub fn new() -> Self {
+        Progress {
+            started: Instant::now(),
+        }
+    }
+
+    pub fn step<T>(&self, what: &str, f: impl FnOnce() -> Result<T>) -> Result<T> {
+        let pb = ProgressBar::new_spinner();
+        pb.set_style(
+            ProgressStyle::with_template("{spinner} [{elapsed:>4}] {msg}")
+                .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+        );
+        pb.set_message(what.to_string());
+        pb.enable_steady_tick(Duration::from_millis(200));
+        let r = f();
+        pb.finish_and_clear();
+        tracing::info!(
+            "{what}: {} ({:.1}s total)",
+            if r.is_ok() { "done" } else { "failed" },
+            self.started.elapsed().as_secs_f64()
+        );
+        r
+    }
+}
+
+impl Default for Progress {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// Packages every image needs besides the profile's rootfs packages.
+const BOOT_PACKAGES: &[&str] = &["kernel", "systemd-boot", "init"];
+
+pub fn build(opts: &BuildOptions) -> Result<Summary> {
+    let profile = Profile::load(&opts.profile)?;
+    let epoch = profile.epoch();
+    let cache_root = opts.cache.clone().unwrap_or_else(default_cache_dir);
+    let pkgs = Pkgs::load(&opts.repo)?
+        .with_cache(cache_root.clone())
+        .with_epoch(epoch);
+    let mut stages = StageCache::new(opts.stage_cache.as_deref().unwrap_or(&cache_root))?;
+    let progress = Progress::new();
+
+    // 1. Packages, each cached by its own input hash.
+    let mut pkg_out: BTreeMap<String, PathBuf> = BTreeMap::new();
+    let mut pkg_keys: BTreeMap<String, String> = BTreeMap::new();
+    let wanted = BOOT_PACKAGES
+        .iter()
+        .map(|s| s.to_string())
+        .chain(profile.packages.iter().cloned());
+    for name in wanted {
+        if pkg_out.contains_key(&name) {
+            continue;
+        }
+        let t = Instant::now();
+        let key = pkgs.key(&name)?;
+        let cached = pkgs.is_cached(&name)?;
+        let dir = progress.step(&format!("package {name}"), || Ok(pkgs.build(&name)?))?;
+        stages.reports.push(StageReport {
+            name: format!("pkg:{name}"),
+            key: key.clone(),
+            cached,
+            time: t.elapsed(),
+        });
+        pkg_keys.insert(name.clone(), key);
+        pkg_out.insert(name, dir);
+    }
+    let kernel = pkg_out["kernel"].join("bzImage");
+    let stub = pkg_out["systemd-boot"].join("linuxx64.efi.stub");
+    let sdboot = pkg_out["systemd-boot"].join("systemd-bootx64.efi");
+    let init = pkg_out["init"].join("init");
+
+    // 2. The staged rootfs tree: what goes in is a function of the packages
+    //    and the profile, so that is its key.
+    let osrel = rootfs::os_release(&profile);
+    let mut k = KeyBuilder::new("rootfs-tree");
+    k.str("osrel", &osrel);
+    for name in &profile.packages {
+        k.str(name, &pkg_keys[name]);
+    }
+    for f in &profile.files {
+        k.file(&f.dst.to_string_lossy(), &f.src)?
+            .str("mode", f.mode.as_deref().unwrap_or(""));
+    }
+    let tree_key = k.finish();
+    let rootfs_pkgs: Vec<(String, PathBuf)> = profile
+        .packages
+        .iter()
+        .map(|n| (n.clone(), pkg_out[n].clone()))
+        .collect();
+    let mut binaries = Vec::new();
+    let tree_dir = progress.step("rootfs tree", || {
+        stages.run("rootfs-tree", &tree_key, |out| {
+            let staged = rootfs::stage(&profile, &rootfs_pkgs, &out.join("tree"))?;
+            let list: Vec<String> = staged
+                .binaries
+                .iter()
+                .map(|b| b.display().to_string())
+                .collect();
+            fs::write(out.join("binaries.txt"), list.join("\n") + "\n")?;
+            Ok(())
+        })
+    })?;
+    for l in fs::read_to_string(tree_dir.join("binaries.txt"))?.lines() {
+        if !l.is_empty() {
+            binaries.push(l.to_string());
+        }
+    }
+    let tree_dir = tree_dir.join("tree");
+
+    // 3. squashfs + verity.
+    let image_key = KeyBuilder::new("rootfs-image")
+        .str("tree", &tree_key)
+        .str("epoch", &epoch.to_string())
+        .finish();
+    let rootfs = progress.step("squashfs + verity", || {
+        assemble::rootfs_image(&mut stages, &image_key, &tree_dir, epoch)
+    })?;
+
+    // 4. initramfs: init alone, as /init.
+    let initrd = progress.step("initramfs", || {
+        initramfs(&mut stages, "initramfs", &init, &[], epoch)
+    })?;
+
+    // 5. The UKI, bound to this rootfs by its root hash.
+    let cmdline = format!("{} {}", profile.cmdline.join(" "), rootfs.cmdline);
+    let uki = progress.step("UKI", || {
+        assemble::uki(
+            &mut stages,
+            "uki",
+            &UkiSpec {
+                stub: &stub,
+                kernel: &kernel,
+                initrd: &initrd,
+                cmdline: cmdline.clone(),
+                osrel: osrel.clone(),
+            },
+        )
+    })?;
+
+    // 6. Outputs.
+    fs::create_dir_all(&opts.out)
+        .with_context(|| format!("creating output directory {}", opts.out.display()))?;
+    let out = &opts.out;
+    let version = profile.version.to_string();
+    let seed = {
+        let mut h = Sha256::new();
+        h.update(b"cairn-disk-seed\0");
+        h.update(profile.name.as_bytes());
+        h.update(version.as_bytes());
+        h.update(rootfs.root_hash.as_bytes());
+        h.finalize().to_vec()
+    };
+    let mut written: Vec<&'static str> = Vec::new();
+    publish(&uki, &out.join("uki.efi"))?;
+    written.push("uki.efi");
+    split_rootfs(&rootfs, out)?;
+    written.extend(["rootfs.squashfs", "rootfs.verity"]);
+
+    let sizes = DiskSizes {
+        disk: profile.disk.total.0,
+        esp: profile.disk.esp.0,
+        boot: profile.disk.boot.0,
+        state: profile.disk.state.0,
+    };
+    let wants = |o: Output| profile.outputs.contains(&o);
+    let needs_raw = [
+        Output::Raw,
+        Output::Qcow2,
+        Output::Vhd,
+        Output::Vmdk,
+        Output::Gce,
+    ]
+    .into_iter()
+    .any(wants);
+    if needs_raw {
+        progress.step("disk.raw", || {
+            let t = Instant::now();
+            let esp = EspContent {
+                systemd_boot: &sdboot,
+                ukis: vec![(assemble::uki_entry_name(&version, Some(3)), uki.clone())],
+                machine_config: profile_machine_config(&profile),
+                loader_conf: assemble::LOADER_CONF,
+            };
+            assemble::installed_disk(&out.join("disk.raw"), sizes, &rootfs, &esp, &seed, epoch)?;
+            stages.reports.push(StageReport {
+                name: "disk.raw".into(),
+                key: String::new(),
+                cached: false,
+                time: t.elapsed(),
+            });
+            Ok(())
+        })?;
+        written.push("disk.raw");
+    }
+    let missing: Vec<String> = profile
+        .outputs
+        .iter()
+        .filter(|o| !matches!(o, Output::Raw))
+        .map(|o| format!("{o:?}").to_lowercase())
+        .collect();
+    if !missing.is_empty() {
+        tracing::warn!(
+            "outputs not produced yet by this build: {} (see the issue tracker)",
+            missing.join(", ")
+        );
+    }
+
+    // 7. The signed manifest over everything in the output directory.
+    let (key, dev_key) = signing_key(opts.key.as_deref(), profile.signing_key.as_deref())?;
+    let meta = signing::ReleaseMeta {
+        os_name: profile.os_name.clone(),
+        os_version: semver::Version::parse(&version)?,
+        profile: profile.name.clone(),
+        source_date_epoch: epoch,
+        arch: "x86_64".into(),
+        inputs: pkg_keys
+            .iter()
+            .map(|(n, k)| (format!("pkg:{n}"), k.clone()))
+            .collect(),
+        verity_root_hash: Some(rootfs.root_hash.clone()),
+    };
+    let key = signing::PrivateKey::load(&key)?;
+    signing::sign_dir(out, meta, &written, &key).context("signing the release manifest")?;
+
+    let mut artifacts = Vec::new();
+    for name in written
+        .iter()
+        .copied()
+        .chain(["manifest.json", "manifest.json.sig"])
+    {
+        let (size, digest) = signing::hash_file(&out.join(name))?;
+        artifacts.push(ArtifactRow {
+            name: name.to_string(),
+            size,
+            sha256: digest.to_hex(),
+        });
+    }
+    Ok(Summary {
+        profile: profile.name.clone(),
+        version,
+        root_hash: rootfs.root_hash.clone(),
+        dev_key,
+        binaries,
+        artifacts,
+        stages: stages.reports,
+    })
+}
+
+/// The profile's default machine config, if it ships one at the conventional
+/// place, goes onto the ESP for init to import on first boot.
+fn profile_machine_config(profile: &Profile) -> Option<&Path> {
+    profile
+        .files
+        .iter()
+        .find(|f| f.dst == Path::new("/usr/share/cairn/machine.toml"))
+        .map(|f| f.src.as_path())
+}
+
+/// An initramfs of `init` as `/init` plus `extras` (install payload).
+pub fn initramfs(
+    stages: &mut StageCache,
+    name: &str,
+    init: &Path,
+    extras: &[Extra],
+    epoch: u64,
+) -> Result<PathBuf> {
+    let mut k = KeyBuilder::new(name);
+    k.file("init", init)?.str("epoch", &epoch.to_string());
+    for e in extras {
+        k.str("extra", &format!("{e:?}"));
+        if let ExtraKind::File(Content::Path(p)) = &e.kind {
+            k.str("extra-size", &fs::metadata(p)?.len().to_string());
+        }
+    }
+    let dir = stages.run(name, &k.finish(), |out| {
+        let empty = out.join("empty");
+        fs::create_dir(&empty)?;
+        let tree = Tree::read(&empty, Normalize::root_owned(epoch))?;
+        let mut all = vec![
+            Extra::file("init", 0o755, Content::Path(init.to_path_buf())),
+            Extra {
+                path: "dev/console".into(),
+                mode: 0o600,
+                kind: ExtraKind::CharDev { major: 5, minor: 1 },
+            },
+        ];
+        for d in ["dev", "proc", "sys", "run", "newroot"] {
+            all.push(Extra {
+                path: d.into(),
+                mode: 0o755,
+                kind: ExtraKind::Dir,
+            });
+        }
+        all.extend_from_slice(extras);
+        let f = fs::File::create(out.join("initramfs.cpio.zst"))?;
+        cpio::write_initramfs(&tree, &all, epoch, std::io::BufWriter::new(f))
+            .context("writing the initramfs")?;
+        fs::remove_dir(&empty)?;
+        Ok(())
+    })?;
+    Ok(dir.join("initramfs.cpio.zst"))
+}
+
+/// Copies a cached artifact into the output directory unless an identical
+/// file is already there (so a no-op build rewrites nothing).
+fn publish(from: &Path, to: &Path) -> Result<()> {
+    if let (Ok(a), Ok(b)) = (fs::metadata(from), fs::metadata(to)) {
+        if a.len() == b.len() && signing::hash_file(from)?.1 == signing::hash_file(to)?.1 {
+            return Ok(());
+        }
+    }
+    let tmp = to.with_extension("partial");
+    fs::copy(from, &tmp)
+        .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
+    fs::rename(&tmp, to)?;
+    Ok(())
+}
+
+/// `rootfs.squashfs` (the padded data area) and `rootfs.verity` (superblock
+/// and hash tree) as separate files, for users who place them themselves.
+fn split_rootfs(rootfs: &RootfsImage, out: &Path) -> Result<()> {
+    let mut f = fs::File::open(&rootfs.image)?;
+    let mut data = vec![0u8; rootfs.hash_offset as usize];
+    f.read_exact(&mut data)?;
+    let mut rest = Vec::new();
+    f.read_to_end(&mut rest)?;
+    write_if_changed(&out.join("rootfs.squashfs"), &data)?;
+    write_if_changed(&out.join("rootfs.verity"), &rest)?;
+    Ok(())
+}
+
+fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
+    if fs::read(path).map(|b| b == bytes).unwrap_or(false) {
+        return Ok(());
+    }
+    fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+}
+
+/// The manifest key: `--key`, else the profile's, else a development key
+/// created once in the user's data directory (loudly).
+fn signing_key(cli: Option<&Path>, profile: Option<&Path>) -> Result<(PathBuf, bool)> {
+    if let Some(k) = cli.or(profile) {
+        return Ok((k.to_path_buf(), false));
+    }
+    let dir = std::env::var_os("XDG_DATA_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".local/share")))
+        .context("neither XDG_DATA_HOME nor HOME is set: pass --key")?
+        .join("cairn");
+    let path = dir.join("dev-signing.key");
+    if !path.exists() {
+        fs::create_dir_all(&dir)?;
+        signing::PrivateKey::generate()?.write_new(&path)?;
+    }
+    tracing::warn!(
+        "SIGNED WITH A DEVELOPMENT KEY ({}): do not ship these images; pass --key or set signing.key",
+        path.display()
+    );
+    Ok((path, true))
+}
+
+pub fn print_table(s: &Summary) {
+    println!(
+        "cairn {} (profile {}), root hash {}",
+        s.version, s.profile, s.root_hash
+    );
+    println!(
+        "rootfs binaries ({}): {}",
+        s.binaries.len(),
+        s.binaries.join(" ")
+    );
+    println!("\n{:<22} {:>14}  sha256", "artifact", "size");
+    for a in &s.artifacts {
+        println!("{:<22} {:>14}  {}", a.name, a.size, a.sha256);
+    }
+    println!("\n{:<22} {:>9}  cached", "stage", "seconds");
+    for st in &s.stages {
+        println!(
+            "{:<22} {:>9.2}  {}",
+            st.name,
+            st.time.as_secs_f64(),
+            if st.cached { "yes" } else { "no" }
+        );
+    }
+    if s.dev_key {
+        println!("\nWARNING: signed with a development key.");
+    }
+}
+
+pub fn check_outputs_exist(out: &Path, names: &[&str]) -> Result<()> {
+    for n in names {
+        if !out.join(n).exists() {
+            bail!("{} is missing from {}", n, out.display());
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,60 @@
+//! `cairn pkg ...`: kept here so main.rs only routes to it.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::{Args, Subcommand};
+
+use super::{default_cache_dir, Pkgs};
+
+#[derive(Args)]
+pub struct PkgArgs {
+    /// Cache directory (default: $CAIRN_CACHE, $XDG_CACHE_HOME/cairn, ~/.cache/cairn).
+    #[arg(long, global = true)]
+    cache: Option<PathBuf>,
+    /// Repository root holding pkgs/ (default: current directory).
+    #[arg(long, global = true, default_value = ".")]
+    repo: PathBuf,
+    /// SOURCE_DATE_EPOCH given to every build (part of the cache key).
+    #[arg(long, global = true, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
+    source_date_epoch: u64,
+    /// Parallel jobs given to build scripts as CAIRN_JOBS.
+    #[arg(long, global = true)]
+    jobs: Option<u32>,
+    #[command(subcommand)]
+    command: PkgCommand,
+}
+
+#[derive(Subcommand)]
+enum PkgCommand {
+    /// Show every package, its version, cache key and whether it is cached.
+    List,
+    /// Download and verify a package's sources.
+    Fetch { name: String },
+    /// Build a package and its dependencies; prints the output directory.
+    Build { name: String },
+}
+
+pub fn run(args: PkgArgs) -> anyhow::Result<()> {
+    let mut pkgs = Pkgs::load(&args.repo)
+        .with_context(|| format!("loading recipes under {}", args.repo.display()))?
+        .with_cache(args.cache.unwrap_or_else(default_cache_dir))
+        .with_epoch(args.source_date_epoch);
+    if let Some(j) = args.jobs {
+        pkgs = pkgs.with_jobs(j);
+    }
+    match args.command {
+        PkgCommand::List => {
+            for s in pkgs.list() {
+                let (key, state) = match &s.key {
+                    Ok(k) => (&k[..12], if s.cached { "cached" } else { "-" }.to_string()),
+                    Err(e) => ("?", e.to_string()),
+                };
+                println!("{:<16} {:<24} {key:<12} {state}", s.name, s.version);
+            }
+        }
+        PkgCommand::Fetch { name } => pkgs.fetch(&name)?,
+        PkgCommand::Build { name } => println!("{}", pkgs.build(&name)?.display()),
+    }
+    Ok(())
+}

@@ -1,0 +1,514 @@
+//! The end-to-end harness: cold boots under QEMU (TCG) with OVMF, read
+//! through the serial console.
+//!
+//! Every boot is a fresh QEMU process with `-no-reboot`: one process is one
+//! boot attempt, so a reboot request ends the process and the next attempt
+//! is a real cold firmware boot (never kexec).
+
+use std::collections::VecDeque;
+use std::fs;
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
+use std::thread;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+
+pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
+pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
+pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
+
+/// How a disk image is attached.
+#[derive(Debug, Clone)]
+pub enum Attach {
+    /// virtio-blk, the usual VM disk.
+    Virtio,
+    /// IDE CD-ROM (El Torito boot).
+    Cdrom,
+    /// USB mass storage on an xHCI controller (a `dd`-written stick).
+    Usb,
+}
+
+#[derive(Debug, Clone)]
+pub struct Disk {
+    pub path: PathBuf,
+    pub format: &'static str,
+    pub attach: Attach,
+    pub read_only: bool,
+}
+
+impl Disk {
+    pub fn virtio(path: impl Into<PathBuf>) -> Disk {
+        Disk {
+            path: path.into(),
+            format: "raw",
+            attach: Attach::Virtio,
+            read_only: false,
+        }
+    }
+    pub fn format(mut self, f: &'static str) -> Disk {
+        self.format = f;
+        self
+    }
+    pub fn cdrom(path: impl Into<PathBuf>) -> Disk {
+        Disk {
+            path: path.into(),
+            format: "raw",
+            attach: Attach::Cdrom,
+            read_only: true,
+        }
+    }
+    pub fn usb(path: impl Into<PathBuf>) -> Disk {
+        Disk {
+            path: path.into(),
+            format: "raw",
+            attach: Attach::Usb,
+            read_only: false,
+        }
+    }
+}
+
+/// One machine: its firmware variables persist across boots like NVRAM.
+pub struct Machine {
+    pub name: String,
+    pub vars: PathBuf,
+    pub secure_boot: bool,
+    pub disks: Vec<Disk>,
+    pub memory_mb: u32,
+    pub log_dir: PathBuf,
+    boots: u32,
+}
+
+impl Machine {
+    /// A machine with a fresh copy of `vars_template` (OVMF's blank store by default).
+    pub fn new(name: &str, work: &Path, vars_template: Option<&Path>) -> Result<Machine> {
+        fs::create_dir_all(work)?;
+        let vars = work.join(format!("{name}-VARS.fd"));
+        let template = vars_template.unwrap_or(Path::new(OVMF_VARS));
+        fs::copy(template, &vars)
+            .with_context(|| format!("copying OVMF variables {}", template.display()))?;
+        Ok(Machine {
+            name: name.to_string(),
+            vars,
+            secure_boot: false,
+            disks: Vec::new(),
+            memory_mb: 1024,
+            log_dir: work.to_path_buf(),
+            boots: 0,
+        })
+    }
+
+    fn command(&self) -> Command {
+        let mut c = Command::new("qemu-system-x86_64");
+        let code = if self.secure_boot {
+            OVMF_CODE_SECBOOT
+        } else {
+            OVMF_CODE
+        };
+        let machine = if self.secure_boot {
+            "q35,smm=on,accel=tcg"
+        } else {
+            "q35,accel=tcg"
+        };
+        c.args(["-machine", machine, "-cpu", "max", "-m"])
+            .arg(self.memory_mb.to_string())
+            .args(["-smp", "1", "-nographic", "-no-reboot", "-nodefaults"])
+            .args(["-serial", "stdio", "-monitor", "none"]);
+        if self.secure_boot {
+            c.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
+        }
+        c.arg("-drive").arg(format!(
+            "if=pflash,format=raw,unit=0,readonly=on,file={code}"
+        ));
+        c.arg("-drive").arg(format!(
+            "if=pflash,format=raw,unit=1,file={}",
+            self.vars.display()
+        ));
+        let mut usb = false;
+        for (i, d) in self.disks.iter().enumerate() {
+            let ro = if d.read_only { ",readonly=on" } else { "" };
+            let file = format!("file={},format={}{ro}", d.path.display(), d.format);
+            match d.attach {
+                Attach::Virtio => {
+                    c.arg("-drive").arg(format!("if=none,id=d{i},{file}"));
+                    c.arg("-device")
+                        .arg(format!("virtio-blk-pci,drive=d{i},bootindex={i}"));
+                }
+                Attach::Cdrom => {
+                    c.arg("-drive")
+                        .arg(format!("if=none,id=d{i},media=cdrom,{file}"));
+                    c.arg("-device")
+                        .arg(format!("ide-cd,drive=d{i},bus=ide.{i},bootindex={i}"));
+                }
+                Attach::Usb => {
+                    if !usb {
+                        c.args(["-device", "qemu-xhci,id=xhci"]);
+                        usb = true;
+                    }
+                    c.arg("-drive").arg(format!("if=none,id=d{i},{file}"));
+                    c.arg("-device")
+                        .arg(format!("usb-storage,bus=xhci.0,drive=d{i},bootindex={i}"));
+                }
+            }
+        }
+        c
+    }
+
+    /// Starts one cold boot.
+    pub fn boot(&mut self) -> Result<Boot> {
+        self.boots += 1;
+        let log = self
+            .log_dir
+            .join(format!("{}-boot{}.log", self.name, self.boots));
+        let mut cmd = self.command();
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let started = Instant::now();
+        let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let tx2 = tx.clone();
+        let log_file = fs::File::create(&log)?;
+        thread::spawn(move || pump(stdout, Some(log_file), tx));
+        thread::spawn(move || pump(stderr, None, tx2));
+        Ok(Boot {
+            child,
+            lines: rx,
+            tail: VecDeque::new(),
+            all: Vec::new(),
+            started,
+            log,
+            label: format!("{} boot {}", self.name, self.boots),
+        })
+    }
+}
+
+fn pump(r: impl std::io::Read, mut log: Option<fs::File>, tx: mpsc::Sender<(Instant, String)>) {
+    use std::io::Write;
+    let mut r = BufReader::new(r);
+    let mut buf = Vec::new();
+    loop {
+        buf.clear();
+        match r.read_until(b'\n', &mut buf) {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {
+                if let Some(f) = log.as_mut() {
+                    let _ = f.write_all(&buf);
+                }
+                // Firmware output is full of escape sequences; keep the text.
+                let line: String = String::from_utf8_lossy(&buf)
+                    .chars()
+                    .filter(|c| !c.is_control() || *c == '\t')
+                    .collect();
+                if tx.send((Instant::now(), line)).is_err() {
+                    return;
+                }
+            }
+        }
+    }
+}
+
+/// A running boot attempt.
+pub struct Boot {
+    child: Child,
+    lines: Receiver<(Instant, String)>,
+    tail: VecDeque<String>,
+    /// Every console line with its arrival time since QEMU started.
+    pub all: Vec<(Duration, String)>,
+    pub started: Instant,
+    pub log: PathBuf,
+    label: String,
+}
+
+/// How a boot ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum End {
+    /// QEMU exited (the guest powered off or asked to reboot: `-no-reboot`).
+    Exited,
+}
+
+impl Boot {
+    fn record(&mut self, at: Instant, line: String) {
+        self.all.push((at - self.started, line.clone()));
+        self.tail.push_back(line);
+        if self.tail.len() > 50 {
+            self.tail.pop_front();
+        }
+    }
+
+    /// The last 50 console lines, for failure messages.
+    pub fn tail(&self) -> String {
+        self.tail.iter().cloned().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Waits for a console line containing `needle`; returns that line.
+    /// Fails (with the console tail) on timeout or if QEMU exits first.
+    pub fn expect(&mut self, needle: &str, timeout: Duration) -> Result<String> {
+        self.expect_any(&[needle], timeout).map(|(_, l)| l)
+    }
+
+    /// Waits for the first line containing any of `needles`; returns its index and the line.
+    pub fn expect_any(&mut self, needles: &[&str], timeout: Duration) -> Result<(usize, String)> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((at, line)) => {
+                    self.record(at, line.clone());
+                    if let Some(i) = needles.iter().position(|n| line.contains(n)) {
+                        return Ok((i, line));
+                    }
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    bail!(
+                        "{}: expected a console line containing {:?} within {}s; none came.\n--- last 50 console lines ({}) ---\n{}",
+                        self.label,
+                        needles,
+                        timeout.as_secs(),
+                        self.log.display(),
+                        self.tail()
+                    );
+                }
+                Err(RecvTimeoutError::Disconnected) => {
+                    let status = self.child.wait()?;
+                    bail!(
+                        "{}: expected a console line containing {:?}, but QEMU exited ({status}) first.\n--- last 50 console lines ({}) ---\n{}",
+                        self.label,
+                        needles,
+                        self.log.display(),
+                        self.tail()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Waits for QEMU to exit on its own (power-off or reboot), collecting output.
+    pub fn wait_exit(&mut self, timeout: Duration) -> Result<End> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok((at, line)) => self.record(at, line),
+                Err(RecvTimeoutError::Disconnected) => {
+                    self.child.wait()?;
+                    return Ok(End::Exited);
+                }
+                Err(RecvTimeoutError::Timeout) => {
+                    let _ = self.child.kill();
+                    bail!(
+                        "{}: expected QEMU to exit within {}s (power-off or reboot); it did not.\n--- last 50 console lines ({}) ---\n{}",
+                        self.label,
+                        timeout.as_secs(),
+                        self.log.display(),
+                        self.tail()
+                    );
+                }
+            }
+        }
+    }
+
+    /// Stops the machine (as pulling the plug).
+    pub fn kill(mut self) -> Result<()> {
+        let _ = self.child.kill();
+        self.child.wait()?;
+        Ok(())
+    }
+
+    /// Boot-time figures from this boot's console: seconds from QEMU start to
+    /// `marker`, and from the kernel's own printk timestamps the kernel-start
+    /// -> init-start and init-start -> marker intervals.
+    pub fn timings(&self, marker: &str) -> Option<Timings> {
+        let (to_marker, _) = self.all.iter().find(|(_, l)| l.contains(marker))?;
+        let kernel_ts = |pred: &dyn Fn(&str) -> bool| -> Option<f64> {
+            self.all
+                .iter()
+                .filter(|(_, l)| pred(l))
+                .find_map(|(_, l)| printk_time(l))
+        };
+        let init_start = kernel_ts(&|l: &str| l.contains("cairn:") || l.contains("Run /init"));
+        let blessed = kernel_ts(&|l: &str| l.contains(marker));
+        Some(Timings {
+            qemu_to_marker: *to_marker,
+            kernel_to_init: init_start,
+            init_to_marker: match (init_start, blessed) {
+                (Some(a), Some(b)) => Some(b - a),
+                _ => None,
+            },
+        })
+    }
+}
+
+impl Drop for Boot {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Timings {
+    pub qemu_to_marker: Duration,
+    /// Seconds from kernel start (printk 0.0) to the first init line.
+    pub kernel_to_init: Option<f64>,
+    pub init_to_marker: Option<f64>,
+}
+
+/// `[    1.234567] text` -> 1.234567
+pub fn printk_time(line: &str) -> Option<f64> {
+    let l = line.trim_start();
+    let rest = l.strip_prefix('[')?;
+    let end = rest.find(']')?;
+    rest[..end].trim().parse().ok()
+}
+
+/// Fails clearly when a tool the suite needs is missing (CI installs them).
+pub fn require_tools(tools: &[&str]) -> Result<()> {
+    for t in tools {
+        let ok = Command::new("sh")
+            .arg("-c")
+            .arg(format!("command -v {t}"))
+            .stdout(Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false);
+        if !ok {
+            bail!("{t} is not installed: run ci/deps");
+        }
+    }
+    for f in [OVMF_CODE, OVMF_VARS] {
+        if !Path::new(f).exists() {
+            bail!("{f} is missing: install the ovmf package (ci/deps)");
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printk_timestamps() {
+        assert_eq!(printk_time("[    1.500000] cairn: hi"), Some(1.5));
+        assert_eq!(printk_time("no stamp"), None);
+    }
+}
+
+/// Where `cairn build` left the images under test: `$CAIRN_E2E_OUT`, else `<repo>/out`.
+pub fn images_dir() -> Result<PathBuf> {
+    let dir = std::env::var_os("CAIRN_E2E_OUT")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../out"));
+    if !dir.join("disk.raw").exists() {
+        bail!(
+            "{} has no disk.raw: run `ci/build` (cairn build) before the end-to-end suite, or set CAIRN_E2E_OUT",
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// A sparse copy, so every test boots its own disk.
+pub fn sparse_copy(from: &Path, to: &Path) -> Result<()> {
+    let st = Command::new("cp")
+        .arg("--sparse=always")
+        .arg(from)
+        .arg(to)
+        .status()?;
+    if !st.success() {
+        bail!("cp {} {} failed", from.display(), to.display());
+    }
+    Ok(())
+}
+
+/// A partition as `sfdisk --json` (the independent tool) reports it.
+#[derive(Debug, Clone)]
+pub struct Part {
+    pub name: String,
+    pub uuid: String,
+    pub offset: u64,
+    pub size: u64,
+}
+
+pub fn partitions(disk: &Path) -> Result<Vec<Part>> {
+    let out = Command::new("sfdisk").arg("--json").arg(disk).output()?;
+    if !out.status.success() {
+        bail!(
+            "sfdisk --json {}: {}",
+            disk.display(),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let text = String::from_utf8_lossy(&out.stdout);
+    // The fields we need, without a JSON dependency: one partition object a line.
+    let field = |l: &str, k: &str| -> Option<String> {
+        let i = l.find(&format!("\"{k}\":"))? + k.len() + 3;
+        let rest = l[i..].trim_start();
+        let v = if let Some(r) = rest.strip_prefix('"') {
+            r[..r.find('"')?].to_string()
+        } else {
+            rest[..rest.find([',', '}']).unwrap_or(rest.len())]
+                .trim()
+                .to_string()
+        };
+        Some(v)
+    };
+    let mut parts = Vec::new();
+    for l in text.lines().filter(|l| l.contains("\"node\"")) {
+        let start: u64 = field(l, "start").context("start")?.parse()?;
+        let size: u64 = field(l, "size").context("size")?.parse()?;
+        parts.push(Part {
+            name: field(l, "name").unwrap_or_default(),
+            uuid: field(l, "uuid").unwrap_or_default(),
+            offset: start * 512,
+            size: size * 512,
+        });
+    }
+    Ok(parts)
+}
+
+pub fn partition(disk: &Path, name: &str) -> Result<Part> {
+    partitions(disk)?
+        .into_iter()
+        .find(|p| p.name == name)
+        .with_context(|| format!("{} has no partition named {name}", disk.display()))
+}
+
+/// Runs a command and returns stdout, failing with its stderr.
+pub fn run(cmd: &mut Command) -> Result<String> {
+    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
+    if !out.status.success() {
+        bail!(
+            "{cmd:?} failed ({}): {}",
+            out.status,
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// Lists a directory of the disk's ESP with mtools.
+pub fn esp_dir(disk: &Path, dir: &str) -> Result<String> {
+    let esp = partition(disk, "EFI")?;
+    run(Command::new("mdir")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-b")
+        .arg("-i")
+        .arg(format!("{}@@{}", disk.display(), esp.offset))
+        .arg(format!("::{dir}")))
+}
+
+/// Reads a file from an ext4 partition of the disk with debugfs.
+pub fn ext4_cat(disk: &Path, part: &str, path: &str) -> Result<String> {
+    let p = partition(disk, part)?;
+    run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(format!("{}?offset={}", disk.display(), p.offset)))
+}

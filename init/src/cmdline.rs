@@ -1,0 +1,318 @@
+//! The kernel command line: the only input stage 1 trusts, because it is
+//! measured and signed as part of the UKI (unlike anything on disk).
+
+use thiserror::Error;
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum CmdlineError {
+    #[error(
+        "cairn.rootfs={value}: expected 64 hex digits (sha256 root hash), got {len} characters"
+    )]
+    RootHashLength { value: String, len: usize },
+    #[error("{param}={value}: not hexadecimal at character {pos}")]
+    NotHex {
+        param: &'static str,
+        value: String,
+        pos: usize,
+    },
+    #[error("cairn.verity={value}: expected <data_blocks>,<salt hex>")]
+    VerityShape { value: String },
+    #[error("cairn.verity={value}: data_blocks {blocks:?} is not a positive integer")]
+    DataBlocks { value: String, blocks: String },
+    #[error("cairn.verity={value}: salt must be 64 hex digits (32 bytes), got {len} characters")]
+    SaltLength { value: String, len: usize },
+    #[error("cairn.mode={value}: unknown mode (known: install)")]
+    UnknownMode { value: String },
+    #[error("cairn.install.disk={value}: expected an absolute /dev path")]
+    InstallDisk { value: String },
+    #[error("{param} is given twice ({first:?} and {second:?})")]
+    Duplicate {
+        param: &'static str,
+        first: String,
+        second: String,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum Mode {
+    #[default]
+    Boot,
+    Install,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Verity {
+    pub data_blocks: u64,
+    pub salt: [u8; 32],
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct Cmdline {
+    pub rootfs: Option<[u8; 32]>,
+    pub verity: Option<Verity>,
+    pub mode: Mode,
+    pub install_disk: Option<String>,
+}
+
+/// Splits on whitespace, honouring double quotes the way the kernel does
+/// (`a="b c"` is one word, quotes removed).
+fn words(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut any = false;
+    for c in line.chars() {
+        match c {
+            '"' => {
+                quoted = !quoted;
+                any = true;
+            }
+            c if c.is_whitespace() && !quoted => {
+                if any {
+                    out.push(std::mem::take(&mut cur));
+                    any = false;
+                }
+            }
+            c => {
+                cur.push(c);
+                any = true;
+            }
+        }
+    }
+    if any {
+        out.push(cur);
+    }
+    out
+}
+
+pub fn parse_hex<const N: usize>(
+    param: &'static str,
+    value: &str,
+) -> Result<[u8; N], CmdlineError> {
+    let mut out = [0u8; N];
+    let bytes = value.as_bytes();
+    if bytes.len() != 2 * N {
+        return Err(CmdlineError::NotHex {
+            param,
+            value: value.to_string(),
+            pos: bytes.len().min(2 * N),
+        });
+    }
+    for (i, slot) in out.iter_mut().enumerate() {
+        let nib = |pos: usize| -> Result<u8, CmdlineError> {
+            (bytes[pos] as char)
+                .to_digit(16)
+                .map(|d| d as u8)
+                .ok_or_else(|| CmdlineError::NotHex {
+                    param,
+                    value: value.to_string(),
+                    pos,
+                })
+        };
+        *slot = (nib(2 * i)? << 4) | nib(2 * i + 1)?;
+    }
+    Ok(out)
+}
+
+fn set_once<T>(
+    slot: &mut Option<T>,
+    seen: &mut Option<String>,
+    param: &'static str,
+    raw: &str,
+    value: T,
+) -> Result<(), CmdlineError> {
+    if let Some(first) = seen {
+        return Err(CmdlineError::Duplicate {
+            param,
+            first: first.clone(),
+            second: raw.to_string(),
+        });
+    }
+    *seen = Some(raw.to_string());
+    *slot = Some(value);
+    Ok(())
+}
+
+/// Parses `/proc/cmdline`. Unknown parameters belong to the kernel or the
+/// profile and are ignored; a malformed `cairn.*` parameter is an error,
+/// because booting with half a verity table would be worse than not booting.
+pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
+    let mut c = Cmdline::default();
+    let (mut seen_root, mut seen_verity, mut seen_mode, mut seen_disk) = (None, None, None, None);
+    let mut mode = None;
+    for w in words(line) {
+        let (key, value) = match w.split_once('=') {
+            Some(kv) => kv,
+            None => continue,
+        };
+        match key {
+            "cairn.rootfs" => {
+                if value.len() != 64 {
+                    return Err(CmdlineError::RootHashLength {
+                        value: value.into(),
+                        len: value.len(),
+                    });
+                }
+                let h = parse_hex::<32>("cairn.rootfs", value)?;
+                set_once(&mut c.rootfs, &mut seen_root, "cairn.rootfs", value, h)?;
+            }
+            "cairn.verity" => {
+                let (blocks, salt) =
+                    value
+                        .split_once(',')
+                        .ok_or_else(|| CmdlineError::VerityShape {
+                            value: value.into(),
+                        })?;
+                let data_blocks =
+                    blocks
+                        .parse::<u64>()
+                        .ok()
+                        .filter(|b| *b > 0)
+                        .ok_or_else(|| CmdlineError::DataBlocks {
+                            value: value.into(),
+                            blocks: blocks.into(),
+                        })?;
+                if salt.len() != 64 {
+                    return Err(CmdlineError::SaltLength {
+                        value: value.into(),
+                        len: salt.len(),
+                    });
+                }
+                let salt = parse_hex::<32>("cairn.verity", salt)?;
+                let v = Verity { data_blocks, salt };
+                set_once(&mut c.verity, &mut seen_verity, "cairn.verity", value, v)?;
+            }
+            "cairn.mode" => {
+                let m = match value {
+                    "install" => Mode::Install,
+                    _ => {
+                        return Err(CmdlineError::UnknownMode {
+                            value: value.into(),
+                        })
+                    }
+                };
+                set_once(&mut mode, &mut seen_mode, "cairn.mode", value, m)?;
+            }
+            "cairn.install.disk" => {
+                if !value.starts_with("/dev/") || value.len() <= 5 {
+                    return Err(CmdlineError::InstallDisk {
+                        value: value.into(),
+                    });
+                }
+                let v = value.to_string();
+                set_once(
+                    &mut c.install_disk,
+                    &mut seen_disk,
+                    "cairn.install.disk",
+                    value,
+                    v,
+                )?;
+            }
+            _ => {}
+        }
+    }
+    c.mode = mode.unwrap_or_default();
+    Ok(c)
+}
+
+pub fn hex(bytes: &[u8]) -> String {
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const H: &str = "4f68bce3e8cd4db196e7fbcaf984b7090123456789abcdef0123456789abcdef";
+    const S: &str = "00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff";
+
+    #[test]
+    fn full_boot_line() {
+        let line = format!("console=ttyS0 panic=-1 cairn.rootfs={H} cairn.verity=1234,{S} quiet");
+        let c = parse(&line).unwrap();
+        assert_eq!(hex(&c.rootfs.unwrap()), H);
+        let v = c.verity.unwrap();
+        assert_eq!(v.data_blocks, 1234);
+        assert_eq!(hex(&v.salt), S);
+        assert_eq!(c.mode, Mode::Boot);
+        assert_eq!(c.install_disk, None);
+    }
+
+    #[test]
+    fn install_line_and_quotes() {
+        let c = parse("cairn.mode=install  cairn.install.disk=\"/dev/vda\"\n").unwrap();
+        assert_eq!(c.mode, Mode::Install);
+        assert_eq!(c.install_disk.as_deref(), Some("/dev/vda"));
+        assert_eq!(words("a=\"b c\" d"), vec!["a=b c", "d"]);
+    }
+
+    #[test]
+    fn uppercase_hex_accepted() {
+        let c = parse(&format!("cairn.rootfs={}", H.to_uppercase())).unwrap();
+        assert_eq!(hex(&c.rootfs.unwrap()), H);
+    }
+
+    #[test]
+    fn bad_inputs_name_the_problem() {
+        assert_eq!(
+            parse("cairn.rootfs=abc"),
+            Err(CmdlineError::RootHashLength {
+                value: "abc".into(),
+                len: 3
+            })
+        );
+        let bad = format!("{}g", &H[..63]);
+        assert_eq!(
+            parse(&format!("cairn.rootfs={bad}")),
+            Err(CmdlineError::NotHex {
+                param: "cairn.rootfs",
+                value: bad,
+                pos: 63
+            })
+        );
+        assert!(matches!(
+            parse("cairn.verity=12"),
+            Err(CmdlineError::VerityShape { .. })
+        ));
+        assert!(matches!(
+            parse(&format!("cairn.verity=0,{S}")),
+            Err(CmdlineError::DataBlocks { .. })
+        ));
+        assert!(matches!(
+            parse(&format!("cairn.verity=-3,{S}")),
+            Err(CmdlineError::DataBlocks { .. })
+        ));
+        assert!(matches!(
+            parse("cairn.verity=5,0011"),
+            Err(CmdlineError::SaltLength { len: 4, .. })
+        ));
+        assert_eq!(
+            parse("cairn.mode=rescue"),
+            Err(CmdlineError::UnknownMode {
+                value: "rescue".into()
+            })
+        );
+        assert!(matches!(
+            parse("cairn.install.disk=vda"),
+            Err(CmdlineError::InstallDisk { .. })
+        ));
+        assert!(matches!(
+            parse(&format!("cairn.rootfs={H} cairn.rootfs={H}")),
+            Err(CmdlineError::Duplicate {
+                param: "cairn.rootfs",
+                ..
+            })
+        ));
+        // a multi-byte character must not be split into half a hex digit
+        let mb = format!("{}é", &H[..62]);
+        assert!(parse(&format!("cairn.rootfs={mb}")).is_err());
+    }
+
+    #[test]
+    fn unrelated_parameters_ignored() {
+        assert_eq!(
+            parse("ro root=/dev/sda1 cairn.other=x init").unwrap(),
+            Cmdline::default()
+        );
+    }
+}

@@ -1,0 +1,72 @@
+//! Finding the slot that holds the rootfs the UKI was built for.
+//! First by PARTUUID (the root hash prefix, design.md); if no partition
+//! carries it (e.g. a disk written by a tool that kept its own UUIDs), by the
+//! BOOT-A/BOOT-B labels, accepting only a slot whose veritysetup superblock
+//! matches the command line. Either way dm-verity then authenticates every
+//! block against the root hash, so a wrong guess cannot boot.
+
+use crate::cmdline::Verity;
+use crate::gpt::{Guid, Partition, Table};
+use std::io::{Read, Seek, SeekFrom};
+
+pub const SLOT_LABELS: [&str; 2] = ["BOOT-A", "BOOT-B"];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Found {
+    ByPartUuid,
+    ByLabelAndSuperblock,
+}
+
+/// Does a veritysetup (format 1) superblock describe this slot?
+pub fn superblock_matches(sb: &[u8], v: &Verity) -> bool {
+    let u32_at = |at: usize| {
+        sb.get(at..at + 4)
+            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
+    };
+    let ok = sb.get(0..8) == Some(b"verity\0\0")
+        && u32_at(8) == Some(1)
+        && u32_at(12) == Some(1)
+        && sb.get(32..39) == Some(b"sha256\0")
+        && u32_at(64) == Some(4096)
+        && u32_at(68) == Some(4096)
+        && sb
+            .get(72..80)
+            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
+            == Some(v.data_blocks)
+        && sb.get(80..82) == Some(&32u16.to_le_bytes()[..]);
+    ok && sb.get(88..120) == Some(&v.salt[..])
+}
+
+/// `disk` is the whole-disk device (or image) the table was read from.
+pub fn find<'t, R: Read + Seek>(
+    disk: &mut R,
+    table: &'t Table,
+    root_hash: &[u8; 32],
+    verity: &Verity,
+) -> Option<(&'t Partition, Found)> {
+    if let Some(p) = table.by_guid(&Guid::from_root_hash(root_hash)) {
+        return Some((p, Found::ByPartUuid));
+    }
+    for label in SLOT_LABELS {
+        let Some(p) = table.by_name(label) else {
+            continue;
+        };
+        let off = p
+            .first_lba
+            .checked_mul(table.sector_size)
+            .and_then(|o| o.checked_add(verity.data_blocks.checked_mul(4096)?));
+        let Some(off) = off else { continue };
+        let end = (p.last_lba + 1).saturating_mul(table.sector_size);
+        if off + 4096 > end {
+            continue;
+        }
+        let mut sb = vec![0u8; 512];
+        if disk.seek(SeekFrom::Start(off)).is_ok()
+            && disk.read_exact(&mut sb).is_ok()
+            && superblock_matches(&sb, verity)
+        {
+            return Some((p, Found::ByLabelAndSuperblock));
+        }
+    }
+    None
+}

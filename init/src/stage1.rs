@@ -1,0 +1,292 @@
+//! Stage 1: `/init` in the UKI's initramfs. Finds the slot holding the
+//! rootfs named by the command line, puts dm-verity over it, mounts it and
+//! switches root to its `/sbin/init`.
+//!
+//! The initramfs contents are NOT deleted before switching: on an installed
+//! system they are this one binary (a few hundred KB of RAM), and a
+//! recursive delete in PID 1 is risk without benefit. The installer
+//! initramfs (which carries the payload) never switches root.
+
+use crate::cmdline::{self, Cmdline, Mode, Verity};
+use crate::error::{BootError, Context};
+use crate::record::Handover;
+use crate::{disks, dm, gpt, say, slot, sys};
+use std::ffi::CString;
+use std::fs::{self, File};
+use std::io::Read;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+pub const DEVICE_TIMEOUT: Duration = Duration::from_secs(30);
+const DM_NAME: &str = "cairn-root";
+const NEWROOT: &str = "/sysroot";
+
+/// Mounts /proc, /sys, /dev, /run. An already-mounted target (devtmpfs
+/// automount) is fine.
+pub fn mount_api_filesystems() -> Result<(), BootError> {
+    let nosuid = libc::MS_NOSUID | libc::MS_NOEXEC | libc::MS_NODEV;
+    let mounts: [(&str, &str, libc::c_ulong, Option<&str>); 4] = [
+        ("proc", "/proc", nosuid, None),
+        ("sysfs", "/sys", nosuid, None),
+        ("devtmpfs", "/dev", libc::MS_NOSUID, Some("mode=0755")),
+        (
+            "tmpfs",
+            "/run",
+            libc::MS_NOSUID | libc::MS_NODEV,
+            Some("mode=0755"),
+        ),
+    ];
+    for (fs, target, flags, data) in mounts {
+        let _ = fs::create_dir_all(target);
+        match sys::mount(fs, Path::new(target), Some(fs), flags, data) {
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {}
+            r => r.ctx(|| format!("mounting {fs} at {target}"))?,
+        }
+    }
+    Ok(())
+}
+
+#[derive(Debug)]
+pub struct Located {
+    pub disk: disks::Disk,
+    pub partition: gpt::Partition,
+    pub how: slot::Found,
+}
+
+fn scan(sys_block: &Path, dev_dir: &Path, root: &[u8; 32], v: &Verity) -> Option<Located> {
+    for d in disks::list(sys_block) {
+        let Ok(mut f) = File::open(dev_dir.join(&d.name)) else {
+            continue;
+        };
+        let Ok(table) = gpt::read(&mut f, &d.name, d.sector_size) else {
+            continue;
+        };
+        if let Some((p, how)) = slot::find(&mut f, &table, root, v) {
+            return Some(Located {
+                partition: p.clone(),
+                disk: d,
+                how,
+            });
+        }
+    }
+    None
+}
+
+/// One line per disk: its partitions by label and PARTUUID, or why its
+/// table could not be read. For the "not found" message.
+pub fn describe_disks(sys_block: &Path, dev_dir: &Path) -> String {
+    let list = disks::list(sys_block);
+    if list.is_empty() {
+        return "no block devices".into();
+    }
+    list.iter()
+        .map(|d| {
+            let node = dev_dir.join(&d.name);
+            let gpt = File::open(&node)
+                .map_err(|e| format!("{}: {e}", node.display()))
+                .and_then(|mut f| {
+                    gpt::read(&mut f, &d.name, d.sector_size).map_err(|e| e.to_string())
+                });
+            match gpt {
+                Ok(t) => {
+                    let parts: Vec<String> = t
+                        .partitions
+                        .iter()
+                        .map(|p| format!("{} {:?} {}", p.index, p.name, p.part_guid))
+                        .collect();
+                    format!("{}: GPT [{}]", d.name, parts.join(", "))
+                }
+                Err(e) => format!("{}: {e}", d.name),
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// Polls until the slot's disk shows up: virtio and NVMe probe
+/// asynchronously, so the disk can appear after init starts.
+/// `sys_block` and `dev_dir` are /sys/block and /dev outside tests.
+pub fn wait_for_slot(
+    sys_block: &Path,
+    dev_dir: &Path,
+    root: &[u8; 32],
+    v: &Verity,
+    timeout: Duration,
+) -> Result<Located, BootError> {
+    let start = Instant::now();
+    let want = gpt::Guid::from_root_hash(root);
+    say!("looking for rootfs partition PARTUUID={want} (or BOOT-A/BOOT-B with matching verity superblock)");
+    loop {
+        if let Some(l) = scan(sys_block, dev_dir, root, v) {
+            return Ok(l);
+        }
+        if start.elapsed() >= timeout {
+            return Err(BootError::Stop(format!(
+                "no rootfs partition after {} s: wanted PARTUUID={want}; block devices seen: {}",
+                timeout.as_secs_f32(),
+                describe_disks(sys_block, dev_dir)
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(250).min(timeout));
+    }
+}
+
+fn ensure_node(path: &Path, kind: libc::mode_t, major: u32, minor: u32) -> Result<(), BootError> {
+    if path.exists() {
+        return Ok(());
+    }
+    if let Some(p) = path.parent() {
+        fs::create_dir_all(p).ctx(|| format!("creating {}", p.display()))?;
+    }
+    sys::mknod(path, kind, 0o600, major, minor)
+        .ctx(|| format!("mknod {} {major}:{minor}", path.display()))
+}
+
+/// Reads the whole verity device once: dm-verity checks each block against
+/// the root hash on read, so any corruption fails the boot here, before the
+/// filesystem is mounted, rather than as a random I/O error later.
+fn verify_all(dev: &Path) -> Result<u64, BootError> {
+    let mut f = File::open(dev).ctx(|| format!("opening {}", dev.display()))?;
+    let mut buf = vec![0u8; 1 << 20];
+    let mut total = 0u64;
+    loop {
+        match f.read(&mut buf) {
+            Ok(0) => return Ok(total),
+            Ok(n) => total += n as u64,
+            Err(e) => {
+                return Err(BootError::Stop(format!(
+                    "rootfs failed dm-verity verification near byte offset {total} of {}: {e}",
+                    dev.display()
+                )))
+            }
+        }
+    }
+}
+
+fn switch_root(newroot: &Path) -> Result<(), BootError> {
+    for m in ["/proc", "/sys", "/dev", "/run"] {
+        let target = newroot.join(&m[1..]);
+        sys::mount(m, &target, None, libc::MS_MOVE, None).ctx(|| {
+            format!(
+                "moving {m} to {} (the rootfs must contain the mount point)",
+                target.display()
+            )
+        })?;
+    }
+    std::env::set_current_dir(newroot).ctx(|| format!("chdir {}", newroot.display()))?;
+    sys::mount(".", Path::new("/"), None, libc::MS_MOVE, None)
+        .ctx(|| "moving the new root to /".into())?;
+    sys::chroot(Path::new(".")).ctx(|| "chroot into the new root".into())?;
+    std::env::set_current_dir("/").ctx(|| "chdir / in the new root".into())?;
+    Ok(())
+}
+
+fn exec_stage2() -> BootError {
+    let prog = CString::new("/sbin/init").expect("no NUL");
+    let argv = [prog.as_ptr(), std::ptr::null()];
+    // SAFETY: argv is a NULL-terminated array of C strings that outlive the call.
+    unsafe { libc::execv(prog.as_ptr(), argv.as_ptr()) };
+    BootError::Io {
+        what: "exec /sbin/init in the new root".into(),
+        source: std::io::Error::last_os_error(),
+    }
+}
+
+pub enum Outcome {
+    /// Install mode finished (or failed): power off.
+    PowerOff,
+}
+
+pub fn run() -> Result<Outcome, BootError> {
+    mount_api_filesystems()?;
+    crate::log::open_pid1();
+    sys::disable_ctrl_alt_del();
+    say!("stage 1 (cairn-init {})", env!("CARGO_PKG_VERSION"));
+    let line = fs::read_to_string("/proc/cmdline").ctx(|| "reading /proc/cmdline".into())?;
+    let cmd: Cmdline = cmdline::parse(&line)?;
+    if cmd.mode == Mode::Install {
+        say!(
+            "install mode: payload /payload, target {}",
+            cmd.install_disk.as_deref().unwrap_or("(installer default)")
+        );
+        match crate::install::install(Path::new("/payload"), cmd.install_disk.as_deref()) {
+            Ok(()) => say!("install complete; powering off"),
+            Err(e) => say!("install failed: {e}; powering off"),
+        }
+        return Ok(Outcome::PowerOff);
+    }
+    let root = cmd.rootfs.ok_or_else(|| {
+        BootError::Stop("cairn.rootfs= is missing from the kernel command line".into())
+    })?;
+    let verity = cmd.verity.ok_or_else(|| {
+        BootError::Stop("cairn.verity= is missing from the kernel command line".into())
+    })?;
+
+    let found = wait_for_slot(
+        Path::new("/sys/block"),
+        Path::new("/dev"),
+        &root,
+        &verity,
+        DEVICE_TIMEOUT,
+    )?;
+    let part_name = found
+        .disk
+        .partition_name(found.partition.index)
+        .ok_or_else(|| {
+            BootError::Stop(format!(
+                "{}: GPT partition {} ({}) has no kernel device",
+                found.disk.name, found.partition.index, found.partition.name
+            ))
+        })?
+        .to_string();
+    say!(
+        "rootfs: {} partition {} ({}, {:?})",
+        found.disk.name,
+        found.partition.index,
+        found.partition.name,
+        found.how
+    );
+    let (major, minor) = disks::dev_numbers(Path::new("/sys/block"), &found.disk.name, &part_name)
+        .ok_or_else(|| {
+            BootError::Stop(format!(
+                "/sys/block/{}/{part_name}/dev is unreadable",
+                found.disk.name
+            ))
+        })?;
+
+    ensure_node(Path::new("/dev/mapper/control"), libc::S_IFCHR, 10, 236)?;
+    let dev = format!("{major}:{minor}");
+    let params = dm::verity_params(&dev, verity.data_blocks, &root, &verity.salt);
+    let (dm_major, dm_minor) = dm::create_verity(DM_NAME, verity.data_blocks * 8, &params)?;
+    let dm_node = Path::new("/dev/mapper").join(DM_NAME);
+    ensure_node(&dm_node, libc::S_IFBLK, dm_major, dm_minor)?;
+    let t = Instant::now();
+    let bytes = verify_all(&dm_node)?;
+    say!(
+        "rootfs verified: {bytes} bytes in {} ms",
+        t.elapsed().as_millis()
+    );
+
+    let newroot = Path::new(NEWROOT);
+    fs::create_dir_all(newroot).ctx(|| format!("creating {NEWROOT}"))?;
+    sys::mount(
+        &dm_node.to_string_lossy(),
+        newroot,
+        Some("squashfs"),
+        libc::MS_RDONLY | libc::MS_NODEV,
+        None,
+    )
+    .ctx(|| format!("mounting squashfs from {} at {NEWROOT}", dm_node.display()))?;
+
+    let handover = Handover {
+        disk: format!("/dev/{}", found.disk.name),
+        slot_label: found.partition.name.clone(),
+        partition: format!("/dev/{part_name}"),
+    };
+    fs::create_dir_all("/run/cairn").ctx(|| "creating /run/cairn".into())?;
+    fs::write("/run/cairn/boot", handover.to_text()).ctx(|| "writing /run/cairn/boot".into())?;
+
+    switch_root(newroot)?;
+    say!("switching to /sbin/init");
+    Err(exec_stage2())
+}

@@ -1,0 +1,214 @@
+#!/usr/bin/env bash
+# Tests for the package recipes and ci/check-static.
+#   pkgs/test.sh                 quick checks (seconds): bad inputs rejected
+#   pkgs/test.sh build PKG...    build each PKG twice in different directories,
+#                                require identical bytes, run the results
+#                                (kernel: ~10-25 min; init: 2-6; e2fsprogs: 1-4)
+#   pkgs/test.sh check PKG DIR   only the checks on an existing output DIR
+# Needs: binutils, file, musl-tools, python3, util-linux (unshare), dpkg-dev.
+# A missing tool is a failure, not a skip: CI installs them.
+set -euo pipefail
+
+repo=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+tmp=$(mktemp -d "${TMPDIR:-/tmp}/cairn-pkgs-test.XXXXXX")
+trap 'rm -rf "$tmp"' EXIT
+pass=0
+fail() { echo "FAIL: $*" >&2; exit 1; }
+ok() { echo "ok: $*"; pass=$((pass + 1)); }
+for tool in readelf file musl-gcc python3 unshare chroot dpkg-source sha256sum; do
+  command -v "$tool" >/dev/null || fail "$tool not installed"
+done
+
+# expect_fail PATTERN CMD...: CMD must fail and say PATTERN on stderr.
+expect_fail() {
+  local pattern=$1
+  shift
+  if "$@" >"$tmp/out" 2>"$tmp/err"; then
+    fail "expected failure: $*"
+  fi
+  grep -qE -- "$pattern" "$tmp/err" || { cat "$tmp/err" >&2; fail "$* failed without saying /$pattern/"; }
+}
+
+# Runs BIN with ARGS inside an empty root holding only BIN (and FILES):
+# proves it needs no loader, libc or /etc.
+run_in_empty_root() { # ROOT BIN ARGS...
+  local root=$1 bin=$2
+  shift 2
+  unshare -r chroot "$root" "$bin" "$@"
+}
+
+quick() {
+  # --- ci/check-static -------------------------------------------------
+  printf '#include <stdio.h>\nint main(void){puts("hi");return 0;}\n' >"$tmp/hi.c"
+  musl-gcc -static -O2 -o "$tmp/hi-static" "$tmp/hi.c"
+  # musl-gcc's specs turn -static-pie into a dynamic PIE with an INTERP of
+  # /lib/ld-musl-x86_64.so.1 (the trap the notes describe); so does no flag.
+  musl-gcc -static-pie -O2 -o "$tmp/hi-fake-static-pie" "$tmp/hi.c"
+  musl-gcc -O2 -o "$tmp/hi-dynamic" "$tmp/hi.c"
+  "$repo/ci/check-static" "$tmp/hi-static" >/dev/null || fail "check-static rejected a static musl binary"
+  ok "check-static accepts a static musl binary (static-pie: see build init)"
+  expect_fail 'INTERP.*ld-musl' "$repo/ci/check-static" "$tmp/hi-fake-static-pie"
+  expect_fail 'INTERP' "$repo/ci/check-static" "$tmp/hi-dynamic"
+  expect_fail 'NEEDED' "$repo/ci/check-static" /bin/sh
+  ok "check-static rejects dynamic binaries (musl-gcc -static-pie, musl-gcc default, /bin/sh)"
+  expect_fail 'not an ELF' "$repo/ci/check-static" "$tmp/hi.c"
+  expect_fail 'no such file' "$repo/ci/check-static" "$tmp/absent"
+  expect_fail 'INTERP' "$repo/ci/check-static" "$tmp/hi-static" "$tmp/hi-dynamic"
+  ok "check-static rejects non-ELF, missing files, and a bad binary among good ones"
+  mkdir "$tmp/root"
+  cp "$tmp/hi-static" "$tmp/root/hi"
+  [ "$(run_in_empty_root "$tmp/root" /hi)" = hi ] || fail "static hello did not run in an empty root"
+  cp "$tmp/hi-dynamic" "$tmp/root/hi"
+  if run_in_empty_root "$tmp/root" /hi >/dev/null 2>&1; then fail "a dynamic binary ran in the empty root"; fi
+  ok "empty-root runner works"
+
+  # --- kernel fragment verification -------------------------------------
+  local v="$repo/pkgs/kernel/verify-config.sh"
+  printf 'CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_S="x y"\nCONFIG_N=-1\n' >"$tmp/frag"
+  printf 'CONFIG_A=y\n# CONFIG_B is not set\nCONFIG_S="x y"\nCONFIG_N=-1\nCONFIG_OTHER=y\n' >"$tmp/good.config"
+  bash "$v" "$tmp/frag" "$tmp/good.config" >/dev/null || fail "verify-config rejected a matching config"
+  printf 'CONFIG_S="x y"\nCONFIG_B=y\nCONFIG_N=0\n' >"$tmp/bad.config"
+  expect_fail '3 of 4 option' bash "$v" "$tmp/frag" "$tmp/bad.config"
+  grep -q 'CONFIG_A=y (config has: absent)' "$tmp/err" || fail "verify-config did not name the absent CONFIG_A"
+  grep -q '# CONFIG_B is not set (config has: CONFIG_B=y)' "$tmp/err" || fail "verify-config did not name CONFIG_B=y"
+  grep -q 'CONFIG_N=-1 (config has: CONFIG_N=0)' "$tmp/err" || fail "verify-config did not name CONFIG_N"
+  ok "kernel verify-config lists each option that did not land, with the value found"
+  # every option in the real fragment must be written as Kconfig prints it,
+  # or verify-config could never match it
+  local bad_lines
+  bad_lines=$(grep -vE '^(#.*|CONFIG_[A-Z0-9_]+=(y|-?[0-9]+|"[^"]*")|)$' "$repo/pkgs/kernel/fragment.config" || true)
+  [ -z "$bad_lines" ] || fail "fragment.config lines not in Kconfig's form: $bad_lines"
+  ok "fragment.config is in Kconfig's canonical form"
+
+  # --- run-local / recipe pins ---------------------------------------------
+  local fake="$tmp/fakerepo"
+  mkdir -p "$fake/pkgs/bad" "$fake/ci"
+  cp "$repo/pkgs/run-local.sh" "$fake/pkgs/"
+  cp "$repo/ci/check-static" "$fake/ci/"
+  echo 'echo built >"$CAIRN_OUT/x"' >"$fake/pkgs/bad/build.sh"
+  printf 'data\n' >"$fake/pkgs/bad/data"
+  local sha
+  sha=$(sha256sum "$fake/pkgs/bad/data" | cut -d' ' -f1)
+  cat >"$fake/pkgs/bad/recipe.toml" <<EOF
+name = "bad"
+version = "1"
+[[source]]
+name = "d"
+kind = "url"
+spec = "file://$fake/pkgs/bad/data"
+sha256 = "$(printf '0%.0s' $(seq 64))"
+unpack = false
+EOF
+  expect_fail 'sha256 [0-9a-f]{64}, recipe pins 0{64}' env CAIRN_LOCAL_CACHE="$tmp/cache" SOURCE_DATE_EPOCH=1 "$fake/pkgs/run-local.sh" bad "$tmp/o1"
+  ok "run-local refuses a source whose sha256 differs from the pin"
+  sed -i "s/^sha256 = .*/sha256 = \"$sha\"/" "$fake/pkgs/bad/recipe.toml"
+  env CAIRN_LOCAL_CACHE="$tmp/cache" SOURCE_DATE_EPOCH=1 "$fake/pkgs/run-local.sh" bad "$tmp/o2" 2>/dev/null
+  [ "$(cat "$tmp/o2/x")" = built ] || fail "run-local did not run build.sh with a matching pin"
+  ok "run-local runs build.sh when the pin matches"
+  sed -i 's/^kind = "url"/kind = "git"/' "$fake/pkgs/bad/recipe.toml"
+  expect_fail "unknown kind 'git'" env CAIRN_LOCAL_CACHE="$tmp/cache" SOURCE_DATE_EPOCH=1 "$fake/pkgs/run-local.sh" bad "$tmp/o3"
+  ok "run-local rejects an unknown source kind"
+  # the contract's environment and nothing else
+  cat >"$fake/pkgs/bad/recipe.toml" <<'EOF'
+name = "bad"
+version = "1"
+EOF
+  echo 'env | cut -d= -f1 | sort >"$CAIRN_OUT/env"; pwd >"$CAIRN_OUT/pwd"; ls -A >"$CAIRN_OUT/ls"' >"$fake/pkgs/bad/build.sh"
+  env FOO=leak SOURCE_DATE_EPOCH=1 "$fake/pkgs/run-local.sh" bad "$tmp/o4" 2>/dev/null
+  local want="CAIRN_JOBS CAIRN_OUT CAIRN_REPO CAIRN_SRC HOME LC_ALL PATH PWD SHLVL SOURCE_DATE_EPOCH TZ _"
+  [ "$(tr '\n' ' ' <"$tmp/o4/env" | sed 's/ $//')" = "$want" ] ||
+    fail "build.sh environment: $(tr '\n' ' ' <"$tmp/o4/env"), want $want"
+  [ ! -s "$tmp/o4/ls" ] || fail "build.sh did not start in an empty directory"
+  ok "build.sh sees only the contract's environment, in an empty directory"
+
+  # --- rust-musl refuses a toolchain other than the pinned one ---------------
+  mkdir -p "$fake/pkgs/rust-musl"
+  sed 's/^  "rustc-web=[^"]*"/  "rustc-web=0.0-not-installed"/' "$repo/pkgs/rust-musl/recipe.toml" >"$fake/pkgs/rust-musl/recipe.toml"
+  mkdir -p "$tmp/rm/src" "$tmp/rm/out" "$tmp/rm/work"
+  expect_fail 'rustc-web: installed .*, pinned 0.0-not-installed' \
+    bash -c "cd '$tmp/rm/work' && CAIRN_SRC='$tmp/rm/src' CAIRN_OUT='$tmp/rm/out' CAIRN_REPO='$fake' bash '$repo/pkgs/rust-musl/build.sh'"
+  ok "rust-musl fails when an installed host package differs from its pin"
+}
+
+# build_twice PKG: two builds, different directory names, same bytes.
+build_twice() {
+  local pkg=$1 i
+  for i in 1 2; do
+    mkdir -p "$tmp/b$i"
+    local dep
+    for dep in $(python3 -c 'import sys,tomllib;print(" ".join(tomllib.load(open(sys.argv[1],"rb")).get("depends",[])))' "$repo/pkgs/$pkg/recipe.toml"); do
+      [ -d "${CAIRN_TEST_DEPS:-}/$dep" ] || fail "$pkg needs $dep: set CAIRN_TEST_DEPS to a directory holding its output"
+      ln -sfn "$CAIRN_TEST_DEPS/$dep" "$tmp/b$i/$dep"
+    done
+    CAIRN_WORKDIR="$tmp/work-$i-$pkg-$RANDOM" SOURCE_DATE_EPOCH=1767225600 \
+      "$repo/pkgs/run-local.sh" "$pkg" "$tmp/b$i/$pkg" 2>"$tmp/build-$pkg-$i.log" ||
+      { tail -40 "$tmp/build-$pkg-$i.log" >&2; fail "$pkg build $i"; }
+  done
+  (cd "$tmp/b1/$pkg" && find . -type f | sort | xargs sha256sum) >"$tmp/sums1"
+  (cd "$tmp/b2/$pkg" && find . -type f | sort | xargs sha256sum) >"$tmp/sums2"
+  diff "$tmp/sums1" "$tmp/sums2" >&2 || fail "$pkg: two builds differ"
+  sed "s/^/  $pkg: /" "$tmp/sums1"
+  ok "$pkg: two builds in different directories are identical"
+}
+
+check_built() { # PKG [OUTDIR]
+  local pkg=$1 out=${2:-$tmp/b1/$1}
+  case "$pkg" in
+    kernel)
+      file -b "$out/bzImage" | grep -q 'Linux kernel x86 boot executable bzImage' || fail "bzImage: $(file -b "$out/bzImage")"
+      bash "$repo/pkgs/kernel/verify-config.sh" "$repo/pkgs/kernel/fragment.config" "$out/config" >/dev/null
+      ok "kernel: bzImage is a bzImage and its config carries the fragment"
+      ;;
+    rust-musl)
+      for f in rcrt1.o crt1.o Scrt1.o crti.o crtn.o libc.a crtbeginS.o crtendS.o libunwind.a; do
+        [ -f "$out/lib/$f" ] || fail "rust-musl: lib/$f missing"
+      done
+      nm "$out/lib/libunwind.a" 2>/dev/null | grep -q ' T __fprintf_chk$' || fail "rust-musl: libunwind.a has no __fprintf_chk"
+      ok "rust-musl: link dir complete, libunwind.a carries the __fprintf_chk shim"
+      ;;
+    init)
+      "$repo/ci/check-static" "$out/init" >/dev/null
+      mkdir -p "$tmp/init-root"
+      cp "$out/init" "$tmp/init-root/init"
+      run_in_empty_root "$tmp/init-root" /init --version | grep -qE '^cairn-init [0-9]' || fail "init --version in an empty root"
+      ok "init: static-pie, prints its version in an empty root"
+      ;;
+    e2fsprogs)
+      "$repo/ci/check-static" "$out"/sbin/* >/dev/null
+      mkdir -p "$tmp/e2-root/sbin" "$tmp/e2-root/tmp-in-root"
+      cp "$out"/sbin/* "$tmp/e2-root/sbin/"
+      truncate -s 64M "$tmp/e2-root/tmp-in-root/img"
+      run_in_empty_root "$tmp/e2-root" /sbin/mke2fs -q -F -t ext4 -L STATE /tmp-in-root/img 2>/dev/null ||
+        fail "mke2fs failed in an empty root"
+      run_in_empty_root "$tmp/e2-root" /sbin/e2fsck -fn /tmp-in-root/img >/dev/null 2>&1 || fail "our e2fsck rejects our mke2fs output"
+      # the independent check: the host's e2fsprogs
+      e2fsck -fn "$tmp/e2-root/tmp-in-root/img" >/dev/null 2>&1 || fail "host e2fsck rejects our mke2fs output"
+      dumpe2fs -h "$tmp/e2-root/tmp-in-root/img" 2>/dev/null | grep -q 'metadata_csum' || fail "no metadata_csum"
+      # a corrupted superblock must be found, not passed
+      printf '\xff\xff\xff\xff' | dd of="$tmp/e2-root/tmp-in-root/img" bs=1 seek=$((1024 + 0x58)) conv=notrunc status=none
+      if run_in_empty_root "$tmp/e2-root" /sbin/e2fsck -fn /tmp-in-root/img >/dev/null 2>&1; then
+        fail "our e2fsck passed a corrupted superblock"
+      fi
+      for b in "$out"/sbin/*; do
+        if strings "$b" | grep -E "$tmp|/work/|/root/|/home/" >&2; then fail "$b leaks a build path"; fi
+      done
+      ok "e2fsprogs: static, formats and checks ext4 (metadata_csum) in an empty root, host e2fsck agrees, corruption caught"
+      ;;
+  esac
+}
+
+if [ "${1:-}" = build ]; then
+  shift
+  [ $# -ge 1 ] || fail "usage: $0 build PKG..."
+  for pkg in "$@"; do
+    build_twice "$pkg"
+    check_built "$pkg"
+  done
+elif [ "${1:-}" = check ]; then
+  [ $# -eq 3 ] || fail "usage: $0 check PKG OUTDIR"
+  [ -d "$3" ] || fail "$3: no such directory"
+  check_built "$2" "$(cd "$3" && pwd)"
+else
+  quick
+fi
+echo "pkgs/test.sh: $pass checks passed"

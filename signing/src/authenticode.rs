@@ -1,0 +1,313 @@
+//! Authenticode signing of PE images (UEFI binaries, UKIs) as Secure Boot
+//! firmware verifies them: the PE image hash from the Microsoft "Windows
+//! Authenticode Portable Executable Signature Format" specification, wrapped
+//! in PKCS#7 SignedData over SpcIndirectDataContent, appended as a
+//! WIN_CERTIFICATE in the attribute certificate table.
+//!
+//! Signing is deterministic for a given key and image: no signing time, no
+//! random padding (PKCS#1 v1.5).
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use sha2_010::{Digest, Sha256};
+
+use crate::secureboot::der::{self, alg_null, ctx, oid, seq, set_of, tlv, uint};
+use crate::secureboot::{
+    cert_issuer_serial, SecureBootError, SecureBootKey, OID_RSA_ENCRYPTION, OID_SHA256,
+};
+
+const OID_SIGNED_DATA: &str = "1.2.840.113549.1.7.2";
+const OID_CONTENT_TYPE: &str = "1.2.840.113549.1.9.3";
+const OID_MESSAGE_DIGEST: &str = "1.2.840.113549.1.9.4";
+const OID_SPC_INDIRECT_DATA: &str = "1.3.6.1.4.1.311.2.1.4";
+const OID_SPC_PE_IMAGE_DATA: &str = "1.3.6.1.4.1.311.2.1.15";
+const OID_SPC_SP_OPUS_INFO: &str = "1.3.6.1.4.1.311.2.1.12";
+const WIN_CERT_REVISION_2_0: u16 = 0x0200;
+const WIN_CERT_TYPE_PKCS_SIGNED_DATA: u16 = 0x0002;
+const DIR_SECURITY: usize = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthenticodeError {
+    #[error("{path}: not a PE image: {what}")]
+    NotPe { path: PathBuf, what: String },
+    #[error("{path}: already signed (certificate table at {offset:#x}, {size} bytes)")]
+    AlreadySigned {
+        path: PathBuf,
+        offset: u32,
+        size: u32,
+    },
+    #[error(
+        "{path}: certificate table at {offset:#x}+{size} is not at the end of the {len}-byte file"
+    )]
+    BadCertTable {
+        path: PathBuf,
+        offset: u32,
+        size: u32,
+        len: usize,
+    },
+    #[error("signing certificate is not a parsable X.509 v3 certificate")]
+    BadCert,
+    #[error("reading {path}: {source}")]
+    Read {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("writing {path}: {source}")]
+    Write {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    Key(#[from] SecureBootError),
+}
+
+/// Header positions the image hash and the certificate table depend on.
+struct Layout {
+    checksum: usize,
+    cert_dir: usize,
+    size_of_headers: usize,
+    /// (PointerToRawData, SizeOfRawData), sorted by file position.
+    sections: Vec<(usize, usize)>,
+    cert_table: Option<(u32, u32)>,
+}
+
+fn le16(b: &[u8], o: usize) -> Option<u16> {
+    Some(u16::from_le_bytes(b.get(o..o + 2)?.try_into().ok()?))
+}
+fn le32(b: &[u8], o: usize) -> Option<u32> {
+    Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
+}
+
+fn layout(path: &Path, b: &[u8]) -> Result<Layout, AuthenticodeError> {
+    let bad = |what: String| AuthenticodeError::NotPe {
+        path: path.to_path_buf(),
+        what,
+    };
+    if b.get(0..2) != Some(b"MZ") {
+        return Err(bad("no MZ signature at offset 0".into()));
+    }
+    let pe = le32(b, 0x3c).ok_or_else(|| bad("truncated DOS header".into()))? as usize;
+    if b.get(pe..pe + 4) != Some(b"PE\0\0") {
+        return Err(bad(format!("no PE signature at e_lfanew {pe:#x}")));
+    }
+    let nsec = le16(b, pe + 6).ok_or_else(|| bad("truncated COFF header".into()))? as usize;
+    let opt_size = le16(b, pe + 20).ok_or_else(|| bad("truncated COFF header".into()))? as usize;
+    let opt = pe + 24;
+    let dirs = match le16(b, opt) {
+        Some(0x20b) => opt + 112,
+        Some(0x10b) => opt + 96,
+        m => {
+            return Err(bad(format!(
+                "optional header magic {m:x?} is neither PE32 nor PE32+"
+            )))
+        }
+    };
+    let ndirs = le32(b, dirs - 4).unwrap_or(0) as usize;
+    if ndirs <= DIR_SECURITY || dirs + 8 * (DIR_SECURITY + 1) > opt + opt_size {
+        return Err(bad(format!(
+            "only {ndirs} data directories, no certificate table entry"
+        )));
+    }
+    let cert_dir = dirs + 8 * DIR_SECURITY;
+    let size_of_headers = le32(b, opt + 60).unwrap_or(0) as usize;
+    let table = opt + opt_size;
+    if table + nsec * 40 > b.len() || size_of_headers > b.len() || size_of_headers < cert_dir + 8 {
+        return Err(bad(format!(
+            "headers (SizeOfHeaders {size_of_headers:#x}, {nsec} sections at {table:#x}) do not fit the {}-byte file",
+            b.len()
+        )));
+    }
+    let mut sections = Vec::with_capacity(nsec);
+    for i in 0..nsec {
+        let h = table + i * 40;
+        let size = le32(b, h + 16).unwrap_or(0) as usize;
+        let ptr = le32(b, h + 20).unwrap_or(0) as usize;
+        if size == 0 {
+            continue;
+        }
+        if ptr + size > b.len() {
+            return Err(bad(format!(
+                "section {i} raw data {ptr:#x}+{size:#x} runs past the end of the {}-byte file",
+                b.len()
+            )));
+        }
+        sections.push((ptr, size));
+    }
+    sections.sort();
+    let cert_table = Some((
+        le32(b, cert_dir).unwrap_or(0),
+        le32(b, cert_dir + 4).unwrap_or(0),
+    ))
+    .filter(|&(_, s)| s != 0);
+    Ok(Layout {
+        checksum: opt + 64,
+        cert_dir,
+        size_of_headers,
+        sections,
+        cert_table,
+    })
+}
+
+/// The Authenticode SHA-256 image hash of `image` (`path` only names it in errors).
+///
+/// Hashes the headers without the checksum and the certificate-table
+/// directory entry, then each section's raw data in file order, then any
+/// data after the last section up to the certificate table.
+pub fn image_digest(path: &Path, image: &[u8]) -> Result<[u8; 32], AuthenticodeError> {
+    let l = layout(path, image)?;
+    let data_end = match l.cert_table {
+        Some((off, size)) => {
+            if off as usize + size as usize != image.len() || (off as usize) < l.size_of_headers {
+                return Err(AuthenticodeError::BadCertTable {
+                    path: path.to_path_buf(),
+                    offset: off,
+                    size,
+                    len: image.len(),
+                });
+            }
+            off as usize
+        }
+        None => image.len(),
+    };
+    let mut h = Sha256::new();
+    h.update(&image[..l.checksum]);
+    h.update(&image[l.checksum + 4..l.cert_dir]);
+    h.update(&image[l.cert_dir + 8..l.size_of_headers]);
+    let mut hashed = l.size_of_headers;
+    for &(ptr, size) in &l.sections {
+        h.update(&image[ptr..ptr + size]);
+        hashed = hashed.max(ptr + size);
+    }
+    if data_end > hashed {
+        h.update(&image[hashed..data_end]);
+    }
+    Ok(h.finalize().into())
+}
+
+/// DER of SpcIndirectDataContent for a PE image with this SHA-256 hash.
+fn spc_indirect_data(digest: &[u8; 32]) -> Vec<u8> {
+    // SpcPeImageData: no flags, and the file link "<<<Obsolete>>>" as a
+    // BMPString, which is what every PE signer emits.
+    let obsolete: Vec<u8> = "<<<Obsolete>>>"
+        .encode_utf16()
+        .flat_map(|u| u.to_be_bytes())
+        .collect();
+    let file = tlv(ctx(2), &tlv(0x80, &obsolete));
+    let pe_image_data = seq(&[&tlv(der::BIT_STRING, &[0x00]), &tlv(ctx(0), &file)]);
+    seq(&[
+        &seq(&[&oid(OID_SPC_PE_IMAGE_DATA), &pe_image_data]),
+        &seq(&[&alg_null(OID_SHA256), &tlv(der::OCTET_STRING, digest)]),
+    ])
+}
+
+/// PKCS#7 SignedData (DER ContentInfo) carrying the Authenticode signature.
+pub fn signed_data(digest: &[u8; 32], key: &SecureBootKey) -> Result<Vec<u8>, AuthenticodeError> {
+    let idc = spc_indirect_data(digest);
+    // Authenticode quirk: messageDigest covers the content octets of the
+    // SpcIndirectDataContent SEQUENCE, without its tag and length.
+    let (idc_tlv, _) = der::parse(&idc).expect("we just encoded it");
+    let content_digest = Sha256::digest(idc_tlv.content);
+    let attrs = [
+        seq(&[
+            &oid(OID_CONTENT_TYPE),
+            &set_of(&[&oid(OID_SPC_INDIRECT_DATA)]),
+        ]),
+        seq(&[&oid(OID_SPC_SP_OPUS_INFO), &set_of(&[&seq(&[])])]),
+        seq(&[
+            &oid(OID_MESSAGE_DIGEST),
+            &set_of(&[&tlv(der::OCTET_STRING, &content_digest)]),
+        ]),
+    ];
+    let attr_refs: Vec<&[u8]> = attrs.iter().map(Vec::as_slice).collect();
+    // Signed over as a SET OF; stored as [0] IMPLICIT with the same content.
+    let attrs_set = set_of(&attr_refs);
+    let (attrs_tlv, _) = der::parse(&attrs_set).expect("we just encoded it");
+    let signature = key.sign_sha256(&Sha256::digest(&attrs_set).into())?;
+    let cert = key.cert_der();
+    let (issuer, serial) = cert_issuer_serial(cert).ok_or(AuthenticodeError::BadCert)?;
+    let signer_info = seq(&[
+        &uint(&[1]),
+        &seq(&[issuer, serial]),
+        &alg_null(OID_SHA256),
+        &tlv(ctx(0), attrs_tlv.content),
+        &alg_null(OID_RSA_ENCRYPTION),
+        &tlv(der::OCTET_STRING, &signature),
+    ]);
+    let signed = seq(&[
+        &uint(&[1]),
+        &set_of(&[&alg_null(OID_SHA256)]),
+        &seq(&[&oid(OID_SPC_INDIRECT_DATA), &tlv(ctx(0), &idc)]),
+        &tlv(ctx(0), cert),
+        &set_of(&[&signer_info]),
+    ]);
+    Ok(seq(&[&oid(OID_SIGNED_DATA), &tlv(ctx(0), &signed)]))
+}
+
+fn pe_checksum(b: &[u8], skip: usize) -> u32 {
+    let mut sum: u64 = 0;
+    for (i, pair) in b.chunks(2).enumerate() {
+        if i * 2 == skip || i * 2 == skip + 2 {
+            continue;
+        }
+        let w = pair[0] as u64 | (*pair.get(1).unwrap_or(&0) as u64) << 8;
+        sum += w;
+        sum = (sum & 0xffff) + (sum >> 16);
+    }
+    (sum as u32 & 0xffff).wrapping_add(b.len() as u32)
+}
+
+/// Returns `image` signed with `key`. The image is padded to 8 bytes (the
+/// padding is part of the hash), the WIN_CERTIFICATE is appended and the
+/// certificate-table directory entry and PE checksum are updated.
+pub fn sign_image(
+    path: &Path,
+    image: &[u8],
+    key: &SecureBootKey,
+) -> Result<Vec<u8>, AuthenticodeError> {
+    let l = layout(path, image)?;
+    if let Some((offset, size)) = l.cert_table {
+        return Err(AuthenticodeError::AlreadySigned {
+            path: path.to_path_buf(),
+            offset,
+            size,
+        });
+    }
+    let mut out = image.to_vec();
+    out.resize(image.len().next_multiple_of(8), 0);
+    let digest = image_digest(path, &out)?;
+    let pkcs7 = signed_data(&digest, key)?;
+    let table_off = out.len();
+    let entry_len = 8 + pkcs7.len();
+    out.extend_from_slice(&(entry_len as u32).to_le_bytes());
+    out.extend_from_slice(&WIN_CERT_REVISION_2_0.to_le_bytes());
+    out.extend_from_slice(&WIN_CERT_TYPE_PKCS_SIGNED_DATA.to_le_bytes());
+    out.extend_from_slice(&pkcs7);
+    out.resize(out.len().next_multiple_of(8), 0);
+    let table_len = out.len() - table_off;
+    out[l.cert_dir..l.cert_dir + 4].copy_from_slice(&(table_off as u32).to_le_bytes());
+    out[l.cert_dir + 4..l.cert_dir + 8].copy_from_slice(&(table_len as u32).to_le_bytes());
+    out[l.checksum..l.checksum + 4].fill(0);
+    let sum = pe_checksum(&out, l.checksum);
+    out[l.checksum..l.checksum + 4].copy_from_slice(&sum.to_le_bytes());
+    Ok(out)
+}
+
+/// Signs the PE file `input` into `output` (which may be the same path).
+pub fn sign_file(
+    input: &Path,
+    output: &Path,
+    key: &SecureBootKey,
+) -> Result<(), AuthenticodeError> {
+    let image = fs::read(input).map_err(|source| AuthenticodeError::Read {
+        path: input.to_path_buf(),
+        source,
+    })?;
+    let signed = sign_image(input, &image, key)?;
+    fs::write(output, signed).map_err(|source| AuthenticodeError::Write {
+        path: output.to_path_buf(),
+        source,
+    })
+}
