@@ -492,3 +492,16 @@ pub fn upgrade_opts(disk: &Path, bundle: &Path) -> installer::upgrade::UpgradeOp
         ..Default::default()
     }
 }
+
+/// The bundle as `cairn build` archives it (artifacts::bundle::write_tar).
+pub fn bundle_tar(b: &BundleInfo, out: &Path) {
+    let paths: Vec<(String, PathBuf)> = artifacts::bundle::BUNDLE_FILES
+        .iter()
+        .map(|n| (n.to_string(), b.dir.join(n)))
+        .collect();
+    let files: Vec<(&str, &Path)> = paths
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_path()))
+        .collect();
+    artifacts::bundle::write_tar(out, &files, EPOCH).expect("writing the bundle tar");
+}
