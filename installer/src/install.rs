@@ -151,6 +151,28 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport> {
     })
 }
 
+/// Install mode on the live media (init, `cairn.mode=install`): the bundle
+/// is `payload` (design.md "Install media"; it must hold every artifact the
+/// manifest lists), trusted keys are `payload/keys/*.pub`, the machine
+/// config `payload/machine.toml` when present. Scratch files for the
+/// partition table go to `$TMPDIR` (default `/tmp`), which must be writable.
+pub fn install_payload(payload: &Path, disk: &Path, wipe: bool) -> Result<InstallReport> {
+    let keys = payload.join("keys");
+    let trusted = signing::load_trusted_dir(&keys).map_err(|source| Error::Key {
+        path: keys.clone(),
+        source,
+    })?;
+    let config = payload.join("machine.toml");
+    install(&InstallOptions {
+        disk: disk.to_path_buf(),
+        bundle: payload.to_path_buf(),
+        trusted,
+        machine_config: config.is_file().then_some(config),
+        wipe,
+        ..Default::default()
+    })
+}
+
 /// The disk must not be (or hold) the bundle or any install media path.
 fn refuse_install_media(disk: &Disk, bundle: &Path, media: &[PathBuf]) -> Result<()> {
     for m in std::iter::once(&bundle.to_path_buf()).chain(media) {

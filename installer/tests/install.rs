@@ -589,3 +589,22 @@ fn an_install_error_midway_clears_the_partition_table_and_says_so() {
         .unwrap();
     }
 }
+
+#[test]
+fn install_payload_uses_the_payload_keys_and_machine_config() {
+    let fx = Fixture::new();
+    let b = bundle(&fx.path("payload"), "1.0.0");
+    let img = fx.image("d.img", DISK_SIZE);
+    // No keys directory: refused before writing.
+    assert!(matches!(
+        installer::install::install_payload(&b.dir, &img, false),
+        Err(Error::Key { .. })
+    ));
+    fs::create_dir(b.dir.join("keys")).unwrap();
+    fs::write(b.dir.join("keys/release.pub"), key().public().to_pem()).unwrap();
+    fs::write(b.dir.join("machine.toml"), "hostname = \"p\"\n").unwrap();
+    installer::install::install_payload(&b.dir, &img, false).unwrap();
+    assert_eq!(booted_version(&img, &[&b]), Ok("1.0.0".into()));
+    let cfg = with_esp(&img, |v| v.read_file("cairn/machine.toml").unwrap());
+    assert_eq!(cfg, b"hostname = \"p\"\n");
+}
