@@ -530,6 +530,7 @@ fn an_install_cut_at_any_write_leaves_no_partition_table() {
     let mut d = FaultDisk::new(&plan_img, None, Cut::Drop);
     install_to(&mut d, &bundle, &plan).unwrap();
     let total = d.writes;
+    eprintln!("install: {total} writes, {} cut points", 2 * total);
     assert!(total > 10, "{total} writes");
     for (cut, mode) in (1..=total).flat_map(|c| [(c, Cut::Torn), (c, Cut::LoseUnflushed)]) {
         fs::remove_file(&img).unwrap();
