@@ -65,49 +65,32 @@ impl Bundle {
     }
 }
 
-/// Unpacks a `.tar` bundle into a temporary directory. Only plain files at
-/// the top level are accepted, so nothing can land outside the directory.
+/// Largest bundle entry accepted from a tar (a rootfs is far smaller).
+pub const MAX_ENTRY: u64 = 64 << 30;
+
+/// Unpacks a `.tar` bundle (as `cairn build` writes it, read with
+/// `artifacts::bundle`'s strict reader: manifest first, only the bundle's
+/// file names, plain files) into a temporary directory.
 pub(crate) fn unpack_tar(path: &Path) -> Result<tempfile::TempDir> {
+    use artifacts::bundle::{open, ReadPolicy, BUNDLE_FILES};
     let bad = |what: String| Error::Bundle {
         path: path.to_path_buf(),
         what,
     };
-    let file = std::fs::File::open(path).map_err(|source| Error::File {
-        what: "opening bundle",
-        path: path.to_path_buf(),
-        source,
-    })?;
+    let policy = ReadPolicy {
+        allowed: BUNDLE_FILES.iter().map(|s| s.to_string()).collect(),
+        max_entry_size: MAX_ENTRY,
+        first: Some(signing::MANIFEST_FILE.to_string()),
+    };
+    let mut ar = open(path, policy).map_err(|e| bad(format!("opening the tar: {e}")))?;
     let dir = tempfile::tempdir().map_err(|source| Error::File {
         what: "creating a directory to unpack the bundle in",
         path: std::env::temp_dir(),
         source,
     })?;
-    let mut ar = tar::Archive::new(file);
-    let entries = ar
-        .entries()
-        .map_err(|e| bad(format!("not a tar archive: {e}")))?;
-    for entry in entries {
-        let mut entry = entry.map_err(|e| bad(format!("reading tar entry: {e}")))?;
-        let name = entry
-            .path()
-            .map_err(|e| bad(format!("tar entry name: {e}")))?
-            .into_owned();
-        let name = name.strip_prefix("./").unwrap_or(&name).to_path_buf();
-        if name.as_os_str().is_empty() && entry.header().entry_type().is_dir() {
-            continue;
-        }
-        let flat = name.components().count() == 1
-            && matches!(
-                name.components().next(),
-                Some(std::path::Component::Normal(_))
-            );
-        if !flat || !entry.header().entry_type().is_file() {
-            return Err(bad(format!(
-                "tar entry {} is not a plain file at the top level",
-                name.display()
-            )));
-        }
-        let out = dir.path().join(&name);
+    while let Some(mut entry) = ar.next_entry().map_err(|e| bad(e.to_string()))? {
+        // The reader allows only the bundle's own plain names.
+        let out = dir.path().join(entry.name());
         let mut f = std::fs::File::create(&out).map_err(|source| Error::File {
             what: "unpacking bundle entry to",
             path: out.clone(),

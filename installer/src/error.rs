@@ -98,13 +98,16 @@ pub enum Error {
     NotCairn { path: PathBuf, what: String },
     #[error("boot entries on {path}: {what}")]
     Boot { path: PathBuf, what: String },
-    #[error("install failed while {step}: {source}; the partition table was cleared, so the disk is plainly not bootable{clear_note}")]
+    #[error("install failed while {step}: {source}; {cleanup}")]
     InstallAborted {
         step: String,
         #[source]
         source: Box<Error>,
-        clear_note: String,
+        /// What happened to the partition table afterwards.
+        cleanup: String,
     },
+    #[error("machine config {path} is not valid TOML: {what}")]
+    MachineConfig { path: PathBuf, what: String },
 }
 
 pub type Result<T, E = Error> = std::result::Result<T, E>;

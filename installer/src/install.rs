@@ -128,6 +128,9 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport> {
     let mut disk = Disk::open(&opts.disk, !opts.dry_run)?;
     refuse_install_media(&disk, &opts.bundle, &opts.media)?;
     refuse_boot_disk(&mut disk, opts)?;
+    if let Some(c) = &opts.machine_config {
+        check_machine_config(c)?;
+    }
     let plan = plan(&bundle, &opts.disk, disk.size, &mut disk, opts)?;
     if !plan.destroys.is_empty() && !opts.wipe {
         return Err(Error::NotEmpty {
@@ -148,6 +151,28 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport> {
     })
 }
 
+/// Install mode on the live media (init, `cairn.mode=install`): the bundle
+/// is `payload` (design.md "Install media"; it must hold every artifact the
+/// manifest lists), trusted keys are `payload/keys/*.pub`, the machine
+/// config `payload/machine.toml` when present. Scratch files for the
+/// partition table go to `$TMPDIR` (default `/tmp`), which must be writable.
+pub fn install_payload(payload: &Path, disk: &Path, wipe: bool) -> Result<InstallReport> {
+    let keys = payload.join("keys");
+    let trusted = signing::load_trusted_dir(&keys).map_err(|source| Error::Key {
+        path: keys.clone(),
+        source,
+    })?;
+    let config = payload.join("machine.toml");
+    install(&InstallOptions {
+        disk: disk.to_path_buf(),
+        bundle: payload.to_path_buf(),
+        trusted,
+        machine_config: config.is_file().then_some(config),
+        wipe,
+        ..Default::default()
+    })
+}
+
 /// The disk must not be (or hold) the bundle or any install media path.
 fn refuse_install_media(disk: &Disk, bundle: &Path, media: &[PathBuf]) -> Result<()> {
     for m in std::iter::once(&bundle.to_path_buf()).chain(media) {
@@ -159,6 +184,22 @@ fn refuse_install_media(disk: &Disk, bundle: &Path, media: &[PathBuf]) -> Result
         }
     }
     Ok(())
+}
+
+/// init imports the machine config on first boot; a file it cannot parse
+/// is refused here, before anything is written.
+fn check_machine_config(path: &Path) -> Result<()> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::File {
+        what: "reading machine config",
+        path: path.to_path_buf(),
+        source,
+    })?;
+    text.parse::<toml::Table>()
+        .map(|_| ())
+        .map_err(|e| Error::MachineConfig {
+            path: path.to_path_buf(),
+            what: e.to_string(),
+        })
 }
 
 /// Detects the install media without being told: a disk whose partition
@@ -301,14 +342,16 @@ pub fn install_to<D: Read + Write + Seek>(
         table::write_new(d, &plan.layout)
     })();
     result.map_err(|e| {
-        let clear_note = match table::clear(d) {
-            Ok(()) => String::new(),
-            Err(c) => format!(" (clearing it failed too: {c})"),
+        let cleanup = match table::clear(d) {
+            Ok(()) => "the partition table was cleared, so the disk is plainly not bootable".into(),
+            Err(c) => format!(
+                "clearing the partition table failed too ({c}): do not boot this disk, install again"
+            ),
         };
         Error::InstallAborted {
             step: step.to_string(),
             source: Box::new(e),
-            clear_note,
+            cleanup,
         }
     })
 }

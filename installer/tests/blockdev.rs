@@ -45,6 +45,20 @@ fn install_on_a_loop_device_equals_install_on_the_image() {
             Err(Error::IsInstallMedia { .. }) => {}
             other => panic!("unexpected {other:?}"),
         }
+        {
+            // While something holds the device exclusively (as a mount or a
+            // dm/md holder does), install refuses it.
+            use std::os::unix::fs::OpenOptionsExt;
+            let _held = std::fs::OpenOptions::new()
+                .read(true)
+                .custom_flags(libc::O_EXCL)
+                .open(&dev.0)
+                .unwrap();
+            match install(&install_opts(&dev.0, &b.dir)) {
+                Err(e) => assert!(e.to_string().contains("in use"), "{e}"),
+                Ok(_) => panic!("installed onto a held device"),
+            }
+        }
         install(&install_opts(&dev.0, &b.dir)).expect("install on the loop device");
         let s = installer::status::status(&dev.0).unwrap();
         assert_eq!(s.disk_size, DISK_SIZE);

@@ -148,6 +148,36 @@ fn second_upgrade_survives_a_cut_at_every_write() {
     every_cut(&fx, &base, &bundle, &b2, &b3);
 }
 
+fn rollback_every_cut(
+    fx: &Fixture,
+    base: &Path,
+    all: &[&BundleInfo],
+    from: &str,
+    to: &str,
+) -> usize {
+    assert_eq!(booted_version(base, all), Ok(from.into()));
+    let work = fx.path("work.img");
+    sparse_copy(base, &work);
+    let mut d = FaultDisk::new(&work, None, Cut::Drop);
+    installer::rollback::rollback_disk(&mut d, &work).unwrap();
+    let total = d.writes;
+    eprintln!("rollback: {total} writes, {} cut points", 3 * total);
+    assert_eq!(booted_version(&work, all), Ok(to.into()));
+    for mode in [Cut::Drop, Cut::Torn, Cut::LoseUnflushed] {
+        for cut in 1..=total {
+            sparse_copy(base, &work);
+            let mut d = FaultDisk::new(&work, Some(cut), mode);
+            assert!(installer::rollback::rollback_disk(&mut d, &work).is_err());
+            let v = booted_version(&work, all);
+            assert!(
+                v == Ok(from.into()) || v == Ok(to.into()),
+                "{mode:?} cut {cut}/{total}: {v:?}"
+            );
+        }
+    }
+    total
+}
+
 #[test]
 fn rollback_survives_a_cut_at_every_write() {
     let fx = Fixture::new();
@@ -159,24 +189,25 @@ fn rollback_survives_a_cut_at_every_write() {
     for _ in 0..3 {
         boot_attempt(&base); // 2.0.0 used up its tries: 1.0.0 boots
     }
-    let all = [&b1, &b2];
-    assert_eq!(booted_version(&base, &all), Ok("1.0.0".into()));
-    let work = fx.path("work.img");
-    sparse_copy(&base, &work);
-    let mut d = FaultDisk::new(&work, None, Cut::Drop);
-    installer::rollback::rollback_disk(&mut d, &work).unwrap();
-    let total = d.writes;
-    assert_eq!(booted_version(&work, &all), Ok("2.0.0".into()));
-    for mode in [Cut::Drop, Cut::Torn, Cut::LoseUnflushed] {
-        for cut in 1..=total {
-            sparse_copy(&base, &work);
-            let mut d = FaultDisk::new(&work, Some(cut), mode);
-            assert!(installer::rollback::rollback_disk(&mut d, &work).is_err());
-            let v = booted_version(&work, &all);
-            assert!(
-                v == Ok("1.0.0".into()) || v == Ok("2.0.0".into()),
-                "{mode:?} cut {cut}/{total}: {v:?}"
-            );
-        }
-    }
+    rollback_every_cut(&fx, &base, &[&b1, &b2], "1.0.0", "2.0.0");
+}
+
+#[test]
+fn rollback_with_revive_and_demote_survives_a_cut_at_every_write() {
+    // 1.0.0 exhausted in A, 2.0.0 blessed in B: rollback revives 1.0.0
+    // (+0-3 -> +3) and then demotes 2.0.0 (-> +0): two renames.
+    let fx = Fixture::new();
+    let b1 = bundle(&fx.path("b1"), "1.0.0");
+    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let base = fx.image("base.img", DISK_SIZE);
+    install(&install_opts(&base, &b1.dir)).unwrap();
+    upgrade(&upgrade_opts(&base, &b2.dir)).unwrap();
+    boot_attempt(&base);
+    bless(&base, "2.0.0");
+    with_esp(&base, |v| {
+        v.rename("EFI/Linux/cairn-1.0.0+3.efi", "cairn-1.0.0+0-3.efi")
+            .unwrap()
+    });
+    let n = rollback_every_cut(&fx, &base, &[&b1, &b2], "2.0.0", "1.0.0");
+    assert!(n >= 2, "{n} writes");
 }

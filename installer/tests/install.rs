@@ -150,17 +150,15 @@ fn tar_bundles_install_like_directories() {
     let fx = Fixture::new();
     let b = bundle(&fx.path("b"), "1.0.0");
     let tarball = fx.path("b.tar");
-    let st = Command::new("tar")
-        .args([
-            "-cf",
-            tarball.to_str().unwrap(),
-            "-C",
-            b.dir.to_str().unwrap(),
-            ".",
-        ])
-        .status()
-        .unwrap();
-    assert!(st.success());
+    bundle_tar(&b, &tarball);
+    // GNU tar reads what the writer made (the standard tool as referee).
+    let list = tool("tar", &["-tf", tarball.to_str().unwrap()]);
+    assert_eq!(
+        String::from_utf8_lossy(&list.stdout)
+            .lines()
+            .collect::<Vec<_>>(),
+        artifacts::bundle::BUNDLE_FILES
+    );
     let i1 = fx.image("a.img", DISK_SIZE);
     let i2 = fx.image("b.img", DISK_SIZE);
     install(&install_opts(&i1, &b.dir)).unwrap();
@@ -203,17 +201,7 @@ fn refuses_the_install_media() {
     assert!(matches!(err_of(&o), Error::IsInstallMedia { .. }));
     // A tar bundle given as the disk itself.
     let tarball = fx.path("b.tar");
-    assert!(Command::new("tar")
-        .args([
-            "-cf",
-            tarball.to_str().unwrap(),
-            "-C",
-            b.dir.to_str().unwrap(),
-            "."
-        ])
-        .status()
-        .unwrap()
-        .success());
+    bundle_tar(&b, &tarball);
     let o = install_opts(&tarball, &tarball);
     assert!(matches!(err_of(&o), Error::IsInstallMedia { .. }));
 }
@@ -445,6 +433,13 @@ fn refuses_bad_signatures_and_tampered_artifacts_before_writing() {
         err_of(&install_opts(&img, &b.dir)),
         Error::Verify { .. }
     ));
+    // A machine config that is not TOML.
+    let b = bundle(&fx.path("okbundle"), "1.0.0");
+    let cfg = fx.path("bad.toml");
+    fs::write(&cfg, "hostname = [unclosed\n").unwrap();
+    let mut o = install_opts(&img, &b.dir);
+    o.machine_config = Some(cfg);
+    assert!(matches!(err_of(&o), Error::MachineConfig { .. }));
     // A layout.json that is not one.
     let mut o = BundleOpts::new("1.0.0");
     o.layout = r#"{"esp":1000,"boot":1,"state":1}"#.into();
@@ -535,6 +530,7 @@ fn an_install_cut_at_any_write_leaves_no_partition_table() {
     let mut d = FaultDisk::new(&plan_img, None, Cut::Drop);
     install_to(&mut d, &bundle, &plan).unwrap();
     let total = d.writes;
+    eprintln!("install: {total} writes, {} cut points", 2 * total);
     assert!(total > 10, "{total} writes");
     for (cut, mode) in (1..=total).flat_map(|c| [(c, Cut::Torn), (c, Cut::LoseUnflushed)]) {
         fs::remove_file(&img).unwrap();
@@ -553,4 +549,63 @@ fn an_install_cut_at_any_write_leaves_no_partition_table() {
             );
         }
     }
+}
+
+#[test]
+fn an_install_error_midway_clears_the_partition_table_and_says_so() {
+    let fx = Fixture::new();
+    let b = bundle(&fx.path("b"), "1.0.0");
+    let bundle = installer::verify::open_verified(&b.dir, &[key().public()]).unwrap();
+    let img = fx.image("d.img", DISK_SIZE);
+    let mut opts = install_opts(&img, &b.dir);
+    opts.dry_run = true;
+    let plan = install(&opts).unwrap().plan;
+    let mut d = FaultDisk::new(&img, None, Cut::Drop);
+    install_to(&mut d, &bundle, &plan).unwrap();
+    let total = d.writes;
+    for cut in 1..=total {
+        // Start from a completed install, so a stale table would be visible.
+        let mut d = FaultDisk::new(&img, Some(cut), Cut::FailOne);
+        let e = install_to(&mut d, &bundle, &plan).expect_err("failed write");
+        let text = e.to_string();
+        assert!(text.contains("install failed while"), "{text}");
+        assert!(text.contains("the partition table was cleared"), "{text}");
+        let raw = fs::read(&img).unwrap();
+        assert_ne!(&raw[512..520], b"EFI PART", "write {cut}: primary GPT left");
+        assert_ne!(
+            &raw[raw.len() - 512..raw.len() - 504],
+            b"EFI PART",
+            "write {cut}: backup GPT left"
+        );
+        assert_ne!(&raw[510..512], &[0x55, 0xAA], "write {cut}: MBR left");
+        install_to(
+            &mut fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&img)
+                .unwrap(),
+            &bundle,
+            &plan,
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn install_payload_uses_the_payload_keys_and_machine_config() {
+    let fx = Fixture::new();
+    let b = bundle(&fx.path("payload"), "1.0.0");
+    let img = fx.image("d.img", DISK_SIZE);
+    // No keys directory: refused before writing.
+    assert!(matches!(
+        installer::install::install_payload(&b.dir, &img, false),
+        Err(Error::Key { .. })
+    ));
+    fs::create_dir(b.dir.join("keys")).unwrap();
+    fs::write(b.dir.join("keys/release.pub"), key().public().to_pem()).unwrap();
+    fs::write(b.dir.join("machine.toml"), "hostname = \"p\"\n").unwrap();
+    installer::install::install_payload(&b.dir, &img, false).unwrap();
+    assert_eq!(booted_version(&img, &[&b]), Ok("1.0.0".into()));
+    let cfg = with_esp(&img, |v| v.read_file("cairn/machine.toml").unwrap());
+    assert_eq!(cfg, b"hostname = \"p\"\n");
 }

@@ -220,6 +220,8 @@ pub enum Cut {
     /// The write is dropped and so is every write since the last flush (a
     /// volatile disk cache lost with the power): only barriers count.
     LoseUnflushed,
+    /// Only this write fails (an I/O error); the disk keeps working.
+    FailOne,
 }
 
 /// A disk image that loses power at write number `cut_at` (1-based): that
@@ -271,9 +273,9 @@ impl std::io::Write for FaultDisk {
         self.check()?;
         self.writes += 1;
         if self.cut_at == Some(self.writes) {
-            self.dead = true;
+            self.dead = self.mode != Cut::FailOne;
             match self.mode {
-                Cut::Drop => {}
+                Cut::Drop | Cut::FailOne => {}
                 Cut::Torn => self.file.write_all(&buf[..buf.len() / 2])?,
                 Cut::LoseUnflushed => {
                     use std::os::unix::fs::FileExt;
@@ -489,4 +491,17 @@ pub fn upgrade_opts(disk: &Path, bundle: &Path) -> installer::upgrade::UpgradeOp
         trusted: vec![key().public()],
         ..Default::default()
     }
+}
+
+/// The bundle as `cairn build` archives it (artifacts::bundle::write_tar).
+pub fn bundle_tar(b: &BundleInfo, out: &Path) {
+    let paths: Vec<(String, PathBuf)> = artifacts::bundle::BUNDLE_FILES
+        .iter()
+        .map(|n| (n.to_string(), b.dir.join(n)))
+        .collect();
+    let files: Vec<(&str, &Path)> = paths
+        .iter()
+        .map(|(n, p)| (n.as_str(), p.as_path()))
+        .collect();
+    artifacts::bundle::write_tar(out, &files, EPOCH).expect("writing the bundle tar");
 }
