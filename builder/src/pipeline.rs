@@ -433,10 +433,18 @@ pub fn initramfs(
                 kind: ExtraKind::CharDev { major: 5, minor: 1 },
             },
         ];
-        for d in ["dev", "proc", "sys", "run", "newroot"] {
+        // /tmp: the installer's scratch space in install mode.
+        for (d, mode) in [
+            ("dev", 0o755),
+            ("proc", 0o755),
+            ("sys", 0o755),
+            ("run", 0o755),
+            ("newroot", 0o755),
+            ("tmp", 0o1777),
+        ] {
             all.push(Extra {
                 path: d.into(),
-                mode: 0o755,
+                mode,
                 kind: ExtraKind::Dir,
             });
         }
