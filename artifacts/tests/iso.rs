@@ -442,6 +442,28 @@ fn large_directory_spills_over_blocks() {
     }
 }
 
+/// The MBR, both GPT headers and entry arrays of the standard fixture,
+/// recorded before the ISO writer moved onto the shared GPT encoder. They
+/// depend only on sizes and the seed, not on the systemd-boot binary.
+#[test]
+fn gpt_areas_keep_their_recorded_bytes() {
+    use sha2::Digest;
+    let f = fixture();
+    let img = fs::read(&f.img).unwrap();
+    let front = &img[..(2 + gpt::TABLE_SECTORS as usize) * 512];
+    let back = &img[img.len() - (gpt::TABLE_SECTORS as usize + 1) * 512..];
+    eprintln!(
+        "whole ISO sha256 {} ({} bytes)",
+        hex::encode(sha2::Sha256::digest(&img)),
+        img.len()
+    );
+    assert_eq!(hex::encode(sha2::Sha256::digest(front)), FRONT_SHA256);
+    assert_eq!(hex::encode(sha2::Sha256::digest(back)), BACK_SHA256);
+}
+
+const FRONT_SHA256: &str = "5e7008e586049fd306d088912538558875dd422907e53f45b5e7f5d646c87ff3";
+const BACK_SHA256: &str = "e7e2f33246b25352cf6c339627042425483c316ef17d3d60afa69a10bd69b718";
+
 #[test]
 fn reproducible_across_directories() {
     let a = fixture();

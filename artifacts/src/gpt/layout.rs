@@ -1,6 +1,9 @@
 //! Placing partitions on a disk of a given size.
 
-use super::{GptError, Guid, ALIGN, ENTRY_COUNT, NAME_UNITS, SECTOR, TABLE_SECTORS};
+use super::{
+    GptError, Guid, ALIGN, BACKUP_SECTORS, ENTRY_COUNT, NAME_UNITS, PRIMARY_SECTORS, SECTOR,
+    TABLE_SECTORS,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Size {
@@ -140,6 +143,78 @@ impl DiskLayout {
         Ok(DiskLayout {
             disk_size,
             disk_guid: Guid::derive(seed, "disk"),
+            partitions,
+        })
+    }
+
+    /// A layout whose partitions sit at the caller's LBAs (no alignment
+    /// imposed), e.g. on an ISO extent. Checks what a valid table needs: a
+    /// whole number of sectors with room for both copies, slots in range and
+    /// unique, names that fit, each partition non-empty, inside the usable
+    /// LBAs and disjoint from the others.
+    pub fn with_explicit(
+        disk_size: u64,
+        disk_guid: Guid,
+        partitions: Vec<Partition>,
+    ) -> Result<DiskLayout, GptError> {
+        if !disk_size.is_multiple_of(SECTOR) {
+            return Err(GptError::DiskSizeUnaligned { size: disk_size });
+        }
+        let sectors = disk_size / SECTOR;
+        if sectors < PRIMARY_SECTORS + BACKUP_SECTORS + 1 {
+            return Err(GptError::DiskTooSmall { size: disk_size });
+        }
+        if partitions.len() > ENTRY_COUNT as usize {
+            return Err(GptError::TooManyPartitions {
+                count: partitions.len(),
+            });
+        }
+        let (first_usable, last_usable) = (PRIMARY_SECTORS, last_usable_lba(sectors));
+        for (index, p) in partitions.iter().enumerate() {
+            if p.name.encode_utf16().count() > NAME_UNITS {
+                return Err(GptError::NameTooLong {
+                    index,
+                    name: p.name.clone(),
+                });
+            }
+            if p.slot >= ENTRY_COUNT || partitions[..index].iter().any(|q| q.slot == p.slot) {
+                return Err(GptError::BadSlot {
+                    index,
+                    name: p.name.clone(),
+                    slot: p.slot,
+                });
+            }
+            if p.first_lba < first_usable || p.last_lba > last_usable || p.last_lba < p.first_lba {
+                return Err(GptError::OutsideUsable {
+                    index,
+                    name: p.name.clone(),
+                    first_lba: p.first_lba,
+                    last_lba: p.last_lba,
+                    first_usable,
+                    last_usable,
+                    disk_size,
+                });
+            }
+            if let Some((other, q)) = partitions[..index]
+                .iter()
+                .enumerate()
+                .find(|(_, q)| p.first_lba <= q.last_lba && q.first_lba <= p.last_lba)
+            {
+                return Err(GptError::Overlap {
+                    index,
+                    name: p.name.clone(),
+                    first_lba: p.first_lba,
+                    last_lba: p.last_lba,
+                    other,
+                    other_name: q.name.clone(),
+                    other_first: q.first_lba,
+                    other_last: q.last_lba,
+                });
+            }
+        }
+        Ok(DiskLayout {
+            disk_size,
+            disk_guid,
             partitions,
         })
     }

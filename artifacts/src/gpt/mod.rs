@@ -2,11 +2,13 @@
 //! reader with backup-header fallback, and a crash-safe entry updater.
 //!
 //! 512-byte sectors, 128 entries of 128 bytes (LBA 2..33 primary, the 32
-//! sectors before the last LBA backup), partitions aligned to 1 MiB.
+//! sectors before the last LBA backup), partitions aligned to 1 MiB by
+//! `DiskLayout::new` or placed at given LBAs by `DiskLayout::with_explicit`.
+//! `ondisk` encodes a layout's tables for writers other than `DiskWriter`.
 
 mod guid;
 mod layout;
-mod ondisk;
+pub mod ondisk;
 mod read;
 mod write;
 
@@ -24,6 +26,10 @@ pub const ENTRY_COUNT: u32 = 128;
 pub const ENTRY_SIZE: u32 = 128;
 /// Sectors taken by one copy of the entry array.
 pub const TABLE_SECTORS: u64 = (ENTRY_COUNT as u64 * ENTRY_SIZE as u64) / SECTOR;
+/// Sectors of the primary copy at the front: protective MBR, header, table.
+pub const PRIMARY_SECTORS: u64 = 2 + TABLE_SECTORS;
+/// Sectors of the backup copy at the end: table, then header.
+pub const BACKUP_SECTORS: u64 = TABLE_SECTORS + 1;
 /// Name field capacity in UTF-16 code units.
 pub const NAME_UNITS: usize = 36;
 
@@ -91,6 +97,33 @@ pub enum GptError {
         offset: u64,
         available: u64,
         disk_size: u64,
+    },
+    #[error("partition {index} ({name}): slot {slot} is outside the table's {ENTRY_COUNT} entries or used twice")]
+    BadSlot {
+        index: usize,
+        name: String,
+        slot: u32,
+    },
+    #[error("partition {index} ({name}): LBAs {first_lba}..={last_lba} are not within the usable {first_usable}..={last_usable} of a disk of {disk_size} bytes")]
+    OutsideUsable {
+        index: usize,
+        name: String,
+        first_lba: u64,
+        last_lba: u64,
+        first_usable: u64,
+        last_usable: u64,
+        disk_size: u64,
+    },
+    #[error("partition {index} ({name}) at LBAs {first_lba}..={last_lba} overlaps partition {other} ({other_name}) at LBAs {other_first}..={other_last}")]
+    Overlap {
+        index: usize,
+        name: String,
+        first_lba: u64,
+        last_lba: u64,
+        other: usize,
+        other_name: String,
+        other_first: u64,
+        other_last: u64,
     },
     #[error("partition {index}: name {name:?} is longer than {NAME_UNITS} UTF-16 units")]
     NameTooLong { index: usize, name: String },

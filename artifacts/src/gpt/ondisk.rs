@@ -1,12 +1,22 @@
 //! Byte layouts of the protective MBR, the GPT header and entries.
+//!
+//! The encoders are public so that writers which are not plain disks (the
+//! hybrid ISO, whose ESP sits on an ISO extent) produce the very same bytes
+//! as `DiskWriter`.
 
-use super::{GptError, Guid, HeaderCopy, Partition, ENTRY_COUNT, ENTRY_SIZE, NAME_UNITS, SECTOR};
+use super::layout::last_usable_lba;
+use super::{
+    DiskLayout, GptError, Guid, HeaderCopy, Partition, BACKUP_SECTORS, ENTRY_COUNT, ENTRY_SIZE,
+    NAME_UNITS, PRIMARY_SECTORS, SECTOR, TABLE_SECTORS,
+};
 
 pub(crate) const SIGNATURE: &[u8; 8] = b"EFI PART";
 pub(crate) const REVISION: u32 = 0x0001_0000;
 pub(crate) const HEADER_SIZE: u32 = 92;
 
-pub(crate) fn protective_mbr(sectors: u64) -> [u8; 512] {
+/// LBA 0 of a disk of `sectors` sectors: one 0xEE record covering the
+/// disk (capped at 2^32 - 1 sectors, as the MBR cannot say more).
+pub fn protective_mbr(sectors: u64) -> [u8; 512] {
     let mut m = [0u8; 512];
     let e = &mut m[446..462];
     // CHS fields as the UEFI spec asks: start 0/0/2, end saturated.
@@ -14,7 +24,7 @@ pub(crate) fn protective_mbr(sectors: u64) -> [u8; 512] {
     e[4] = 0xEE;
     e[5..8].copy_from_slice(&[0xFF, 0xFF, 0xFF]);
     e[8..12].copy_from_slice(&1u32.to_le_bytes());
-    let len = (sectors - 1).min(u32::MAX as u64) as u32;
+    let len = sectors.saturating_sub(1).min(u32::MAX as u64) as u32;
     e[12..16].copy_from_slice(&len.to_le_bytes());
     m[510] = 0x55;
     m[511] = 0xAA;
@@ -39,7 +49,16 @@ pub(crate) fn check_mbr(m: &[u8; 512]) -> Result<(), GptError> {
     Ok(())
 }
 
-pub(crate) fn encode_entries(parts: &[Partition]) -> Vec<u8> {
+/// The whole entry array (`ENTRY_COUNT` entries, unused ones zero), each
+/// partition at its `slot`.
+pub fn encode_entries(parts: &[Partition]) -> Result<Vec<u8>, GptError> {
+    if let Some(p) = parts.iter().find(|p| p.slot >= ENTRY_COUNT) {
+        return Err(GptError::BadEntry {
+            slot: p.slot,
+            offset: 0,
+            what: format!("this writer keeps only {ENTRY_COUNT} entries"),
+        });
+    }
     let mut t = vec![0u8; (ENTRY_COUNT * ENTRY_SIZE) as usize];
     for p in parts {
         let e = &mut t[(p.slot * ENTRY_SIZE) as usize..][..ENTRY_SIZE as usize];
@@ -52,7 +71,75 @@ pub(crate) fn encode_entries(parts: &[Partition]) -> Vec<u8> {
             e[56 + 2 * i..58 + 2 * i].copy_from_slice(&u.to_le_bytes());
         }
     }
-    t
+    Ok(t)
+}
+
+/// One encoded copy of the table: the entry array and the header that
+/// vouches for it, each with the LBA it belongs at. Kept apart so a writer
+/// can put the table down before its header.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EncodedCopy {
+    pub header_lba: u64,
+    pub header: [u8; 512],
+    pub entries_lba: u64,
+    pub entries: Vec<u8>,
+}
+
+/// Encodes the primary (LBAs 1..=33) or backup (the last 33 LBAs) copy of
+/// `layout`'s table, with the standard usable range between them.
+pub fn encode_copy(layout: &DiskLayout, copy: HeaderCopy) -> Result<EncodedCopy, GptError> {
+    let sectors = layout.sectors();
+    if !layout.disk_size.is_multiple_of(SECTOR) {
+        return Err(GptError::DiskSizeUnaligned {
+            size: layout.disk_size,
+        });
+    }
+    // MBR, both copies and at least one usable sector between them.
+    if sectors < PRIMARY_SECTORS + BACKUP_SECTORS + 1 {
+        return Err(GptError::DiskTooSmall {
+            size: layout.disk_size,
+        });
+    }
+    let entries = encode_entries(&layout.partitions)?;
+    let last = sectors - 1;
+    let primary = copy == HeaderCopy::Primary;
+    let h = Header {
+        my_lba: if primary { 1 } else { last },
+        alternate_lba: if primary { last } else { 1 },
+        first_usable: PRIMARY_SECTORS,
+        last_usable: last_usable_lba(sectors),
+        disk_guid: layout.disk_guid,
+        entries_lba: if primary { 2 } else { last - TABLE_SECTORS },
+        entry_count: ENTRY_COUNT,
+        entry_size: ENTRY_SIZE,
+        table_crc: crc32fast::hash(&entries),
+    };
+    Ok(EncodedCopy {
+        header_lba: h.my_lba,
+        header: encode_header(&h),
+        entries_lba: h.entries_lba,
+        entries,
+    })
+}
+
+/// The first `PRIMARY_SECTORS` sectors of the disk, contiguous: protective
+/// MBR, primary header, entry array.
+pub fn primary_area(layout: &DiskLayout) -> Result<Vec<u8>, GptError> {
+    let c = encode_copy(layout, HeaderCopy::Primary)?;
+    let mut v = Vec::with_capacity((PRIMARY_SECTORS * SECTOR) as usize);
+    v.extend_from_slice(&protective_mbr(layout.sectors()));
+    v.extend_from_slice(&c.header);
+    v.extend_from_slice(&c.entries);
+    Ok(v)
+}
+
+/// The last `BACKUP_SECTORS` sectors of the disk, contiguous: entry array,
+/// then the backup header in the last LBA.
+pub fn backup_area(layout: &DiskLayout) -> Result<Vec<u8>, GptError> {
+    let c = encode_copy(layout, HeaderCopy::Backup)?;
+    let mut v = c.entries;
+    v.extend_from_slice(&c.header);
+    Ok(v)
 }
 
 pub(crate) fn decode_entries(

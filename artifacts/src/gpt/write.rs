@@ -5,9 +5,9 @@ use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;
 
 use super::layout::last_usable_lba;
-use super::ondisk::{encode_entries, encode_header, protective_mbr, Header};
+use super::ondisk::{encode_copy, protective_mbr};
 use super::{
-    read_disk, DiskLayout, GptError, Guid, Partition, ReadDisk, ENTRY_COUNT, ENTRY_SIZE,
+    read_disk, DiskLayout, GptError, Guid, HeaderCopy, Partition, ReadDisk, ENTRY_COUNT,
     NAME_UNITS, SECTOR, TABLE_SECTORS,
 };
 
@@ -22,36 +22,12 @@ fn sync(f: &File) -> Result<(), GptError> {
         .map_err(|source| GptError::Io { offset: 0, source })
 }
 
-fn header_for(layout: &DiskLayout, primary: bool, table_crc: u32) -> Header {
-    let sectors = layout.sectors();
-    let last = sectors - 1;
-    Header {
-        my_lba: if primary { 1 } else { last },
-        alternate_lba: if primary { last } else { 1 },
-        first_usable: 2 + TABLE_SECTORS,
-        last_usable: last_usable_lba(sectors),
-        disk_guid: layout.disk_guid,
-        entries_lba: if primary { 2 } else { last - TABLE_SECTORS },
-        entry_count: ENTRY_COUNT,
-        entry_size: ENTRY_SIZE,
-        table_crc,
-    }
-}
-
 /// Writes one complete copy: the table first, then the header that vouches
 /// for it, so a torn write leaves this copy's header CRC or table CRC wrong.
-fn write_copy(f: &mut File, layout: &DiskLayout, primary: bool) -> Result<(), GptError> {
-    if let Some(p) = layout.partitions.iter().find(|p| p.slot >= ENTRY_COUNT) {
-        return Err(GptError::BadEntry {
-            slot: p.slot,
-            offset: 0,
-            what: format!("this writer keeps only {ENTRY_COUNT} entries"),
-        });
-    }
-    let table = encode_entries(&layout.partitions);
-    let h = header_for(layout, primary, crc32fast::hash(&table));
-    write_at(f, h.entries_lba * SECTOR, &table)?;
-    write_at(f, h.my_lba * SECTOR, &encode_header(&h))
+fn write_copy(f: &mut File, layout: &DiskLayout, copy: HeaderCopy) -> Result<(), GptError> {
+    let c = encode_copy(layout, copy)?;
+    write_at(f, c.entries_lba * SECTOR, &c.entries)?;
+    write_at(f, c.header_lba * SECTOR, &c.header)
 }
 
 /// A new disk image file with its tables written; partitions are filled
@@ -80,8 +56,8 @@ impl DiskWriter {
         // image costs what it holds, not its size.
         file.set_len(layout.disk_size).map_err(fe)?;
         write_at(&mut file, 0, &protective_mbr(layout.sectors()))?;
-        write_copy(&mut file, &layout, false)?;
-        write_copy(&mut file, &layout, true)?;
+        write_copy(&mut file, &layout, HeaderCopy::Backup)?;
+        write_copy(&mut file, &layout, HeaderCopy::Primary)?;
         Ok(DiskWriter { file, layout })
     }
 
@@ -211,9 +187,9 @@ pub fn update_partition(
             ),
         });
     }
-    write_copy(disk, &layout, false)?;
+    write_copy(disk, &layout, HeaderCopy::Backup)?;
     sync(disk)?;
-    write_copy(disk, &layout, true)?;
+    write_copy(disk, &layout, HeaderCopy::Primary)?;
     sync(disk)?;
     Ok(updated)
 }

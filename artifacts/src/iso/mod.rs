@@ -23,9 +23,9 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
-use crate::gpt::{Guid, SECTOR};
+use crate::gpt::{GptError, Guid, BACKUP_SECTORS, SECTOR};
 use ecma119::{civil, dir_record, Civil, BLOCK, FLAG_DIRECTORY, LAST_YEAR};
-use hybrid::{Hybrid, BACKUP_SECTORS};
+use hybrid::Hybrid;
 use layout::{Child, Layout};
 
 /// Where the ESP image appears in the ISO tree.
@@ -100,6 +100,8 @@ pub enum IsoError {
         offset: u64,
         position: u64,
     },
+    #[error("hybrid GPT: {0}")]
+    Gpt(#[from] GptError),
     #[error("writing {path} at offset {offset}: {source}")]
     Write {
         path: PathBuf,
@@ -177,13 +179,12 @@ pub fn write(
     }
     let efi = &layout.files[layout.efi];
     let esp_first_lba = efi.extent as u64 * (BLOCK / SECTOR);
-    let hybrid = Hybrid {
-        disk_sectors: volume_blocks * (BLOCK / SECTOR),
-        disk_guid: Guid::derive(&opts.seed, "iso:disk"),
-        esp_guid: Guid::derive(&opts.seed, "iso:partition:EFI"),
-        esp_first: esp_first_lba,
-        esp_last: esp_first_lba + efi_bytes / SECTOR - 1,
-    };
+    let hybrid = Hybrid::new(
+        volume_blocks * (BLOCK / SECTOR),
+        &opts.seed,
+        esp_first_lba,
+        efi_bytes,
+    )?;
     let summary = IsoSummary {
         size: volume_blocks * BLOCK,
         volume_blocks: volume_blocks as u32,
@@ -191,10 +192,10 @@ pub fn write(
         efi_block: efi.extent,
         efi_bytes,
         boot_sector_count: eltorito::sector_count(efi_bytes),
-        esp_first_lba: hybrid.esp_first,
-        esp_last_lba: hybrid.esp_last,
+        esp_first_lba: hybrid.esp.first_lba,
+        esp_last_lba: hybrid.esp.last_lba,
         disk_guid: hybrid.disk_guid,
-        esp_guid: hybrid.esp_guid,
+        esp_guid: hybrid.esp.guid,
     };
 
     let f = File::create(out).map_err(|source| IsoError::Write {
@@ -304,7 +305,7 @@ fn emit(
     let rdate = ecma119::record_date(date);
     let block = |b: u32| b as u64 * BLOCK;
 
-    w.put(&hybrid.front())?;
+    w.put(&hybrid.front)?;
     w.zero_to(block(ecma119::SYSTEM_AREA_BLOCKS))?;
 
     let root = &layout.dirs[0];
@@ -388,7 +389,7 @@ fn emit(
     }
 
     w.zero_to((hybrid.disk_sectors - BACKUP_SECTORS) * SECTOR)?;
-    w.put(&hybrid.back())?;
+    w.put(&hybrid.back)?;
     debug_assert_eq!(w.pos, summary.size);
     Ok(())
 }
