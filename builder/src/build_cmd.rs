@@ -281,3 +281,36 @@ fn first_difference(a: &std::path::Path, b: &std::path::Path) -> Result<u64> {
         off += n as u64;
     }
 }
+
+/// Generates a Secure Boot key set (PK, KEK, db) for users who bring none.
+#[derive(clap::Args)]
+pub struct SecureBootKeygenArgs {
+    /// Directory to write PK/KEK/db .key (0600), .crt and .der into.
+    #[arg(long)]
+    out: PathBuf,
+    /// Certificate subject prefix.
+    #[arg(long, default_value = "cairn")]
+    owner: String,
+    #[arg(long, default_value_t = 2048)]
+    bits: usize,
+}
+
+pub fn secureboot_keygen(a: SecureBootKeygenArgs) -> Result<()> {
+    if a.out.join("db.key").exists() {
+        anyhow::bail!(
+            "{} already holds a key set: refusing to overwrite",
+            a.out.display()
+        );
+    }
+    std::fs::create_dir_all(&a.out)?;
+    let epoch = std::env::var("SOURCE_DATE_EPOCH")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1_735_689_600);
+    signing::secureboot::SecureBootKeys::generate(&a.owner, a.bits, epoch)?.write(&a.out)?;
+    println!(
+        "wrote PK, KEK and db to {}; enroll them in the firmware and set secure_boot.keys",
+        a.out.display()
+    );
+    Ok(())
+}

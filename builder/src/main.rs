@@ -17,6 +17,8 @@ enum Command {
     Build(build_cmd::BuildArgs),
     /// Assemble images from a kernel, initramfs and rootfs you bring.
     Assemble(build_cmd::AssembleArgs),
+    /// Generate a Secure Boot key set (PK, KEK, db).
+    SecurebootKeygen(build_cmd::SecureBootKeygenArgs),
     /// Package layer: pinned sources, cached builds (see pkgs/README.md).
     Pkg(builder::pkgs::cli::PkgArgs),
     #[command(flatten)]
@@ -34,6 +36,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Build(args) => build_cmd::build(args),
         Command::Assemble(args) => build_cmd::assemble(args),
+        Command::SecurebootKeygen(args) => build_cmd::secureboot_keygen(args),
         Command::Pkg(args) => builder::pkgs::cli::run(args),
         Command::Sign(cmd) => sign_cmd::run(cmd),
     }

@@ -199,6 +199,14 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
         )
     })?;
 
+    // 5b. Secure Boot: the UKI and systemd-boot signed with the db key.
+    let (uki, sdboot) = match &profile.secure_boot {
+        Some(keys) => progress.step("Secure Boot signatures", || {
+            secure_boot_sign(&mut stages, keys, &uki, &sdboot)
+        })?,
+        None => (uki, sdboot),
+    };
+
     // 6. Outputs.
     fs::create_dir_all(&opts.out)
         .with_context(|| format!("creating output directory {}", opts.out.display()))?;
@@ -356,6 +364,10 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
                 },
             )
         })?;
+        let installer_uki = match &profile.secure_boot {
+            Some(keys) => secure_boot_sign(&mut stages, keys, &installer_uki, &sdboot)?.0,
+            None => installer_uki,
+        };
         timed(&mut stages, "installer.iso", || {
             release::installer_iso(
                 &sdboot,
@@ -564,4 +576,26 @@ fn timed(stages: &mut StageCache, name: &str, f: impl FnOnce() -> Result<()>) ->
         time: t.elapsed(),
     });
     Ok(())
+}
+
+/// Authenticode-signs a UKI and systemd-boot with the db key in `keys`
+/// (`cairn secureboot-keygen` makes a set). Cached by inputs and certificate.
+fn secure_boot_sign(
+    stages: &mut StageCache,
+    keys: &Path,
+    uki: &Path,
+    sdboot: &Path,
+) -> Result<(PathBuf, PathBuf)> {
+    let set = signing::secureboot::SecureBootKeys::load(keys)
+        .with_context(|| format!("loading the Secure Boot keys in {}", keys.display()))?;
+    let mut k = KeyBuilder::new("secureboot");
+    k.file("uki", uki)?
+        .file("systemd-boot", sdboot)?
+        .part("db-cert", set.db.cert_der());
+    let dir = stages.run("secureboot", &k.finish(), |out| {
+        signing::authenticode::sign_file(uki, &out.join("uki.efi"), &set.db)?;
+        signing::authenticode::sign_file(sdboot, &out.join("systemd-bootx64.efi"), &set.db)?;
+        Ok(())
+    })?;
+    Ok((dir.join("uki.efi"), dir.join("systemd-bootx64.efi")))
 }
