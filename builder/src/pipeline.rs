@@ -221,9 +221,22 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
         h.finalize().to_vec()
     };
     let mut written: Vec<&'static str> = Vec::new();
-    publish(&uki, &out.join("uki.efi"))?;
+    let mut state = OutputState::load(out);
+    // Stage outputs live in content-keyed directories: their path is their key.
+    let uki_key = uki.display().to_string();
+    produce(&mut stages, &mut state, out, "uki.efi", &uki_key, || {
+        publish(&uki, &out.join("uki.efi"))
+    })?;
     written.push("uki.efi");
-    split_rootfs(&rootfs, out)?;
+    let rootfs_key = rootfs.image.display().to_string();
+    produce(
+        &mut stages,
+        &mut state,
+        out,
+        "rootfs.squashfs",
+        &rootfs_key,
+        || split_rootfs(&rootfs, out),
+    )?;
     written.extend(["rootfs.squashfs", "rootfs.verity"]);
 
     // 7. The signed bundle, and every medium made from it.
@@ -277,8 +290,21 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     } else {
         out.join(".disk.raw.tmp")
     };
+    let raw_name = if wants(Output::Raw) {
+        "disk.raw"
+    } else {
+        ".disk.raw.tmp"
+    };
+    let mut raw_key = KeyBuilder::new("disk.raw");
+    raw_key
+        .str("bundle", &bundle.display().to_string())
+        .str("size", &profile.disk.total.0.to_string());
+    if let Some(cfg) = machine_config {
+        raw_key.file("machine-config", cfg)?;
+    }
+    let raw_key = raw_key.finish();
     if needs_raw {
-        timed(&mut stages, "disk.raw", || {
+        produce(&mut stages, &mut state, out, raw_name, &raw_key, || {
             progress.step("disk.raw (install of the bundle)", || {
                 release::installed_disk(
                     &bundle,
@@ -295,7 +321,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     }
     use artifacts::cloud::{gce, qcow2, vhd, vmdk};
     if wants(Output::Qcow2) {
-        timed(&mut stages, "disk.qcow2", || {
+        produce(&mut stages, &mut state, out, "disk.qcow2", &raw_key, || {
             qcow2::convert(
                 &raw,
                 &out.join("disk.qcow2"),
@@ -306,45 +332,58 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
         written.push("disk.qcow2");
     }
     if wants(Output::Vhd) {
-        timed(&mut stages, "disk.vhd", || {
+        produce(&mut stages, &mut state, out, "disk.vhd", &raw_key, || {
             vhd::convert(&raw, &out.join("disk.vhd"), epoch, &seed)?;
             Ok(())
         })?;
         written.push("disk.vhd");
     }
     if wants(Output::Vmdk) {
-        timed(&mut stages, "disk.vmdk", || {
+        produce(&mut stages, &mut state, out, "disk.vmdk", &raw_key, || {
             vmdk::convert(&raw, &out.join("disk.vmdk"), &seed)?;
             Ok(())
         })?;
         written.push("disk.vmdk");
     }
     if wants(Output::Gce) {
-        timed(&mut stages, "gce.tar.gz", || {
+        produce(&mut stages, &mut state, out, "gce.tar.gz", &raw_key, || {
             gce::convert(&raw, &out.join("gce.tar.gz"), epoch)?;
             Ok(())
         })?;
         written.push("gce.tar.gz");
     }
     if !wants(Output::Raw) && needs_raw {
-        fs::remove_file(&raw)?;
+        // Kept (hidden) so an unchanged cloud build needs no new install.
+        tracing::debug!("{} kept for the next build", raw.display());
     }
     if wants(Output::Bundle) {
-        timed(&mut stages, "update.tar", || {
-            release::update_tar(&bundle, &out.join("update.tar"), epoch)
-        })?;
+        produce(
+            &mut stages,
+            &mut state,
+            out,
+            "update.tar",
+            &bundle.display().to_string(),
+            || release::update_tar(&bundle, &out.join("update.tar"), epoch),
+        )?;
         written.push("update.tar");
     }
     if wants(Output::Oci) {
-        timed(&mut stages, "oci", || {
-            release::oci_layout(
-                &bundle,
-                &out.join("oci"),
-                &version,
-                &rootfs.root_hash,
-                epoch,
-            )
-        })?;
+        produce(
+            &mut stages,
+            &mut state,
+            out,
+            "oci/index.json",
+            &bundle.display().to_string(),
+            || {
+                release::oci_layout(
+                    &bundle,
+                    &out.join("oci"),
+                    &version,
+                    &rootfs.root_hash,
+                    epoch,
+                )
+            },
+        )?;
     }
     if wants(Output::Iso) {
         let payload = release::payload(&bundle, &pubkey_path, machine_config);
@@ -368,27 +407,58 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
             Some(keys) => secure_boot_sign(&mut stages, keys, &installer_uki, &sdboot)?.0,
             None => installer_uki,
         };
-        timed(&mut stages, "installer.iso", || {
-            release::installer_iso(
-                &sdboot,
-                &installer_uki,
-                &version,
-                epoch,
-                &seed,
-                &out.join("installer.iso"),
-            )
-        })?;
+        let iso_key = format!("{} {}", installer_uki.display(), sdboot.display());
+        produce(
+            &mut stages,
+            &mut state,
+            out,
+            "installer.iso",
+            &iso_key,
+            || {
+                release::installer_iso(
+                    &sdboot,
+                    &installer_uki,
+                    &version,
+                    epoch,
+                    &seed,
+                    &out.join("installer.iso"),
+                )
+            },
+        )?;
         written.push("installer.iso");
     }
     // 8. The signed manifest over everything in the output directory.
-    signing::sign_dir(out, meta, &written, &key).context("signing the release manifest")?;
-
-    let mut artifacts = Vec::new();
-    for name in written
-        .iter()
-        .copied()
-        .chain(["manifest.json", "manifest.json.sig"])
+    let mut mk = KeyBuilder::new("manifest");
+    mk.str("meta", &serde_json::to_string(&meta)?)
+        .str("key", &key.id().to_string());
+    for name in &written {
+        mk.str(name, &state.stamp(out, name));
+    }
+    let manifest_key = mk.finish();
+    let signed = if state.fresh(out, "manifest.json", &manifest_key)
+        && state.fresh(out, "manifest.json.sig", &manifest_key)
     {
+        signing::Manifest::parse(&fs::read(out.join("manifest.json"))?)?
+    } else {
+        let m =
+            signing::sign_dir(out, meta, &written, &key).context("signing the release manifest")?;
+        state.record(out, "manifest.json", &manifest_key)?;
+        state.record(out, "manifest.json.sig", &manifest_key)?;
+        m
+    };
+    state.save(out)?;
+
+    // Hashes from the signed manifest: nothing large is read twice.
+    let mut artifacts: Vec<ArtifactRow> = signed
+        .artifacts
+        .iter()
+        .map(|a| ArtifactRow {
+            name: a.name.clone(),
+            size: a.size,
+            sha256: a.sha256.clone(),
+        })
+        .collect();
+    for name in ["manifest.json", "manifest.json.sig"] {
         let (size, digest) = signing::hash_file(&out.join(name))?;
         artifacts.push(ArtifactRow {
             name: name.to_string(),
@@ -565,17 +635,72 @@ pub fn check_outputs_exist(out: &Path, names: &[&str]) -> Result<()> {
     Ok(())
 }
 
-/// Runs an output step and records its time in the stage table.
-fn timed(stages: &mut StageCache, name: &str, f: impl FnOnce() -> Result<()>) -> Result<()> {
+/// Runs an output step unless the file is already there, made from the
+/// same inputs (`key`) and untouched since; records it in the stage table.
+fn produce(
+    stages: &mut StageCache,
+    state: &mut OutputState,
+    out: &Path,
+    name: &str,
+    key: &str,
+    f: impl FnOnce() -> Result<()>,
+) -> Result<()> {
     let t = Instant::now();
-    f()?;
+    let cached = state.fresh(out, name, key);
+    if !cached {
+        f().with_context(|| format!("writing {name}"))?;
+        state.record(out, name, key)?;
+    }
     stages.reports.push(StageReport {
         name: name.to_string(),
         key: String::new(),
-        cached: false,
+        cached,
         time: t.elapsed(),
     });
     Ok(())
+}
+
+/// `out/.cairn-outputs.json`: per output file, the key of the inputs it was
+/// made from and the size and mtime it had then. A file someone changed or
+/// replaced is made again.
+#[derive(Default, Serialize, serde::Deserialize)]
+struct OutputState(BTreeMap<String, (String, String)>);
+
+const OUTPUT_STATE: &str = ".cairn-outputs.json";
+
+impl OutputState {
+    fn load(out: &Path) -> Self {
+        fs::read(out.join(OUTPUT_STATE))
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default()
+    }
+
+    fn stamp(&self, out: &Path, name: &str) -> String {
+        use std::os::unix::fs::MetadataExt;
+        fs::metadata(out.join(name))
+            .map(|m| format!("{} {}.{} {}", m.len(), m.mtime(), m.mtime_nsec(), m.ino()))
+            .unwrap_or_default()
+    }
+
+    fn fresh(&self, out: &Path, name: &str, key: &str) -> bool {
+        let stamp = self.stamp(out, name);
+        !stamp.is_empty() && self.0.get(name) == Some(&(key.to_string(), stamp))
+    }
+
+    fn record(&mut self, out: &Path, name: &str, key: &str) -> Result<()> {
+        let stamp = self.stamp(out, name);
+        if stamp.is_empty() {
+            bail!("{} was not written", out.join(name).display());
+        }
+        self.0.insert(name.to_string(), (key.to_string(), stamp));
+        Ok(())
+    }
+
+    fn save(&self, out: &Path) -> Result<()> {
+        fs::write(out.join(OUTPUT_STATE), serde_json::to_vec_pretty(self)?)?;
+        Ok(())
+    }
 }
 
 /// Authenticode-signs a UKI and systemd-boot with the db key in `keys`

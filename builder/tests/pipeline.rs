@@ -1,0 +1,156 @@
+//! The pipeline's caching, on a repository of tiny fake recipes (the real
+//! kernel takes minutes): a no-op rebuild is fast and rebuilds nothing; a
+//! changed profile file rebuilds the rootfs and what follows, not packages.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use builder::pipeline::{build, BuildOptions, Summary};
+
+fn recipe(repo: &Path, name: &str, outputs: &[&str], script: &str) {
+    let d = repo.join("pkgs").join(name);
+    fs::create_dir_all(&d).unwrap();
+    let outs: Vec<String> = outputs.iter().map(|o| format!("\"{o}\"")).collect();
+    fs::write(
+        d.join("recipe.toml"),
+        format!(
+            "name = \"{name}\"\nversion = \"1\"\noutputs = [{}]\n",
+            outs.join(", ")
+        ),
+    )
+    .unwrap();
+    fs::write(
+        d.join("build.sh"),
+        format!("#!/bin/bash\nset -euo pipefail\n{script}\n"),
+    )
+    .unwrap();
+}
+
+fn fake_repo(repo: &Path) {
+    recipe(
+        repo,
+        "kernel",
+        &["bzImage", "config"],
+        "printf 'not a kernel %s' \"$SOURCE_DATE_EPOCH\" > \"$CAIRN_OUT/bzImage\"; : > \"$CAIRN_OUT/config\"",
+    );
+    recipe(
+        repo,
+        "systemd-boot",
+        &["systemd-bootx64.efi", "linuxx64.efi.stub"],
+        "cp /usr/lib/systemd/boot/efi/systemd-bootx64.efi /usr/lib/systemd/boot/efi/linuxx64.efi.stub \"$CAIRN_OUT/\"",
+    );
+    recipe(repo, "init", &["init"], "cp /bin/true \"$CAIRN_OUT/init\"");
+    recipe(
+        repo,
+        "e2fsprogs",
+        &["sbin/mke2fs", "sbin/e2fsck"],
+        "mkdir -p \"$CAIRN_OUT/sbin\"; cp /sbin/mke2fs /sbin/e2fsck \"$CAIRN_OUT/sbin/\"",
+    );
+    fs::create_dir_all(repo.join("profiles/files")).unwrap();
+    fs::write(repo.join("profiles/files/motd"), "hello\n").unwrap();
+    fs::write(
+        repo.join("profiles/p.toml"),
+        r#"name = "p"
+platform = "qemu"
+outputs = ["raw", "bundle", "qcow2"]
+[os]
+name = "cairn"
+version = "1.2.3"
+source_date_epoch = 1735689600
+[kernel]
+cmdline = ["console=ttyS0"]
+[rootfs]
+packages = ["init", "e2fsprogs"]
+files = [{ src = "files/motd", dst = "/etc/motd", mode = "0644" }]
+[disk]
+size = "512MiB"
+esp = "64MiB"
+boot = "64MiB"
+state = "32MiB"
+"#,
+    )
+    .unwrap();
+}
+
+fn run(repo: &Path, cache: &Path, out: &Path, key: &Path) -> (Summary, Duration) {
+    let t = Instant::now();
+    let s = build(&BuildOptions {
+        profile: repo.join("profiles/p.toml"),
+        out: out.to_path_buf(),
+        key: Some(key.to_path_buf()),
+        cache: Some(cache.to_path_buf()),
+        stage_cache: None,
+        repo: repo.to_path_buf(),
+    })
+    .unwrap();
+    (s, t.elapsed())
+}
+
+fn rebuilt(s: &Summary) -> Vec<String> {
+    s.stages
+        .iter()
+        .filter(|r| !r.cached)
+        .map(|r| r.name.clone())
+        .collect()
+}
+
+#[test]
+fn noop_rebuild_is_fast_and_profile_change_skips_packages() {
+    let t = tempfile::tempdir().unwrap();
+    let (repo, cache, out) = (
+        t.path().join("repo"),
+        t.path().join("cache"),
+        t.path().join("out"),
+    );
+    fake_repo(&repo);
+    let key = t.path().join("release.key");
+    signing::PrivateKey::generate()
+        .unwrap()
+        .write_new(&key)
+        .unwrap();
+
+    let (first, _) = run(&repo, &cache, &out, &key);
+    for a in [
+        "disk.raw",
+        "update.tar",
+        "disk.qcow2",
+        "uki.efi",
+        "manifest.json",
+    ] {
+        assert!(out.join(a).exists(), "{a} missing");
+    }
+    assert!(rebuilt(&first).contains(&"pkg:kernel".to_string()));
+    assert_eq!(first.binaries.len(), 3, "{:?}", first.binaries);
+
+    let (second, took) = run(&repo, &cache, &out, &key);
+    assert!(
+        rebuilt(&second).is_empty(),
+        "no-op build rebuilt {:?}",
+        rebuilt(&second)
+    );
+    assert!(took < Duration::from_secs(2), "no-op build took {took:?}");
+    assert_eq!(
+        fs::read(out.join("manifest.json")).unwrap(),
+        fs::read(out.join("manifest.json")).unwrap()
+    );
+
+    fs::write(repo.join("profiles/files/motd"), "changed\n").unwrap();
+    let (third, _) = run(&repo, &cache, &out, &key);
+    let r = rebuilt(&third);
+    assert!(
+        r.iter().all(|n| !n.starts_with("pkg:")),
+        "a profile file change rebuilt packages: {r:?}"
+    );
+    for stage in [
+        "rootfs-tree",
+        "rootfs-image",
+        "uki",
+        "bundle",
+        "disk.raw",
+        "update.tar",
+    ] {
+        assert!(r.contains(&stage.to_string()), "{stage} not rebuilt: {r:?}");
+    }
+    assert_ne!(first.root_hash, third.root_hash);
+}
