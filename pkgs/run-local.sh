@@ -16,6 +16,10 @@
 #   SOURCE_DATE_EPOCH  default: the last commit's time
 set -euo pipefail
 
+# Everything in main: bash parses a function whole before running it, so
+# editing this file during a build cannot change the running build.
+main() {
+
 die() { echo "run-local: $*" >&2; exit 1; }
 [ $# -eq 2 ] || die "usage: $0 NAME OUTDIR"
 name=$1
@@ -181,7 +185,12 @@ else
   mkdir -p "$work"
 fi
 
+# bash reads a script as it runs it: a build.sh edited during a long build
+# would run half old, half new. Run a snapshot.
+cp "$recipe_dir/build.sh" "$work_root/build.sh"
 echo "run-local: building $name in $work" >&2
-(cd "$work" && env -i "${env_args[@]}" bash "$recipe_dir/build.sh")
+(cd "$work" && env -i "${env_args[@]}" bash "$work_root/build.sh")
 echo "run-local: $name outputs in $out:" >&2
 (cd "$out" && find . -type f | sort | xargs sha256sum) >&2
+}
+main "$@"

@@ -5,6 +5,8 @@
 #                                require identical bytes, run the results
 #                                (kernel: ~10-25 min; init: 2-6; e2fsprogs: 1-4)
 #   pkgs/test.sh check PKG DIR   only the checks on an existing output DIR
+#   pkgs/test.sh boot KDIR IDIR  boot kernel output KDIR with init output IDIR
+#                                under QEMU (TCG, ~10-40 s)
 # Needs: binutils, file, musl-tools, python3, util-linux (unshare), dpkg-dev.
 # A missing tool is a failure, not a skip: CI installs them.
 set -euo pipefail
@@ -204,6 +206,21 @@ if [ "${1:-}" = build ]; then
     build_twice "$pkg"
     check_built "$pkg"
   done
+elif [ "${1:-}" = boot ]; then
+  # The kernel and init together: bzImage + a zstd initramfs holding only
+  # init must reach init's version line, then panic (init exits) and, with
+  # PANIC_TIMEOUT=-1, reboot at once, which -no-reboot turns into an exit.
+  [ $# -eq 3 ] || fail "usage: $0 boot KERNEL_OUTDIR INIT_OUTDIR"
+  for t in qemu-system-x86_64 cpio zstd; do command -v "$t" >/dev/null || fail "$t not installed"; done
+  mkdir -p "$tmp/initramfs/dev"
+  cp "$3/init" "$tmp/initramfs/init"
+  (cd "$tmp/initramfs" && find . | sort | cpio -o -H newc --quiet | zstd -q -19 >"$tmp/initrd.zst")
+  timeout 300 qemu-system-x86_64 -machine q35 -m 256 -nographic -no-reboot \
+    -kernel "$2/bzImage" -initrd "$tmp/initrd.zst" -append console=ttyS0 >"$tmp/boot.log" 2>&1 ||
+    { tail -20 "$tmp/boot.log" >&2; fail "qemu did not exit by itself (no reboot on panic?)"; }
+  grep -aq '^cairn-init [0-9]' "$tmp/boot.log" || { tail -20 "$tmp/boot.log" >&2; fail "init did not print its version"; }
+  grep -aq 'Kernel panic - not syncing: Attempted to kill init' "$tmp/boot.log" || fail "no panic after init exited"
+  ok "kernel boots the zstd initramfs, runs static init, reboots on panic"
 elif [ "${1:-}" = check ]; then
   [ $# -eq 3 ] || fail "usage: $0 check PKG OUTDIR"
   [ -d "$3" ] || fail "$3: no such directory"
