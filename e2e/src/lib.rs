@@ -445,29 +445,20 @@ pub fn partitions(disk: &Path) -> Result<Vec<Part>> {
             String::from_utf8_lossy(&out.stderr)
         );
     }
-    let text = String::from_utf8_lossy(&out.stdout);
-    // The fields we need, without a JSON dependency: one partition object a line.
-    let field = |l: &str, k: &str| -> Option<String> {
-        let i = l.find(&format!("\"{k}\":"))? + k.len() + 3;
-        let rest = l[i..].trim_start();
-        let v = if let Some(r) = rest.strip_prefix('"') {
-            r[..r.find('"')?].to_string()
-        } else {
-            rest[..rest.find([',', '}']).unwrap_or(rest.len())]
-                .trim()
-                .to_string()
-        };
-        Some(v)
-    };
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .with_context(|| format!("parsing sfdisk --json {}", disk.display()))?;
+    let sector = v["partitiontable"]["sectorsize"].as_u64().unwrap_or(512);
     let mut parts = Vec::new();
-    for l in text.lines().filter(|l| l.contains("\"node\"")) {
-        let start: u64 = field(l, "start").context("start")?.parse()?;
-        let size: u64 = field(l, "size").context("size")?.parse()?;
+    for p in v["partitiontable"]["partitions"]
+        .as_array()
+        .context("sfdisk --json: no partitions")?
+    {
+        let num = |k: &str| p[k].as_u64().with_context(|| format!("sfdisk --json: {k}"));
         parts.push(Part {
-            name: field(l, "name").unwrap_or_default(),
-            uuid: field(l, "uuid").unwrap_or_default(),
-            offset: start * 512,
-            size: size * 512,
+            name: p["name"].as_str().unwrap_or_default().to_string(),
+            uuid: p["uuid"].as_str().unwrap_or_default().to_string(),
+            offset: num("start")? * sector,
+            size: num("size")? * sector,
         });
     }
     Ok(parts)
@@ -504,11 +495,33 @@ pub fn esp_dir(disk: &Path, dir: &str) -> Result<String> {
         .arg(format!("::{dir}")))
 }
 
-/// Reads a file from an ext4 partition of the disk with debugfs.
+/// Reads a file from an ext4 partition of the disk with debugfs. The guest
+/// was stopped by pulling the plug, so what it fsynced may still sit in the
+/// journal: a copy of the partition gets `e2fsck -fy` (which replays it, as
+/// the next mount would) before debugfs reads it.
 pub fn ext4_cat(disk: &Path, part: &str, path: &str) -> Result<String> {
     let p = partition(disk, part)?;
+    let copy = tempfile::NamedTempFile::new()?;
+    run(Command::new("dd")
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", copy.path().display()))
+        .args(["bs=1M", "conv=sparse", "status=none"])
+        .arg(format!("skip={}", p.offset >> 20))
+        .arg(format!("count={}", p.size >> 20)))?;
+    let fsck = Command::new("e2fsck")
+        .arg("-fy")
+        .arg(copy.path())
+        .output()?;
+    // 0: clean, 1: fixed (journal replayed); anything else is damage.
+    if !matches!(fsck.status.code(), Some(0) | Some(1)) {
+        bail!(
+            "e2fsck -fy on {part}: {}\n{}",
+            fsck.status,
+            String::from_utf8_lossy(&fsck.stdout)
+        );
+    }
     run(Command::new("debugfs")
         .arg("-R")
         .arg(format!("cat {path}"))
-        .arg(format!("{}?offset={}", disk.display(), p.offset)))
+        .arg(copy.path()))
 }
