@@ -1,3 +1,4 @@
+# shellcheck shell=bash
 # Helpers for the assemble sections of ci/bench: running cairn and the peers
 # on one input set, and reading comparable sizes out of their outputs.
 # Source it after lib.sh; it uses ci/bench's SCRATCH, RUNS, JOBS, EPOCH.
@@ -75,16 +76,17 @@ med() {
 
 # table3 TITLE OURS PEER...: medians and sizes per tool, then OURS/PEER ratios.
 table3() {
-  local title=$1 ours=$2 n
+  local title=$1 ours=$2 n sizes
   shift 2
   printf '\n%s (median of %s runs, %s cores, load average %s)\n' \
     "$title" "$RUNS" "$JOBS" "$(cut -d' ' -f1-3 /proc/loadavg)"
   printf '  %-16s %8s %8s %8s %12s %12s %12s %12s\n' "" "wall s" "cpu s" "core s" \
     "squashfs B" "image B" "disk alloc" "all alloc"
   for n in "$ours" "$@"; do
+    read -r -a sizes <"$SCRATCH/$n.sizes"
     printf '  %-16s %8s %8s %8s %12s %12s %12s %12s\n' "$n" \
       "$(med "$SCRATCH/$n.times" 1)" "$(med "$SCRATCH/$n.times" 2)" \
-      "$(med "$SCRATCH/$n.core" 1)" $(cat "$SCRATCH/$n.sizes")
+      "$(med "$SCRATCH/$n.core" 1)" "${sizes[@]}"
   done
   for n in "$@"; do
     awk -v t="$ours/$n" \
