@@ -3,7 +3,7 @@
 # on one input set, and reading comparable sizes out of their outputs.
 # Source it after lib.sh; it uses ci/bench's SCRATCH, RUNS, JOBS, EPOCH.
 
-PEERS=$CAIRN_ROOT/../shared/bench
+PEERS=${CAIRN_BENCH_PEERS:-$CAIRN_ROOT/../shared/bench}
 CAIRN_BIN=$CAIRN_ROOT/target/release/cairn
 
 # assemble_cairn IN OUT CACHE: `cairn assemble` on an inputs.sh set.
@@ -80,11 +80,11 @@ table3() {
   shift 2
   printf '\n%s (median of %s runs, %s cores, load average %s)\n' \
     "$title" "$RUNS" "$JOBS" "$(cut -d' ' -f1-3 /proc/loadavg)"
-  printf '  %-16s %8s %8s %8s %12s %12s %12s %12s\n' "" "wall s" "cpu s" "core s" \
+  printf '  %-22s %8s %8s %8s %12s %12s %12s %12s\n' "" "wall s" "cpu s" "core s" \
     "squashfs B" "image B" "disk alloc" "all alloc"
   for n in "$ours" "$@"; do
     read -r -a sizes <"$SCRATCH/$n.sizes"
-    printf '  %-16s %8s %8s %8s %12s %12s %12s %12s\n' "$n" \
+    printf '  %-22s %8s %8s %8s %12s %12s %12s %12s\n' "$n" \
       "$(med "$SCRATCH/$n.times" 1)" "$(med "$SCRATCH/$n.times" 2)" \
       "$(med "$SCRATCH/$n.core" 1)" "${sizes[@]}"
   done
@@ -94,7 +94,7 @@ table3() {
       -v ac="$(med "$SCRATCH/$ours.times" 2)" -v bc="$(med "$SCRATCH/$n.times" 2)" \
       -v ak="$(med "$SCRATCH/$ours.core" 1)" -v bk="$(med "$SCRATCH/$n.core" 1)" \
       -v as="$(cut -d' ' -f1 "$SCRATCH/$ours.sizes")" -v bs="$(cut -d' ' -f1 "$SCRATCH/$n.sizes")" \
-      'BEGIN { printf "  %-16s %8.3f %8.3f %8.3f %12.4f\n", t, aw / bw, ac / bc, ak / bk, as / bs }'
+      'BEGIN { printf "  %-22s %8.3f %8.3f %8.3f %12.4f\n", t, aw / bw, ac / bc, ak / bk, as / bs }'
   done
 }
 
@@ -102,7 +102,7 @@ table3() {
 aim() {
   awk -v l="$1" -v v="$2" -v op="$3" -v lim="$4" 'BEGIN {
     ok = (op == "<=") ? (v <= lim) : (v >= lim)
-    printf "  aim %-40s %8.3f %s %s  %s\n", l, v, op, lim, ok ? "MET" : "MISSED" }'
+    printf "  aim %-42s %8.3f %s %s  %s\n", l, v, op, lim, ok ? "MET" : "MISSED" }'
 }
 
 # ratio OURS THEIRS FILE_SUFFIX COL: median(OURS) / median(THEIRS).
