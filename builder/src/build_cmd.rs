@@ -229,10 +229,27 @@ fn check_reproducible(a: &BuildArgs) -> Result<()> {
     unsafe {
         libc::umask(0o022);
     }
+    // Every output file, `oci/` included; hidden bookkeeping (.cairn-outputs.json:
+    // mtimes and inode numbers of this machine) is not an output.
+    fn files(root: &std::path::Path, rel: &std::path::Path, v: &mut Vec<String>) -> Result<()> {
+        for e in std::fs::read_dir(root.join(rel))? {
+            let e = e?;
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with('.') {
+                continue;
+            }
+            let r = rel.join(&name);
+            if e.file_type()?.is_dir() {
+                files(root, &r, v)?;
+            } else {
+                v.push(r.to_string_lossy().into_owned());
+            }
+        }
+        Ok(())
+    }
     let names = |d: &std::path::Path| -> Result<Vec<String>> {
-        let mut v: Vec<String> = std::fs::read_dir(d)?
-            .map(|e| e.map(|e| e.file_name().to_string_lossy().into_owned()))
-            .collect::<Result<_, _>>()?;
+        let mut v = Vec::new();
+        files(d, std::path::Path::new(""), &mut v)?;
         v.sort();
         Ok(v)
     };
@@ -242,9 +259,6 @@ fn check_reproducible(a: &BuildArgs) -> Result<()> {
     }
     for n in &na {
         let (pa, pb) = (outs[0].join(n), outs[1].join(n));
-        if pa.is_dir() {
-            continue;
-        }
         let (ha, hb) = (signing::hash_file(&pa)?.1, signing::hash_file(&pb)?.1);
         if ha != hb {
             let off = first_difference(&pa, &pb)?;
