@@ -506,6 +506,11 @@ pub fn initramfs(
     let dir = stages.run(name, &k.finish(), |out| {
         let empty = out.join("empty");
         fs::create_dir(&empty)?;
+        // The archive's root entry: its mode must not come from the umask.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            fs::set_permissions(&empty, fs::Permissions::from_mode(0o755))?;
+        }
         let tree = Tree::read(&empty, Normalize::root_owned(epoch))?;
         let mut all = vec![
             Extra::file("init", 0o755, Content::Path(init.to_path_buf())),

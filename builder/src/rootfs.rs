@@ -55,14 +55,13 @@ pub fn stage(profile: &Profile, packages: &[(String, PathBuf)], dir: &Path) -> R
     for d in DIRS {
         fs::create_dir_all(dir.join(d))?;
     }
-    fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777))?;
-    fs::write(dir.join("usr/lib/os-release"), os_release(profile))?;
+    put(&dir.join("usr/lib/os-release"), &os_release(profile))?;
     symlink("../usr/lib/os-release", dir.join("etc/os-release"))?;
-    fs::write(dir.join("etc/hostname"), "cairn\n")?;
+    put(&dir.join("etc/hostname"), "cairn\n")?;
     // An empty machine-id: a read-only root cannot get one later.
-    fs::write(dir.join("etc/machine-id"), "")?;
-    fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/:/sbin/nologin\n")?;
-    fs::write(dir.join("etc/group"), "root:x:0:\n")?;
+    put(&dir.join("etc/machine-id"), "")?;
+    put(&dir.join("etc/passwd"), "root:x:0:0:root:/:/sbin/nologin\n")?;
+    put(&dir.join("etc/group"), "root:x:0:\n")?;
 
     for (name, out) in packages {
         if name == "init" {
@@ -107,6 +106,9 @@ pub fn stage(profile: &Profile, packages: &[(String, PathBuf)], dir: &Path) -> R
         })?;
     }
 
+    // Directories get their modes here, not from the builder's umask.
+    fix_dir_modes(dir)?;
+    fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777))?;
     let mut binaries = Vec::new();
     find_elf(dir, dir, &mut binaries)?;
     binaries.sort();
@@ -114,6 +116,24 @@ pub fn stage(profile: &Profile, packages: &[(String, PathBuf)], dir: &Path) -> R
         dir: dir.to_path_buf(),
         binaries,
     })
+}
+
+/// A file we generate: mode 0644 whatever the umask.
+fn put(path: &Path, text: &str) -> Result<()> {
+    fs::write(path, text).with_context(|| format!("writing {}", path.display()))?;
+    fs::set_permissions(path, fs::Permissions::from_mode(0o644))?;
+    Ok(())
+}
+
+fn fix_dir_modes(dir: &Path) -> Result<()> {
+    fs::set_permissions(dir, fs::Permissions::from_mode(0o755))?;
+    for e in fs::read_dir(dir)? {
+        let e = e?;
+        if e.file_type()?.is_dir() {
+            fix_dir_modes(&e.path())?;
+        }
+    }
+    Ok(())
 }
 
 fn copy_file(src: &Path, dst: &Path, mode: Option<u32>) -> Result<()> {
