@@ -32,14 +32,15 @@ const DIRS: &[&str] = &[
 const PKG_TREES: &[&str] = &["bin", "sbin", "etc", "lib", "usr"];
 
 /// `/etc/os-release` (and the UKI's `.osrel`): systemd-boot sorts entries by
-/// ID then version, which is what makes the newest release boot first.
+/// IMAGE_ID (else ID) then version, which is what makes the newest release
+/// boot first: IMAGE_ID must therefore stay the same across releases (no
+/// profile name in it), or an older release sorts first by name.
 pub fn os_release(profile: &Profile) -> String {
     let v = &profile.version;
     format!(
-        "NAME=\"{name}\"\nID={id}\nPRETTY_NAME=\"{name} {v}\"\nVERSION=\"{v}\"\nVERSION_ID={v}\nIMAGE_ID={id}-{profile_name}\nIMAGE_VERSION={v}\n",
+        "NAME=\"{name}\"\nID={id}\nPRETTY_NAME=\"{name} {v}\"\nVERSION=\"{v}\"\nVERSION_ID={v}\nIMAGE_ID={id}\nIMAGE_VERSION={v}\n",
         name = profile.os_name,
         id = profile.os_name.to_lowercase(),
-        profile_name = profile.name,
     )
 }
 

@@ -131,7 +131,11 @@ pub fn decide(selected: Option<&str>, count_path: Option<&str>) -> Decision {
             path: path.into(),
         });
     }
-    if sel_left == 0 || left != sel_left - 1 || done != sel_done + 1 {
+    // systemd-boot counts one try down per attempt; an exhausted entry
+    // (the last resort when nothing else is left) stays at 0 tries and
+    // only its done count goes up.
+    let expected_left = sel_left.saturating_sub(1);
+    if left != expected_left || done != sel_done + 1 {
         return Decision::Refuse(Refusal::CounterMismatch {
             selected: selected.into(),
             path: path.into(),
@@ -187,6 +191,11 @@ mod tests {
             // '+' in the version is not a counter
             (Some("cairn-2.0.0+git5+3.efi"), Some("\\EFI\\Linux\\cairn-2.0.0+git5+2-1.efi"),
              rename("EFI/Linux/cairn-2.0.0+git5+2-1.efi", "EFI/Linux/cairn-2.0.0+git5.efi")),
+            // the exhausted last resort booted and came up healthy: bless it
+            (Some("cairn-2.0.0+0.efi"), Some("\\EFI\\Linux\\cairn-2.0.0+0-1.efi"),
+             rename("EFI/Linux/cairn-2.0.0+0-1.efi", "EFI/Linux/cairn-2.0.0.efi")),
+            (Some("cairn-2.0.0+0-1.efi"), Some("\\EFI\\Linux\\cairn-2.0.0+0-3.efi"),
+             Refuse(Refusal::CounterMismatch { selected: "cairn-2.0.0+0-1.efi".into(), path: "\\EFI\\Linux\\cairn-2.0.0+0-3.efi".into() })),
             // booted a blessed entry: nothing to do, even with a stale count path
             (Some("cairn-1.0.0.efi"), None, AlreadyBlessed),
             (Some("cairn-1.0.0.efi"), Some("\\EFI\\Linux\\cairn-2.0.0+2-1.efi"), AlreadyBlessed),
