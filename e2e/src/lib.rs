@@ -671,10 +671,8 @@ pub fn print_timings(label: &str, boot: &Boot, marker: &str) {
         Some(t) => println!(
             "{label}: QEMU start -> {marker:?} {:.1}s; kernel -> init {}; init -> marker {}",
             t.qemu_to_marker.as_secs_f64(),
-            t.kernel_to_init
-                .map_or("?".into(), |s| format!("{s:.2}s")),
-            t.init_to_marker
-                .map_or("?".into(), |s| format!("{s:.2}s")),
+            t.kernel_to_init.map_or("?".into(), |s| format!("{s:.2}s")),
+            t.init_to_marker.map_or("?".into(), |s| format!("{s:.2}s")),
         ),
         None => println!("{label}: {marker:?} not seen"),
     }
@@ -788,4 +786,36 @@ pub fn field<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
         .iter()
         .find(|(k, _)| k == key)
         .map(|(_, v)| v.as_str())
+}
+
+/// A v1 disk (a sparse copy of `disk.raw` in `work`) booted once, so its
+/// release is blessed; returns the machine (its NVRAM kept) and the disk.
+pub fn booted_v1(name: &str, work: &Path) -> Result<(Machine, PathBuf)> {
+    let disk = work.join("disk.raw");
+    sparse_copy(&images_dir()?.join("disk.raw"), &disk)?;
+    let mut m = Machine::new(name, work, None)?;
+    m.disks.push(Disk::virtio(&disk));
+    boot_ok(
+        &mut m,
+        &format!("{name}: v1 first boot"),
+        "slot=A version=1.0.0",
+    )?;
+    Ok((m, disk))
+}
+
+/// Boots until a boot succeeds (at most `max` attempts); returns the failed
+/// attempts' lines and the successful boot's line.
+pub fn boot_until_ok(m: &mut Machine, label: &str, max: u32) -> Result<(Vec<String>, String)> {
+    let mut failed = Vec::new();
+    for n in 1..=max {
+        match boot_attempt(m, &format!("{label} attempt {n}"))? {
+            Attempt::Ok(line) => return Ok((failed, line)),
+            Attempt::Failed(line) => failed.push(line),
+        }
+    }
+    bail!(
+        "{label}: no boot succeeded in {max} cold boots; failures:\n{}\n(logs in {})",
+        failed.join("\n"),
+        m.log_dir.display()
+    )
 }
