@@ -148,3 +148,16 @@ fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
 }
+
+#[test]
+fn strace_lines_are_classified() {
+    let trace = "24427 write(1</tmp/x/stdout>, \"\"..., 2) = 2\n\
+                 24427 pwrite64(3</tmp/w/cut-disk.raw>, \"\"..., 4096, 0) = 4096\n\
+                 24427 +++ killed by SIGKILL +++\n";
+    let c = calls(trace, "cut-disk.raw");
+    assert_eq!(c.len(), 2);
+    assert_eq!(c[0].name, "write");
+    assert!(!c[0].to_disk);
+    assert_eq!(c[1].name, "pwrite64");
+    assert!(c[1].to_disk);
+}
