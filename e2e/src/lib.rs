@@ -446,7 +446,8 @@ pub fn partitions(disk: &Path) -> Result<Vec<Part>> {
         );
     }
     let text = String::from_utf8_lossy(&out.stdout);
-    // The fields we need, without a JSON dependency: one partition object a line.
+    // The fields we need, without a JSON dependency. sfdisk 2.38 prints each
+    // partition object over several lines, so split on the `"node"` key.
     let field = |l: &str, k: &str| -> Option<String> {
         let i = l.find(&format!("\"{k}\":"))? + k.len() + 3;
         let rest = l[i..].trim_start();
@@ -460,7 +461,7 @@ pub fn partitions(disk: &Path) -> Result<Vec<Part>> {
         Some(v)
     };
     let mut parts = Vec::new();
-    for l in text.lines().filter(|l| l.contains("\"node\"")) {
+    for l in text.split("\"node\"").skip(1) {
         let start: u64 = field(l, "start").context("start")?.parse()?;
         let size: u64 = field(l, "size").context("size")?.parse()?;
         parts.push(Part {
