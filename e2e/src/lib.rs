@@ -820,3 +820,47 @@ pub fn boot_until_ok(m: &mut Machine, label: &str, max: u32) -> Result<(Vec<Stri
         m.log_dir.display()
     )
 }
+
+/// Reads a file from an ext4 partition after replaying its journal on a
+/// scratch copy: debugfs alone does not replay the journal, so data init
+/// fsynced just before the machine was stopped may still sit only there.
+pub fn ext4_read(disk: &Path, part: &str, path: &str) -> Result<String> {
+    let p = partition(disk, part)?;
+    let scratch = tempfile_path(disk, part);
+    run(Command::new("dd")
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", scratch.display()))
+        .args(["bs=1M", "iflag=skip_bytes,count_bytes", "conv=sparse"])
+        .arg(format!("skip={}", p.offset))
+        .arg(format!("count={}", p.size)))?;
+    // e2fsck exits 1 when it fixed something (here: replayed the journal).
+    let st = Command::new("e2fsck")
+        .args(["-f", "-p"])
+        .arg(&scratch)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .context("running e2fsck")?;
+    if !matches!(st.code(), Some(0) | Some(1)) {
+        let _ = fs::remove_file(&scratch);
+        bail!(
+            "e2fsck -f -p on a copy of {part} of {} failed ({st})",
+            disk.display()
+        );
+    }
+    let out = run(Command::new("debugfs")
+        .arg("-R")
+        .arg(format!("cat {path}"))
+        .arg(&scratch));
+    let _ = fs::remove_file(&scratch);
+    out
+}
+
+fn tempfile_path(disk: &Path, part: &str) -> PathBuf {
+    disk.with_file_name(format!(
+        "{}.{part}.scratch",
+        disk.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ))
+}
