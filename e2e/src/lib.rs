@@ -525,3 +525,324 @@ pub fn ext4_cat(disk: &Path, part: &str, path: &str) -> Result<String> {
         .arg(format!("cat {path}"))
         .arg(copy.path()))
 }
+
+// ---- Helpers for the install, upgrade and fallback scenarios. ----
+
+/// The root of the cairn checkout (where `target/` and `profiles/` live).
+pub fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .map(Path::to_path_buf)
+        .unwrap_or_else(|| PathBuf::from(".."))
+}
+
+/// Where a test release (a `profiles/test/NAME.toml` build) was written:
+/// `$CAIRN_E2E_OUT_NAME` (e.g. `CAIRN_E2E_OUT_V2`), else `<images>-NAME`
+/// next to the main images (`out-v2` beside `out`). It must hold `update.tar`.
+pub fn release_dir(name: &str) -> Result<PathBuf> {
+    let var = format!("CAIRN_E2E_OUT_{}", name.to_uppercase());
+    let dir = match std::env::var_os(&var) {
+        Some(d) => PathBuf::from(d),
+        None => {
+            let main = images_dir()?;
+            let base = main
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "out".into());
+            main.with_file_name(format!("{base}-{name}"))
+        }
+    };
+    if !dir.join("update.tar").exists() {
+        bail!(
+            "{} has no update.tar: build the test release with `./target/release/cairn build --profile profiles/test/{name}.toml --out {}` (ci/test does), or set {var}",
+            dir.display(),
+            dir.display()
+        );
+    }
+    Ok(dir)
+}
+
+/// The `cairn-installer` binary: `$CAIRN_INSTALLER`, else `target/release/cairn-installer`.
+pub fn installer_bin() -> Result<PathBuf> {
+    let p = std::env::var_os("CAIRN_INSTALLER")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release/cairn-installer"));
+    if !p.is_file() {
+        bail!(
+            "{} is missing: `cargo build --release -p installer` (or set CAIRN_INSTALLER)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// The key the releases under test are signed with: `$CAIRN_E2E_PUBKEY`,
+/// else the development key `cairn build` uses when given no `--key`.
+pub fn release_pubkey() -> Result<PathBuf> {
+    let p = match std::env::var_os("CAIRN_E2E_PUBKEY") {
+        Some(p) => PathBuf::from(p),
+        None => {
+            let home = std::env::var_os("HOME").context("HOME is not set")?;
+            Path::new(&home).join(".local/share/cairn/dev-signing.key.pub")
+        }
+    };
+    if !p.is_file() {
+        bail!(
+            "{} is missing: the releases are signed with the development key unless `cairn build --key` was given (set CAIRN_E2E_PUBKEY)",
+            p.display()
+        );
+    }
+    Ok(p)
+}
+
+/// What one `cairn-installer` run did.
+#[derive(Debug)]
+pub struct Ran {
+    pub success: bool,
+    pub code: Option<i32>,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+/// Runs `cairn-installer ARGS`; a non-zero exit is a result, not an error.
+pub fn installer(args: &[&dyn AsRef<std::ffi::OsStr>]) -> Result<Ran> {
+    let bin = installer_bin()?;
+    let out = Command::new(&bin)
+        .args(args.iter().map(|a| a.as_ref()))
+        .output()
+        .with_context(|| format!("running {}", bin.display()))?;
+    Ok(Ran {
+        success: out.status.success(),
+        code: out.status.code(),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    })
+}
+
+/// `cairn-installer upgrade --disk DISK --bundle BUNDLE --pubkey KEY`, which must succeed.
+pub fn upgrade(disk: &Path, bundle: &Path) -> Result<Ran> {
+    let key = release_pubkey()?;
+    let r = installer(&[
+        &"upgrade",
+        &"--disk",
+        &disk,
+        &"--bundle",
+        &bundle,
+        &"--pubkey",
+        &key,
+    ])?;
+    if !r.success {
+        bail!(
+            "cairn-installer upgrade --disk {} --bundle {} failed ({:?}):\n{}{}",
+            disk.display(),
+            bundle.display(),
+            r.code,
+            r.stdout,
+            r.stderr
+        );
+    }
+    Ok(r)
+}
+
+/// A sha256 of a file by `sha256sum`, the independent tool.
+pub fn sha256(path: &Path) -> Result<String> {
+    let out = run(Command::new("sha256sum").arg(path))?;
+    out.split_whitespace()
+        .next()
+        .map(str::to_string)
+        .with_context(|| format!("sha256sum {} printed nothing", path.display()))
+}
+
+/// A blank sparse disk image of `size` bytes.
+pub fn blank_disk(path: &Path, size: u64) -> Result<()> {
+    let f = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    f.set_len(size)
+        .with_context(|| format!("sizing {} to {size} bytes", path.display()))?;
+    Ok(())
+}
+
+/// Flips one bit of the byte at `offset` in `path`.
+pub fn flip_byte(path: &Path, offset: u64) -> Result<()> {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, offset)
+        .with_context(|| format!("reading {} at {offset}", path.display()))?;
+    b[0] ^= 0x40;
+    f.write_all_at(&b, offset)?;
+    f.sync_all()?;
+    Ok(())
+}
+
+/// Prints the boot-time figures of a boot that reached `marker`.
+pub fn print_timings(label: &str, boot: &Boot, marker: &str) {
+    match boot.timings(marker) {
+        Some(t) => println!(
+            "{label}: QEMU start -> {marker:?} {:.1}s; kernel -> init {}; init -> marker {}",
+            t.qemu_to_marker.as_secs_f64(),
+            t.kernel_to_init.map_or("?".into(), |s| format!("{s:.2}s")),
+            t.init_to_marker.map_or("?".into(), |s| format!("{s:.2}s")),
+        ),
+        None => println!("{label}: {marker:?} not seen"),
+    }
+}
+
+/// Default wait for one boot under TCG on a busy machine.
+pub const BOOT_TIMEOUT: Duration = Duration::from_secs(300);
+
+/// One cold boot that must reach `cairn: boot ok` and contain `expect` in
+/// that line; prints its timings, stops the machine, returns the line.
+pub fn boot_ok(m: &mut Machine, label: &str, expect: &str) -> Result<String> {
+    let mut b = m.boot()?;
+    let (i, line) = b.expect_any(&["cairn: boot ok", "cairn: boot failed"], BOOT_TIMEOUT)?;
+    if i != 0 || !line.contains(expect) {
+        bail!(
+            "{label}: expected `cairn: boot ok` with {expect:?}, got {line:?}\n--- last 50 console lines ({}) ---\n{}",
+            b.log.display(),
+            b.tail()
+        );
+    }
+    print_timings(label, &b, "cairn: boot ok");
+    b.kill()?;
+    Ok(line)
+}
+
+/// How one boot attempt ended.
+#[derive(Debug)]
+pub enum Attempt {
+    /// `cairn: boot ok ...` (that line).
+    Ok(String),
+    /// init said `boot failed` or the kernel panicked, then QEMU exited.
+    Failed(String),
+}
+
+/// One cold boot that may fail; a failed boot must end the QEMU process
+/// (a reboot under `-no-reboot`), as a real machine would reset.
+pub fn boot_attempt(m: &mut Machine, label: &str) -> Result<Attempt> {
+    let mut b = m.boot()?;
+    let (i, line) = b.expect_any(
+        &["cairn: boot ok", "cairn: boot failed", "Kernel panic"],
+        BOOT_TIMEOUT,
+    )?;
+    if i == 0 {
+        print_timings(label, &b, "cairn: boot ok");
+        b.kill()?;
+        return Ok(Attempt::Ok(line));
+    }
+    b.wait_exit(Duration::from_secs(120))?;
+    println!("{label}: failed as expected: {line}");
+    Ok(Attempt::Failed(line))
+}
+
+/// `cairn-installer status --disk DISK --json`, reduced by python3's json
+/// module (an independent parser) to `key=value` lines:
+/// `next_boot.version`, `next_boot.slot`, `active_slot`, and per entry
+/// `entry.VERSION.{slot,blessed,exhausted,tries_left}`.
+pub fn status_summary(disk: &Path) -> Result<(String, Vec<(String, String)>)> {
+    let r = installer(&[&"status", &"--disk", &disk, &"--json"])?;
+    if !r.success {
+        bail!(
+            "cairn-installer status --disk {} --json failed ({:?}): {}",
+            disk.display(),
+            r.code,
+            r.stderr
+        );
+    }
+    let script = r#"
+import json, sys
+d = json.load(sys.stdin)
+nb = d.get("next_boot") or {}
+print("next_boot.version=%s" % nb.get("version"))
+print("next_boot.slot=%s" % nb.get("slot"))
+print("active_slot=%s" % d.get("active_slot"))
+for e in d.get("entries", []):
+    v = e.get("version")
+    for k in ("slot", "blessed", "exhausted", "tries_left", "file"):
+        print("entry.%s.%s=%s" % (v, k, e.get(k)))
+"#;
+    let mut child = Command::new("python3")
+        .arg("-c")
+        .arg(script)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting python3 to read the status JSON")?;
+    {
+        use std::io::Write;
+        let mut stdin = child.stdin.take().context("python3 stdin")?;
+        stdin.write_all(r.stdout.as_bytes())?;
+    }
+    let out = child.wait_with_output()?;
+    if !out.status.success() {
+        bail!(
+            "status --json is not valid JSON ({}):\n{}",
+            String::from_utf8_lossy(&out.stderr),
+            r.stdout
+        );
+    }
+    let pairs = String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter_map(|l| l.split_once('='))
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    Ok((r.stdout, pairs))
+}
+
+/// The value of `key` in a [`status_summary`].
+pub fn field<'a>(pairs: &'a [(String, String)], key: &str) -> Option<&'a str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_str())
+}
+
+/// A v1 disk (a sparse copy of `disk.raw` in `work`) booted once, so its
+/// release is blessed; returns the machine (its NVRAM kept) and the disk.
+pub fn booted_v1(name: &str, work: &Path) -> Result<(Machine, PathBuf)> {
+    let disk = work.join("disk.raw");
+    sparse_copy(&images_dir()?.join("disk.raw"), &disk)?;
+    let mut m = Machine::new(name, work, None)?;
+    m.disks.push(Disk::virtio(&disk));
+    boot_ok(
+        &mut m,
+        &format!("{name}: v1 first boot"),
+        "slot=A version=1.0.0",
+    )?;
+    Ok((m, disk))
+}
+
+/// Boots until a boot succeeds (at most `max` attempts); returns the failed
+/// attempts' lines and the successful boot's line.
+pub fn boot_until_ok(m: &mut Machine, label: &str, max: u32) -> Result<(Vec<String>, String)> {
+    let mut failed = Vec::new();
+    for n in 1..=max {
+        match boot_attempt(m, &format!("{label} attempt {n}"))? {
+            Attempt::Ok(line) => return Ok((failed, line)),
+            Attempt::Failed(line) => failed.push(line),
+        }
+    }
+    bail!(
+        "{label}: no boot succeeded in {max} cold boots; failures:\n{}\n(logs in {})",
+        failed.join("\n"),
+        m.log_dir.display()
+    )
+}
+
+/// Same as [`ext4_cat`] (kept for the scenario files that use this name).
+pub fn ext4_read(disk: &Path, part: &str, path: &str) -> Result<String> {
+    ext4_cat(disk, part, path)
+}
+
+fn tempfile_path(disk: &Path, part: &str) -> PathBuf {
+    disk.with_file_name(format!(
+        "{}.{part}.scratch",
+        disk.file_name()
+            .map(|f| f.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    ))
+}

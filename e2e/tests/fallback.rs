@@ -1,0 +1,141 @@
+//! Scenarios 6 and 7: a release that cannot boot is tried three times
+//! (systemd-boot's counter) and then the previous release boots by itself:
+//! once for a rootfs without init (test release v3), once for a slot whose
+//! bytes no longer match the verity root hash. And a bundle whose rootfs.img
+//! was changed after signing is refused before anything is written.
+
+use std::fs;
+use std::path::Path;
+use std::process::Command;
+
+use anyhow::{ensure, Context, Result};
+use e2e::*;
+
+/// The number of tries a new entry gets (`+3` in its file name).
+const TRIES: usize = 3;
+
+#[test]
+fn release_without_init_falls_back_after_three_tries() -> Result<()> {
+    require_tools(&["qemu-system-x86_64", "sfdisk", "mdir", "python3"])?;
+    let v2 = release_dir("v2")?;
+    let v3 = release_dir("v3")?;
+    let work = tempfile::tempdir()?;
+    let (mut m, disk) = booted_v1("fallback-init", work.path())?;
+    upgrade(&disk, &v2.join("update.tar"))?;
+    boot_ok(&mut m, "fallback-init: v2 boot", "slot=B version=2.0.0")?;
+    upgrade(&disk, &v3.join("update.tar"))?;
+
+    let (failed, ok) = boot_until_ok(&mut m, "fallback-init: v3", TRIES as u32 + 1)?;
+    ensure!(
+        failed.len() == TRIES,
+        "v3 should fail exactly {TRIES} times before the fallback, failed {}:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    ensure!(
+        ok.contains("slot=B") && ok.contains("version=2.0.0"),
+        "after v3's tries the fallback should be v2 in slot B, got: {ok}"
+    );
+    // The fallback is stable: the next cold boot is v2 again, not another try of v3.
+    boot_ok(
+        &mut m,
+        "fallback-init: after fallback",
+        "slot=B version=2.0.0",
+    )?;
+
+    let (json, s) = status_summary(&disk)?;
+    ensure!(
+        field(&s, "entry.3.0.0.exhausted") == Some("True")
+            && field(&s, "entry.3.0.0.tries_left") == Some("0"),
+        "status should report v3 exhausted with no tries left:\n{json}"
+    );
+    ensure!(
+        field(&s, "next_boot.version") == Some("2.0.0")
+            && field(&s, "active_slot") == Some("BOOT-B")
+            && field(&s, "entry.2.0.0.blessed") == Some("True"),
+        "status should report v2 (BOOT-B, blessed) as the release that boots:\n{json}"
+    );
+    Ok(())
+}
+
+/// Extracts `tar` into `dir` and returns its member names in archive order.
+fn untar(tar: &Path, dir: &Path) -> Result<Vec<String>> {
+    fs::create_dir_all(dir)?;
+    run(Command::new("tar").arg("-xf").arg(tar).arg("-C").arg(dir))?;
+    Ok(run(Command::new("tar").arg("-tf").arg(tar))?
+        .lines()
+        .map(str::to_string)
+        .collect())
+}
+
+#[test]
+fn tampered_rootfs_is_refused_and_a_corrupt_slot_falls_back() -> Result<()> {
+    require_tools(&["qemu-system-x86_64", "sfdisk", "tar", "sha256sum"])?;
+    let v2 = release_dir("v2")?;
+    let work = tempfile::tempdir()?;
+    let (mut m, disk) = booted_v1("fallback-verity", work.path())?;
+
+    // A bundle whose rootfs.img changed after signing, repacked in the same order.
+    let dir = work.path().join("bundle");
+    let names = untar(&v2.join("update.tar"), &dir)?;
+    ensure!(
+        names
+            .iter()
+            .any(|n| n.trim_start_matches("./") == "rootfs.img"),
+        "update.tar has no rootfs.img: {names:?}"
+    );
+    let rootfs = dir.join("rootfs.img");
+    let len = fs::metadata(&rootfs)?.len();
+    flip_byte(&rootfs, len / 3)?;
+    let bad = work.path().join("bad-update.tar");
+    run(Command::new("tar")
+        .arg("-cf")
+        .arg(&bad)
+        .arg("-C")
+        .arg(&dir)
+        .args(&names))?;
+
+    let before = sha256(&disk)?;
+    let key = release_pubkey()?;
+    let r = installer(&[
+        &"upgrade",
+        &"--disk",
+        &disk,
+        &"--bundle",
+        &bad,
+        &"--pubkey",
+        &key,
+    ])?;
+    let msg = format!("{}{}", r.stdout, r.stderr);
+    ensure!(
+        !r.success,
+        "an upgrade with a tampered rootfs.img succeeded:\n{msg}"
+    );
+    ensure!(
+        msg.contains("rootfs.img"),
+        "the refusal should name rootfs.img:\n{msg}"
+    );
+    println!("tampered bundle refused: {}", msg.trim());
+    let after = sha256(&disk)?;
+    ensure!(
+        before == after,
+        "a refused upgrade changed the disk: sha256 {before} -> {after}"
+    );
+
+    // Past the installer's checks: a good upgrade, then the slot rots on disk.
+    upgrade(&disk, &v2.join("update.tar"))?;
+    let slot = partition(&disk, "BOOT-B")?;
+    flip_byte(&disk, slot.offset + 8192 + 17).context("corrupting BOOT-B")?;
+    let (failed, ok) = boot_until_ok(&mut m, "fallback-verity: corrupt v2", TRIES as u32 + 1)?;
+    ensure!(
+        failed.len() == TRIES,
+        "the corrupt v2 should fail exactly {TRIES} times before the fallback, failed {}:\n{}",
+        failed.len(),
+        failed.join("\n")
+    );
+    ensure!(
+        ok.contains("slot=A") && ok.contains("version=1.0.0"),
+        "after the corrupt v2's tries the fallback should be v1 in slot A, got: {ok}"
+    );
+    Ok(())
+}
