@@ -837,12 +837,3 @@ pub fn boot_until_ok(m: &mut Machine, label: &str, max: u32) -> Result<(Vec<Stri
 pub fn ext4_read(disk: &Path, part: &str, path: &str) -> Result<String> {
     ext4_cat(disk, part, path)
 }
-
-fn tempfile_path(disk: &Path, part: &str) -> PathBuf {
-    disk.with_file_name(format!(
-        "{}.{part}.scratch",
-        disk.file_name()
-            .map(|f| f.to_string_lossy().into_owned())
-            .unwrap_or_default()
-    ))
-}
