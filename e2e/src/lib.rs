@@ -148,8 +148,9 @@ impl Machine {
                         usb = true;
                     }
                     c.arg("-drive").arg(format!("if=none,id=d{i},{file}"));
-                    c.arg("-device")
-                        .arg(format!("usb-storage,bus=xhci.0,drive=d{i},bootindex={i}"));
+                    c.arg("-device").arg(format!(
+                        "usb-storage,bus=xhci.0,drive=d{i},bootindex={i},removable=on"
+                    ));
                 }
             }
         }
