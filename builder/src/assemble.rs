@@ -41,10 +41,6 @@ impl RootfsImage {
             cmdline: info.cmdline(),
         })
     }
-
-    pub fn root_hash_bytes(&self) -> Result<Vec<u8>> {
-        hex::decode(&self.root_hash).context("root hash is not hex")
-    }
 }
 
 const ROOTFS_META: &str = "rootfs.json";

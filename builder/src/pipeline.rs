@@ -545,14 +545,9 @@ pub fn initramfs(
     Ok(dir.join("initramfs.cpio.zst"))
 }
 
-/// Copies a cached artifact into the output directory unless an identical
-/// file is already there (so a no-op build rewrites nothing).
+/// Copies a cached artifact into the output directory, atomically (whether
+/// it needs copying at all is `produce`'s decision).
 fn publish(from: &Path, to: &Path) -> Result<()> {
-    if let (Ok(a), Ok(b)) = (fs::metadata(from), fs::metadata(to)) {
-        if a.len() == b.len() && signing::hash_file(from)?.1 == signing::hash_file(to)?.1 {
-            return Ok(());
-        }
-    }
     let tmp = to.with_extension("partial");
     fs::copy(from, &tmp)
         .with_context(|| format!("copying {} to {}", from.display(), tmp.display()))?;
@@ -629,15 +624,6 @@ pub fn print_table(s: &Summary) {
     if s.dev_key {
         println!("\nWARNING: signed with a development key.");
     }
-}
-
-pub fn check_outputs_exist(out: &Path, names: &[&str]) -> Result<()> {
-    for n in names {
-        if !out.join(n).exists() {
-            bail!("{} is missing from {}", n, out.display());
-        }
-    }
-    Ok(())
 }
 
 /// Runs an output step unless the file is already there, made from the

@@ -6,7 +6,6 @@
 //! merged (the extending file wins, tables merge field by field) and the
 //! result checked for required fields.
 
-use std::collections::BTreeMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
@@ -432,16 +431,6 @@ impl Profile {
             .ok()
             .and_then(|v| v.parse().ok())
             .unwrap_or(self.source_date_epoch)
-    }
-
-    /// Everything that identifies the profile's content, for cache keys.
-    pub fn summary(&self) -> BTreeMap<&'static str, String> {
-        BTreeMap::from([
-            ("name", self.name.clone()),
-            ("os", format!("{} {}", self.os_name, self.version)),
-            ("platform", format!("{:?}", self.platform).to_lowercase()),
-            ("cmdline", self.cmdline.join(" ")),
-        ])
     }
 }
 

@@ -833,8 +833,3 @@ pub fn boot_until_ok(m: &mut Machine, label: &str, max: u32) -> Result<(Vec<Stri
         m.log_dir.display()
     )
 }
-
-/// Same as [`ext4_cat`] (kept for the scenario files that use this name).
-pub fn ext4_read(disk: &Path, part: &str, path: &str) -> Result<String> {
-    ext4_cat(disk, part, path)
-}

@@ -12,8 +12,8 @@ fn upgrade_a_to_b_keeps_state_and_ephemeral() -> Result<()> {
     let v2 = release_dir("v2")?;
     let work = tempfile::tempdir()?;
     let (mut m, disk) = booted_v1("upgrade", work.path())?;
-    let boots_v1 = ext4_read(&disk, "STATE", "/boots.log")?;
-    let var_v1 = ext4_read(&disk, "EPHEMERAL", "/log/cairn-boots")?;
+    let boots_v1 = ext4_cat(&disk, "STATE", "/boots.log")?;
+    let var_v1 = ext4_cat(&disk, "EPHEMERAL", "/log/cairn-boots")?;
     ensure!(
         boots_v1.lines().count() == 1,
         "v1's first boot should leave one STATE record:\n{boots_v1}"
@@ -36,7 +36,7 @@ fn upgrade_a_to_b_keeps_state_and_ephemeral() -> Result<()> {
     );
 
     // What v1 recorded is still there, with v2's boot after it.
-    let boots = ext4_read(&disk, "STATE", "/boots.log")?;
+    let boots = ext4_cat(&disk, "STATE", "/boots.log")?;
     ensure!(
         boots.starts_with(&boots_v1) && boots.lines().count() == 2,
         "STATE /boots.log should keep v1's record and add v2's:\nbefore:\n{boots_v1}\nafter:\n{boots}"
@@ -45,7 +45,7 @@ fn upgrade_a_to_b_keeps_state_and_ephemeral() -> Result<()> {
         boots.lines().nth(1).is_some_and(|l| l.contains("slot=B")),
         "the second STATE record should be slot B:\n{boots}"
     );
-    let var = ext4_read(&disk, "EPHEMERAL", "/log/cairn-boots")?;
+    let var = ext4_cat(&disk, "EPHEMERAL", "/log/cairn-boots")?;
     ensure!(
         var.starts_with(&var_v1) && var.lines().count() == 2,
         "EPHEMERAL /log/cairn-boots should keep v1's line and add v2's:\nbefore:\n{var_v1}\nafter:\n{var}"
