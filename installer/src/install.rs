@@ -1,7 +1,7 @@
 //! `install`: put a verified release on an empty disk.
 //!
 //! The story: verify the bundle completely; refuse unsafe targets; plan the
-//! layout; write slot A (hashing while writing, then reading back); zero the
+//! layout; write slot A (then reading it back against the manifest); zero the
 //! start of STATE and EPHEMERAL so init formats them; build the ESP; write
 //! the partition table last, so an interrupted install leaves a disk with no
 //! partition table rather than a half-installed one that might boot.
@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 
 use artifacts::fat::{self, FatFile, FatSource, FormatOptions};
 use artifacts::gpt::{self, DiskLayout, Guid, Partition, SECTOR};
-use signing::{HashingReader, PublicKey};
+use signing::PublicKey;
 
 use crate::blockdev::{hash_range, read_at, sha256, sync, write_at, zero_range, Disk};
 use crate::bootmodel::{entry_name, Counter};
@@ -356,8 +356,16 @@ pub fn install_to<D: Read + Write + Seek>(
     })
 }
 
-/// Streams rootfs.img into `part`, hashing as it goes, then reads the
-/// written range back; both must match the signed manifest.
+/// Copies rootfs.img into `part`, then reads the written range back; its
+/// sha256 must be the signed manifest's.
+///
+/// The source is not hashed on the way in: open_verified hashed it before
+/// any write, and the read-back after the barrier is what decides. It checks
+/// the bytes the slot holds, so a rootfs.img changed since verification
+/// fails it just as a bad disk does; only then is the source hashed again,
+/// to say which of the two it was. One pass over the data fewer than hashing
+/// while streaming, with the same guarantee before anything points at the
+/// slot.
 pub(crate) fn write_slot<D: Read + Write + Seek>(
     d: &mut D,
     bundle: &Bundle,
@@ -373,36 +381,41 @@ pub(crate) fn write_slot<D: Read + Write + Seek>(
         });
     }
     let path = bundle.path(bundle::ROOTFS);
-    let file = std::fs::File::open(&path).map_err(|source| Error::File {
+    let read_err = |source| Error::File {
+        what: "reading",
+        path: path.clone(),
+        source,
+    };
+    let mut src = std::fs::File::open(&path).map_err(|source| Error::File {
         what: "opening",
         path: path.clone(),
         source,
     })?;
-    let mut src = HashingReader::new(file);
-    let mut buf = vec![0u8; 1 << 20];
+    let mut buf = vec![0u8; WRITE_CHUNK];
     let mut done = 0u64;
-    loop {
-        let n = src.read(&mut buf).map_err(|source| Error::File {
-            what: "reading",
-            path: path.clone(),
-            source,
-        })?;
+    while done < art.size {
+        let want = (art.size - done).min(WRITE_CHUNK as u64) as usize;
+        let n = src.read(&mut buf[..want]).map_err(read_err)?;
         if n == 0 {
             break;
-        }
-        if done + n as u64 > art.size {
-            break; // the size check below reports it
         }
         write_at(d, part.offset() + done, &buf[..n], &part.name)?;
         done += n as u64;
     }
-    // The file may have changed since it was verified: what was streamed
-    // is what counts.
-    src.expect(art.digest(), art.size)
-        .map_err(|e| Error::Bundle {
-            path: bundle.origin.clone(),
-            what: format!("rootfs.img changed after verification: {e}"),
-        })?;
+    // Grown is refused too: its signed prefix would fit, but it is no longer
+    // the file that was verified.
+    let longer = src.read(&mut buf[..1]).map_err(read_err)? > 0;
+    if done != art.size || longer {
+        return Err(changed(
+            bundle,
+            format!(
+                "it gave {}{} bytes, the manifest lists {}",
+                if longer { "more than " } else { "" },
+                done,
+                art.size
+            ),
+        ));
+    }
     sync(d, &format!("writing {}", part.name))?;
     let back = hash_range(
         d,
@@ -411,6 +424,11 @@ pub(crate) fn write_slot<D: Read + Write + Seek>(
         &format!("{} (read-back)", part.name),
     )?;
     if back != art.digest() {
+        if let Ok((size, now)) = signing::hash_file(&path) {
+            if (size, now) != (art.size, art.digest()) {
+                return Err(changed(bundle, format!("its sha256 is now {now}")));
+            }
+        }
         return Err(Error::ReadBack {
             partition: part.name.clone(),
             offset: part.offset(),
@@ -420,6 +438,17 @@ pub(crate) fn write_slot<D: Read + Write + Seek>(
         });
     }
     Ok(())
+}
+
+/// Slot writes: large enough that syscalls do not count, small enough to
+/// keep the installer's memory flat (it also runs from the install media).
+const WRITE_CHUNK: usize = 4 << 20;
+
+fn changed(bundle: &Bundle, what: String) -> Error {
+    Error::Bundle {
+        path: bundle.origin.clone(),
+        what: format!("rootfs.img changed after verification: {what}"),
+    }
 }
 
 fn write_esp<D: Read + Write + Seek>(

@@ -388,3 +388,47 @@ fn cli_upgrade_and_rollback() {
     assert!(!ok);
     assert!(err.contains("signature or artifact check failed"), "{err}");
 }
+
+#[test]
+fn rootfs_changed_after_verification_is_refused_before_activation() {
+    use installer::upgrade::upgrade_disk;
+    let fx = Fixture::new();
+    let b1 = bundle(&fx.path("b1"), "1.0.0");
+    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let base = fx.image("base.img", DISK_SIZE);
+    install(&install_opts(&base, &b1.dir)).unwrap();
+    let rootfs = b2.dir.join("rootfs.img");
+    let signed = fs::read(&rootfs).unwrap();
+    let mut flipped = signed.clone();
+    flipped[1000] ^= 1;
+    let mut grown = signed.clone();
+    grown.push(0);
+    for (what, bytes) in [
+        ("one byte flipped", flipped),
+        ("truncated", signed[..signed.len() / 2].to_vec()),
+        ("one byte appended", grown),
+    ] {
+        let img = fx.path("d.img");
+        sparse_copy(&base, &img);
+        let bundle = installer::verify::open_verified(&b2.dir, &[key().public()]).unwrap();
+        fs::write(&rootfs, &bytes).unwrap();
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .unwrap();
+        match upgrade_disk(&mut f, &img, &bundle, false) {
+            Err(Error::Bundle { what: why, .. }) => assert!(
+                why.contains("rootfs.img changed after verification"),
+                "{what}: {why}"
+            ),
+            other => panic!("{what}: {other:?}"),
+        }
+        assert_eq!(
+            booted_version(&img, &[&b1, &b2]),
+            Ok("1.0.0".into()),
+            "{what}"
+        );
+        fs::write(&rootfs, &signed).unwrap();
+    }
+}
