@@ -25,6 +25,10 @@ pub struct BuildArgs {
     /// Repository root holding pkgs/ (default: the current directory).
     #[arg(long, default_value = ".")]
     repo: PathBuf,
+    /// Sign the UKI and systemd-boot for Secure Boot with the db key of this
+    /// key set (`cairn secureboot-keygen`), whatever the profile says.
+    #[arg(long, value_name = "DIR")]
+    secure_boot_keys: Option<PathBuf>,
     /// Print the summary as JSON on stdout (for CI).
     #[arg(long)]
     json: bool,
@@ -45,6 +49,7 @@ pub fn build(a: BuildArgs) -> Result<()> {
         cache: a.cache,
         stage_cache: None,
         repo: a.repo,
+        secure_boot_keys: a.secure_boot_keys,
     })?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&summary)?);
@@ -222,6 +227,7 @@ fn check_reproducible(a: &BuildArgs) -> Result<()> {
             cache: a.cache.clone(),
             stage_cache: Some(dir.path().join("stages")),
             repo: a.repo.clone(),
+            secure_boot_keys: a.secure_boot_keys.clone(),
         })?;
         outs.push(dir.path().join("out"));
         temps.push(dir);

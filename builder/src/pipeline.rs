@@ -32,6 +32,9 @@ pub struct BuildOptions {
     /// Stage cache (default: `<cache>/`); packages always use `<cache>`.
     pub stage_cache: Option<PathBuf>,
     pub repo: PathBuf,
+    /// Secure Boot key set that signs the UKI and systemd-boot, over the
+    /// profile's `secure_boot` (keys kept outside the repository, as in CI).
+    pub secure_boot_keys: Option<PathBuf>,
 }
 
 #[derive(Debug, Serialize)]
@@ -93,7 +96,7 @@ impl Default for Progress {
 const BOOT_PACKAGES: &[&str] = &["kernel", "systemd-boot", "init"];
 
 pub fn build(opts: &BuildOptions) -> Result<Summary> {
-    let profile = Profile::load(&opts.profile)?;
+    let profile = Profile::load_with(&opts.profile, opts.secure_boot_keys.as_deref())?;
     let epoch = profile.epoch();
     let cache_root = opts.cache.clone().unwrap_or_else(default_cache_dir);
     let pkgs = Pkgs::load(&opts.repo)?
@@ -200,6 +203,9 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     })?;
 
     // 5b. Secure Boot: the UKI and systemd-boot signed with the db key.
+    // The installer UKI is signed later from the unsigned pair: a signed
+    // image cannot be signed again.
+    let unsigned_sdboot = sdboot.clone();
     let (uki, sdboot) = match &profile.secure_boot {
         Some(keys) => progress.step("Secure Boot signatures", || {
             secure_boot_sign(&mut stages, keys, &uki, &sdboot)
@@ -404,7 +410,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
             )
         })?;
         let installer_uki = match &profile.secure_boot {
-            Some(keys) => secure_boot_sign(&mut stages, keys, &installer_uki, &sdboot)?.0,
+            Some(keys) => secure_boot_sign(&mut stages, keys, &installer_uki, &unsigned_sdboot)?.0,
             None => installer_uki,
         };
         let iso_key = format!("{} {}", installer_uki.display(), sdboot.display());
@@ -557,22 +563,27 @@ fn publish(from: &Path, to: &Path) -> Result<()> {
 
 /// `rootfs.squashfs` (the padded data area) and `rootfs.verity` (superblock
 /// and hash tree) as separate files, for users who place them themselves.
+/// Streamed: the image is as large as the rootfs.
 fn split_rootfs(rootfs: &RootfsImage, out: &Path) -> Result<()> {
-    let mut f = fs::File::open(&rootfs.image)?;
-    let mut data = vec![0u8; rootfs.hash_offset as usize];
-    f.read_exact(&mut data)?;
-    let mut rest = Vec::new();
-    f.read_to_end(&mut rest)?;
-    write_if_changed(&out.join("rootfs.squashfs"), &data)?;
-    write_if_changed(&out.join("rootfs.verity"), &rest)?;
+    let mut f = fs::File::open(&rootfs.image)
+        .with_context(|| format!("opening {}", rootfs.image.display()))?;
+    copy_part(
+        &mut (&mut f).take(rootfs.hash_offset),
+        &out.join("rootfs.squashfs"),
+    )?;
+    copy_part(&mut f, &out.join("rootfs.verity"))?;
     Ok(())
 }
 
-fn write_if_changed(path: &Path, bytes: &[u8]) -> Result<()> {
-    if fs::read(path).map(|b| b == bytes).unwrap_or(false) {
-        return Ok(());
-    }
-    fs::write(path, bytes).with_context(|| format!("writing {}", path.display()))
+/// Writes what `r` yields to `to` through a temporary name, so an
+/// interrupted build never leaves a short file under the real name.
+fn copy_part(r: &mut impl Read, to: &Path) -> Result<()> {
+    let tmp = to.with_extension("partial");
+    let mut w = fs::File::create(&tmp).with_context(|| format!("creating {}", tmp.display()))?;
+    std::io::copy(r, &mut w).with_context(|| format!("writing {}", tmp.display()))?;
+    fs::rename(&tmp, to)
+        .with_context(|| format!("renaming {} to {}", tmp.display(), to.display()))?;
+    Ok(())
 }
 
 /// The manifest key: `--key`, else the profile's, else a development key

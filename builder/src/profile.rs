@@ -300,6 +300,15 @@ fn line_col(text: &str, offset: usize) -> (usize, usize) {
 
 impl Profile {
     pub fn load(path: &Path) -> Result<Profile, ProfileError> {
+        Self::load_with(path, None)
+    }
+
+    /// Loads `path`; `secure_boot_keys` (from the command line) turns Secure
+    /// Boot signing on with that key set whatever the profile says.
+    pub fn load_with(
+        path: &Path,
+        secure_boot_keys: Option<&Path>,
+    ) -> Result<Profile, ProfileError> {
         let mut chain: Vec<(PathBuf, ProfileFile)> = Vec::new();
         let mut next = Some(path.to_path_buf());
         while let Some(p) = next {
@@ -331,12 +340,18 @@ impl Profile {
             }
             chain.push((canon, file));
         }
-        let merged = chain
+        let mut merged = chain
             .into_iter()
             .rev()
             .map(|(_, f)| f)
             .reduce(ProfileFile::merge)
             .unwrap_or_default();
+        if let Some(keys) = secure_boot_keys {
+            merged.secure_boot = Some(SecureBootPart {
+                enabled: Some(true),
+                keys: Some(keys.to_path_buf()),
+            });
+        }
         Self::resolve(path, merged)
     }
 
@@ -398,7 +413,14 @@ impl Profile {
             Some(SecureBootPart {
                 enabled: Some(true),
                 keys,
-            }) => Some(keys.ok_or_else(|| missing("secure_boot.keys"))?),
+            }) => Some(keys.ok_or_else(|| {
+                invalid(
+                    "secure_boot.keys",
+                    "Secure Boot is enabled but no key set is given: set it, or pass \
+                     `cairn build --secure-boot-keys DIR`"
+                        .into(),
+                )
+            })?),
             _ => None,
         };
         let mut outputs = f.outputs.ok_or_else(|| missing("outputs"))?;
@@ -468,6 +490,31 @@ state = "64MiB"
             let p = Profile::load(&dir.join(format!("{name}.toml"))).unwrap();
             assert_eq!(p.name, name);
         }
+    }
+
+    #[test]
+    fn secure_boot_profile_needs_a_key_set() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/test/secureboot.toml");
+        let err = Profile::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("secureboot.toml")
+                && err.contains("secure_boot.keys")
+                && err.contains("--secure-boot-keys"),
+            "{err}"
+        );
+        let keys = Path::new("/keys/sb");
+        let prof = Profile::load_with(&p, Some(keys)).unwrap();
+        assert_eq!(prof.secure_boot.as_deref(), Some(keys));
+        // The command line also turns signing on for a profile without it.
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+        let plain = Profile::load_with(&dir.join("default.toml"), Some(keys)).unwrap();
+        assert_eq!(plain.secure_boot.as_deref(), Some(keys));
+        assert_eq!(
+            Profile::load(&dir.join("default.toml"))
+                .unwrap()
+                .secure_boot,
+            None
+        );
     }
 
     #[test]

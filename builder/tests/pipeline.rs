@@ -82,6 +82,7 @@ fn run(repo: &Path, cache: &Path, out: &Path, key: &Path) -> (Summary, Duration)
         cache: Some(cache.to_path_buf()),
         stage_cache: None,
         repo: repo.to_path_buf(),
+        secure_boot_keys: None,
     })
     .unwrap();
     (s, t.elapsed())

@@ -544,14 +544,7 @@ pub fn release_dir(name: &str) -> Result<PathBuf> {
     let var = format!("CAIRN_E2E_OUT_{}", name.to_uppercase());
     let dir = match std::env::var_os(&var) {
         Some(d) => PathBuf::from(d),
-        None => {
-            let main = images_dir()?;
-            let base = main
-                .file_name()
-                .map(|f| f.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "out".into());
-            main.with_file_name(format!("{base}-{name}"))
-        }
+        None => beside_images(name)?,
     };
     if !dir.join("update.tar").exists() {
         bail!(
@@ -561,6 +554,16 @@ pub fn release_dir(name: &str) -> Result<PathBuf> {
         );
     }
     Ok(dir)
+}
+
+/// `<images>-SUFFIX` next to the images directory (`out-v2` beside `out`).
+fn beside_images(suffix: &str) -> Result<PathBuf> {
+    let main = images_dir()?;
+    let base = main
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "out".into());
+    Ok(main.with_file_name(format!("{base}-{suffix}")))
 }
 
 /// The `cairn-installer` binary: `$CAIRN_INSTALLER`, else `target/release/cairn-installer`.
@@ -832,4 +835,80 @@ pub fn boot_until_ok(m: &mut Machine, label: &str, max: u32) -> Result<(Vec<Stri
         failed.join("\n"),
         m.log_dir.display()
     )
+}
+
+// ---- Secure Boot. ----
+
+/// The Secure Boot key set the `sb1`/`sb2` test releases were signed with
+/// (`cairn secureboot-keygen`): `$CAIRN_E2E_SB_KEYS`, else `<images>-sb-keys`.
+pub fn secure_boot_keys() -> Result<PathBuf> {
+    let dir = match std::env::var_os("CAIRN_E2E_SB_KEYS") {
+        Some(d) => PathBuf::from(d),
+        None => beside_images("sb-keys")?,
+    };
+    for f in ["PK.crt", "KEK.crt", "db.crt"] {
+        if !dir.join(f).is_file() {
+            bail!(
+                "{} has no {f}: make the key set with `./target/release/cairn secureboot-keygen --out {}` (ci/test does), or set CAIRN_E2E_SB_KEYS",
+                dir.display(),
+                dir.display()
+            );
+        }
+    }
+    Ok(dir)
+}
+
+/// Owner GUID recorded with the enrolled certificates (any fixed value).
+const SB_OWNER: &str = "6b7f4e1a-3c2d-4f5e-9a8b-0c1d2e3f4a5b";
+
+/// OVMF variables with `keys`' PK, KEK and db enrolled and Secure Boot on,
+/// written by virt-firmware's `virt-fw-vars` (an independent tool).
+pub fn enrolled_vars(keys: &Path, out: &Path) -> Result<PathBuf> {
+    run(Command::new("virt-fw-vars")
+        .args(["-i", OVMF_VARS, "-o"])
+        .arg(out)
+        .arg("--set-pk")
+        .arg(SB_OWNER)
+        .arg(keys.join("PK.crt"))
+        .arg("--add-kek")
+        .arg(SB_OWNER)
+        .arg(keys.join("KEK.crt"))
+        .arg("--add-db")
+        .arg(SB_OWNER)
+        .arg(keys.join("db.crt"))
+        .arg("--sb"))?;
+    Ok(out.to_path_buf())
+}
+
+/// mtools' `-i IMAGE@@OFFSET` for the disk's ESP.
+fn esp_image(disk: &Path) -> Result<String> {
+    Ok(format!(
+        "{}@@{}",
+        disk.display(),
+        partition(disk, "EFI")?.offset
+    ))
+}
+
+/// Copies `path` (e.g. `EFI/Linux/x.efi`) out of the disk's ESP with mcopy.
+pub fn esp_get(disk: &Path, path: &str, to: &Path) -> Result<()> {
+    run(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-n")
+        .arg("-i")
+        .arg(esp_image(disk)?)
+        .arg(format!("::{path}"))
+        .arg(to))?;
+    Ok(())
+}
+
+/// Replaces `path` on the disk's ESP with `from` (mcopy -o).
+pub fn esp_put(disk: &Path, from: &Path, path: &str) -> Result<()> {
+    run(Command::new("mcopy")
+        .env("MTOOLS_SKIP_CHECK", "1")
+        .arg("-o")
+        .arg("-i")
+        .arg(esp_image(disk)?)
+        .arg(from)
+        .arg(format!("::{path}")))?;
+    Ok(())
 }
