@@ -650,3 +650,44 @@ fn path_sources_copy_directories_and_extract_tarballs() {
     std::os::unix::fs::symlink("sub/../sub/a.cfg", repo.root.join("conf/link")).unwrap();
     assert_ne!(repo.pkgs(c.path()).key("p").unwrap(), k1);
 }
+
+#[test]
+fn a_path_source_changed_during_the_build_is_not_cached() {
+    let repo = Repo::new();
+    fs::create_dir_all(repo.root.join("live")).unwrap();
+    fs::write(repo.root.join("live/main.c"), "int main;\n").unwrap();
+    // The script reads the working tree, as init's does, and something
+    // (here the script itself, standing in for an editor) changes it meanwhile.
+    repo.add_raw(
+        "w",
+        "outputs = [\"r\"]\n[[source]]\nname = \"live\"\nkind = \"path\"\nspec = \"live\"\nunpack = false",
+        "cp $CAIRN_REPO/live/main.c $CAIRN_OUT/r\necho '// edited' >> $CAIRN_REPO/live/main.c",
+    );
+    let c = tempfile::tempdir().unwrap();
+    let p = repo.pkgs(c.path());
+    let err = p.build("w").unwrap_err();
+    assert!(
+        matches!(&err, PkgError::SourceChangedDuringBuild { path, .. } if path == "live"),
+        "{err:?}"
+    );
+    let msg = err.to_string();
+    assert!(
+        msg.contains("live changed while it was being built"),
+        "{msg}"
+    );
+    assert!(dir_names(&c.path().join("pkgs")).is_empty());
+    assert!(dir_names(&c.path().join("tmp")).is_empty());
+    // With the tree still, the next run builds and caches under the new key.
+    fs::write(
+        repo.root.join("pkgs/w/build.sh"),
+        "set -eu\ncp $CAIRN_REPO/live/main.c $CAIRN_OUT/r\n",
+    )
+    .unwrap();
+    let p = repo.pkgs(c.path());
+    let out = p.build("w").unwrap();
+    assert_eq!(
+        fs::read_to_string(out.join("r")).unwrap(),
+        "int main;\n// edited\n"
+    );
+    assert!(p.is_cached("w").unwrap());
+}

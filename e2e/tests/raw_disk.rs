@@ -24,13 +24,7 @@ fn raw_disk_first_and_second_boot() -> Result<()> {
 
     let mut b = m.boot()?;
     let ok = b.expect("cairn: boot ok slot=A version=", BOOT)?;
-    let t = b.timings("cairn: boot ok").expect("marker seen");
-    println!(
-        "boot 1: QEMU start -> boot ok {:.1}s; kernel -> init {:?}s; init -> blessed {:?}s",
-        t.qemu_to_marker.as_secs_f64(),
-        t.kernel_to_init,
-        t.init_to_marker
-    );
+    print_timings("raw disk: boot 1", &b, "cairn: boot ok");
     let log1: Vec<String> = b.all.iter().map(|(_, l)| l.clone()).collect();
     b.kill()?;
     ensure!(

@@ -2,6 +2,16 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkgError {
+    #[error(
+        "package `{package}`: {path} changed while it was being built (content hash {before} \
+         when the build started, {now} after): nothing was cached; build again"
+    )]
+    SourceChangedDuringBuild {
+        package: String,
+        path: String,
+        before: String,
+        now: String,
+    },
     #[error("{path}: {source}")]
     Io {
         path: PathBuf,

@@ -48,6 +48,8 @@ pub struct Pkgs {
     epoch: u64,
     jobs: u32,
     keys: Mutex<HashMap<String, String>>,
+    /// Per package, the content hash of each `path` source as its key saw it.
+    path_hashes: Mutex<HashMap<String, Vec<(String, String)>>>,
 }
 
 impl Pkgs {
@@ -94,6 +96,7 @@ impl Pkgs {
             epoch: 0,
             jobs,
             keys: Mutex::new(HashMap::new()),
+            path_hashes: Mutex::new(HashMap::new()),
         };
         for name in pkgs.packages.keys() {
             pkgs.check_graph(name, &mut Vec::new())?;
@@ -227,6 +230,7 @@ impl Pkgs {
         field(&pkg.recipe_bytes);
         field(&pkg.script_bytes);
         field(self.epoch.to_string().as_bytes());
+        let mut paths = Vec::new();
         for s in &r.sources {
             field(s.name.as_bytes());
             match &s.kind {
@@ -241,7 +245,9 @@ impl Pkgs {
                     }
                 }
                 SourceKind::Path { path, .. } => {
-                    field(hash::path_hash(&self.repo.join(path))?.as_bytes())
+                    let h = hash::path_hash(&self.repo.join(path))?;
+                    field(h.as_bytes());
+                    paths.push((path.clone(), h));
                 }
             }
         }
@@ -278,7 +284,37 @@ impl Pkgs {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .insert(name.into(), key.clone());
+        self.path_hashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(name.into(), paths);
         Ok(key)
+    }
+
+    /// A `path` source is read from the working tree while the build runs
+    /// (init's script compiles the repository in place): if one changed
+    /// since the key was taken, the output may hold the new state under the
+    /// old key, so the build is refused instead of cached.
+    fn check_path_sources_unchanged(&self, name: &str) -> Result<(), PkgError> {
+        let seen = self
+            .path_hashes
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(name)
+            .cloned()
+            .unwrap_or_default();
+        for (path, before) in seen {
+            let now = hash::path_hash(&self.repo.join(&path))?;
+            if now != before {
+                return Err(PkgError::SourceChangedDuringBuild {
+                    package: name.into(),
+                    path,
+                    before,
+                    now,
+                });
+            }
+        }
+        Ok(())
     }
 
     pub fn is_cached(&self, name: &str) -> Result<bool, PkgError> {
@@ -383,6 +419,7 @@ impl Pkgs {
             log: &log,
         };
         let result = build::run_script(&inv).and_then(|()| {
+            self.check_path_sources_unchanged(name)?;
             for o in &r.outputs {
                 if fs::symlink_metadata(partial.join(o)).is_err() {
                     return Err(PkgError::MissingOutput {
