@@ -588,6 +588,7 @@ fn cli_list_and_build() {
             .arg("--repo")
             .arg(&repo.root)
             .env("CAIRN_CACHE", c.path())
+            .env_remove("SOURCE_DATE_EPOCH")
             .output()
             .unwrap();
         assert!(
@@ -620,6 +621,22 @@ fn cli_list_and_build() {
             .any(|l| l.starts_with("c ") && l.ends_with(" -")),
         "{list}"
     );
+    // With a profile, its SOURCE_DATE_EPOCH is the default: the keys are
+    // the ones `cairn build` of that profile uses.
+    let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/default.toml");
+    let epoch = builder::profile::Profile::load(&profile)
+        .unwrap()
+        .source_date_epoch;
+    assert_ne!(epoch, 0);
+    let key_p = Pkgs::load(&repo.root)
+        .unwrap()
+        .with_epoch(epoch)
+        .key("a")
+        .unwrap();
+    let list = cairn(&["list", "--profile", profile.to_str().unwrap()]);
+    assert!(list.contains(&key_p[..12]), "{list}");
+    let list = cairn(&["list", "--source-date-epoch", &epoch.to_string()]);
+    assert!(list.contains(&key_p[..12]), "{list}");
 }
 
 #[test]

@@ -16,8 +16,13 @@ pub struct PkgArgs {
     #[arg(long, global = true, default_value = ".")]
     repo: PathBuf,
     /// SOURCE_DATE_EPOCH given to every build (part of the cache key).
-    #[arg(long, global = true, env = "SOURCE_DATE_EPOCH", default_value_t = 0)]
-    source_date_epoch: u64,
+    /// Default: the profile's, so `cairn build` reuses what this builds.
+    #[arg(long, global = true, env = "SOURCE_DATE_EPOCH")]
+    source_date_epoch: Option<u64>,
+    /// Profile whose `source_date_epoch` is the default
+    /// (default: <repo>/profiles/default.toml if it exists, else epoch 0).
+    #[arg(long, global = true)]
+    profile: Option<PathBuf>,
     /// Parallel jobs given to build scripts as CAIRN_JOBS.
     #[arg(long, global = true)]
     jobs: Option<u32>,
@@ -35,11 +40,34 @@ enum PkgCommand {
     Build { name: String },
 }
 
+/// The epoch `cairn build` would give the packages: flag or environment,
+/// else the profile's.
+fn epoch(args: &PkgArgs) -> anyhow::Result<u64> {
+    if let Some(e) = args.source_date_epoch {
+        return Ok(e);
+    }
+    let profile = match &args.profile {
+        Some(p) => p.clone(),
+        None => {
+            let p = args.repo.join("profiles/default.toml");
+            if !p.exists() {
+                return Ok(0);
+            }
+            p
+        }
+    };
+    let prof = crate::profile::Profile::load(&profile)
+        .with_context(|| format!("reading SOURCE_DATE_EPOCH from {}", profile.display()))?;
+    tracing::debug!(epoch = prof.source_date_epoch, profile = %profile.display(), "package epoch");
+    Ok(prof.source_date_epoch)
+}
+
 pub fn run(args: PkgArgs) -> anyhow::Result<()> {
+    let epoch = epoch(&args)?;
     let mut pkgs = Pkgs::load(&args.repo)
         .with_context(|| format!("loading recipes under {}", args.repo.display()))?
-        .with_cache(args.cache.unwrap_or_else(default_cache_dir))
-        .with_epoch(args.source_date_epoch);
+        .with_cache(args.cache.clone().unwrap_or_else(default_cache_dir))
+        .with_epoch(epoch);
     if let Some(j) = args.jobs {
         pkgs = pkgs.with_jobs(j);
     }
