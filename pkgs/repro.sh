@@ -22,8 +22,12 @@ log() { printf '==> %s\n' "$*" >&2; }
 if [ -n "$(git -C "$repo" status --porcelain)" ]; then
   log "note: uncommitted changes in $repo are not in the clones (they build HEAD)"
 fi
+# Both clones and the cairn binary are taken first: a commit or a rebuild in
+# this checkout while the (long) builds run must not split the two sides.
 (cd "$repo" && cargo build --release --locked -q -p builder)
-cairn=$repo/target/release/cairn
+mkdir -p "$work"
+cp "$repo/target/release/cairn" "$work/cairn"
+cairn=$work/cairn
 
 # Two checkout paths of different lengths and names: a path leaking into an
 # output shows up as a difference.
@@ -33,6 +37,12 @@ for i in 0 1; do
   rm -rf "$co" "$work/cache-$i"
   mkdir -p "$(dirname "$co")"
   git clone -q "$repo" "$co"
+done
+[ "$(git -C "${checkouts[0]}" rev-parse HEAD)" = "$(git -C "${checkouts[1]}" rev-parse HEAD)" ] ||
+  { echo "the two clones are at different commits" >&2; exit 1; }
+log "both checkouts at $(git -C "${checkouts[0]}" rev-parse --short HEAD)"
+for i in 0 1; do
+  co=${checkouts[$i]}
   for pkg in "${pkgs[@]}"; do
     log "build $((i + 1))/2: cairn pkg build $pkg in $co (empty cache $work/cache-$i)"
     start=$SECONDS
