@@ -882,3 +882,115 @@ fn epoch_before_1980_is_clamped() {
     let listing = mdir_long(&img, "/loader");
     assert!(listing.contains("1980-01-01   0:00"), "{listing}");
 }
+
+#[test]
+fn replace_file_swaps_content_and_checks_clean() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("esp.img");
+    let files = esp_files(d.path());
+    format_path(&img, &opts(64 * MIB), &files).unwrap();
+    const LOADER: &str = "EFI/BOOT/BOOTX64.EFI";
+    let free = open_rw(&img).free_bytes();
+    // Larger, then the same size, then smaller, empty and back again.
+    for (i, len) in [250_000usize, 250_000, 1000, 0, 4096]
+        .into_iter()
+        .enumerate()
+    {
+        let data = pattern(len, 20 + i as u8);
+        let mut fat = open_rw(&img);
+        assert!(fat.replace_file(LOADER, &data).unwrap(), "{len} bytes");
+        let cs = fat.geometry().cluster_size();
+        // The old chain is freed, not leaked.
+        assert_eq!(
+            fat.free_bytes(),
+            free + 100_000u64.div_ceil(cs) * cs - (len as u64).div_ceil(cs) * cs
+        );
+        drop(fat);
+        fsck_clean(&img);
+        assert_eq!(mcopy(&img, LOADER), data, "{len} bytes");
+    }
+    for f in files.iter().filter(|f| f.path != LOADER) {
+        assert_eq!(mcopy(&img, &f.path), content_of(f), "{}", f.path);
+    }
+    // The same content again writes nothing at all.
+    let before = fs::read(&img).unwrap();
+    let mut fat = open_rw(&img);
+    assert!(!fat.replace_file(LOADER, &pattern(4096, 24)).unwrap());
+    assert!(matches!(
+        fat.replace_file("EFI/BOOT/MISSING.EFI", b"x"),
+        Err(FatError::NotFound { .. })
+    ));
+    assert!(matches!(
+        fat.replace_file("EFI/BOOT", b"x"),
+        Err(FatError::IsADirectory { .. })
+    ));
+    drop(fat);
+    assert!(fs::read(&img).unwrap() == before);
+}
+
+/// A cut at any write of `replace_file` leaves the file whole: the old bytes
+/// until the directory entry is written, the new ones from then on. Between
+/// the first FAT write and the last, `fsck.fat -n` finds clusters allocated
+/// but unused (or FSInfo's count stale) and exits 1: repairable leaks, never
+/// a damaged file.
+#[test]
+fn cut_during_replace_leaves_old_or_new_file() {
+    let d = tempfile::tempdir().unwrap();
+    let base_img = d.path().join("esp.img");
+    format_path(&base_img, &opts(64 * MIB), &esp_files(d.path())).unwrap();
+    let base = fs::read(&base_img).unwrap();
+    let old = pattern(100_000, 1);
+    // 512-byte clusters: the old file holds 196, the new one 352.
+    let new = pattern(180_000, 30);
+    let cut_img = d.path().join("cut.img");
+    let mut first_new = None;
+    let mut budget = 0;
+    loop {
+        let io = Cut {
+            inner: Cursor::new(base.clone()),
+            budget,
+            writes: 0,
+        };
+        let mut fat = Fat32::open(io, 0, 64 * MIB).unwrap();
+        let done = fat.replace_file("EFI/BOOT/BOOTX64.EFI", &new).is_ok();
+        let raw = fat.into_inner().inner.into_inner();
+        fs::write(&cut_img, &raw).unwrap();
+        let got = Fat32::open(Cursor::new(raw), 0, 64 * MIB)
+            .unwrap()
+            .read_file("EFI/BOOT/BOOTX64.EFI")
+            .unwrap();
+        if got == new {
+            first_new.get_or_insert(budget);
+        } else {
+            assert!(got == old, "cut at {budget}: neither old nor new");
+            assert!(first_new.is_none(), "cut at {budget}: old after new");
+        }
+        // What fsck.fat 4.2 says: the lost chain (the new one before the
+        // entry write, the old one after it) and, after a half-written FAT
+        // pair, the FAT copies differing; then a stale FSInfo count.
+        let report = fsck_report(&cut_img).err().unwrap_or_default();
+        let expect: &[&str] = match budget {
+            0 | 1 | 7 => &[],
+            2 => &["FATs differ", "Reclaimed 352 unused clusters"],
+            3 => &["Reclaimed 352 unused clusters"],
+            4 => &["Reclaimed 196 unused clusters"],
+            5 => &["FATs differ", "Free cluster summary wrong"],
+            _ => &["Free cluster summary wrong"],
+        };
+        assert_eq!(
+            report.is_empty(),
+            expect.is_empty(),
+            "cut at {budget}: {report}"
+        );
+        for e in expect {
+            assert!(report.contains(e), "cut at {budget}: {report}");
+        }
+        if done {
+            break;
+        }
+        budget += 1;
+    }
+    // data, FAT 1, FAT 2, entry, FAT 1, FAT 2, FSInfo
+    assert_eq!(budget, 7);
+    assert_eq!(first_new, Some(4));
+}

@@ -10,7 +10,16 @@
 //! 4. write the new UKI as `EFI/Linux/cairn-<v>+3.tmp` (outside the loader's
 //!    `*.efi` pattern);
 //! 5. rename it to `cairn-<v>+3.efi`: one directory-entry write makes it
-//!    visible, and its higher version makes it preferred.
+//!    visible, and its higher version makes it preferred;
+//! 6. if the bundle's systemd-boot differs from `EFI/BOOT/BOOTX64.EFI`,
+//!    replace it ([`Fat32::replace_file`]): the new loader goes into free
+//!    clusters and both FATs (barrier), then its one directory entry is
+//!    rewritten to point at them (a single-sector write; barrier), then the
+//!    old clusters are freed (barrier). At every point the entry names one
+//!    complete loader, old or new; a cut only leaks clusters. It comes last
+//!    so the loader changes only once the release it must boot is in place;
+//!    either loader boots either UKI. A re-run after a cut here finds the
+//!    release installed and finishes just this step.
 
 use std::cmp::Ordering;
 use std::io::{Read, Seek, Write};
@@ -48,7 +57,12 @@ pub struct UpgradePlan {
     /// UKIs removed in step 1.
     pub removes: Vec<String>,
     pub new_uki: String,
+    /// Step 6: the bundle's systemd-boot differs from the ESP's.
+    pub update_loader: bool,
 }
+
+/// The removable-media path firmware boots, where install puts systemd-boot.
+pub const LOADER: &str = "EFI/BOOT/BOOTX64.EFI";
 
 impl std::fmt::Display for UpgradePlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,7 +95,15 @@ impl std::fmt::Display for UpgradePlan {
             "4. write {ENTRY_DIR}/{}",
             self.new_uki.replace(".efi", ".tmp")
         )?;
-        writeln!(f, "5. rename it to {}", self.new_uki)
+        writeln!(f, "5. rename it to {}", self.new_uki)?;
+        if self.update_loader {
+            writeln!(f, "6. replace {LOADER} with the bundle's systemd-boot")
+        } else {
+            writeln!(
+                f,
+                "6. keep {LOADER}: it already is the bundle's systemd-boot"
+            )
+        }
     }
 }
 
@@ -98,7 +120,9 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradePlan> {
     if opts.dry_run {
         let mut ro = crate::status::ReadOnly(&mut disk);
         let state = DiskState::read(&mut ro, &path)?;
-        return plan(&state, &bundle, opts.allow_downgrade, &path);
+        let loader = verified_artifact(&bundle, bundle::BOOTLOADER)?;
+        let update = loader_differs(&mut ro, &state, &loader)?;
+        return plan(&state, &bundle, opts.allow_downgrade, &path, update);
     }
     upgrade_disk(&mut disk, &path, &bundle, opts.allow_downgrade)
 }
@@ -117,6 +141,7 @@ fn plan(
     bundle: &Bundle,
     allow_downgrade: bool,
     path: &Path,
+    update_loader: bool,
 ) -> Result<UpgradePlan> {
     let active = state.active().ok_or_else(|| Error::Boot {
         path: path.to_path_buf(),
@@ -176,7 +201,76 @@ fn plan(
                 done: 0,
             }),
         ),
+        update_loader,
     })
+}
+
+/// An artifact's bytes, checked again against the verified manifest: the
+/// bundle directory may have changed since `open_verified`.
+fn verified_artifact(bundle: &Bundle, name: &str) -> Result<Vec<u8>> {
+    let path = bundle.path(name);
+    let bytes = std::fs::read(&path).map_err(|source| Error::File {
+        what: "reading",
+        path,
+        source,
+    })?;
+    if signing::Sha256Digest::of(&bytes) != bundle.artifact(name).digest() {
+        return Err(Error::Bundle {
+            path: bundle.origin.clone(),
+            what: format!("{name} changed after verification"),
+        });
+    }
+    Ok(bytes)
+}
+
+/// Whether step 6 has anything to do. A missing loader counts as different
+/// (step 6 then creates it).
+fn loader_differs<D: Read + Write + Seek>(
+    d: &mut D,
+    state: &DiskState,
+    loader: &[u8],
+) -> Result<bool> {
+    let mut esp = open_esp(d, state, 0)?;
+    match esp.read_file(LOADER) {
+        Ok(b) => Ok(b != loader),
+        Err(artifacts::fat::FatError::NotFound { .. }) => Ok(true),
+        Err(e) => Err(fat(format!("reading {LOADER}"))(e)),
+    }
+}
+
+/// Step 6 (see the module docs), read back afterwards.
+fn update_loader<D: Read + Write + Seek>(
+    esp: &mut Fat32<&mut D>,
+    loader: &[u8],
+    offset: u64,
+) -> Result<()> {
+    match esp.read_file(LOADER) {
+        Err(artifacts::fat::FatError::NotFound { .. }) => {
+            esp.create_dir_all("EFI/BOOT")
+                .map_err(fat("creating EFI/BOOT"))?;
+            esp.write_file(LOADER, loader)
+                .map_err(fat(format!("writing {LOADER}")))?;
+        }
+        _ => {
+            esp.replace_file(LOADER, loader)
+                .map_err(fat(format!("replacing {LOADER}")))?;
+        }
+    }
+    esp.flush()
+        .map_err(fat(format!("syncing the ESP after writing {LOADER}")))?;
+    let back = esp
+        .read_file(LOADER)
+        .map_err(fat(format!("reading back {LOADER}")))?;
+    if back != loader {
+        return Err(Error::ReadBack {
+            partition: format!("EFI ({LOADER})"),
+            offset,
+            len: loader.len() as u64,
+            expected: signing::Sha256Digest::of(loader).to_hex(),
+            actual: signing::Sha256Digest::of(&back).to_hex(),
+        });
+    }
+    Ok(())
 }
 
 fn root_guid(bundle: &Bundle) -> Result<Guid> {
@@ -205,14 +299,34 @@ pub fn upgrade_disk<D: Read + Write + Seek>(
     allow_downgrade: bool,
 ) -> Result<UpgradePlan> {
     let state = DiskState::read(d, path)?;
-    let plan = plan(&state, bundle, allow_downgrade, path)?;
+    let epoch = bundle.manifest.source_date_epoch;
+    let loader = verified_artifact(bundle, bundle::BOOTLOADER)?;
+    let differs = loader_differs(d, &state, &loader)?;
+    let plan = match plan(&state, bundle, allow_downgrade, path, differs) {
+        // This release's UKI is on the ESP, so an earlier run got past
+        // step 5; a cut in step 6 is the one thing it may have left undone.
+        Err(e @ Error::SameVersion { .. })
+            if differs
+                && state
+                    .model
+                    .entries
+                    .iter()
+                    .any(|x| x.base == bundle.entry_base()) =>
+        {
+            let mut esp = open_esp(d, &state, epoch)?;
+            update_loader(&mut esp, &loader, state.esp.offset())?;
+            drop(esp);
+            sync(d, "finishing the boot loader update")?;
+            return Err(e);
+        }
+        r => r?,
+    };
     let target = state
         .slots
         .iter()
         .find(|s| s.name == plan.target_slot)
         .expect("plan names a slot")
         .clone();
-    let epoch = bundle.manifest.source_date_epoch;
 
     // 1. Nothing the loader can reach may point at the slot we overwrite.
     {
@@ -237,19 +351,8 @@ pub fn upgrade_disk<D: Read + Write + Seek>(
     table::set_partition_guid(d, target.slot, root_guid(bundle)?)?;
     // 4. + 5. The UKI appears under its loader-visible name in one write.
     let tmp = format!("{ENTRY_DIR}/{}", plan.new_uki.replace(".efi", ".tmp"));
-    let uki_path = bundle.path(bundle::UKI);
-    let uki = std::fs::read(&uki_path).map_err(|source| Error::File {
-        what: "reading",
-        path: uki_path,
-        source,
-    })?;
+    let uki = verified_artifact(bundle, bundle::UKI)?;
     let art = bundle.artifact(bundle::UKI);
-    if signing::Sha256Digest::of(&uki) != art.digest() {
-        return Err(Error::Bundle {
-            path: bundle.origin.clone(),
-            what: "uki.efi changed after verification".into(),
-        });
-    }
     let mut esp = open_esp(d, &state, epoch)?;
     esp.create_dir_all(ENTRY_DIR)
         .map_err(fat(format!("creating {ENTRY_DIR}")))?;
@@ -285,6 +388,10 @@ pub fn upgrade_disk<D: Read + Write + Seek>(
             esp.flush()
                 .map_err(fat(format!("syncing after renaming {}", e.file)))?;
         }
+    }
+    // 6. The new loader, only once the release it boots is in place.
+    if plan.update_loader {
+        update_loader(&mut esp, &loader, state.esp.offset())?;
     }
     drop(esp);
     sync(d, "the upgrade")?;

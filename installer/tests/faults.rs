@@ -2,7 +2,9 @@
 //! the disk must still boot the old or the new release, following the real
 //! chain (GPT -> ESP -> systemd-boot's choice -> cmdline root hash -> slot
 //! with that PARTUUID -> slot data equal to the release's rootfs), STATE
-//! must be untouched, and re-running the upgrade must finish it.
+//! must be untouched, `EFI/BOOT/BOOTX64.EFI` must be exactly the old or the
+//! new systemd-boot (the test bundles' loaders differ), and re-running the
+//! upgrade must finish it.
 
 mod common;
 
@@ -65,8 +67,13 @@ fn every_cut(
     upgrade_disk(&mut d, &work, bundle, false).expect("uncut upgrade");
     let total = d.writes;
     assert_eq!(booted_version(&work, &all), Ok(new.version.clone()));
+    let (old_loader, new_loader) = (bundle_loader(old), bundle_loader(new));
+    assert!(old_loader != new_loader, "the test needs differing loaders");
+    assert!(esp_loader(base) == old_loader);
+    assert!(esp_loader(&work) == new_loader);
     let state = state_bytes(base);
     let (mut saw_old, mut saw_new) = (0, 0);
+    let (mut saw_old_loader, mut saw_new_loader) = (0, 0);
     for mode in [Cut::Drop, Cut::Torn, Cut::LoseUnflushed] {
         for cut in 1..=total {
             sparse_copy(base, &work);
@@ -89,6 +96,22 @@ fn every_cut(
                 other => panic!("{why}: disk does not boot old or new: {other:?}"),
             }
             assert!(state_bytes(&work) == state, "{why}: STATE changed");
+            let loader = esp_loader(&work);
+            if loader == new_loader {
+                saw_new_loader += 1;
+                assert_eq!(
+                    booted_version(&work, &all),
+                    Ok(new.version.clone()),
+                    "{why}: the new loader is in place before the new release"
+                );
+            } else {
+                assert!(
+                    loader == old_loader,
+                    "{why}: BOOTX64.EFI is neither the old nor the new loader ({} bytes)",
+                    loader.len()
+                );
+                saw_old_loader += 1;
+            }
             // Running the upgrade again completes it.
             let mut f = fs::OpenOptions::new()
                 .read(true)
@@ -104,14 +127,20 @@ fn every_cut(
                 Ok(new.version.clone()),
                 "{why}: after re-run"
             );
+            assert!(
+                esp_loader(&work) == new_loader,
+                "{why}: the re-run left the old loader"
+            );
         }
     }
     assert!(
-        saw_old > 0 && saw_new > 0,
-        "cuts gave old {saw_old} / new {saw_new} times"
+        saw_old > 0 && saw_new > 0 && saw_old_loader > 0 && saw_new_loader > 0,
+        "cuts gave old {saw_old} / new {saw_new} times, old loader \
+         {saw_old_loader} / new loader {saw_new_loader} times"
     );
     eprintln!(
-        "{total} writes, {} cut points: old boots {saw_old}, new boots {saw_new}",
+        "{total} writes, {} cut points: old boots {saw_old}, new boots {saw_new}; \
+         old loader {saw_old_loader}, new loader {saw_new_loader}",
         3 * total
     );
     total
@@ -121,7 +150,7 @@ fn every_cut(
 fn first_upgrade_survives_a_cut_at_every_write() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
-    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let b2 = bundle_with_loader(&fx.path("b2"), "2.0.0", &[0x5a; 3000]);
     let base = fx.image("base.img", DISK_SIZE);
     install(&install_opts(&base, &b1.dir)).unwrap();
     fill_state(&base);
@@ -136,8 +165,9 @@ fn second_upgrade_survives_a_cut_at_every_write() {
     // already holds a release whose PARTUUID the GPT update replaces.
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
-    let b2 = bundle(&fx.path("b2"), "2.0.0");
-    let b3 = bundle(&fx.path("b3"), "3.0.0");
+    let b2 = bundle_with_loader(&fx.path("b2"), "2.0.0", &[0x5a; 3000]);
+    // Shorter than 2.0.0's: the replacement also shrinks the file.
+    let b3 = bundle_with_loader(&fx.path("b3"), "3.0.0", b"v3");
     let base = fx.image("base.img", DISK_SIZE);
     install(&install_opts(&base, &b1.dir)).unwrap();
     upgrade(&upgrade_opts(&base, &b2.dir)).unwrap();

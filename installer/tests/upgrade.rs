@@ -3,6 +3,7 @@
 
 mod common;
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 use std::process::Command;
@@ -154,6 +155,90 @@ fn upgrade_dry_run_and_other_refusals_write_nothing() {
     let blank = fx.image("blank.img", DISK_SIZE);
     assert!(upgrade(&upgrade_opts(&blank, &b2.dir)).is_err());
     assert_eq!(sha256_file(&img), before);
+}
+
+/// Every file on the ESP outside `skip`: path -> (first cluster, bytes).
+fn esp_files_except(img: &Path, skip: &str) -> BTreeMap<String, (u32, Vec<u8>)> {
+    fn walk(
+        vol: &mut artifacts::fat::Fat32<&mut fs::File>,
+        dir: &str,
+        skip: &str,
+        out: &mut BTreeMap<String, (u32, Vec<u8>)>,
+    ) {
+        for e in vol.list(dir).unwrap() {
+            let p = format!("{dir}/{}", e.name)
+                .trim_start_matches('/')
+                .to_string();
+            if p == skip {
+                continue;
+            }
+            if e.is_dir {
+                walk(vol, &p, skip, out);
+            } else {
+                let bytes = vol.read_file(&p).unwrap();
+                out.insert(p, (e.first_cluster, bytes));
+            }
+        }
+    }
+    with_esp(img, |vol| {
+        let mut out = BTreeMap::new();
+        walk(vol, "", skip, &mut out);
+        out
+    })
+}
+
+#[test]
+fn upgrade_replaces_a_changed_loader_and_leaves_an_equal_one_alone() {
+    let fx = Fixture::new();
+    let b1 = bundle(&fx.path("b1"), "1.0.0");
+    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let b3 = bundle_with_loader(&fx.path("b3"), "3.0.0", b"a rebuilt systemd-boot");
+    let img = fx.image("d.img", DISK_SIZE);
+    install(&install_opts(&img, &b1.dir)).unwrap();
+    assert!(esp_loader(&img) == bundle_loader(&b1));
+
+    // The same loader: the dry run says so, and only EFI/Linux changes
+    // (not even the loader's directory entry).
+    let before = esp_files_except(&img, "EFI/Linux");
+    let mut o = upgrade_opts(&img, &b2.dir);
+    o.dry_run = true;
+    let plan = upgrade(&o).unwrap();
+    assert!(!plan.update_loader);
+    assert!(
+        plan.to_string()
+            .contains("6. keep EFI/BOOT/BOOTX64.EFI: it already is the bundle's systemd-boot"),
+        "{plan}"
+    );
+    let plan = upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
+    assert!(!plan.update_loader);
+    assert!(esp_files_except(&img, "EFI/Linux") == before);
+
+    // A different loader: announced by the dry run, which writes nothing,
+    // then in place after the upgrade; the rest of the ESP is untouched.
+    let sha = sha256_file(&img);
+    let mut o = upgrade_opts(&img, &b3.dir);
+    o.dry_run = true;
+    let plan = upgrade(&o).unwrap();
+    assert!(plan.update_loader);
+    assert!(
+        plan.to_string()
+            .contains("6. replace EFI/BOOT/BOOTX64.EFI with the bundle's systemd-boot"),
+        "{plan}"
+    );
+    assert_eq!(sha256_file(&img), sha);
+    let others = esp_files_except(&img, "EFI/Linux");
+    let plan = upgrade(&upgrade_opts(&img, &b3.dir)).unwrap();
+    assert!(plan.update_loader);
+    assert!(esp_loader(&img) == bundle_loader(&b3));
+    assert!(bundle_loader(&b3) != bundle_loader(&b1));
+    esp_clean(&fx, &img);
+    assert_eq!(booted_version(&img, &[&b2, &b3]), Ok("3.0.0".into()));
+    let mut after = esp_files_except(&img, "EFI/Linux");
+    let mut others = others;
+    let old = others.remove(installer::upgrade::LOADER).unwrap();
+    let new = after.remove(installer::upgrade::LOADER).unwrap();
+    assert_ne!(old.0, new.0, "the new loader is in new clusters");
+    assert!(after == others);
 }
 
 #[test]

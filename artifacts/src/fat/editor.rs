@@ -31,6 +31,18 @@
 //!   tears it leaves long-name entries whose checksum does not match the
 //!   short entry, which readers ignore: the file stays visible under its
 //!   short name.
+//! * `replace_file`: (1) the new content into free clusters, as
+//!   `write_file`'s data; (2) its chain in the FAT, FAT 1 then FAT 2;
+//!   barrier; (3) the file's one short entry rewritten (first cluster and
+//!   size) in place: 32 bytes inside one sector, so the device writes all
+//!   or none of it; barrier; (4) the old chain freed, FAT 1 then FAT 2;
+//!   (5) FSInfo; barrier. Until (3) lands the entry names the old, untouched
+//!   chain; from then on the new, complete one. A cut between the first
+//!   FAT write and the final FSInfo write leaves a repairable leak that
+//!   `fsck.fat -n` reports (exit 1): the new chain (before (3)) or the old
+//!   one (after) as "Reclaimed N unused clusters", the two FATs differing
+//!   if the cut fell between FAT 1 and FAT 2, and a stale FSInfo free
+//!   count; `fsck.fat -a` reclaims it. The file never reads back mixed.
 //!
 //! After any error from `io` the in-memory FAT may be ahead of the disk:
 //! drop the handle and open the volume again.
@@ -305,6 +317,68 @@ impl<R: Read + Write + Seek> Fat32<R> {
         self.release(&chain);
         self.write_fat(&chain)?;
         self.write_fsinfo()
+    }
+
+    /// Replaces the content of the existing file at `path` so that a cut at
+    /// any write leaves it whole, either old or new (see the module docs for
+    /// the order and what `fsck.fat` says about a cut). Returns `false`, having
+    /// written nothing, when the file already holds `data`.
+    ///
+    /// The barriers are `io.flush()`; the old and the new content are both
+    /// allocated between them, so the volume needs room for the new content
+    /// next to the old.
+    pub fn replace_file(&mut self, path: &str, data: &[u8]) -> Result<bool, FatError> {
+        if data.len() as u64 > u32::MAX as u64 {
+            return Err(FatError::FileTooLarge {
+                path: path.into(),
+                size: data.len() as u64,
+            });
+        }
+        if self.read_file(path)? == data {
+            return Ok(false);
+        }
+        let (mut dir, e) = self.lookup(path)?;
+        let old = if e.cluster >= 2 {
+            self.chain_of(e.cluster, path)?
+        } else {
+            Vec::new()
+        };
+        let cs = self.geo.cluster_size();
+        let n = (data.len() as u64).div_ceil(cs) as u32;
+        if n > self.free {
+            return Err(FatError::NoSpace {
+                path: path.into(),
+                needed: n as u64 * cs,
+                free: self.free_bytes(),
+            });
+        }
+        let new = self.alloc(n);
+        if let Err(err) = self.write_data(&new, &mut &data[..], data.len() as u64, path) {
+            self.release(&new);
+            return Err(err);
+        }
+        self.write_fat(&new)?;
+        self.barrier(path)?;
+        // Only the cluster and size fields change: the name bytes stay as
+        // they are, so even a torn entry write cannot rename the file.
+        let first = new.first().copied().unwrap_or(0);
+        let mut entry = e.raw;
+        entry[20..22].copy_from_slice(&((first >> 16) as u16).to_le_bytes());
+        entry[26..28].copy_from_slice(&(first as u16).to_le_bytes());
+        entry[28..32].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        self.write_slots(&mut dir, e.slot, &[entry], false, path)?;
+        self.barrier(path)?;
+        self.release(&old);
+        self.write_fat(&old)?;
+        self.write_fsinfo()?;
+        self.barrier(path)?;
+        Ok(true)
+    }
+
+    fn barrier(&mut self, path: &str) -> Result<(), FatError> {
+        self.io
+            .flush()
+            .map_err(io_err(format!("flushing while replacing {path}")))
     }
 
     /// Renames the file or directory at `path` to `new_name` in the same

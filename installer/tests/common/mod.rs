@@ -74,6 +74,10 @@ pub struct BundleOpts {
     pub key: PrivateKey,
     /// Overwrite the UKI's PE machine type (other-architecture bundles).
     pub uki_machine: Option<u16>,
+    /// Appended to the host's systemd-boot: a loader that differs from
+    /// other bundles' (as a rebuilt or re-signed one would) and still
+    /// passes the PE checks.
+    pub loader_tail: Vec<u8>,
 }
 
 impl BundleOpts {
@@ -90,6 +94,7 @@ impl BundleOpts {
             ),
             key: key(),
             uki_machine: None,
+            loader_tail: Vec::new(),
         }
     }
 }
@@ -155,7 +160,9 @@ pub fn make_bundle(at: &Path, o: &BundleOpts) -> BundleInfo {
         b[pe + 4..pe + 6].copy_from_slice(&m.to_le_bytes());
         fs::write(&uki, b).unwrap();
     }
-    fs::copy(SYSTEMD_BOOT, at.join("systemd-bootx64.efi")).expect("systemd-boot-efi installed");
+    let mut loader = fs::read(SYSTEMD_BOOT).expect("systemd-boot-efi installed");
+    loader.extend_from_slice(&o.loader_tail);
+    fs::write(at.join("systemd-bootx64.efi"), loader).unwrap();
     fs::write(at.join("layout.json"), &o.layout).unwrap();
     let meta = ReleaseMeta {
         os_name: "cairn".into(),
@@ -185,6 +192,30 @@ pub fn make_bundle(at: &Path, o: &BundleOpts) -> BundleInfo {
         rootfs_sha256: Sha256::digest(&rootfs_bytes).into(),
         rootfs_len: rootfs_bytes.len() as u64,
     }
+}
+
+/// A bundle whose systemd-boot has `tail` appended.
+pub fn bundle_with_loader(at: &Path, version: &str, tail: &[u8]) -> BundleInfo {
+    let mut o = BundleOpts::new(version);
+    o.loader_tail = tail.to_vec();
+    make_bundle(at, &o)
+}
+
+/// The ESP's `EFI/BOOT/BOOTX64.EFI`, read without writing anything (not
+/// even FSInfo, as `with_esp` would).
+pub fn esp_loader(img: &Path) -> Vec<u8> {
+    let mut f = fs::File::open(img).unwrap();
+    let disk = artifacts::gpt::read_disk(&mut f).unwrap();
+    let esp = disk.layout.partition("EFI").unwrap().clone();
+    artifacts::fat::Fat32::open(&mut f, esp.offset(), esp.size_bytes())
+        .unwrap()
+        .read_file(installer::upgrade::LOADER)
+        .unwrap()
+}
+
+/// A bundle's systemd-boot.
+pub fn bundle_loader(b: &BundleInfo) -> Vec<u8> {
+    fs::read(b.dir.join("systemd-bootx64.efi")).unwrap()
 }
 
 /// sha256sum's digest of a whole file (hex). The standard tool, and fast
