@@ -44,6 +44,9 @@ pub struct UpgradeOptions {
     pub bundle: PathBuf,
     pub trusted: Vec<PublicKey>,
     pub allow_downgrade: bool,
+    /// Replace systemd-boot even when its Secure Boot signer changes (after
+    /// the new certificate was enrolled in the firmware's db).
+    pub replace_loader: bool,
     pub dry_run: bool,
 }
 
@@ -57,8 +60,11 @@ pub struct UpgradePlan {
     /// UKIs removed in step 1.
     pub removes: Vec<String>,
     pub new_uki: String,
-    /// Step 6: the bundle's systemd-boot differs from the ESP's.
+    /// Step 6: the bundle's systemd-boot differs from the ESP's and replaces it.
     pub update_loader: bool,
+    /// Step 6: why a differing systemd-boot is kept (a Secure Boot signer
+    /// change the firmware may not trust).
+    pub loader_kept: Option<String>,
 }
 
 /// The removable-media path firmware boots, where install puts systemd-boot.
@@ -98,6 +104,8 @@ impl std::fmt::Display for UpgradePlan {
         writeln!(f, "5. rename it to {}", self.new_uki)?;
         if self.update_loader {
             writeln!(f, "6. replace {LOADER} with the bundle's systemd-boot")
+        } else if let Some(why) = &self.loader_kept {
+            writeln!(f, "6. keep {LOADER}: {why}")
         } else {
             writeln!(
                 f,
@@ -121,10 +129,16 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradePlan> {
         let mut ro = crate::status::ReadOnly(&mut disk);
         let state = DiskState::read(&mut ro, &path)?;
         let loader = verified_artifact(&bundle, bundle::BOOTLOADER)?;
-        let update = loader_differs(&mut ro, &state, &loader)?;
-        return plan(&state, &bundle, opts.allow_downgrade, &path, update);
+        let step6 = loader_step(&mut ro, &state, &loader, opts.replace_loader)?;
+        return plan(&state, &bundle, opts.allow_downgrade, &path, step6);
     }
-    upgrade_disk(&mut disk, &path, &bundle, opts.allow_downgrade)
+    upgrade_disk_with(
+        &mut disk,
+        &path,
+        &bundle,
+        opts.allow_downgrade,
+        opts.replace_loader,
+    )
 }
 
 /// Compares release versions as semver when both parse, else as systemd-boot
@@ -141,7 +155,7 @@ fn plan(
     bundle: &Bundle,
     allow_downgrade: bool,
     path: &Path,
-    update_loader: bool,
+    (update_loader, loader_kept): (bool, Option<String>),
 ) -> Result<UpgradePlan> {
     let active = state.active().ok_or_else(|| Error::Boot {
         path: path.to_path_buf(),
@@ -202,6 +216,7 @@ fn plan(
             }),
         ),
         update_loader,
+        loader_kept,
     })
 }
 
@@ -223,19 +238,73 @@ fn verified_artifact(bundle: &Bundle, name: &str) -> Result<Vec<u8>> {
     Ok(bytes)
 }
 
-/// Whether step 6 has anything to do. A missing loader counts as different
-/// (step 6 then creates it).
-fn loader_differs<D: Read + Write + Seek>(
+/// Step 6's decision: (replace, why a differing loader is kept). A missing
+/// loader is replaced (created). A signed loader is replaced only by one
+/// signed with one of its own certificates, i.e. one the firmware already
+/// trusts, unless `force`: otherwise a Secure Boot machine would refuse its
+/// boot loader and boot nothing at all, with no fallback.
+fn loader_step<D: Read + Write + Seek>(
     d: &mut D,
     state: &DiskState,
     loader: &[u8],
-) -> Result<bool> {
+    force: bool,
+) -> Result<(bool, Option<String>)> {
     let mut esp = open_esp(d, state, 0)?;
-    match esp.read_file(LOADER) {
-        Ok(b) => Ok(b != loader),
-        Err(artifacts::fat::FatError::NotFound { .. }) => Ok(true),
-        Err(e) => Err(fat(format!("reading {LOADER}"))(e)),
+    let old = match esp.read_file(LOADER) {
+        Ok(b) => b,
+        Err(artifacts::fat::FatError::NotFound { .. }) => return Ok((true, None)),
+        Err(e) => return Err(fat(format!("reading {LOADER}"))(e)),
+    };
+    if old == loader {
+        return Ok((false, None));
     }
+    if force {
+        return Ok((true, None));
+    }
+    Ok(match signer_change(&old, loader)? {
+        None => (true, None),
+        Some(why) => (false, Some(why)),
+    })
+}
+
+/// Why replacing a loader signed as `old` with `new` could stop Secure Boot
+/// from starting it; None when it cannot.
+fn signer_change(old: &[u8], new: &[u8]) -> Result<Option<String>> {
+    use signing::authenticode::signer_certificates;
+    // An installed loader that does not parse cannot boot either: replace it.
+    let old_certs = signer_certificates(Path::new(LOADER), old).unwrap_or_default();
+    if old_certs.is_empty() {
+        return Ok(None);
+    }
+    let new_certs =
+        signer_certificates(Path::new(bundle::BOOTLOADER), new).map_err(|e| Error::Bundle {
+            path: PathBuf::from(bundle::BOOTLOADER),
+            what: format!("reading its Secure Boot signature: {e}"),
+        })?;
+    if new_certs.iter().any(|c| old_certs.contains(c)) {
+        return Ok(None);
+    }
+    let ids = |certs: &[Vec<u8>]| {
+        certs
+            .iter()
+            .map(|c| signing::Sha256Digest::of(c).to_hex()[..16].to_string())
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    Ok(Some(if new_certs.is_empty() {
+        format!(
+            "the installed one is signed for Secure Boot (certificate sha256 {}) and the bundle's is unsigned; \
+             a Secure Boot machine would refuse it. Pass --replace-loader if Secure Boot is off",
+            ids(&old_certs)
+        )
+    } else {
+        format!(
+            "the bundle's is signed by another certificate (sha256 {}) than the installed one ({}); \
+             enroll the new certificate in the firmware's db, then upgrade again with --replace-loader",
+            ids(&new_certs),
+            ids(&old_certs)
+        )
+    }))
 }
 
 /// Step 6 (see the module docs), read back afterwards.
@@ -298,11 +367,23 @@ pub fn upgrade_disk<D: Read + Write + Seek>(
     bundle: &Bundle,
     allow_downgrade: bool,
 ) -> Result<UpgradePlan> {
+    upgrade_disk_with(d, path, bundle, allow_downgrade, false)
+}
+
+/// [`upgrade_disk`], with `replace_loader` as in [`UpgradeOptions`].
+pub fn upgrade_disk_with<D: Read + Write + Seek>(
+    d: &mut D,
+    path: &Path,
+    bundle: &Bundle,
+    allow_downgrade: bool,
+    replace_loader: bool,
+) -> Result<UpgradePlan> {
     let state = DiskState::read(d, path)?;
     let epoch = bundle.manifest.source_date_epoch;
     let loader = verified_artifact(bundle, bundle::BOOTLOADER)?;
-    let differs = loader_differs(d, &state, &loader)?;
-    let plan = match plan(&state, bundle, allow_downgrade, path, differs) {
+    let step6 = loader_step(d, &state, &loader, replace_loader)?;
+    let differs = step6.0;
+    let plan = match plan(&state, bundle, allow_downgrade, path, step6) {
         // This release's UKI is on the ESP, so an earlier run got past
         // step 5; a cut in step 6 is the one thing it may have left undone.
         Err(e @ Error::SameVersion { .. })

@@ -241,6 +241,75 @@ fn upgrade_replaces_a_changed_loader_and_leaves_an_equal_one_alone() {
     assert!(after == others);
 }
 
+/// Two Secure Boot db keys (RSA generation is slow: once per test binary).
+fn sb_keys() -> &'static [signing::secureboot::SecureBootKey; 2] {
+    static K: std::sync::OnceLock<[signing::secureboot::SecureBootKey; 2]> =
+        std::sync::OnceLock::new();
+    K.get_or_init(|| {
+        let k = |n| signing::secureboot::SecureBootKey::generate(n, 2048, 1_704_067_200).unwrap();
+        [k("cairn test db"), k("rotated db")]
+    })
+}
+
+#[test]
+fn a_loader_signed_by_a_certificate_the_old_one_was_not_is_kept_unless_forced() {
+    let fx = Fixture::new();
+    let [db, rotated] = sb_keys();
+    let signed = |dir: &str, v: &str, tail: &[u8], k| {
+        let mut o = BundleOpts::new(v);
+        o.loader_tail = tail.to_vec();
+        o.loader_signer = k;
+        make_bundle(&fx.path(dir), &o)
+    };
+    let b1 = signed("b1", "1.0.0", b"", Some(db));
+    // Same signer, new build: replaced.
+    let b2 = signed("b2", "2.0.0", b"fix", Some(db));
+    // Signed by a certificate the firmware may not hold yet: kept.
+    let b3 = signed("b3", "3.0.0", b"fix", Some(rotated));
+    // Unsigned: kept (it would not start under Secure Boot).
+    let b4 = signed("b4", "4.0.0", b"fix", None);
+    let img = fx.image("d.img", DISK_SIZE);
+    install(&install_opts(&img, &b1.dir)).unwrap();
+
+    let plan = upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
+    assert!(plan.update_loader && plan.loader_kept.is_none(), "{plan}");
+    assert!(esp_loader(&img) == bundle_loader(&b2));
+
+    let plan = upgrade(&upgrade_opts(&img, &b3.dir)).unwrap();
+    assert!(!plan.update_loader, "{plan}");
+    let why = plan.loader_kept.clone().unwrap();
+    assert!(
+        why.contains("another certificate") && why.contains("--replace-loader"),
+        "{why}"
+    );
+    assert!(
+        plan.to_string().contains(
+            "6. keep EFI/BOOT/BOOTX64.EFI: the bundle's is signed by another certificate"
+        ),
+        "{plan}"
+    );
+    assert!(
+        esp_loader(&img) == bundle_loader(&b2),
+        "the trusted loader stays"
+    );
+    esp_clean(&fx, &img);
+
+    let plan = upgrade(&upgrade_opts(&img, &b4.dir)).unwrap();
+    assert!(!plan.update_loader, "{plan}");
+    assert!(plan.loader_kept.unwrap().contains("unsigned"));
+    assert!(esp_loader(&img) == bundle_loader(&b2));
+
+    // After enrolling the new certificate the user forces it.
+    let b5 = signed("b5", "5.0.0", b"fix", Some(rotated));
+    let mut o = upgrade_opts(&img, &b5.dir);
+    o.replace_loader = true;
+    let plan = upgrade(&o).unwrap();
+    assert!(plan.update_loader, "{plan}");
+    assert!(esp_loader(&img) == bundle_loader(&b5));
+    esp_clean(&fx, &img);
+    assert_eq!(booted_version(&img, &[&b4, &b5]), Ok("5.0.0".into()));
+}
+
 #[test]
 fn rollback_flips_between_the_slots() {
     let fx = Fixture::new();

@@ -48,6 +48,12 @@ pub enum AuthenticodeError {
     },
     #[error("signing certificate is not a parsable X.509 v3 certificate")]
     BadCert,
+    #[error("{path}: signature at {offset:#x}: {what}")]
+    BadSignature {
+        path: PathBuf,
+        offset: usize,
+        what: String,
+    },
     #[error("reading {path}: {source}")]
     Read {
         path: PathBuf,
@@ -310,4 +316,104 @@ pub fn sign_file(
         path: output.to_path_buf(),
         source,
     })
+}
+
+/// The certificates embedded in `image`'s Authenticode signatures (each
+/// PKCS#7 SignedData's `certificates`), as DER; empty for an unsigned image.
+/// Whoever replaces a signed boot loader can check with it that the new one
+/// is signed by a certificate the old one was signed by, i.e. one the
+/// firmware already trusts.
+pub fn signer_certificates(path: &Path, image: &[u8]) -> Result<Vec<Vec<u8>>, AuthenticodeError> {
+    let l = layout(path, image)?;
+    let Some((off, size)) = l.cert_table else {
+        return Ok(Vec::new());
+    };
+    let (off, size) = (off as usize, size as usize);
+    let bad = |at: usize, what: &str| AuthenticodeError::BadSignature {
+        path: path.to_path_buf(),
+        offset: at,
+        what: what.to_string(),
+    };
+    let table = image
+        .get(off..off.saturating_add(size))
+        .ok_or_else(|| bad(off, "certificate table runs past the end of the file"))?;
+    let mut certs = Vec::new();
+    let mut pos = 0;
+    // WIN_CERTIFICATE entries, each 8-byte aligned.
+    while pos + 8 <= table.len() {
+        let len = le32(table, pos).unwrap_or(0) as usize;
+        let kind = le16(table, pos + 6).unwrap_or(0);
+        if len < 8 || pos + len > table.len() {
+            return Err(bad(off + pos, "WIN_CERTIFICATE length out of range"));
+        }
+        if kind == WIN_CERT_TYPE_PKCS_SIGNED_DATA {
+            let blob = &table[pos + 8..pos + len];
+            certs.extend(
+                pkcs7_certificates(blob)
+                    .map_err(|what| bad(off + pos + 8, &format!("PKCS#7: {what}")))?,
+            );
+        }
+        pos += (len + 7) & !7;
+    }
+    Ok(certs)
+}
+
+/// One DER element at `pos`: (tag, content range, end of element).
+fn der_element(b: &[u8], pos: usize) -> Result<(u8, std::ops::Range<usize>, usize), String> {
+    let tag = *b.get(pos).ok_or("truncated tag")?;
+    let first = *b.get(pos + 1).ok_or("truncated length")? as usize;
+    let (len, start) = if first < 0x80 {
+        (first, pos + 2)
+    } else {
+        let n = first & 0x7f;
+        if n == 0 || n > 4 {
+            return Err(format!("unsupported length form {first:#x}"));
+        }
+        let bytes = b.get(pos + 2..pos + 2 + n).ok_or("truncated length")?;
+        (
+            bytes.iter().fold(0usize, |a, &x| (a << 8) | x as usize),
+            pos + 2 + n,
+        )
+    };
+    let end = start.checked_add(len).filter(|&e| e <= b.len());
+    let end = end.ok_or_else(|| format!("element at {pos} runs past its container"))?;
+    Ok((tag, start..end, end))
+}
+
+/// ContentInfo { OID signedData, [0] SignedData { version, digestAlgorithms,
+/// encapContentInfo, [0] IMPLICIT certificates, ... } } -> each certificate.
+fn pkcs7_certificates(b: &[u8]) -> Result<Vec<Vec<u8>>, String> {
+    const SEQUENCE: u8 = 0x30;
+    const CONTEXT_0: u8 = 0xa0;
+    let (tag, ci, _) = der_element(b, 0)?;
+    if tag != SEQUENCE {
+        return Err("ContentInfo is not a SEQUENCE".into());
+    }
+    let (_, _, after_oid) = der_element(b, ci.start)?;
+    let (tag, explicit, _) = der_element(b, after_oid)?;
+    if tag != CONTEXT_0 {
+        return Err("no [0] content in ContentInfo".into());
+    }
+    let (tag, sd, _) = der_element(b, explicit.start)?;
+    if tag != SEQUENCE {
+        return Err("SignedData is not a SEQUENCE".into());
+    }
+    // version, digestAlgorithms, encapContentInfo
+    let mut pos = sd.start;
+    for _ in 0..3 {
+        pos = der_element(b, pos)?.2;
+    }
+    let mut certs = Vec::new();
+    if pos < sd.end {
+        let (tag, set, _) = der_element(b, pos)?;
+        if tag == CONTEXT_0 {
+            let mut p = set.start;
+            while p < set.end {
+                let (_, _, end) = der_element(b, p)?;
+                certs.push(b[p..end].to_vec());
+                p = end;
+            }
+        }
+    }
+    Ok(certs)
 }

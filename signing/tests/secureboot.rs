@@ -12,7 +12,9 @@ use std::time::Duration;
 mod boot;
 
 use artifacts::uki::{Uki, UkiInputs};
-use signing::authenticode::{image_digest, sign_file, sign_image, AuthenticodeError};
+use signing::authenticode::{
+    image_digest, sign_file, sign_image, signer_certificates, AuthenticodeError,
+};
 use signing::secureboot::{SecureBootError, SecureBootKey, SecureBootKeys};
 
 use boot::{STUB, SYSTEMD_BOOT};
@@ -196,6 +198,53 @@ fn signed_systemd_boot_verifies() {
         String::from_utf8_lossy(&ok.stderr)
     );
     assert!(!sbverify(&kpath("other.crt"), &signed).status.success());
+}
+
+#[test]
+fn signer_certificates_are_read_back_from_ours_and_sbsigns_signatures() {
+    let tmp = tempfile::tempdir().unwrap();
+    let uki = small_uki(tmp.path());
+    let plain = fs::read(&uki).unwrap();
+    assert!(signer_certificates(&uki, &plain).unwrap().is_empty());
+    let ours = tmp.path().join("ours.efi");
+    sign_file(&uki, &ours, &keys().set.db).unwrap();
+    assert_eq!(
+        signer_certificates(&ours, &fs::read(&ours).unwrap()).unwrap(),
+        vec![keys().set.db.cert_der().to_vec()]
+    );
+    // sbsign (OpenSSL) with another key: its certificate, as openssl encodes it.
+    let theirs = tmp.path().join("sbsign.efi");
+    let out = tool(
+        Command::new("sbsign")
+            .arg("--key")
+            .arg(kpath("other.key"))
+            .arg("--cert")
+            .arg(kpath("other.crt"))
+            .arg("--output")
+            .arg(&theirs)
+            .arg(&uki),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let der = tool(
+        Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(kpath("other.crt")),
+    )
+    .stdout;
+    assert_eq!(
+        signer_certificates(&theirs, &fs::read(&theirs).unwrap()).unwrap(),
+        vec![der]
+    );
+    // A certificate table with a broken length is an error, not "unsigned".
+    let mut broken = fs::read(&ours).unwrap();
+    let start = plain.len().next_multiple_of(8);
+    broken[start..start + 4].copy_from_slice(&3u32.to_le_bytes());
+    let err = signer_certificates(&ours, &broken).unwrap_err().to_string();
+    assert!(err.contains("WIN_CERTIFICATE length"), "{err}");
 }
 
 #[test]

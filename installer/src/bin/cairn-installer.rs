@@ -57,6 +57,10 @@ enum Cmd {
         pubkeys: Vec<PathBuf>,
         #[arg(long)]
         allow_downgrade: bool,
+        /// Replace systemd-boot even if the bundle's is signed for Secure Boot
+        /// by a certificate the installed one is not (enroll it first).
+        #[arg(long)]
+        replace_loader: bool,
         #[arg(long)]
         dry_run: bool,
     },
@@ -122,6 +126,7 @@ fn run(cli: Cli) -> Result<()> {
             bundle,
             pubkeys,
             allow_downgrade,
+            replace_loader,
             dry_run,
         } => {
             let opts = UpgradeOptions {
@@ -129,6 +134,7 @@ fn run(cli: Cli) -> Result<()> {
                 disk: disk.clone(),
                 bundle: bundle.clone(),
                 allow_downgrade,
+                replace_loader,
                 dry_run,
             };
             let plan = upgrade(&opts).with_context(|| {

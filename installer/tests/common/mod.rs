@@ -78,6 +78,8 @@ pub struct BundleOpts {
     /// other bundles' (as a rebuilt or re-signed one would) and still
     /// passes the PE checks.
     pub loader_tail: Vec<u8>,
+    /// Authenticode-sign the loader (after the tail) with this db key.
+    pub loader_signer: Option<&'static signing::secureboot::SecureBootKey>,
 }
 
 impl BundleOpts {
@@ -95,6 +97,7 @@ impl BundleOpts {
             key: key(),
             uki_machine: None,
             loader_tail: Vec::new(),
+            loader_signer: None,
         }
     }
 }
@@ -162,6 +165,9 @@ pub fn make_bundle(at: &Path, o: &BundleOpts) -> BundleInfo {
     }
     let mut loader = fs::read(SYSTEMD_BOOT).expect("systemd-boot-efi installed");
     loader.extend_from_slice(&o.loader_tail);
+    if let Some(k) = o.loader_signer {
+        loader = signing::authenticode::sign_image(Path::new(SYSTEMD_BOOT), &loader, k).unwrap();
+    }
     fs::write(at.join("systemd-bootx64.efi"), loader).unwrap();
     fs::write(at.join("layout.json"), &o.layout).unwrap();
     let meta = ReleaseMeta {
