@@ -47,6 +47,21 @@ fn tool(cmd: &mut Command) -> Output {
         .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"))
 }
 
+/// Signs `image` into `out` with sbsign (OpenSSL) and the key pair `stem`.
+fn sbsign(stem: &str, image: &Path, out: &Path) {
+    let r = tool(
+        Command::new("sbsign")
+            .arg("--key")
+            .arg(kpath(&format!("{stem}.key")))
+            .arg("--cert")
+            .arg(kpath(&format!("{stem}.crt")))
+            .arg("--output")
+            .arg(out)
+            .arg(image),
+    );
+    assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
 fn sbverify(cert: &Path, image: &Path) -> Output {
     tool(Command::new("sbverify").arg("--cert").arg(cert).arg(image))
 }
@@ -214,21 +229,7 @@ fn signer_certificates_are_read_back_from_ours_and_sbsigns_signatures() {
     );
     // sbsign (OpenSSL) with another key: its certificate, as openssl encodes it.
     let theirs = tmp.path().join("sbsign.efi");
-    let out = tool(
-        Command::new("sbsign")
-            .arg("--key")
-            .arg(kpath("other.key"))
-            .arg("--cert")
-            .arg(kpath("other.crt"))
-            .arg("--output")
-            .arg(&theirs)
-            .arg(&uki),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sbsign("other", &uki, &theirs);
     let der = tool(
         Command::new("openssl")
             .args(["x509", "-outform", "DER", "-in"])
@@ -254,21 +255,7 @@ fn image_digest_matches_sbsign() {
     let tmp = tempfile::tempdir().unwrap();
     let uki = small_uki(tmp.path());
     let theirs = tmp.path().join("sbsign.efi");
-    let out = tool(
-        Command::new("sbsign")
-            .arg("--key")
-            .arg(kpath("db.key"))
-            .arg("--cert")
-            .arg(kpath("db.crt"))
-            .arg("--output")
-            .arg(&theirs)
-            .arg(&uki),
-    );
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    sbsign("db", &uki, &theirs);
     let ours = tmp.path().join("ours.efi");
     sign_file(&uki, &ours, &keys().set.db).unwrap();
     let d_theirs = image_digest(&theirs, &fs::read(&theirs).unwrap()).unwrap();
