@@ -312,6 +312,38 @@ fn userspace_verify() {
     );
 }
 
+/// The same check on a slot inside a larger disk image, as `status --verify` runs it.
+#[test]
+fn userspace_verify_of_a_slot_at_an_offset() {
+    let d = tempfile::tempdir().unwrap();
+    let (img, info) = slot(d.path(), 40 * 4096 + 3, b"o");
+    let slot_bytes = fs::read(&img).unwrap();
+    let base = 3 * 1024 * 1024;
+    let disk = d.path().join("disk");
+    let mut bytes = vec![0xeeu8; base as usize];
+    bytes.extend_from_slice(&slot_bytes);
+    bytes.extend_from_slice(&[0xee; 4096]);
+    fs::write(&disk, &bytes).unwrap();
+    let got = verity::verify_slot(&disk, base, info.hash_offset, &info.root_hash).unwrap();
+    assert_eq!(got.data_blocks, 41);
+    // Offsets in errors are the slot's own.
+    let tree_byte = info.hash_offset + 4096 + 9;
+    flip(&disk, base + tree_byte);
+    match verity::verify_slot(&disk, base, info.hash_offset, &info.root_hash) {
+        Err(verity::VerityError::HashMismatch { offset }) => assert_eq!(offset, tree_byte),
+        other => panic!("{other:?}"),
+    }
+    flip(&disk, base + tree_byte);
+    flip(&disk, base + info.hash_offset);
+    let e = verity::verify_slot(&disk, base, info.hash_offset, &info.root_hash).unwrap_err();
+    assert!(
+        matches!(&e, verity::VerityError::BadSuperblock { offset, .. } if *offset == info.hash_offset),
+        "{e:?}"
+    );
+    // The wrong base is not a slot at all.
+    assert!(verity::verify_slot(&disk, base - 4096, info.hash_offset, &info.root_hash).is_err());
+}
+
 /// A slot laid out by veritysetup itself passes our userspace check.
 #[test]
 fn userspace_verify_accepts_veritysetup_slot() {

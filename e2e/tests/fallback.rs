@@ -126,6 +126,16 @@ fn tampered_rootfs_is_refused_and_a_corrupt_slot_falls_back() -> Result<()> {
     upgrade(&disk, &v2.join("update.tar"))?;
     let slot = partition(&disk, "BOOT-B")?;
     flip_byte(&disk, slot.offset + 8192 + 17).context("corrupting BOOT-B")?;
+    // `status --verify` sees it before any boot does.
+    let r = installer(&[&"status", &"--disk", &disk, &"--verify"])?;
+    ensure!(
+        !r.success
+            && r.stdout.contains("verity BOOT-B  corrupt")
+            && r.stdout.contains("verity BOOT-A  ok"),
+        "status --verify should report BOOT-B corrupt and BOOT-A ok, and fail:\n{}{}",
+        r.stdout,
+        r.stderr
+    );
     let (failed, ok) = boot_until_ok(&mut m, "fallback-verity: corrupt v2", TRIES as u32 + 1)?;
     ensure!(
         failed.len() == TRIES,

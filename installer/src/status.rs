@@ -125,6 +125,19 @@ pub struct SlotStatus {
     /// Versions of the entries that boot this slot, in boot order.
     pub versions: Vec<String>,
     pub active: bool,
+    /// With `status --verify` only: the slot re-checked against the root
+    /// hash of the release that boots it.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub verity: Option<SlotVerity>,
+}
+
+/// The result of re-hashing one slot (`status --verify`).
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct SlotVerity {
+    /// `ok`, `corrupt`, or `empty` (no release boots this slot).
+    pub state: String,
+    /// For `ok`: the root hash checked; for `corrupt`: what differs, where.
+    pub detail: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -184,6 +197,7 @@ impl Status {
                     .filter_map(|e| e.version.clone())
                     .collect(),
                 active: active.is_some_and(|a| a.slot.slot == s.slot),
+                verity: None,
             })
             .collect();
         let next_boot = state.model.selected().map(|e| {
@@ -220,10 +234,60 @@ impl Status {
 
 /// Reads the status of the disk at `path` without writing to it.
 pub fn status(path: &Path) -> Result<Status> {
+    status_with(path, false)
+}
+
+/// [`status`]; with `verify`, every slot's data and hash tree are read back
+/// and checked against the root hash in the UKI of the release that boots
+/// it (the whole slot is read: seconds per GiB).
+pub fn status_with(path: &Path, verify: bool) -> Result<Status> {
     let mut disk = crate::blockdev::Disk::open(path, false)?;
     let size = disk.size;
     let state = DiskState::read(&mut ReadOnly(&mut disk), path)?;
-    Ok(Status::of(&state, path, size))
+    let mut status = Status::of(&state, path, size);
+    if verify {
+        for (st, slot) in status.slots.iter_mut().zip(&state.slots) {
+            st.verity = Some(verify_slot(&state, slot, path));
+        }
+    }
+    Ok(status)
+}
+
+fn verify_slot(state: &DiskState, slot: &Partition, path: &Path) -> SlotVerity {
+    // Any entry for the slot names the same root hash (it is the PARTUUID).
+    let release = state.model.entries.iter().find_map(|e| {
+        if state.slot_of(e).map(|p| p.slot) != Some(slot.slot) {
+            return None;
+        }
+        let mut root = [0u8; 32];
+        hex::decode_to_slice(e.root_hash.as_deref()?, &mut root).ok()?;
+        let blocks: u64 = crate::bootmodel::cmdline_value(&e.cmdline, "cairn.verity")?
+            .split_once(',')?
+            .0
+            .parse()
+            .ok()?;
+        Some((root, blocks))
+    });
+    let Some((root, blocks)) = release else {
+        return SlotVerity {
+            state: "empty".into(),
+            detail: None,
+        };
+    };
+    match artifacts::verity::verify_slot(path, slot.offset(), blocks * 4096, &root) {
+        Ok(_) => SlotVerity {
+            state: "ok".into(),
+            detail: Some(hex::encode(root)),
+        },
+        Err(e) => SlotVerity {
+            state: "corrupt".into(),
+            detail: Some(format!(
+                "{} at slot offset {}: {e}",
+                slot.name,
+                slot.offset()
+            )),
+        },
+    }
 }
 
 /// Lets read-only code use the `Read + Write + Seek` readers: any write is

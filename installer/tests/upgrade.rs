@@ -412,6 +412,67 @@ fn status_json_reports_slots_entries_and_the_next_boot() {
 }
 
 #[test]
+fn status_verify_rehashes_each_slot_against_its_release() {
+    let fx = Fixture::new();
+    let b1 = bundle(&fx.path("b1"), "1.0.0");
+    let img = fx.image("d.img", DISK_SIZE);
+    install(&install_opts(&img, &b1.dir)).unwrap();
+    let run = |args: &[&str]| {
+        Command::new(env!("CARGO_BIN_EXE_cairn-installer"))
+            .args(["status", "--disk", img.to_str().unwrap()])
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let plain: serde_json::Value = serde_json::from_slice(&run(&["--json"]).stdout).unwrap();
+    assert!(plain["slots"][0].get("verity").is_none(), "{plain}");
+
+    let out = run(&["--json", "--verify"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["slots"][0]["verity"]["state"], "ok");
+    assert_eq!(v["slots"][0]["verity"]["detail"], b1.root_hash);
+    assert_eq!(v["slots"][1]["verity"]["state"], "empty");
+
+    // One data byte of BOOT-A changed: reported, named, and a failing exit.
+    let slot_a = installer::status::status(&img).unwrap().slots[0].offset;
+    {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let mut f = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(&img)
+            .unwrap();
+        let mut b = [0u8];
+        f.seek(SeekFrom::Start(slot_a + 5000)).unwrap();
+        f.read_exact(&mut b).unwrap();
+        f.seek(SeekFrom::Start(slot_a + 5000)).unwrap();
+        f.write_all(&[b[0] ^ 1]).unwrap();
+    }
+    let before = sha256_file(&img);
+    let out = run(&["--json", "--verify"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("slot BOOT-A does not match"), "{err}");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["slots"][0]["verity"]["state"], "corrupt");
+    assert!(
+        v["slots"][0]["verity"]["detail"]
+            .as_str()
+            .unwrap()
+            .contains("BOOT-A"),
+        "{v}"
+    );
+    let text = String::from_utf8_lossy(&run(&["--verify"]).stdout).into_owned();
+    assert!(text.contains("verity BOOT-A  corrupt"), "{text}");
+    assert_eq!(sha256_file(&img), before, "status --verify writes nothing");
+}
+
+#[test]
 fn upgrade_is_reproducible() {
     let (f1, f2) = (Fixture::new(), Fixture::new());
     let mut imgs = Vec::new();

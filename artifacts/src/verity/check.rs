@@ -85,6 +85,8 @@ pub fn read_superblock<R: Read + Seek>(
 /// what is already on disk.
 struct Compare<'a> {
     disk: &'a mut File,
+    /// Where the slot starts in `disk`; `pos` is relative to it.
+    base: u64,
     pos: u64,
     mismatch: Option<u64>,
 }
@@ -95,7 +97,7 @@ impl Write for Compare<'_> {
         // A hash area cut short counts as a mismatch at its first byte.
         let read = self
             .disk
-            .seek(SeekFrom::Start(self.pos))
+            .seek(SeekFrom::Start(self.base + self.pos))
             .and_then(|_| self.disk.read_exact(&mut on_disk));
         if let Err(e) = read {
             self.mismatch = Some(self.pos);
@@ -137,15 +139,44 @@ pub fn verify_file(
     hash_offset: u64,
     root_hash: &[u8; 32],
 ) -> Result<VerityInfo, VerityError> {
+    verify_slot(path, 0, hash_offset, root_hash)
+}
+
+/// [`verify_file`] for a slot that starts `base` bytes into `path` (a
+/// partition of a disk or disk image); offsets in errors are slot-relative.
+pub fn verify_slot(
+    path: &Path,
+    base: u64,
+    hash_offset: u64,
+    root_hash: &[u8; 32],
+) -> Result<VerityInfo, VerityError> {
     let fe = |source| VerityError::File {
         path: path.to_path_buf(),
         source,
     };
     let mut disk = File::open(path).map_err(fe)?;
-    let sb = read_superblock(&mut disk, hash_offset)?;
-    let data = std::io::BufReader::new(File::open(path).map_err(fe)?);
+    let sb = match read_superblock(&mut disk, base + hash_offset) {
+        Err(VerityError::BadSuperblock { field, what, .. }) => {
+            return Err(VerityError::BadSuperblock {
+                offset: hash_offset,
+                field,
+                what,
+            })
+        }
+        Err(VerityError::Read { source, .. }) => {
+            return Err(VerityError::Read {
+                offset: hash_offset,
+                source,
+            })
+        }
+        r => r?,
+    };
+    let mut data_file = File::open(path).map_err(fe)?;
+    data_file.seek(SeekFrom::Start(base)).map_err(fe)?;
+    let data = std::io::BufReader::new(data_file);
     let mut cmp = Compare {
         disk: &mut disk,
+        base,
         pos: 0,
         mismatch: None,
     };

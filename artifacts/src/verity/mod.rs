@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::gpt::Guid;
 
 mod check;
-pub use check::{read_superblock, verify_file, Superblock};
+pub use check::{read_superblock, verify_file, verify_slot, Superblock};
 
 pub const BLOCK: u64 = 4096;
 const DIGEST: usize = 32;

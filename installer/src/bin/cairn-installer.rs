@@ -75,6 +75,10 @@ enum Cmd {
         disk: PathBuf,
         #[arg(long)]
         json: bool,
+        /// Also re-hash every slot against its release's verity root hash
+        /// (reads the whole slot); exits non-zero if one is corrupt.
+        #[arg(long)]
+        verify: bool,
     },
 }
 
@@ -163,8 +167,8 @@ fn run(cli: Cli) -> Result<()> {
                 r.from_version.as_deref().unwrap_or("?")
             );
         }
-        Cmd::Status { disk, json } => {
-            let s = installer::status::status(&disk)
+        Cmd::Status { disk, json, verify } => {
+            let s = installer::status::status_with(&disk, verify)
                 .with_context(|| format!("reading the status of {}", disk.display()))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&s)?);
@@ -199,6 +203,31 @@ fn run(cli: Cli) -> Result<()> {
                     Some(n) => println!("next boot: {} ({})", n.file, n.reason),
                     None => println!("next boot: nothing bootable"),
                 }
+                for slot in &s.slots {
+                    if let Some(v) = &slot.verity {
+                        println!(
+                            "verity {:<7} {}{}",
+                            slot.name,
+                            v.state,
+                            v.detail
+                                .as_deref()
+                                .map_or(String::new(), |d| format!(" ({d})"))
+                        );
+                    }
+                }
+            }
+            let corrupt: Vec<&str> = s
+                .slots
+                .iter()
+                .filter(|x| x.verity.as_ref().is_some_and(|v| v.state == "corrupt"))
+                .map(|x| x.name.as_str())
+                .collect();
+            if !corrupt.is_empty() {
+                anyhow::bail!(
+                    "{}: slot {} does not match the root hash of its release",
+                    disk.display(),
+                    corrupt.join(", ")
+                );
             }
         }
     }
