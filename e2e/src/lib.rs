@@ -485,15 +485,21 @@ pub fn run(cmd: &mut Command) -> Result<String> {
     Ok(String::from_utf8_lossy(&out.stdout).into_owned())
 }
 
+/// An mtools command (`mdir`, `mcopy`, ...) on the disk's ESP:
+/// `TOOL -i IMAGE@@OFFSET`, the offset from sfdisk.
+fn mtools(tool: &str, disk: &Path) -> Result<Command> {
+    let mut c = Command::new(tool);
+    c.env("MTOOLS_SKIP_CHECK", "1").arg("-i").arg(format!(
+        "{}@@{}",
+        disk.display(),
+        partition(disk, "EFI")?.offset
+    ));
+    Ok(c)
+}
+
 /// Lists a directory of the disk's ESP with mtools.
 pub fn esp_dir(disk: &Path, dir: &str) -> Result<String> {
-    let esp = partition(disk, "EFI")?;
-    run(Command::new("mdir")
-        .env("MTOOLS_SKIP_CHECK", "1")
-        .arg("-b")
-        .arg("-i")
-        .arg(format!("{}@@{}", disk.display(), esp.offset))
-        .arg(format!("::{dir}")))
+    run(mtools("mdir", disk)?.arg("-b").arg(format!("::{dir}")))
 }
 
 /// Reads a file from an ext4 partition of the disk with debugfs. The guest
@@ -880,22 +886,10 @@ pub fn enrolled_vars(keys: &Path, out: &Path) -> Result<PathBuf> {
     Ok(out.to_path_buf())
 }
 
-/// mtools' `-i IMAGE@@OFFSET` for the disk's ESP.
-fn esp_image(disk: &Path) -> Result<String> {
-    Ok(format!(
-        "{}@@{}",
-        disk.display(),
-        partition(disk, "EFI")?.offset
-    ))
-}
-
 /// Copies `path` (e.g. `EFI/Linux/x.efi`) out of the disk's ESP with mcopy.
 pub fn esp_get(disk: &Path, path: &str, to: &Path) -> Result<()> {
-    run(Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
+    run(mtools("mcopy", disk)?
         .arg("-n")
-        .arg("-i")
-        .arg(esp_image(disk)?)
         .arg(format!("::{path}"))
         .arg(to))?;
     Ok(())
@@ -903,11 +897,8 @@ pub fn esp_get(disk: &Path, path: &str, to: &Path) -> Result<()> {
 
 /// Replaces `path` on the disk's ESP with `from` (mcopy -o).
 pub fn esp_put(disk: &Path, from: &Path, path: &str) -> Result<()> {
-    run(Command::new("mcopy")
-        .env("MTOOLS_SKIP_CHECK", "1")
+    run(mtools("mcopy", disk)?
         .arg("-o")
-        .arg("-i")
-        .arg(esp_image(disk)?)
         .arg(from)
         .arg(format!("::{path}")))?;
     Ok(())

@@ -25,6 +25,9 @@ use crate::error::{fat, Result};
 
 pub const ENTRY_DIR: &str = "EFI/Linux";
 
+/// The removable-media path firmware boots, where systemd-boot lives.
+pub const LOADER: &str = "EFI/BOOT/BOOTX64.EFI";
+
 /// A boot counter parsed from a file name.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
 pub struct Counter {

@@ -459,7 +459,7 @@ fn write_esp<D: Read + Write + Seek>(
 ) -> Result<()> {
     let mut files = vec![
         FatFile {
-            path: "EFI/BOOT/BOOTX64.EFI".into(),
+            path: crate::bootmodel::LOADER.into(),
             source: FatSource::Host(bundle.path(bundle::BOOTLOADER)),
         },
         FatFile {
@@ -498,7 +498,7 @@ fn write_esp<D: Read + Write + Seek>(
         .map_err(fat_err("reopening the new ESP"))?;
     for (path, name) in [
         (format!("EFI/Linux/{}", plan.uki_name), bundle::UKI),
-        ("EFI/BOOT/BOOTX64.EFI".to_string(), bundle::BOOTLOADER),
+        (crate::bootmodel::LOADER.to_string(), bundle::BOOTLOADER),
     ] {
         let bytes = vol
             .read_file(&path)

@@ -30,7 +30,7 @@ use artifacts::gpt::Guid;
 use signing::PublicKey;
 
 use crate::blockdev::{sync, Disk};
-use crate::bootmodel::{compare, entry_name, BootModel, Counter, ENTRY_DIR};
+use crate::bootmodel::{compare, entry_name, BootModel, Counter, ENTRY_DIR, LOADER};
 use crate::bundle::{self, Bundle};
 use crate::error::{fat, gpt as gpt_err, Error, Result};
 use crate::install::{write_slot, TRIES};
@@ -66,9 +66,6 @@ pub struct UpgradePlan {
     /// change the firmware may not trust).
     pub loader_kept: Option<String>,
 }
-
-/// The removable-media path firmware boots, where install puts systemd-boot.
-pub const LOADER: &str = "EFI/BOOT/BOOTX64.EFI";
 
 impl std::fmt::Display for UpgradePlan {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -313,17 +310,15 @@ fn update_loader<D: Read + Write + Seek>(
     loader: &[u8],
     offset: u64,
 ) -> Result<()> {
-    match esp.read_file(LOADER) {
+    match esp.replace_file(LOADER, loader) {
+        Ok(_) => {}
         Err(artifacts::fat::FatError::NotFound { .. }) => {
             esp.create_dir_all("EFI/BOOT")
                 .map_err(fat("creating EFI/BOOT"))?;
             esp.write_file(LOADER, loader)
                 .map_err(fat(format!("writing {LOADER}")))?;
         }
-        _ => {
-            esp.replace_file(LOADER, loader)
-                .map_err(fat(format!("replacing {LOADER}")))?;
-        }
+        Err(e) => return Err(fat(format!("replacing {LOADER}"))(e)),
     }
     esp.flush()
         .map_err(fat(format!("syncing the ESP after writing {LOADER}")))?;

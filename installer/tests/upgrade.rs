@@ -235,8 +235,8 @@ fn upgrade_replaces_a_changed_loader_and_leaves_an_equal_one_alone() {
     assert_eq!(booted_version(&img, &[&b2, &b3]), Ok("3.0.0".into()));
     let mut after = esp_files_except(&img, "EFI/Linux");
     let mut others = others;
-    let old = others.remove(installer::upgrade::LOADER).unwrap();
-    let new = after.remove(installer::upgrade::LOADER).unwrap();
+    let old = others.remove(installer::bootmodel::LOADER).unwrap();
+    let new = after.remove(installer::bootmodel::LOADER).unwrap();
     assert_ne!(old.0, new.0, "the new loader is in new clusters");
     assert!(after == others);
 }

@@ -67,12 +67,18 @@ pub(crate) fn short_entry(
     put16(&mut e, 14, t.time);
     put16(&mut e, 16, t.date);
     put16(&mut e, 18, t.date);
-    put16(&mut e, 20, (cluster >> 16) as u16);
     put16(&mut e, 22, t.time);
     put16(&mut e, 24, t.date);
-    put16(&mut e, 26, cluster as u16);
-    put32(&mut e, 28, size);
+    set_cluster_and_size(&mut e, cluster, size);
     e
+}
+
+/// Points a short entry at `cluster` holding `size` bytes; nothing else in
+/// it changes (`replace_file` relies on that: its name cannot tear).
+pub(crate) fn set_cluster_and_size(e: &mut [u8; 32], cluster: u32, size: u32) {
+    put16(e, 20, (cluster >> 16) as u16);
+    put16(e, 26, cluster as u16);
+    put32(e, 28, size);
 }
 
 /// The entries for one name: long-name entries (if needed) then the short one.

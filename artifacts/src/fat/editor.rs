@@ -308,11 +308,7 @@ impl<R: Read + Write + Seek> Fat32<R> {
         if e.is_dir() {
             return Err(FatError::IsADirectory { path: path.into() });
         }
-        let chain = if e.cluster >= 2 {
-            self.chain_of(e.cluster, path)?
-        } else {
-            Vec::new()
-        };
+        let chain = self.file_chain(&e, path)?;
         self.delete_slots(&mut dir, e.first_slot, e.slot, path)?;
         self.release(&chain);
         self.write_fat(&chain)?;
@@ -338,11 +334,7 @@ impl<R: Read + Write + Seek> Fat32<R> {
             return Ok(false);
         }
         let (mut dir, e) = self.lookup(path)?;
-        let old = if e.cluster >= 2 {
-            self.chain_of(e.cluster, path)?
-        } else {
-            Vec::new()
-        };
+        let old = self.file_chain(&e, path)?;
         let cs = self.geo.cluster_size();
         let n = (data.len() as u64).div_ceil(cs) as u32;
         if n > self.free {
@@ -361,11 +353,12 @@ impl<R: Read + Write + Seek> Fat32<R> {
         self.barrier(path)?;
         // Only the cluster and size fields change: the name bytes stay as
         // they are, so even a torn entry write cannot rename the file.
-        let first = new.first().copied().unwrap_or(0);
         let mut entry = e.raw;
-        entry[20..22].copy_from_slice(&((first >> 16) as u16).to_le_bytes());
-        entry[26..28].copy_from_slice(&(first as u16).to_le_bytes());
-        entry[28..32].copy_from_slice(&(data.len() as u32).to_le_bytes());
+        dirent::set_cluster_and_size(
+            &mut entry,
+            new.first().copied().unwrap_or(0),
+            data.len() as u32,
+        );
         self.write_slots(&mut dir, e.slot, &[entry], false, path)?;
         self.barrier(path)?;
         self.release(&old);
@@ -523,6 +516,15 @@ impl<R: Read + Write + Seek> Fat32<R> {
             entries,
             dotdot,
         })
+    }
+
+    /// The clusters of the entry's data (none for an empty file).
+    fn file_chain(&self, e: &Parsed, path: &str) -> Result<Vec<u32>, FatError> {
+        if e.cluster >= 2 {
+            self.chain_of(e.cluster, path)
+        } else {
+            Ok(Vec::new())
+        }
     }
 
     fn chain_of(&self, first: u32, what: &str) -> Result<Vec<u32>, FatError> {

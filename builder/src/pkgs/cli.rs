@@ -66,7 +66,7 @@ pub fn run(args: PkgArgs) -> anyhow::Result<()> {
     let epoch = epoch(&args)?;
     let mut pkgs = Pkgs::load(&args.repo)
         .with_context(|| format!("loading recipes under {}", args.repo.display()))?
-        .with_cache(args.cache.clone().unwrap_or_else(default_cache_dir))
+        .with_cache(args.cache.unwrap_or_else(default_cache_dir))
         .with_epoch(epoch);
     if let Some(j) = args.jobs {
         pkgs = pkgs.with_jobs(j);

@@ -215,7 +215,7 @@ pub fn esp_loader(img: &Path) -> Vec<u8> {
     let esp = disk.layout.partition("EFI").unwrap().clone();
     artifacts::fat::Fat32::open(&mut f, esp.offset(), esp.size_bytes())
         .unwrap()
-        .read_file(installer::upgrade::LOADER)
+        .read_file(installer::bootmodel::LOADER)
         .unwrap()
 }
 
