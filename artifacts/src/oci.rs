@@ -2,9 +2,9 @@
 //! (`oci-layout`, `index.json`, `blobs/sha256/…`), ready for `skopeo copy`
 //! or `oras` to push to any registry.
 //!
-//! One image manifest with `artifactType` `application/vnd.cairn.bundle.v1`,
-//! the empty config descriptor, and one layer per bundle file (titled with
-//! the file name). JSON is compact with a fixed field order (struct order;
+//! One image manifest with the caller's `artifactType` (cairn's bundle type
+//! and layer media types live in `contract::bundle::oci`), the empty config
+//! descriptor, and one layer per file (titled with the file name). JSON is compact with a fixed field order (struct order;
 //! annotation maps sorted), so the manifest digest is a function of the
 //! inputs. Blobs are hashed while they are copied, each lands under a
 //! temporary name and is renamed to its digest; `index.json` is written last,
@@ -21,14 +21,6 @@ use sha2::{Digest, Sha256};
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
-pub const BUNDLE_ARTIFACT_TYPE: &str = "application/vnd.cairn.bundle.v1";
-pub const MEDIA_MANIFEST: &str = "application/vnd.cairn.manifest.v1+json";
-pub const MEDIA_SIGNATURE: &str = "application/vnd.cairn.manifest.signature.v1";
-pub const MEDIA_UKI: &str = "application/vnd.cairn.uki.v1";
-pub const MEDIA_ROOTFS: &str = "application/vnd.cairn.rootfs.v1";
-pub const MEDIA_BOOTLOADER: &str = "application/vnd.cairn.bootloader.v1";
-pub const MEDIA_LAYOUT: &str = "application/vnd.cairn.layout.v1+json";
-
 pub const ANNOTATION_TITLE: &str = "org.opencontainers.image.title";
 pub const ANNOTATION_CREATED: &str = "org.opencontainers.image.created";
 pub const ANNOTATION_REF_NAME: &str = "org.opencontainers.image.ref.name";
@@ -118,19 +110,6 @@ pub struct OciSummary {
     pub manifest_digest: String,
     pub manifest_size: u64,
     pub layers: Vec<Descriptor>,
-}
-
-/// The layer media type for each of `bundle::BUNDLE_FILES`.
-pub fn media_type_for(name: &str) -> Option<&'static str> {
-    Some(match name {
-        "manifest.json" => MEDIA_MANIFEST,
-        "manifest.json.sig" => MEDIA_SIGNATURE,
-        "uki.efi" => MEDIA_UKI,
-        "rootfs.img" => MEDIA_ROOTFS,
-        "systemd-bootx64.efi" => MEDIA_BOOTLOADER,
-        "layout.json" => MEDIA_LAYOUT,
-        _ => return None,
-    })
 }
 
 /// Checks `tag` against the image-spec grammar for
@@ -387,6 +366,7 @@ fn prepare_dir(dir: &Path) -> Result<Layout, OciError> {
 pub fn write_layout(
     dir: &Path,
     tag: &str,
+    artifact_type: &str,
     files: &[(&str, &Path, &str)],
     annotations: &BTreeMap<String, String>,
     epoch: u64,
@@ -453,7 +433,7 @@ pub fn write_layout(
     let manifest = json(&Manifest {
         schema_version: 2,
         media_type: MANIFEST_MEDIA_TYPE,
-        artifact_type: BUNDLE_ARTIFACT_TYPE,
+        artifact_type,
         config: &config,
         layers: &layers,
         annotations: &manifest_annotations,
@@ -461,7 +441,7 @@ pub fn write_layout(
     let manifest_digest = layout.put_blob(&manifest)?;
     let entry = Descriptor {
         media_type: MANIFEST_MEDIA_TYPE.to_string(),
-        artifact_type: Some(BUNDLE_ARTIFACT_TYPE.to_string()),
+        artifact_type: Some(artifact_type.to_string()),
         digest: manifest_digest.clone(),
         size: manifest.len() as u64,
         annotations: BTreeMap::from([(ANNOTATION_REF_NAME.to_string(), tag.to_string())]),

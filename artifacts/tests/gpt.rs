@@ -8,6 +8,25 @@ use std::process::Command;
 
 use artifacts::gpt::*;
 
+/// Five partitions shaped like a cairn disk (test data; the real list is
+/// `contract::disk::partition_specs`).
+fn five_specs(esp: u64, slot: u64, state: u64) -> Vec<PartitionSpec> {
+    let spec = |name: &str, type_guid, size| PartitionSpec {
+        name: name.to_string(),
+        type_guid,
+        size,
+        guid: None,
+        attributes: 0,
+    };
+    vec![
+        spec("EFI", ESP_TYPE, Size::Bytes(esp)),
+        spec("BOOT-A", LINUX_ROOT_X86_64_TYPE, Size::Bytes(slot)),
+        spec("BOOT-B", LINUX_ROOT_X86_64_TYPE, Size::Bytes(slot)),
+        spec("STATE", LINUX_FS_TYPE, Size::Bytes(state)),
+        spec("EPHEMERAL", LINUX_FS_TYPE, Size::Rest),
+    ]
+}
+
 const DISK: u64 = 3 << 30;
 
 fn run(cmd: &str, args: &[&str]) -> String {
@@ -28,7 +47,7 @@ fn layout() -> DiskLayout {
     DiskLayout::new(
         DISK,
         b"test-seed",
-        &cairn_specs(100 << 20, 1 << 30, 200 << 20),
+        &five_specs(100 << 20, 1 << 30, 200 << 20),
     )
     .unwrap()
 }
@@ -108,7 +127,7 @@ fn sgdisk_and_sfdisk_agree() {
         );
     }
     assert_eq!(
-        l.partition(EFI).unwrap().guid,
+        l.partition("EFI").unwrap().guid,
         Guid::derive(b"test-seed", "partition:EFI")
     );
 }
@@ -134,7 +153,7 @@ fn reader_round_trips_and_sees_data() {
     assert_eq!(r.used, HeaderCopy::Primary);
     assert!(r.primary_error.is_none() && r.backup_error.is_none());
     let mut f = fs::File::open(&img).unwrap();
-    f.seek(SeekFrom::Start(l.partition(STATE).unwrap().offset()))
+    f.seek(SeekFrom::Start(l.partition("STATE").unwrap().offset()))
         .unwrap();
     let mut head = [0u8; 4];
     std::io::Read::read_exact(&mut f, &mut head).unwrap();
@@ -216,7 +235,7 @@ fn update_rewrites_both_copies() {
         },
     )
     .unwrap();
-    assert_eq!(p.name, BOOT_A);
+    assert_eq!(p.name, "BOOT-A");
     drop(f);
     let v = run("sgdisk", &["-v", img.to_str().unwrap()]);
     assert!(v.contains("No problems found"), "{v}");
@@ -275,19 +294,19 @@ fn clear_makes_disk_unreadable() {
 
 #[test]
 fn partitions_that_do_not_fit() {
-    let e = DiskLayout::new(1 << 30, b"s", &cairn_specs(100 << 20, 1 << 30, 1 << 20))
+    let e = DiskLayout::new(1 << 30, b"s", &five_specs(100 << 20, 1 << 30, 1 << 20))
         .unwrap_err()
         .to_string();
     assert!(
         e.contains("BOOT-A") && e.contains(&(1u64 << 30).to_string()),
         "{e}"
     );
-    let e = DiskLayout::new(1 << 30, b"s", &cairn_specs(100 << 20, 1000, 1 << 20))
+    let e = DiskLayout::new(1 << 30, b"s", &five_specs(100 << 20, 1000, 1 << 20))
         .unwrap_err()
         .to_string();
     assert!(e.contains("BOOT-A") && e.contains("1000"), "{e}");
     assert!(DiskLayout::new((1 << 30) + 1, b"s", &[]).is_err());
-    let mut specs = cairn_specs(1 << 20, 1 << 20, 1 << 20);
+    let mut specs = five_specs(1 << 20, 1 << 20, 1 << 20);
     specs.swap(3, 4);
     assert!(matches!(
         DiskLayout::new(1 << 30, b"s", &specs),
@@ -295,7 +314,7 @@ fn partitions_that_do_not_fit() {
     ));
     // Data larger than its partition.
     let d = tempfile::tempdir().unwrap();
-    let small = DiskLayout::new(64 << 20, b"s", &cairn_specs(1 << 20, 1 << 20, 1 << 20)).unwrap();
+    let small = DiskLayout::new(64 << 20, b"s", &five_specs(1 << 20, 1 << 20, 1 << 20)).unwrap();
     let mut w = DiskWriter::create(&d.path().join("x.img"), small).unwrap();
     let e = w
         .write_partition(0, &vec![1u8; (1 << 20) + 1][..])
@@ -308,7 +327,7 @@ fn reproducible() {
     let a = tempfile::tempdir().unwrap();
     let b = tempfile::tempdir().unwrap();
     let small =
-        || DiskLayout::new(64 << 20, b"repro", &cairn_specs(8 << 20, 16 << 20, 8 << 20)).unwrap();
+        || DiskLayout::new(64 << 20, b"repro", &five_specs(8 << 20, 16 << 20, 8 << 20)).unwrap();
     for dir in [&a, &b] {
         let mut w = DiskWriter::create(&dir.path().join("disk.img"), small()).unwrap();
         w.write_partition(1, &b"slot"[..]).unwrap();
@@ -406,7 +425,7 @@ fn slot_named_by_root_hash() {
     let slot = d.path().join("slot.img");
     fs::write(&slot, vec![7u8; 3 * 4096 + 5]).unwrap();
     let info = artifacts::verity::append(&slot, b"seed").unwrap();
-    let mut specs = cairn_specs(8 << 20, 16 << 20, 8 << 20);
+    let mut specs = five_specs(8 << 20, 16 << 20, 8 << 20);
     specs[1].guid = Some(Guid::from_root_hash(&info.root_hash).unwrap());
     let l = DiskLayout::new(64 << 20, b"seed", &specs).unwrap();
     let img = d.path().join("disk.img");
@@ -471,7 +490,7 @@ fn explicit_parts() -> Vec<Partition> {
         attributes: if slot == 0 { 0 } else { 1 << 60 },
     };
     // Unaligned and out of slot order: nothing `DiskLayout::new` would make.
-    vec![part(3, "DATA", 3001, 9000), part(0, EFI, 100, 2147)]
+    vec![part(3, "DATA", 3001, 9000), part(0, "EFI", 100, 2147)]
 }
 
 /// `ondisk`'s contiguous areas, laid at the two ends of a plain file, give

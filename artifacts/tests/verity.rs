@@ -184,14 +184,6 @@ fn table_and_cmdline() {
             info.salt_hex()
         )
     );
-    assert_eq!(
-        info.cmdline(),
-        format!(
-            "cairn.rootfs={} cairn.verity=10,{}",
-            info.root_hash_hex(),
-            info.salt_hex()
-        )
-    );
 }
 
 #[test]

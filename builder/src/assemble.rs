@@ -38,7 +38,7 @@ impl RootfsImage {
             salt: info.salt_hex(),
             data_blocks: info.data_blocks,
             hash_offset: info.hash_offset,
-            cmdline: info.cmdline(),
+            cmdline: contract::slot::boot_params(info),
         })
     }
 }

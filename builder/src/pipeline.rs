@@ -97,6 +97,16 @@ const BOOT_PACKAGES: &[&str] = &["kernel", "systemd-boot", "init"];
 
 pub fn build(opts: &BuildOptions) -> Result<Summary> {
     let profile = Profile::load_with(&opts.profile, opts.secure_boot_keys.as_deref())?;
+    // The machine config init will parse at first boot is checked now, with
+    // init's own parser, before any package is built.
+    if let Some(cfg) = profile_machine_config(&profile) {
+        contract::machine::MachineConfig::load(cfg).with_context(|| {
+            format!(
+                "profile {}: machine config (files entry for {MACHINE_CONFIG_DST})",
+                opts.profile.display()
+            )
+        })?;
+    }
     let epoch = profile.epoch();
     let cache_root = opts.cache.clone().unwrap_or_else(default_cache_dir);
     let pkgs = Pkgs::load(&opts.repo)?
@@ -404,7 +414,11 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
                     stub: &stub,
                     kernel: &kernel,
                     initrd: &installer_initrd,
-                    cmdline: format!("{} cairn.mode=install", profile.cmdline.join(" ")),
+                    cmdline: format!(
+                        "{} {}",
+                        profile.cmdline.join(" "),
+                        contract::cmdline::INSTALL_MODE
+                    ),
                     osrel: osrel.clone(),
                 },
             )
@@ -483,13 +497,16 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     })
 }
 
+/// Where a profile ships its default machine config in the rootfs.
+const MACHINE_CONFIG_DST: &str = "/usr/share/cairn/machine.toml";
+
 /// The profile's default machine config, if it ships one at the conventional
 /// place, goes onto the ESP for init to import on first boot.
 fn profile_machine_config(profile: &Profile) -> Option<&Path> {
     profile
         .files
         .iter()
-        .find(|f| f.dst == Path::new("/usr/share/cairn/machine.toml"))
+        .find(|f| f.dst == Path::new(MACHINE_CONFIG_DST))
         .map(|f| f.src.as_path())
 }
 

@@ -10,6 +10,9 @@ use anyhow::{Context, Result};
 use artifacts::cpio::{Content, Extra};
 use artifacts::fat::{self, FatFile, FatSource, FormatOptions};
 use artifacts::{bundle, iso, oci};
+use contract::bundle::{self as names, PAYLOAD_DIR, PAYLOAD_KEYS, PAYLOAD_MACHINE_CONFIG};
+use contract::esp;
+use contract::layout::LayoutSpec;
 use installer::install::{install, InstallOptions};
 
 use crate::stage::{KeyBuilder, StageCache};
@@ -27,10 +30,12 @@ pub struct BundleInputs<'a> {
 
 /// The signed bundle directory (docs/installer.md), cached.
 pub fn bundle_dir(stages: &mut StageCache, b: &BundleInputs) -> Result<PathBuf> {
-    let layout = format!(
-        "{{\"esp\": {}, \"boot\": {}, \"state\": {}}}\n",
-        b.layout.0, b.layout.1, b.layout.2
-    );
+    let layout = LayoutSpec {
+        esp: b.layout.0,
+        boot: b.layout.1,
+        state: b.layout.2,
+    }
+    .to_json();
     let mut k = KeyBuilder::new("bundle");
     k.file("uki", b.uki)?
         .file("rootfs", b.rootfs_img)?
@@ -39,22 +44,12 @@ pub fn bundle_dir(stages: &mut StageCache, b: &BundleInputs) -> Result<PathBuf> 
         .str("meta", &serde_json::to_string(&b.meta)?)
         .str("key", &b.key.id().to_string());
     stages.run("bundle", &k.finish(), |out| {
-        fs::copy(b.uki, out.join("uki.efi"))?;
-        fs::copy(b.rootfs_img, out.join("rootfs.img"))?;
-        fs::copy(b.systemd_boot, out.join("systemd-bootx64.efi"))?;
-        fs::write(out.join("layout.json"), &layout)?;
-        signing::sign_dir(
-            out,
-            b.meta.clone(),
-            &[
-                "uki.efi",
-                "rootfs.img",
-                "systemd-bootx64.efi",
-                "layout.json",
-            ],
-            b.key,
-        )
-        .context("signing the bundle manifest")?;
+        fs::copy(b.uki, out.join(names::UKI))?;
+        fs::copy(b.rootfs_img, out.join(names::ROOTFS))?;
+        fs::copy(b.systemd_boot, out.join(names::BOOTLOADER))?;
+        fs::write(out.join(names::LAYOUT), &layout)?;
+        signing::sign_dir(out, b.meta.clone(), &names::REQUIRED, b.key)
+            .context("signing the bundle manifest")?;
         Ok(())
     })
 }
@@ -89,10 +84,7 @@ pub fn installed_disk(
 }
 
 fn bundle_files(bundle: &Path) -> Vec<(&'static str, PathBuf)> {
-    bundle::BUNDLE_FILES
-        .iter()
-        .map(|n| (*n, bundle.join(n)))
-        .collect()
+    names::FILES.iter().map(|n| (*n, bundle.join(n))).collect()
 }
 
 /// `update.tar`: the bundle as one file, manifest first.
@@ -117,21 +109,28 @@ pub fn oci_layout(
     let files = bundle_files(bundle);
     let mut refs = Vec::new();
     for (n, p) in &files {
-        let mt = oci::media_type_for(n).with_context(|| format!("no media type for {n}"))?;
+        let mt = names::oci::media_type(n).with_context(|| format!("no media type for {n}"))?;
         refs.push((*n, p.as_path(), mt));
     }
     let annotations = BTreeMap::from([
         (
-            "org.opencontainers.image.version".to_string(),
+            names::oci::ANNOTATION_VERSION.to_string(),
             version.to_string(),
         ),
         (
-            "dev.cairn.verity.root-hash".to_string(),
+            names::oci::ANNOTATION_ROOT_HASH.to_string(),
             root_hash.to_string(),
         ),
     ]);
-    oci::write_layout(out, version, &refs, &annotations, epoch)
-        .context("writing the OCI layout")?;
+    oci::write_layout(
+        out,
+        version,
+        names::oci::ARTIFACT_TYPE,
+        &refs,
+        &annotations,
+        epoch,
+    )
+    .context("writing the OCI layout")?;
     Ok(())
 }
 
@@ -140,16 +139,16 @@ pub fn oci_layout(
 pub fn payload(bundle: &Path, pubkey: &Path, machine_config: Option<&Path>) -> Vec<Extra> {
     let mut extras: Vec<Extra> = bundle_files(bundle)
         .into_iter()
-        .map(|(n, p)| Extra::file(&format!("payload/{n}"), 0o444, Content::Path(p)))
+        .map(|(n, p)| Extra::file(&format!("{PAYLOAD_DIR}/{n}"), 0o444, Content::Path(p)))
         .collect();
     extras.push(Extra::file(
-        "payload/keys/release.pub",
+        &format!("{PAYLOAD_DIR}/{PAYLOAD_KEYS}/release.pub"),
         0o444,
         Content::Path(pubkey.to_path_buf()),
     ));
     if let Some(cfg) = machine_config {
         extras.push(Extra::file(
-            "payload/machine.toml",
+            &format!("{PAYLOAD_DIR}/{PAYLOAD_MACHINE_CONFIG}"),
             0o444,
             Content::Path(cfg.to_path_buf()),
         ));
@@ -176,15 +175,15 @@ pub fn installer_iso(
         .next_multiple_of(1 << 20);
     let files = vec![
         FatFile {
-            path: "EFI/BOOT/BOOTX64.EFI".into(),
+            path: esp::LOADER.into(),
             source: FatSource::Host(systemd_boot.to_path_buf()),
         },
         FatFile {
-            path: "loader/loader.conf".into(),
-            source: FatSource::Bytes(b"timeout 0\n".to_vec()),
+            path: esp::LOADER_CONF.into(),
+            source: FatSource::Bytes(esp::LOADER_CONF_TEXT.as_bytes().to_vec()),
         },
         FatFile {
-            path: format!("EFI/Linux/cairn-installer-{version}.efi"),
+            path: esp::installer_entry(version),
             source: FatSource::Host(installer_uki.to_path_buf()),
         },
     ];

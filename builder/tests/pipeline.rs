@@ -155,3 +155,53 @@ fn noop_rebuild_is_fast_and_profile_change_skips_packages() {
     }
     assert_ne!(first.root_hash, third.root_hash);
 }
+
+/// Finding 3: a profile's machine config is checked by `cairn build` with
+/// the parser init uses at boot, before any package is built: a typo is a
+/// build error naming the file, line and key, not a node that reboot-loops.
+#[test]
+fn finding_3_profile_machine_config_checked_before_any_work() {
+    let t = tempfile::tempdir().unwrap();
+    let (repo, cache, out) = (
+        t.path().join("repo"),
+        t.path().join("cache"),
+        t.path().join("out"),
+    );
+    fake_repo(&repo);
+    let marker = t.path().join("kernel-was-built");
+    recipe(
+        &repo,
+        "kernel",
+        &["bzImage", "config"],
+        &format!(
+            "touch {}; : > \"$CAIRN_OUT/bzImage\"; : > \"$CAIRN_OUT/config\"",
+            marker.display()
+        ),
+    );
+    fs::write(
+        repo.join("profiles/files/machine.toml"),
+        "hostname = \"n1\"\n[[service]]\nname = \"web\"\nexec = \"/usr/bin/web\"\nrestrat = \"never\"\n",
+    )
+    .unwrap();
+    let p = repo.join("profiles/p.toml");
+    let text = fs::read_to_string(&p).unwrap().replace(
+        "files = [{ src = \"files/motd\", dst = \"/etc/motd\", mode = \"0644\" }]",
+        "files = [{ src = \"files/machine.toml\", dst = \"/usr/share/cairn/machine.toml\", mode = \"0644\" }]",
+    );
+    fs::write(&p, text).unwrap();
+    let err = build(&BuildOptions {
+        profile: p.clone(),
+        out: out.clone(),
+        key: None,
+        cache: Some(cache),
+        stage_cache: None,
+        repo: repo.clone(),
+        secure_boot_keys: None,
+    })
+    .unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("machine.toml:5:1"), "{msg}");
+    assert!(msg.contains("restrat"), "{msg}");
+    assert!(!marker.exists(), "a package was built before the check");
+    assert!(!out.join("disk.raw").exists());
+}

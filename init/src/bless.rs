@@ -2,49 +2,7 @@
 //! stops counting it down. The decision is pure; `efivar` decoding and the
 //! rename itself live at the edges.
 
-/// systemd-boot's loader vendor GUID (`LoaderEntrySelected`, `LoaderBootCountPath`).
-pub const LOADER_GUID: &str = "4a67b082-0a4c-41cf-b6c7-440b29bb8c4f";
-
-/// A UKI file name split into the part that identifies the entry and the
-/// boot-counting suffix systemd-boot rewrites on every attempt.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EntryName<'a> {
-    pub base: &'a str,
-    /// `(tries_left, tries_done)`; `None` for a blessed (uncounted) entry.
-    pub counter: Option<(u32, u32)>,
-}
-
-fn digits(s: &str) -> Option<u32> {
-    if s.is_empty() || !s.bytes().all(|b| b.is_ascii_digit()) {
-        return None;
-    }
-    s.parse().ok()
-}
-
-/// Parses `NAME[+LEFT[-DONE]].efi`. A `+` not followed by a valid counter is
-/// part of the name (versions may carry `+build` metadata).
-pub fn parse_entry(file: &str) -> Option<EntryName<'_>> {
-    let stem = file.strip_suffix(".efi")?;
-    if stem.is_empty() {
-        return None;
-    }
-    if let Some((base, ctr)) = stem.rsplit_once('+') {
-        let parsed = match ctr.split_once('-') {
-            Some((l, d)) => digits(l).zip(digits(d)),
-            None => digits(ctr).map(|l| (l, 0)),
-        };
-        if let (Some(c), false) = (parsed, base.is_empty()) {
-            return Some(EntryName {
-                base,
-                counter: Some(c),
-            });
-        }
-    }
-    Some(EntryName {
-        base: stem,
-        counter: None,
-    })
-}
+use contract::esp::{entry_in_linux_dir, EntryName};
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Refusal {
@@ -83,84 +41,72 @@ pub enum Decision {
 }
 
 /// Decides from the two loader variables alone. `selected` is the entry id
-/// systemd-boot chose, taken before it renamed the file (`cairn-2.0.0+3.efi`);
-/// `count_path` is the renamed file (`\EFI\Linux\cairn-2.0.0+2-1.efi`). Only a
-/// count path that is exactly one attempt further along the selected entry's
-/// counter may be renamed: anything else could bless an entry that did not
-/// boot (after a failed Secure Boot load the variable points at the failure).
+/// systemd-boot chose; `count_path` is the file it renamed before launching
+/// (`\EFI\Linux\cairn-2.0.0+2-1.efi`).
+///
+/// systemd-boot 252 reports `selected` with the counter as it was before the
+/// rename (`cairn-2.0.0+3.efi`): then only a count path exactly one attempt
+/// further along that counter may be renamed, since anything else could bless
+/// an entry that did not boot (after a failed Secure Boot load the variable
+/// points at the failure). Newer systemd-boot drops the counter from
+/// `selected` (`cairn-2.0.0.efi`): then the count path decides, if it names
+/// the same entry; the caller checks that file exists and that no blessed
+/// file of that name does (an uncounted `selected` may also mean the booted
+/// entry was blessed all along and the count path is stale).
 pub fn decide(selected: Option<&str>, count_path: Option<&str>) -> Decision {
     let Some(selected) = selected.filter(|s| !s.is_empty()) else {
         return Decision::Refuse(Refusal::NoSelectedEntry);
     };
-    let Some(sel) = parse_entry(selected).filter(|_| !selected.contains(['/', '\\'])) else {
+    let Some(sel) = EntryName::parse(selected).filter(|_| !selected.contains(['/', '\\'])) else {
         return Decision::Refuse(Refusal::NotAUki {
             selected: selected.into(),
         });
     };
-    let Some((sel_left, sel_done)) = sel.counter else {
-        // The booted entry is blessed; whatever the count path says belongs to
-        // some other (failed) attempt and must not be touched.
-        return Decision::AlreadyBlessed;
-    };
     let Some(path) = count_path.filter(|p| !p.is_empty()) else {
-        return Decision::Refuse(Refusal::NoCountPath {
-            selected: selected.into(),
-        });
+        return match sel.counter {
+            // blessed, or a newer systemd-boot booting a blessed entry
+            None => Decision::AlreadyBlessed,
+            Some(_) => Decision::Refuse(Refusal::NoCountPath {
+                selected: selected.into(),
+            }),
+        };
     };
-    let norm = path.replace('\\', "/");
-    let rel = norm.trim_start_matches('/');
-    let file = match rel.split_once('/') {
-        Some((a, rest)) if a.eq_ignore_ascii_case("EFI") => match rest.split_once('/') {
-            Some((b, f)) if b.eq_ignore_ascii_case("Linux") && !f.contains('/') => f,
-            _ => "",
-        },
-        _ => "",
+    let Some((dir, file)) = entry_in_linux_dir(path) else {
+        return match sel.counter {
+            None => Decision::AlreadyBlessed,
+            Some(_) => Decision::Refuse(Refusal::CountPathOutsideLinuxDir { path: path.into() }),
+        };
     };
-    if file.is_empty() {
-        return Decision::Refuse(Refusal::CountPathOutsideLinuxDir { path: path.into() });
-    }
-    let Some(cur) = parse_entry(file) else {
-        return Decision::Refuse(Refusal::CountPathOutsideLinuxDir { path: path.into() });
-    };
-    let Some((left, done)) = cur.counter else {
-        return Decision::Refuse(Refusal::CountPathNotCounted { path: path.into() });
+    let cur = EntryName::parse(&file);
+    let Some((cur, now)) = cur.as_ref().and_then(|c| Some((c, c.counter?))) else {
+        return match sel.counter {
+            None => Decision::AlreadyBlessed,
+            Some(_) => Decision::Refuse(Refusal::CountPathNotCounted { path: path.into() }),
+        };
     };
     if cur.base != sel.base {
-        return Decision::Refuse(Refusal::OtherEntry {
-            selected: selected.into(),
-            path: path.into(),
-        });
+        return match sel.counter {
+            // A blessed entry booted; the count path is left over from a
+            // failed attempt at another entry in this power-on.
+            None => Decision::AlreadyBlessed,
+            Some(_) => Decision::Refuse(Refusal::OtherEntry {
+                selected: selected.into(),
+                path: path.into(),
+            }),
+        };
     }
-    // systemd-boot counts one try down per attempt; an exhausted entry
-    // (the last resort when nothing else is left) stays at 0 tries and
-    // only its done count goes up.
-    let expected_left = sel_left.saturating_sub(1);
-    if left != expected_left || done != sel_done + 1 {
-        return Decision::Refuse(Refusal::CounterMismatch {
-            selected: selected.into(),
-            path: path.into(),
-        });
+    if let Some(before) = sel.counter {
+        if now != before.after_attempt() {
+            return Decision::Refuse(Refusal::CounterMismatch {
+                selected: selected.into(),
+                path: path.into(),
+            });
+        }
     }
-    let dir = &rel[..rel.len() - file.len()];
     Decision::Rename {
-        from: format!("{dir}{file}"),
-        to: format!("{dir}{}.efi", cur.base),
+        from: format!("{dir}/{file}"),
+        to: format!("{dir}/{}", cur.with_counter(None).file_name()),
     }
-}
-
-/// Decodes an efivarfs file: 4 bytes of attributes, then UTF-16LE text,
-/// optionally NUL-terminated. `None` for anything malformed.
-pub fn decode_efivar_string(raw: &[u8]) -> Option<String> {
-    let body = raw.get(4..)?;
-    if body.len() & 1 != 0 {
-        return None;
-    }
-    let units: Vec<u16> = body
-        .chunks_exact(2)
-        .map(|c| u16::from_le_bytes([c[0], c[1]]))
-        .take_while(|u| *u != 0)
-        .collect();
-    String::from_utf16(&units).ok()
 }
 
 #[cfg(test)]
@@ -232,64 +178,28 @@ mod tests {
         }
     }
 
+    /// Newer systemd-boot reports LoaderEntrySelected without the counter
+    /// suffix. Before this fix init took an uncounted selected entry for a
+    /// blessed one, never blessed the new release, and systemd-boot fell back
+    /// after three healthy boots.
     #[test]
-    fn entry_names() {
-        assert_eq!(
-            parse_entry("a+3.efi"),
-            Some(EntryName {
-                base: "a",
-                counter: Some((3, 0))
-            })
-        );
-        assert_eq!(
-            parse_entry("a+0-3.efi"),
-            Some(EntryName {
-                base: "a",
-                counter: Some((0, 3))
-            })
-        );
-        assert_eq!(
-            parse_entry("a+x.efi"),
-            Some(EntryName {
-                base: "a+x",
-                counter: None
-            })
-        );
-        assert_eq!(
-            parse_entry("a+1-.efi"),
-            Some(EntryName {
-                base: "a+1-",
-                counter: None
-            })
-        );
-        assert_eq!(
-            parse_entry("+3.efi"),
-            Some(EntryName {
-                base: "+3",
-                counter: None
-            })
-        );
-        assert_eq!(parse_entry(".efi"), None);
-        assert_eq!(parse_entry("a+99999999999.efi").unwrap().counter, None);
-    }
-
-    #[test]
-    fn efivar_decoding() {
-        let mut raw = vec![0x06, 0, 0, 0];
-        for u in "cairn-2.0.0+3.efi".encode_utf16().chain([0]) {
-            raw.extend_from_slice(&u.to_le_bytes());
+    fn finding_5_bless_without_counter_in_loader_entry_selected() {
+        use Decision::*;
+        #[rustfmt::skip]
+        let cases: Vec<(Option<&str>, Option<&str>, Decision)> = vec![
+            (Some("cairn-2.0.0.efi"), Some("\\EFI\\Linux\\cairn-2.0.0+2-1.efi"),
+             rename("EFI/Linux/cairn-2.0.0+2-1.efi", "EFI/Linux/cairn-2.0.0.efi")),
+            (Some("cairn-2.0.0.efi"), Some("\\EFI\\Linux\\cairn-2.0.0+0-1.efi"),
+             rename("EFI/Linux/cairn-2.0.0+0-1.efi", "EFI/Linux/cairn-2.0.0.efi")),
+            (Some("cairn-2.0.0+git5.efi"), Some("\\EFI\\Linux\\cairn-2.0.0+git5+1-2.efi"),
+             rename("EFI/Linux/cairn-2.0.0+git5+1-2.efi", "EFI/Linux/cairn-2.0.0+git5.efi")),
+            // blessed entry booted; count path stale from another entry's failed load
+            (Some("cairn-1.0.0.efi"), Some("\\EFI\\Linux\\cairn-2.0.0+2-1.efi"), AlreadyBlessed),
+            (Some("cairn-1.0.0.efi"), Some("\\EFI\\BOOT\\x.efi"), AlreadyBlessed),
+            (Some("cairn-1.0.0.efi"), Some("\\EFI\\Linux\\cairn-1.0.0.efi"), AlreadyBlessed),
+        ];
+        for (sel, path, want) in cases {
+            assert_eq!(decide(sel, path), want, "selected={sel:?} path={path:?}");
         }
-        assert_eq!(
-            decode_efivar_string(&raw).as_deref(),
-            Some("cairn-2.0.0+3.efi")
-        );
-        raw.truncate(raw.len() - 2); // without terminator
-        assert_eq!(
-            decode_efivar_string(&raw).as_deref(),
-            Some("cairn-2.0.0+3.efi")
-        );
-        assert_eq!(decode_efivar_string(&[6, 0, 0]), None);
-        assert_eq!(decode_efivar_string(&[6, 0, 0, 0, 0x61]), None);
-        assert_eq!(decode_efivar_string(&[6, 0, 0, 0, 0x00, 0xd8]), None); // lone surrogate
     }
 }

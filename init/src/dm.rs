@@ -1,7 +1,7 @@
 //! dm-verity through the device-mapper ioctl interface, so stage 1 needs no
 //! veritysetup or dmsetup binary. The table line is the contract of design.md.
 
-use crate::cmdline::hex;
+use contract::cmdline::hex;
 use std::fs::OpenOptions;
 use std::os::fd::AsRawFd;
 use thiserror::Error;

@@ -3,9 +3,9 @@ use thiserror::Error;
 #[derive(Debug, Error)]
 pub enum BootError {
     #[error("kernel command line: {0}")]
-    Cmdline(#[from] crate::cmdline::CmdlineError),
+    Cmdline(#[from] contract::cmdline::CmdlineError),
     #[error("machine config: {0}")]
-    Config(#[from] crate::config::ConfigError),
+    Config(#[from] contract::machine::ConfigError),
     #[error("partition table: {0}")]
     Gpt(#[from] crate::gpt::GptError),
     #[error("dm-verity: {0}")]

@@ -2,8 +2,8 @@
 //! its `timeout_s`, retried while it fails. Services keep being supervised
 //! meanwhile (`tick` reaps and restarts).
 
-use crate::config::Health;
 use crate::supervisor::{Exit, Supervisor};
+use contract::machine::Health;
 use std::time::{Duration, Instant};
 
 pub const RETRY: Duration = Duration::from_secs(1);

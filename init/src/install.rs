@@ -2,6 +2,7 @@
 //! initramfs at /payload. This module owns the narrow entry point; the
 //! installer library does the work once it is linked in.
 
+use contract::bundle;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -20,10 +21,10 @@ pub enum InstallError {
 }
 
 const REQUIRED: [(&str, &str); 4] = [
-    ("manifest.json", "signed release manifest"),
-    ("manifest.json.sig", "manifest signature"),
-    ("uki.efi", "unified kernel image"),
-    ("rootfs.img", "squashfs + verity slot image"),
+    (bundle::MANIFEST, "signed release manifest"),
+    (bundle::SIGNATURE, "manifest signature"),
+    (bundle::UKI, "unified kernel image"),
+    (bundle::ROOTFS, "squashfs + verity slot image"),
 ];
 
 /// Installs from `payload` onto `target` (`None`: the installer chooses).
@@ -42,7 +43,7 @@ pub fn install(payload: &Path, target: Option<&str>) -> Result<(), InstallError>
         }
         progress(&format!("payload: {name} present"));
     }
-    let keys = payload.join("keys");
+    let keys = payload.join(bundle::PAYLOAD_KEYS);
     let n = std::fs::read_dir(&keys)
         .map(|d| {
             d.filter_map(Result::ok)
@@ -54,7 +55,7 @@ pub fn install(payload: &Path, target: Option<&str>) -> Result<(), InstallError>
         return Err(InstallError::NoKeys { dir: keys });
     }
     progress(&format!("payload: {n} trusted key(s)"));
-    let machine_config = payload.join("machine.toml");
+    let machine_config = payload.join(bundle::PAYLOAD_MACHINE_CONFIG);
     let machine_config = machine_config.is_file().then(|| {
         progress("payload: machine.toml present");
         machine_config

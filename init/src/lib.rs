@@ -1,13 +1,13 @@
 //! cairn-init: PID 1 of cairn images, in two stages (initramfs `/init`, then
 //! `/sbin/init` in the verity-protected root). Decisions live in pure modules
-//! (`cmdline`, `config`, `bless`, `fsprobe`, `gpt`, `slot`, `record`, the dm
-//! table text, supervisor policy); syscalls sit in `sys` and the stage modules.
+//! (`bless`, `fsprobe`, `gpt`, `slot`, `record`, the dm table text, supervisor
+//! policy); the formats it shares with the installer and builder (command
+//! line, machine config, ESP names) come from the `contract` crate; syscalls
+//! sit in `sys` and the stage modules.
 
 pub mod log;
 
 pub mod bless;
-pub mod cmdline;
-pub mod config;
 pub mod disks;
 pub mod dm;
 pub mod error;

@@ -5,36 +5,16 @@
 //! matches the command line. Either way dm-verity then authenticates every
 //! block against the root hash, so a wrong guess cannot boot.
 
-use crate::cmdline::Verity;
 use crate::gpt::{Guid, Partition, Table};
+use contract::cmdline::Verity;
+use contract::disk::SLOTS;
+use contract::slot::superblock_matches;
 use std::io::{Read, Seek, SeekFrom};
-
-pub const SLOT_LABELS: [&str; 2] = ["BOOT-A", "BOOT-B"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Found {
     ByPartUuid,
     ByLabelAndSuperblock,
-}
-
-/// Does a veritysetup (format 1) superblock describe this slot?
-pub fn superblock_matches(sb: &[u8], v: &Verity) -> bool {
-    let u32_at = |at: usize| {
-        sb.get(at..at + 4)
-            .map(|b| u32::from_le_bytes(b.try_into().unwrap_or([0; 4])))
-    };
-    let ok = sb.get(0..8) == Some(b"verity\0\0")
-        && u32_at(8) == Some(1)
-        && u32_at(12) == Some(1)
-        && sb.get(32..39) == Some(b"sha256\0")
-        && u32_at(64) == Some(4096)
-        && u32_at(68) == Some(4096)
-        && sb
-            .get(72..80)
-            .map(|b| u64::from_le_bytes(b.try_into().unwrap_or([0; 8])))
-            == Some(v.data_blocks)
-        && sb.get(80..82) == Some(&32u16.to_le_bytes()[..]);
-    ok && sb.get(88..120) == Some(&v.salt[..])
 }
 
 /// `disk` is the whole-disk device (or image) the table was read from.
@@ -47,7 +27,7 @@ pub fn find<'t, R: Read + Seek>(
     if let Some(p) = table.by_guid(&Guid::from_root_hash(root_hash)) {
         return Some((p, Found::ByPartUuid));
     }
-    for label in SLOT_LABELS {
+    for label in SLOTS {
         let Some(p) = table.by_name(label) else {
             continue;
         };

@@ -7,10 +7,10 @@
 //! recursive delete in PID 1 is risk without benefit. The installer
 //! initramfs (which carries the payload) never switches root.
 
-use crate::cmdline::{self, Cmdline, Mode, Verity};
 use crate::error::{BootError, Context};
 use crate::record::Handover;
 use crate::{disks, dm, gpt, say, slot, sys};
+use contract::cmdline::{self, Cmdline, Mode, Verity};
 use std::ffi::CString;
 use std::fs::{self, File};
 use std::io::Read;
@@ -211,7 +211,10 @@ pub fn run() -> Result<Outcome, BootError> {
         );
         // The installer refuses its own boot medium via LoaderDevicePartUUID.
         crate::stage2::mount_extras();
-        match crate::install::install(Path::new("/payload"), cmd.install_disk.as_deref()) {
+        match crate::install::install(
+            &Path::new("/").join(contract::bundle::PAYLOAD_DIR),
+            cmd.install_disk.as_deref(),
+        ) {
             Ok(()) => say!("install complete; powering off"),
             Err(e) => say!("install failed: {e}; powering off"),
         }

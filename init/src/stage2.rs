@@ -2,20 +2,21 @@
 //! EPHEMERAL, loads the machine config, supervises services, blesses the
 //! boot once healthy, and shuts down cleanly on signals.
 
-use crate::bless::{self, Decision, LOADER_GUID};
-use crate::config::MachineConfig;
+use crate::bless::{self, Decision};
 use crate::error::{BootError, Context};
 use crate::fsprobe::{self, Action, PROBE_LEN};
 use crate::record::{self, Handover};
 use crate::supervisor::{Backoff, Supervisor};
 use crate::{disks, gpt, health, say, sys};
+use contract::esp::{decode_efivar_string, LOADER_VENDOR_GUID};
+use contract::machine::MachineConfig;
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-pub const STATE_DIR: &str = "/system/state";
+pub const STATE_DIR: &str = contract::disk::STATE_MOUNT;
 pub const CONFIG: &str = "/system/state/config/machine.toml";
 pub const BOOTS_LOG: &str = "/system/state/boots.log";
 const ESP_DIR: &str = "/run/cairn/esp";
@@ -219,8 +220,8 @@ pub fn load_config(cfg: &Path, transient: &Path) -> Result<MachineConfig, BootEr
 }
 
 fn read_efivar(efivars: &Path, name: &str) -> Option<String> {
-    let raw = fs::read(efivars.join(format!("{name}-{LOADER_GUID}"))).ok()?;
-    bless::decode_efivar_string(&raw)
+    let raw = fs::read(efivars.join(format!("{name}-{LOADER_VENDOR_GUID}"))).ok()?;
+    decode_efivar_string(&raw)
 }
 
 /// Returns whether the boot counts as blessed (renamed now or already).
@@ -236,6 +237,16 @@ pub fn bless_boot(esp: &Path, efivars: &Path) -> Result<bool, BootError> {
         }
         Decision::Rename { from, to } => {
             let (from, to) = (esp.join(&from), esp.join(&to));
+            // The counted file is gone: blessed already in this boot (the
+            // blessed name exists), or a count path that names nothing (not
+            // ours to act on: refuse, don't fail the boot).
+            if !from.exists() {
+                if to.exists() {
+                    return Ok(true);
+                }
+                say!("not blessing: {} does not exist", from.display());
+                return Ok(false);
+            }
             if to.exists() {
                 say!("not blessing: {} already exists", to.display());
                 return Ok(false);
@@ -329,7 +340,7 @@ pub fn run() -> Result<Shutdown, BootError> {
         disk.sector_size,
     )?;
 
-    let mut mounted = vec![prepare(&disk, &table, "STATE", STATE_DIR)?];
+    let mut mounted = vec![prepare(&disk, &table, contract::disk::STATE, STATE_DIR)?];
     let number = fs::read_to_string(BOOTS_LOG)
         .map(|t| record::next_boot_number(&t))
         .unwrap_or(1);
@@ -338,12 +349,17 @@ pub fn run() -> Result<Shutdown, BootError> {
         slot: hand.slot().into(),
         version: version.clone(),
     });
-    mounted.push(prepare(&disk, &table, "EPHEMERAL", "/var")?);
+    mounted.push(prepare(
+        &disk,
+        &table,
+        contract::disk::EPHEMERAL,
+        contract::disk::EPHEMERAL_MOUNT,
+    )?);
     note_var_boot(number).ctx(|| format!("appending to {VAR_BOOTS}"))?;
     let esp = mount_esp(&disk, &table)?;
     mounted.push(esp.clone());
 
-    let cfg = load_config(Path::new(CONFIG), &esp.join("cairn/machine.toml"))?;
+    let cfg = load_config(Path::new(CONFIG), &esp.join(contract::esp::MACHINE_CONFIG))?;
     if let Some(h) = &cfg.hostname {
         sys::sethostname(h).ctx(|| format!("setting hostname {h:?}"))?;
     }

@@ -5,7 +5,7 @@
 //! Time is passed in (`now`) so scheduling is deterministic under test; the
 //! caller decides how to sleep (signals in PID 1, polling in tests).
 
-use crate::config::{Restart, Service};
+use contract::machine::{Restart, Service};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;

@@ -1,9 +1,9 @@
 //! GPT reading and slot lookup against disk images partitioned by `sgdisk`
 //! and slots formatted by `veritysetup` (the standard tools).
 
-use cairn_init::cmdline::{parse_hex, Verity};
 use cairn_init::gpt::{self, GptError, Guid};
 use cairn_init::slot::{self, Found};
+use contract::cmdline::{parse_hex, Verity};
 use std::fs::{File, OpenOptions};
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::Path;

@@ -61,8 +61,8 @@ fn main() {
     );
 
     // and so are services: stop_all's SIGTERM ends them without the KILL fallback
-    use cairn_init::config::{Restart, Service};
     use cairn_init::supervisor::{Backoff, Event, Exit, Supervisor};
+    use contract::machine::{Restart, Service};
     let console: cairn_init::supervisor::Console =
         std::sync::Arc::new(std::sync::Mutex::new(std::io::sink()));
     let svc = Service {

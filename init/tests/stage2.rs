@@ -2,9 +2,9 @@
 //! directories: the format rule with the real e2fsprogs, the first-boot
 //! config import, and the blessing rename.
 
-use cairn_init::bless::LOADER_GUID;
 use cairn_init::error::BootError;
 use cairn_init::stage2::{bless_boot, load_config, prepare_fs, Prepared};
+use contract::esp::LOADER_VENDOR_GUID as LOADER_GUID;
 use std::path::Path;
 use std::process::Command;
 
@@ -186,6 +186,39 @@ fn blessing_renames_only_the_booted_entry() {
     };
     let (a, b) = (bless_once(), bless_once());
     assert_eq!(listing(a.path()), listing(b.path()));
+}
+
+/// Newer systemd-boot drops the counter from LoaderEntrySelected; the
+/// booted entry is still blessed, found through LoaderBootCountPath.
+#[test]
+fn finding_5_blessing_with_selected_entry_stripped_of_its_counter() {
+    let d = esp_with(&["cairn-1.0.0.efi", "cairn-2.0.0+2-1.efi"]);
+    efivar(
+        &d.path().join("vars"),
+        "LoaderEntrySelected",
+        "cairn-2.0.0.efi",
+    );
+    efivar(
+        &d.path().join("vars"),
+        "LoaderBootCountPath",
+        "\\EFI\\Linux\\cairn-2.0.0+2-1.efi",
+    );
+    assert!(bless_boot(&d.path().join("esp"), &d.path().join("vars")).unwrap());
+    assert_eq!(listing(d.path()), ["cairn-1.0.0.efi", "cairn-2.0.0.efi"]);
+    // and a count path naming no file renames nothing
+    let d = esp_with(&["cairn-1.0.0.efi"]);
+    efivar(
+        &d.path().join("vars"),
+        "LoaderEntrySelected",
+        "cairn-2.0.0.efi",
+    );
+    efivar(
+        &d.path().join("vars"),
+        "LoaderBootCountPath",
+        "\\EFI\\Linux\\cairn-2.0.0+2-1.efi",
+    );
+    assert!(!bless_boot(&d.path().join("esp"), &d.path().join("vars")).unwrap());
+    assert_eq!(listing(d.path()), ["cairn-1.0.0.efi"]);
 }
 
 #[test]

@@ -1,8 +1,8 @@
 //! The supervisor against real child processes (`/bin/sh -c ...`).
 //! Every test reaps with waitpid(-1), so they run one at a time.
 
-use cairn_init::config::{Restart, Service};
 use cairn_init::supervisor::{Backoff, Console, Event, Exit, Supervisor};
+use contract::machine::{Restart, Service};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -259,8 +259,8 @@ fn stop_terms_then_kills() {
 
 #[test]
 fn health_checks_pass_when_service_is_ready_and_time_out_otherwise() {
-    use cairn_init::config::Health;
     use cairn_init::health::run_checks;
+    use contract::machine::Health;
     let _g = serial();
     let dir = tempfile::tempdir().unwrap();
     let ready = dir.path().join("ready");

@@ -73,7 +73,10 @@ fn run() -> Res<()> {
             stub: Path::new(STUB),
             linux: &linux,
             initrd: &initrd,
-            cmdline: &format!("{} console=ttyS0 panic=-1", verity.cmdline()),
+            cmdline: &format!(
+                "{} console=ttyS0 panic=-1",
+                contract::slot::boot_params(&verity)
+            ),
             osrel: &format!(
                 "NAME=cairn\nID=cairn\nVERSION_ID={version}\nIMAGE_VERSION={version}\n"
             ),

@@ -9,9 +9,9 @@
 //! then by id (the file name), higher first; then more tries left first, then
 //! fewer tries done first. The first entry boots.
 //!
-//! Counting lives in the file name: `NAME+LEFT-DONE.efi` or `NAME+LEFT.efi`.
-//! Before launching an entry with LEFT > 0, systemd-boot renames it to
-//! `NAME+(LEFT-1)-(DONE+1).efi`; at LEFT = 0 the entry sorts last, which is
+//! Counting lives in the file name (`contract::esp::EntryName`): before
+//! launching a counted entry systemd-boot renames it one attempt along
+//! (`Counter::after_attempt`); at LEFT = 0 the entry sorts last, which is
 //! what lets the previous release boot again. A name without a counter is
 //! "blessed" (userspace drops the counter after a good boot).
 
@@ -23,52 +23,7 @@ use artifacts::uki::Uki;
 
 use crate::error::{fat, Result};
 
-pub const ENTRY_DIR: &str = "EFI/Linux";
-
-/// The removable-media path firmware boots, where systemd-boot lives.
-pub const LOADER: &str = "EFI/BOOT/BOOTX64.EFI";
-
-/// A boot counter parsed from a file name.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-pub struct Counter {
-    pub left: u32,
-    pub done: u32,
-}
-
-/// Splits `cairn-1.0.0+2-1.efi` into (`cairn-1.0.0`, counter).
-/// Returns `None` for names that are not `*.efi` (case-insensitive).
-pub fn parse_name(file: &str) -> Option<(String, Option<Counter>)> {
-    if file.len() < 4 || !file[file.len() - 4..].eq_ignore_ascii_case(".efi") {
-        return None;
-    }
-    let stem = &file[..file.len() - 4];
-    let Some(plus) = stem.rfind('+') else {
-        return Some((stem.to_string(), None));
-    };
-    let tail = &stem[plus + 1..];
-    let (l, d) = match tail.split_once('-') {
-        Some((l, d)) => (l, Some(d)),
-        None => (tail, None),
-    };
-    let digits = |s: &str| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit());
-    if !digits(l) || d.is_some_and(|d| !digits(d)) {
-        // Not a counter: systemd-boot treats the whole name as the id.
-        return Some((stem.to_string(), None));
-    }
-    let (Ok(left), Ok(done)) = (l.parse(), d.map_or(Ok(0), str::parse)) else {
-        return Some((stem.to_string(), None));
-    };
-    Some((stem[..plus].to_string(), Some(Counter { left, done })))
-}
-
-/// The file name for `base` with `counter`.
-pub fn entry_name(base: &str, counter: Option<Counter>) -> String {
-    match counter {
-        None => format!("{base}.efi"),
-        Some(Counter { left, done: 0 }) => format!("{base}+{left}.efi"),
-        Some(c) => format!("{base}+{}-{}.efi", c.left, c.done),
-    }
-}
+pub use contract::esp::{Counter, EntryName, ENTRY_DIR, LOADER};
 
 /// One UKI on the ESP as systemd-boot sees it.
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
@@ -91,13 +46,13 @@ impl Entry {
     }
 
     pub fn exhausted(&self) -> bool {
-        self.counter.is_some_and(|c| c.left == 0)
+        self.counter.is_some_and(Counter::exhausted)
     }
 
     /// Builds an entry from a UKI's bytes; `None` when systemd-boot would
     /// not list it (no `.osrel`).
     pub fn from_uki(file: &str, bytes: &[u8]) -> Option<Entry> {
-        let (base, counter) = parse_name(file)?;
+        let EntryName { base, counter } = EntryName::parse(file)?;
         let path = std::path::Path::new(file);
         let osrel = Uki::section_from_bytes(path, bytes, ".osrel").ok()?;
         let cmdline = Uki::section_from_bytes(path, bytes, ".cmdline").unwrap_or_default();
@@ -112,7 +67,10 @@ impl Entry {
             counter,
             sort_key: field("IMAGE_ID").or_else(|| field("ID")),
             version: field("IMAGE_VERSION").or_else(|| field("VERSION_ID")),
-            root_hash: cmdline_value(&cmdline, "cairn.rootfs").map(str::to_string),
+            root_hash: contract::cmdline::parse(&cmdline)
+                .ok()
+                .and_then(|c| c.rootfs)
+                .map(|h| contract::cmdline::hex(&h)),
             cmdline,
         })
     }
@@ -124,13 +82,6 @@ pub fn osrel_field(osrel: &str, key: &str) -> Option<String> {
         let (k, v) = l.trim().split_once('=')?;
         (k == key).then(|| v.trim_matches(['"', '\'']).to_string())
     })
-}
-
-/// The value of `key=` on a kernel command line.
-pub fn cmdline_value<'a>(cmdline: &'a str, key: &str) -> Option<&'a str> {
-    cmdline
-        .split_ascii_whitespace()
-        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
 }
 
 fn vercmp(a: &str, b: &str) -> Ordering {
@@ -182,7 +133,7 @@ impl BootModel {
             .iter()
             .filter(|e| !e.is_dir && !e.name.starts_with('.'))
         {
-            if parse_name(&e.name).is_none() {
+            if EntryName::parse(&e.name).is_none() {
                 continue;
             }
             let path = format!("{ENTRY_DIR}/{}", e.name);
@@ -199,14 +150,15 @@ impl BootModel {
         self.entries.first()
     }
 
-    /// The rename systemd-boot makes before launching the selected entry.
+    /// The rename systemd-boot makes before launching the selected entry:
+    /// every counted entry, an exhausted last resort too (its done count
+    /// goes up), as init's blessing expects (one model, `Counter::after_attempt`).
     pub fn boot_rename(&self) -> Option<(String, String)> {
         let e = self.selected()?;
-        let c = e.counter.filter(|c| c.left > 0)?;
-        let next = Counter {
-            left: c.left - 1,
-            done: c.done.saturating_add(1),
-        };
-        Some((e.file.clone(), entry_name(&e.base, Some(next))))
+        let next = e.counter?.after_attempt();
+        Some((
+            e.file.clone(),
+            EntryName::new(&e.base, Some(next)).file_name(),
+        ))
     }
 }

@@ -10,14 +10,9 @@ use std::path::{Path, PathBuf};
 use signing::{Artifact, Manifest};
 
 use crate::error::{Error, Result};
-use crate::layout::LayoutSpec;
+use contract::layout::LayoutSpec;
 
-pub const UKI: &str = "uki.efi";
-pub const ROOTFS: &str = "rootfs.img";
-pub const BOOTLOADER: &str = "systemd-bootx64.efi";
-pub const LAYOUT: &str = "layout.json";
-/// Artifacts every bundle's manifest must list.
-pub const REQUIRED: [&str; 4] = [UKI, ROOTFS, BOOTLOADER, LAYOUT];
+pub use contract::bundle::{BOOTLOADER, LAYOUT, REQUIRED, ROOTFS, UKI};
 
 /// What the release's UKI says about its rootfs.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,7 +56,7 @@ impl Bundle {
 
     /// `cairn-<version>`: the UKI's name on the ESP without counter.
     pub fn entry_base(&self) -> String {
-        format!("cairn-{}", self.version())
+        contract::esp::entry_base(&self.version())
     }
 }
 

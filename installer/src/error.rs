@@ -106,7 +106,7 @@ pub enum Error {
         /// What happened to the partition table afterwards.
         cleanup: String,
     },
-    #[error("machine config {path} is not valid TOML: {what}")]
+    #[error("machine config {path} is refused (init would refuse it at boot): {what}")]
     MachineConfig { path: PathBuf, what: String },
 }
 

@@ -15,16 +15,16 @@ use artifacts::gpt::{self, DiskLayout, Guid, Partition, SECTOR};
 use signing::PublicKey;
 
 use crate::blockdev::{hash_range, read_at, sha256, sync, write_at, zero_range, Disk};
-use crate::bootmodel::{entry_name, Counter};
 use crate::bundle::{self, Bundle};
 use crate::error::{fat as fat_err, Error, Result};
 use crate::table;
 use crate::verify::open_verified;
+use contract::esp::{Counter, EntryName};
 
 /// Tries a new UKI gets before systemd-boot falls back.
-pub const TRIES: u32 = 3;
-pub const LOADER_CONF: &[u8] = b"timeout 0\n";
-pub const MACHINE_CONFIG: &str = "cairn/machine.toml";
+pub const TRIES: u32 = contract::esp::NEW_ENTRY_TRIES;
+pub const LOADER_CONF: &[u8] = contract::esp::LOADER_CONF_TEXT.as_bytes();
+pub use contract::esp::MACHINE_CONFIG;
 /// How much of STATE and EPHEMERAL is zeroed (the format rule's window).
 pub const ZEROED: u64 = 1 << 20;
 
@@ -72,21 +72,21 @@ impl fmt::Display for InstallPlan {
             writeln!(f, "destroys: {}", self.destroys.join("; "))?;
         }
         let p = |name: &str| self.layout.partition(name).expect("cairn layout");
-        let a = p(gpt::BOOT_A);
+        let a = p(contract::disk::BOOT_A);
         writeln!(
             f,
             "1. BOOT-A at {}: rootfs.img, {} bytes, then read back",
             a.offset(),
             self.rootfs_size
         )?;
-        for name in [gpt::STATE, gpt::EPHEMERAL] {
+        for name in [contract::disk::STATE, contract::disk::EPHEMERAL] {
             writeln!(
                 f,
                 "2. {name} at {}: zero the first {ZEROED} bytes",
                 p(name).offset()
             )?;
         }
-        let esp = p(gpt::EFI);
+        let esp = p(contract::disk::EFI);
         write!(
             f,
             "3. EFI at {} ({} bytes): FAT32 with EFI/BOOT/BOOTX64.EFI, loader/loader.conf, EFI/Linux/{}",
@@ -157,12 +157,12 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport> {
 /// config `payload/machine.toml` when present. Scratch files for the
 /// partition table go to `$TMPDIR` (default `/tmp`), which must be writable.
 pub fn install_payload(payload: &Path, disk: &Path, wipe: bool) -> Result<InstallReport> {
-    let keys = payload.join("keys");
+    let keys = payload.join(contract::bundle::PAYLOAD_KEYS);
     let trusted = signing::load_trusted_dir(&keys).map_err(|source| Error::Key {
         path: keys.clone(),
         source,
     })?;
-    let config = payload.join("machine.toml");
+    let config = payload.join(contract::bundle::PAYLOAD_MACHINE_CONFIG);
     install(&InstallOptions {
         disk: disk.to_path_buf(),
         bundle: payload.to_path_buf(),
@@ -186,15 +186,12 @@ fn refuse_install_media(disk: &Disk, bundle: &Path, media: &[PathBuf]) -> Result
     Ok(())
 }
 
-/// init imports the machine config on first boot; a file it cannot parse
-/// is refused here, before anything is written.
+/// init imports the machine config on first boot and refuses one its parser
+/// rejects (a typo would otherwise reboot-loop a fresh install with no
+/// release to fall back to): the same parser refuses it here, before
+/// anything is written.
 fn check_machine_config(path: &Path) -> Result<()> {
-    let text = std::fs::read_to_string(path).map_err(|source| Error::File {
-        what: "reading machine config",
-        path: path.to_path_buf(),
-        source,
-    })?;
-    text.parse::<toml::Table>()
+    contract::machine::MachineConfig::load(path)
         .map(|_| ())
         .map_err(|e| Error::MachineConfig {
             path: path.to_path_buf(),
@@ -259,19 +256,24 @@ fn plan<D: Read + Seek>(
         Guid::from_root_hash(&root).map_err(crate::error::gpt("deriving slot A's GUID"))?;
     let layout = bundle
         .layout
-        .disk_layout(size, &seed(bundle, size), slot_a)?;
+        .disk_layout(size, &seed(bundle, size), slot_a)
+        .map_err(|e| Error::Bundle {
+            path: bundle.dir.clone(),
+            what: e.to_string(),
+        })?;
     Ok(InstallPlan {
         disk: path.to_path_buf(),
         disk_size: size,
         version: bundle.version(),
         layout,
-        uki_name: entry_name(
+        uki_name: EntryName::new(
             &bundle.entry_base(),
             Some(Counter {
                 left: TRIES,
                 done: 0,
             }),
-        ),
+        )
+        .file_name(),
         rootfs_size: bundle.artifact(bundle::ROOTFS).size,
         destroys: probe(d, size)?,
         machine_config: opts.machine_config.clone(),
@@ -329,15 +331,15 @@ pub fn install_to<D: Read + Write + Seek>(
             table::clear(d)?;
         }
         step = "writing slot A";
-        write_slot(d, bundle, &part(gpt::BOOT_A))?;
+        write_slot(d, bundle, &part(contract::disk::BOOT_A))?;
         step = "zeroing the start of STATE and EPHEMERAL";
-        for name in [gpt::STATE, gpt::EPHEMERAL] {
+        for name in [contract::disk::STATE, contract::disk::EPHEMERAL] {
             let p = part(name);
             zero_range(d, p.offset(), ZEROED.min(p.size_bytes()), name)?;
         }
         sync(d, "zeroing STATE and EPHEMERAL")?;
         step = "building the ESP";
-        write_esp(d, bundle, plan, &part(gpt::EFI))?;
+        write_esp(d, bundle, plan, &part(contract::disk::EFI))?;
         step = "writing the partition table";
         table::write_new(d, &plan.layout)
     })();
@@ -463,7 +465,7 @@ fn write_esp<D: Read + Write + Seek>(
             source: FatSource::Host(bundle.path(bundle::BOOTLOADER)),
         },
         FatFile {
-            path: "loader/loader.conf".into(),
+            path: contract::esp::LOADER_CONF.into(),
             source: FatSource::Bytes(LOADER_CONF.to_vec()),
         },
         FatFile {
@@ -497,7 +499,10 @@ fn write_esp<D: Read + Write + Seek>(
     let mut vol = fat::Fat32::open(&mut *d, esp.offset(), esp.size_bytes())
         .map_err(fat_err("reopening the new ESP"))?;
     for (path, name) in [
-        (format!("EFI/Linux/{}", plan.uki_name), bundle::UKI),
+        (
+            format!("{}/{}", contract::esp::ENTRY_DIR, plan.uki_name),
+            bundle::UKI,
+        ),
         (crate::bootmodel::LOADER.to_string(), bundle::BOOTLOADER),
     ] {
         let bytes = vol

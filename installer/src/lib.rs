@@ -7,7 +7,6 @@ pub mod bootmodel;
 pub mod bundle;
 pub mod error;
 pub mod install;
-pub mod layout;
 pub mod rollback;
 pub mod status;
 pub mod table;

@@ -18,10 +18,11 @@ use std::path::Path;
 use artifacts::fat::Fat32;
 
 use crate::blockdev::{sync, Disk};
-use crate::bootmodel::{compare, entry_name, BootModel, Counter, ENTRY_DIR};
+use crate::bootmodel::{compare, BootModel, Counter, ENTRY_DIR};
 use crate::error::{fat, Error, Result};
 use crate::install::TRIES;
 use crate::status::DiskState;
+use contract::esp::EntryName;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RollbackReport {
@@ -65,13 +66,14 @@ pub fn rollback_disk<D: Read + Write + Seek>(d: &mut D, path: &Path) -> Result<R
         .clone();
     let mut renames = Vec::new();
     if target.exhausted() {
-        let to = entry_name(
+        let to = EntryName::new(
             &target.base,
             Some(Counter {
                 left: TRIES,
                 done: 0,
             }),
-        );
+        )
+        .file_name();
         renames.push((target.file.clone(), to));
     }
     let mut revived = target.clone();
@@ -87,7 +89,7 @@ pub fn rollback_disk<D: Read + Write + Seek>(d: &mut D, path: &Path) -> Result<R
             let done = e.counter.map_or(0, |c| c.done);
             renames.push((
                 e.file.clone(),
-                entry_name(&e.base, Some(Counter { left: 0, done })),
+                EntryName::new(&e.base, Some(Counter { left: 0, done })).file_name(),
             ));
         }
     }

@@ -50,8 +50,8 @@ impl DiskState {
                     what: format!("no partition named {name}"),
                 })
         };
-        let esp = find(gpt::EFI)?;
-        let slots = [find(gpt::BOOT_A)?, find(gpt::BOOT_B)?];
+        let esp = find(contract::disk::EFI)?;
+        let slots = [find(contract::disk::BOOT_A)?, find(contract::disk::BOOT_B)?];
         let mut vol = Fat32::open(&mut *d, esp.offset(), esp.size_bytes())
             .map_err(fat(format!("opening the ESP at offset {}", esp.offset())))?;
         let model = BootModel::read(&mut vol)?;
@@ -261,11 +261,10 @@ fn verify_slot(state: &DiskState, slot: &Partition, path: &Path) -> SlotVerity {
         }
         let mut root = [0u8; 32];
         hex::decode_to_slice(e.root_hash.as_deref()?, &mut root).ok()?;
-        let blocks: u64 = crate::bootmodel::cmdline_value(&e.cmdline, "cairn.verity")?
-            .split_once(',')?
-            .0
-            .parse()
-            .ok()?;
+        let blocks = contract::cmdline::parse(&e.cmdline)
+            .ok()?
+            .verity?
+            .data_blocks;
         Some((root, blocks))
     });
     let Some((root, blocks)) = release else {

@@ -30,13 +30,14 @@ use artifacts::gpt::Guid;
 use signing::PublicKey;
 
 use crate::blockdev::{sync, Disk};
-use crate::bootmodel::{compare, entry_name, BootModel, Counter, ENTRY_DIR, LOADER};
+use crate::bootmodel::{compare, BootModel, Counter, ENTRY_DIR, LOADER};
 use crate::bundle::{self, Bundle};
 use crate::error::{fat, gpt as gpt_err, Error, Result};
 use crate::install::{write_slot, TRIES};
 use crate::status::DiskState;
 use crate::table;
 use crate::verify::open_verified;
+use contract::esp::EntryName;
 
 #[derive(Debug, Clone, Default)]
 pub struct UpgradeOptions {
@@ -205,13 +206,14 @@ fn plan(
         target_slot: target.name.clone(),
         new_version: new,
         removes,
-        new_uki: entry_name(
+        new_uki: EntryName::new(
             &base,
             Some(Counter {
                 left: TRIES,
                 done: 0,
             }),
-        ),
+        )
+        .file_name(),
         update_loader,
         loader_kept,
     })
@@ -313,8 +315,9 @@ fn update_loader<D: Read + Write + Seek>(
     match esp.replace_file(LOADER, loader) {
         Ok(_) => {}
         Err(artifacts::fat::FatError::NotFound { .. }) => {
-            esp.create_dir_all("EFI/BOOT")
-                .map_err(fat("creating EFI/BOOT"))?;
+            let dir = LOADER.rsplit_once('/').map_or("", |(d, _)| d);
+            esp.create_dir_all(dir)
+                .map_err(fat(format!("creating {dir}")))?;
             esp.write_file(LOADER, loader)
                 .map_err(fat(format!("writing {LOADER}")))?;
         }
@@ -458,7 +461,7 @@ pub fn upgrade_disk_with<D: Read + Write + Seek>(
     if let Some(new) = model.entries.iter().find(|e| e.file == plan.new_uki) {
         for e in model.entries.iter().filter(|e| compare(e, new).is_lt()) {
             let done = e.counter.map_or(0, |c| c.done);
-            let to = entry_name(&e.base, Some(Counter { left: 0, done }));
+            let to = EntryName::new(&e.base, Some(Counter { left: 0, done })).file_name();
             esp.rename(&format!("{ENTRY_DIR}/{}", e.file), &to)
                 .map_err(fat(format!("demoting {} to {to}", e.file)))?;
             esp.flush()

@@ -8,10 +8,10 @@ use std::path::Path;
 use artifacts::uki::Uki;
 use signing::PublicKey;
 
-use crate::bootmodel::{cmdline_value, osrel_field};
+use crate::bootmodel::osrel_field;
 use crate::bundle::{self, Bundle, UkiFacts};
 use crate::error::{Error, Result};
-use crate::layout::LayoutSpec;
+use contract::layout::LayoutSpec;
 
 /// The architecture this installer writes (the GPT root type it uses).
 pub const ARCH: &str = "x86_64";
@@ -92,7 +92,10 @@ pub fn open_verified(path: &Path, trusted: &[PublicKey]) -> Result<Bundle> {
         path: layout_path.clone(),
         source,
     })?;
-    let layout = LayoutSpec::parse(&layout_bytes, path)?;
+    let layout = LayoutSpec::parse(&layout_bytes).map_err(|e| Error::Bundle {
+        path: path.to_path_buf(),
+        what: e.to_string(),
+    })?;
     let uki = uki_facts(&dir.join(bundle::UKI))?;
     if uki.version != version {
         return Err(bad(format!(
@@ -178,23 +181,23 @@ pub fn uki_facts(path: &Path) -> Result<UkiFacts> {
     let version = osrel_field(&osrel, "IMAGE_VERSION")
         .or_else(|| osrel_field(&osrel, "VERSION_ID"))
         .ok_or_else(|| bad("uki.efi .osrel has no IMAGE_VERSION or VERSION_ID".into()))?;
-    let root_hash = cmdline_value(&cmdline, "cairn.rootfs")
-        .filter(|h| h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()))
+    // The same parser init runs at boot: a UKI init would refuse is refused here.
+    let parsed = contract::cmdline::parse(&cmdline)
+        .map_err(|e| bad(format!("uki.efi .cmdline: {e}: {cmdline:?}")))?;
+    let root_hash = parsed
+        .rootfs
+        .map(|h| contract::cmdline::hex(&h))
         .ok_or_else(|| {
             bad(format!(
                 "uki.efi .cmdline has no 64-hex-digit cairn.rootfs=: {cmdline:?}"
             ))
-        })?
-        .to_ascii_lowercase();
-    let data_blocks = cmdline_value(&cmdline, "cairn.verity")
-        .and_then(|v| v.split_once(',')?.0.parse::<u64>().ok())
-        .filter(|&n| n > 0)
-        .ok_or_else(|| {
-            bad(format!(
-                "uki.efi .cmdline has no cairn.verity=<blocks>,<salt>: {cmdline:?}"
-            ))
         })?;
-    if cmdline_value(&cmdline, "cairn.mode") == Some("install") {
+    let data_blocks = parsed.verity.map(|v| v.data_blocks).ok_or_else(|| {
+        bad(format!(
+            "uki.efi .cmdline has no cairn.verity=<blocks>,<salt>: {cmdline:?}"
+        ))
+    })?;
+    if parsed.mode == contract::cmdline::Mode::Install {
         return Err(bad(
             "uki.efi is an installer UKI (cairn.mode=install), not a release".into(),
         ));

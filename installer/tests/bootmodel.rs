@@ -1,6 +1,14 @@
 //! The systemd-boot 252 model on its own: names, counters, order.
 
-use installer::bootmodel::{compare, entry_name, parse_name, BootModel, Counter, Entry};
+use installer::bootmodel::{compare, BootModel, Counter, Entry, EntryName};
+
+fn parse_name(file: &str) -> Option<(String, Option<Counter>)> {
+    EntryName::parse(file).map(|e| (e.base, e.counter))
+}
+
+fn entry_name(base: &str, counter: Option<Counter>) -> String {
+    EntryName::new(base, counter).file_name()
+}
 
 fn entry(file: &str, version: &str) -> Entry {
     let (base, counter) = parse_name(file).unwrap();
@@ -38,6 +46,8 @@ fn counters_parse_like_systemd_boot() {
     assert_eq!(parse_name("a+b.efi"), Some(("a+b".into(), None)));
     assert_eq!(parse_name("a+1-x.efi"), Some(("a+1-x".into(), None)));
     assert_eq!(parse_name("a+.efi"), Some(("a+".into(), None)));
+    // a counter with no name before it is part of the name (init agrees)
+    assert_eq!(parse_name("+3.efi"), Some(("+3".into(), None)));
     // Not an entry at all.
     assert_eq!(parse_name("cairn-1.0.0+3.tmp"), None);
     assert_eq!(parse_name("efi"), None);

@@ -451,6 +451,58 @@ fn refuses_bad_signatures_and_tampered_artifacts_before_writing() {
     assert_eq!(sha256_file(&img), before);
 }
 
+/// Finding 3: the installer accepted any TOML while init's strict parser
+/// refuses typos at boot, so a fresh install reboot-looped with no release
+/// to fall back to. Every config init refuses is refused here first, with
+/// init's message (file, line, column, field), and nothing is written.
+#[test]
+fn finding_3_machine_config_refused_at_install_as_init_would() {
+    let fx = Fixture::new();
+    let img = fx.image("d.img", DISK_SIZE);
+    let before = sha256_file(&img);
+    let b = bundle(&fx.path("b"), "1.0.0");
+    for (name, text, says) in [
+        // valid TOML, a typo init's parser refuses (unknown key)
+        (
+            "typo.toml",
+            "[[service]]\nname = \"web\"\nexec = \"/usr/bin/web\"\nrestrat = \"never\"\n",
+            "restrat",
+        ),
+        // valid TOML, a semantic error (no PATH search at boot)
+        (
+            "relative.toml",
+            "[[service]]\nname = \"web\"\nexec = \"web\"\n",
+            "absolute path",
+        ),
+        (
+            "hostname.toml",
+            "hostname = \"not a hostname\"\n",
+            "hostname",
+        ),
+    ] {
+        let cfg = fx.path(name);
+        fs::write(&cfg, text).unwrap();
+        // init's own verdict on the same bytes: refused
+        let init_says = contract::machine::MachineConfig::parse(text, name).unwrap_err();
+        let mut o = install_opts(&img, &b.dir);
+        o.machine_config = Some(cfg);
+        match err_of(&o) {
+            Error::MachineConfig { what, .. } => {
+                assert!(what.contains(says), "{name}: {what}");
+                assert!(what.contains(&init_says.to_string()), "{name}: {what}");
+            }
+            other => panic!("{name}: expected a machine config refusal, got {other}"),
+        }
+        assert_eq!(sha256_file(&img), before, "{name}: the disk was written");
+    }
+    // a config init accepts installs
+    let cfg = fx.path("good.toml");
+    fs::write(&cfg, "hostname = \"node-1\"\n").unwrap();
+    let mut o = install_opts(&img, &b.dir);
+    o.machine_config = Some(cfg);
+    installer::install::install(&o).unwrap();
+}
+
 #[test]
 fn dry_run_prints_the_plan_and_writes_nothing() {
     let fx = Fixture::new();

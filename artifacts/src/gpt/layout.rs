@@ -237,10 +237,34 @@ pub(crate) fn last_usable_lba(sectors: u64) -> u64 {
 mod tests {
     use super::super::*;
 
+    fn spec(name: &str, bytes: u64) -> PartitionSpec {
+        PartitionSpec {
+            name: name.to_string(),
+            type_guid: LINUX_FS_TYPE,
+            size: if bytes == 0 {
+                Size::Rest
+            } else {
+                Size::Bytes(bytes)
+            },
+            guid: None,
+            attributes: 0,
+        }
+    }
+
     #[test]
     fn cairn_layout_aligned() {
-        let l =
-            DiskLayout::new(2 << 30, b"s", &cairn_specs(100 << 20, 512 << 20, 100 << 20)).unwrap();
+        let l = DiskLayout::new(
+            2 << 30,
+            b"s",
+            &[
+                spec("EFI", 100 << 20),
+                spec("BOOT-A", 512 << 20),
+                spec("BOOT-B", 512 << 20),
+                spec("STATE", 100 << 20),
+                spec("EPHEMERAL", 0),
+            ],
+        )
+        .unwrap();
         let p = &l.partitions;
         assert_eq!(p[0].offset(), 1 << 20);
         assert_eq!(p[1].offset(), 101 << 20);
@@ -250,9 +274,19 @@ mod tests {
 
     #[test]
     fn does_not_fit_names_partition_and_numbers() {
-        let err = DiskLayout::new(64 << 20, b"s", &cairn_specs(32 << 20, 32 << 20, 1 << 20))
-            .unwrap_err()
-            .to_string();
+        let err = DiskLayout::new(
+            64 << 20,
+            b"s",
+            &[
+                spec("EFI", 32 << 20),
+                spec("BOOT-A", 32 << 20),
+                spec("BOOT-B", 32 << 20),
+                spec("STATE", 1 << 20),
+                spec("EPHEMERAL", 0),
+            ],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(err.contains("BOOT-A"), "{err}");
         assert!(err.contains(&(32u64 << 20).to_string()), "{err}");
         assert!(err.contains(&(64u64 << 20).to_string()), "{err}");

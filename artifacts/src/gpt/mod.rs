@@ -43,32 +43,6 @@ pub const LINUX_FS_TYPE: Guid = Guid([
     0x0F, 0xC6, 0x3D, 0xAF, 0x84, 0x83, 0x47, 0x72, 0x8E, 0x79, 0x3D, 0x69, 0xD8, 0x47, 0x7D, 0xE4,
 ]);
 
-pub const EFI: &str = "EFI";
-pub const BOOT_A: &str = "BOOT-A";
-pub const BOOT_B: &str = "BOOT-B";
-pub const STATE: &str = "STATE";
-pub const EPHEMERAL: &str = "EPHEMERAL";
-
-/// cairn's five partitions (docs/design.md) in table order; EPHEMERAL takes
-/// the rest of the disk. GUIDs are left to seed derivation; give a slot
-/// `Guid::from_root_hash` by setting `guid` on the returned spec.
-pub fn cairn_specs(esp_bytes: u64, slot_bytes: u64, state_bytes: u64) -> Vec<PartitionSpec> {
-    let spec = |name: &str, type_guid, size| PartitionSpec {
-        name: name.to_string(),
-        type_guid,
-        size,
-        guid: None,
-        attributes: 0,
-    };
-    vec![
-        spec(EFI, ESP_TYPE, Size::Bytes(esp_bytes)),
-        spec(BOOT_A, LINUX_ROOT_X86_64_TYPE, Size::Bytes(slot_bytes)),
-        spec(BOOT_B, LINUX_ROOT_X86_64_TYPE, Size::Bytes(slot_bytes)),
-        spec(STATE, LINUX_FS_TYPE, Size::Bytes(state_bytes)),
-        spec(EPHEMERAL, LINUX_FS_TYPE, Size::Rest),
-    ]
-}
-
 #[derive(Debug, thiserror::Error)]
 pub enum GptError {
     #[error("invalid GUID {text:?}: expected 8-4-4-4-12 hex digits")]

@@ -27,7 +27,7 @@ impl Hybrid {
     ) -> Result<Hybrid, GptError> {
         let esp = Partition {
             slot: 0,
-            name: gpt::EFI.to_string(),
+            name: "EFI".to_string(),
             type_guid: ESP_TYPE,
             guid: Guid::derive(seed, "iso:partition:EFI"),
             first_lba: esp_first,

@@ -111,17 +111,6 @@ impl VerityInfo {
         )
     }
 
-    /// `cairn.rootfs=<roothash> cairn.verity=<data_blocks>,<salt>` for the
-    /// UKI's command line.
-    pub fn cmdline(&self) -> String {
-        format!(
-            "cairn.rootfs={} cairn.verity={},{}",
-            self.root_hash_hex(),
-            self.data_blocks,
-            self.salt_hex()
-        )
-    }
-
     /// The 4096-byte superblock block (veritysetup's on-disk format 1).
     pub fn superblock(&self) -> Vec<u8> {
         let mut b = vec![0u8; BLOCK as usize];

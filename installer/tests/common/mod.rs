@@ -138,7 +138,10 @@ pub fn make_bundle(at: &Path, o: &BundleOpts) -> BundleInfo {
     let initrd = scratch.path().join("initrd");
     fs::write(&linux, format!("dummy kernel {}", o.version)).unwrap();
     fs::write(&initrd, b"dummy initrd").unwrap();
-    let cmdline = format!("{} console=ttyS0 panic=-1", info.cmdline());
+    let cmdline = format!(
+        "{} console=ttyS0 panic=-1",
+        contract::slot::boot_params(&info)
+    );
     let osrel = format!(
         "NAME=cairn\nID=cairn\nVERSION_ID={v}\nIMAGE_VERSION={v}\n",
         v = o.version
@@ -393,7 +396,7 @@ pub fn booted_version(img: &Path, releases: &[&BundleInfo]) -> Result<String, St
     let disk = gpt::read_disk(&mut f).map_err(|e| format!("GPT: {e}"))?;
     let esp = disk
         .layout
-        .partition(gpt::EFI)
+        .partition(contract::disk::EFI)
         .ok_or("no EFI partition")?
         .clone();
     let mut vol = artifacts::fat::Fat32::open(&mut f, esp.offset(), esp.size_bytes())

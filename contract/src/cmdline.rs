@@ -215,6 +215,25 @@ pub fn parse(line: &str) -> Result<Cmdline, CmdlineError> {
     Ok(c)
 }
 
+/// The parameters that bind a UKI to one rootfs:
+/// `cairn.rootfs=<root hash> cairn.verity=<data_blocks>,<salt>`.
+pub fn boot_params(root_hash: &[u8; 32], verity: &Verity) -> String {
+    format!(
+        "{ROOTFS}={} {VERITY}={},{}",
+        hex(root_hash),
+        verity.data_blocks,
+        hex(&verity.salt)
+    )
+}
+
+/// The parameter that makes a UKI the installer's.
+pub const INSTALL_MODE: &str = "cairn.mode=install";
+
+pub const ROOTFS: &str = "cairn.rootfs";
+pub const VERITY: &str = "cairn.verity";
+pub const MODE: &str = "cairn.mode";
+pub const INSTALL_DISK: &str = "cairn.install.disk";
+
 pub fn hex(bytes: &[u8]) -> String {
     bytes.iter().map(|b| format!("{b:02x}")).collect()
 }
@@ -306,6 +325,23 @@ mod tests {
         // a multi-byte character must not be split into half a hex digit
         let mb = format!("{}é", &H[..62]);
         assert!(parse(&format!("cairn.rootfs={mb}")).is_err());
+    }
+
+    #[test]
+    fn boot_params_round_trip() {
+        let v = Verity {
+            data_blocks: 77,
+            salt: parse_hex::<32>("s", S).unwrap(),
+        };
+        let root = parse_hex::<32>("r", H).unwrap();
+        let c = parse(&format!(
+            "console=ttyS0 {} {INSTALL_MODE}",
+            boot_params(&root, &v)
+        ))
+        .unwrap();
+        assert_eq!(c.rootfs, Some(root));
+        assert_eq!(c.verity, Some(v));
+        assert_eq!(c.mode, Mode::Install);
     }
 
     #[test]

@@ -1,0 +1,72 @@
+//! The release bundle (docs/design.md "Release manifest and signature",
+//! "Install media"): its file names, their archive order, the installer
+//! media's payload paths and the OCI media types of the bundle artifact.
+
+pub const MANIFEST: &str = "manifest.json";
+pub const SIGNATURE: &str = "manifest.json.sig";
+pub const UKI: &str = "uki.efi";
+pub const ROOTFS: &str = "rootfs.img";
+pub const BOOTLOADER: &str = "systemd-bootx64.efi";
+pub const LAYOUT: &str = "layout.json";
+
+/// The bundle as one file, as `cairn build` writes it.
+pub const UPDATE_TAR: &str = "update.tar";
+
+/// Artifacts every bundle manifest must list.
+pub const REQUIRED: [&str; 4] = [UKI, ROOTFS, BOOTLOADER, LAYOUT];
+
+/// The files of a bundle in archive order: the manifest and its signature
+/// first, so a streaming reader verifies them before it reads anything the
+/// manifest describes.
+pub const FILES: [&str; 6] = [MANIFEST, SIGNATURE, UKI, ROOTFS, BOOTLOADER, LAYOUT];
+
+/// Largest manifest or signature a reader accepts: both are read into
+/// memory before anything is trusted, so they are bounded.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
+
+/// The installer UKI's initramfs carries the bundle under this directory,
+/// plus, inside it, `keys/*.pub` (trusted manifest keys) and an optional
+/// machine config.
+pub const PAYLOAD_DIR: &str = "payload";
+pub const PAYLOAD_KEYS: &str = "keys";
+pub const PAYLOAD_MACHINE_CONFIG: &str = "machine.toml";
+
+/// OCI: the bundle as one artifact manifest, one layer per file.
+pub mod oci {
+    pub const ARTIFACT_TYPE: &str = "application/vnd.cairn.bundle.v1";
+    pub const MEDIA_MANIFEST: &str = "application/vnd.cairn.manifest.v1+json";
+    pub const MEDIA_SIGNATURE: &str = "application/vnd.cairn.manifest.signature.v1";
+    pub const MEDIA_UKI: &str = "application/vnd.cairn.uki.v1";
+    pub const MEDIA_ROOTFS: &str = "application/vnd.cairn.rootfs.v1";
+    pub const MEDIA_BOOTLOADER: &str = "application/vnd.cairn.bootloader.v1";
+    pub const MEDIA_LAYOUT: &str = "application/vnd.cairn.layout.v1+json";
+    pub const ANNOTATION_VERSION: &str = "org.opencontainers.image.version";
+    pub const ANNOTATION_ROOT_HASH: &str = "dev.cairn.verity.root-hash";
+
+    /// The media type of each bundle file.
+    pub fn media_type(file: &str) -> Option<&'static str> {
+        Some(match file {
+            super::MANIFEST => MEDIA_MANIFEST,
+            super::SIGNATURE => MEDIA_SIGNATURE,
+            super::UKI => MEDIA_UKI,
+            super::ROOTFS => MEDIA_ROOTFS,
+            super::BOOTLOADER => MEDIA_BOOTLOADER,
+            super::LAYOUT => MEDIA_LAYOUT,
+            _ => return None,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn every_file_has_a_media_type_and_the_manifest_leads() {
+        for f in super::FILES {
+            assert!(super::oci::media_type(f).is_some(), "{f}");
+        }
+        assert_eq!(&super::FILES[..2], &[super::MANIFEST, super::SIGNATURE]);
+        for r in super::REQUIRED {
+            assert!(super::FILES.contains(&r));
+        }
+    }
+}

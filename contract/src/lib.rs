@@ -1,0 +1,21 @@
+//! The contracts of docs/design.md in code, once: every crate that writes or
+//! reads one of these formats or names uses this copy.
+//!
+//! - [`disk`]: partition names, types and the slot PARTUUID rule;
+//! - [`slot`]: what a slot holds and the verity superblock check;
+//! - [`cmdline`]: the `cairn.*` kernel command line (parse and format);
+//! - [`esp`]: ESP paths, loader.conf, UKI entry names and boot counters;
+//! - [`bundle`]: bundle file names, payload paths, OCI media types;
+//! - [`layout`]: `layout.json` and the disk layout it gives;
+//! - [`machine`]: the machine config (`machine.toml`) schema and validation.
+//!
+//! Formats themselves (GPT, FAT, squashfs, verity, PE) live in `artifacts`;
+//! what cairn puts in them lives here.
+
+pub mod bundle;
+pub mod cmdline;
+pub mod disk;
+pub mod esp;
+pub mod layout;
+pub mod machine;
+pub mod slot;
