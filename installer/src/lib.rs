@@ -8,6 +8,7 @@ pub mod bundle;
 pub mod error;
 pub mod install;
 pub mod layout;
+pub mod probe;
 pub mod rollback;
 pub mod status;
 pub mod table;
