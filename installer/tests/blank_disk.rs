@@ -345,6 +345,36 @@ fn kinds_for(found: &[(String, String)]) -> Vec<String> {
         .collect()
 }
 
+/// The binary on the LVM image: refused without --wipe (naming the label),
+/// and with `--wipe --dry-run` a plan that lists it and the wipe step.
+fn cli_refuses_then_plans_the_wipe(fx: &Fixture, img: &Path, bundle: &Path) {
+    let run = |extra: &[&str]| {
+        let out = Command::new(env!("CARGO_BIN_EXE_cairn-installer"))
+            .args(["install", "--disk", s(img), "--bundle", s(bundle)])
+            .args(["--pubkey", s(&fx.pubkey())])
+            .args(extra)
+            .output()
+            .unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        println!("cairn-installer install {extra:?}:\n{text}");
+        (out.status.success(), text)
+    };
+    let (ok, text) = run(&[]);
+    assert!(
+        !ok && text.contains("is not empty: an LVM2 label (LABELONE) at offset 512"),
+        "{text}"
+    );
+    let (ok, text) = run(&["--wipe", "--dry-run"]);
+    assert!(ok, "{text}");
+    assert!(text.contains("destroys: an LVM2 label (LABELONE) at offset 512; an LVM2 physical volume (LVM2 001) at offset 536"), "{text}");
+    assert!(text.contains("0. zero bytes 0..1048576 (--wipe)"), "{text}");
+    assert!(text.contains("dry run: nothing written"), "{text}");
+}
+
 #[test]
 fn finding_1_whole_disk_data_refused_without_wipe() {
     let fx = Fixture::new();
@@ -385,6 +415,9 @@ fn finding_1_whole_disk_data_refused_without_wipe() {
                 match installer::install::install_payload(&b.dir, &img, false) {
                     Err(Error::NotEmpty { found, .. }) if found == ours => {}
                     r => wrong.push(format!("{}: install mode gave {r:?}", case.name)),
+                }
+                if case.name == "lvm2-pv" {
+                    cli_refuses_then_plans_the_wipe(&fx, &img, &b.dir);
                 }
                 assert_eq!(fingerprint(&img), before, "{}: a refusal wrote", case.name);
                 let mut o = opts.clone();
