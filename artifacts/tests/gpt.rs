@@ -11,20 +11,22 @@ use artifacts::gpt::*;
 /// Five partitions shaped like a cairn disk (test data; the real list is
 /// `contract::disk::partition_specs`).
 fn five_specs(esp: u64, slot: u64, state: u64) -> Vec<PartitionSpec> {
-    let spec = |name: &str, type_guid, size| PartitionSpec {
-        name: name.to_string(),
+    [
+        ("EFI", ESP_TYPE, Size::Bytes(esp)),
+        ("BOOT-A", LINUX_ROOT_X86_64_TYPE, Size::Bytes(slot)),
+        ("BOOT-B", LINUX_ROOT_X86_64_TYPE, Size::Bytes(slot)),
+        ("STATE", LINUX_FS_TYPE, Size::Bytes(state)),
+        ("EPHEMERAL", LINUX_FS_TYPE, Size::Rest),
+    ]
+    .into_iter()
+    .map(|(name, type_guid, size)| PartitionSpec {
+        name: name.into(),
         type_guid,
         size,
         guid: None,
         attributes: 0,
-    };
-    vec![
-        spec("EFI", ESP_TYPE, Size::Bytes(esp)),
-        spec("BOOT-A", LINUX_ROOT_X86_64_TYPE, Size::Bytes(slot)),
-        spec("BOOT-B", LINUX_ROOT_X86_64_TYPE, Size::Bytes(slot)),
-        spec("STATE", LINUX_FS_TYPE, Size::Bytes(state)),
-        spec("EPHEMERAL", LINUX_FS_TYPE, Size::Rest),
-    ]
+    })
+    .collect()
 }
 
 const DISK: u64 = 3 << 30;

@@ -73,18 +73,21 @@ state = "32MiB"
     .unwrap();
 }
 
-fn run(repo: &Path, cache: &Path, out: &Path, key: &Path) -> (Summary, Duration) {
-    let t = Instant::now();
-    let s = build(&BuildOptions {
+fn options(repo: &Path, cache: &Path, out: &Path, key: Option<&Path>) -> BuildOptions {
+    BuildOptions {
         profile: repo.join("profiles/p.toml"),
         out: out.to_path_buf(),
-        key: Some(key.to_path_buf()),
+        key: key.map(Path::to_path_buf),
         cache: Some(cache.to_path_buf()),
         stage_cache: None,
         repo: repo.to_path_buf(),
         secure_boot_keys: None,
-    })
-    .unwrap();
+    }
+}
+
+fn run(repo: &Path, cache: &Path, out: &Path, key: &Path) -> (Summary, Duration) {
+    let t = Instant::now();
+    let s = build(&options(repo, cache, out, Some(key))).unwrap();
     (s, t.elapsed())
 }
 
@@ -162,11 +165,7 @@ fn noop_rebuild_is_fast_and_profile_change_skips_packages() {
 #[test]
 fn finding_3_profile_machine_config_checked_before_any_work() {
     let t = tempfile::tempdir().unwrap();
-    let (repo, cache, out) = (
-        t.path().join("repo"),
-        t.path().join("cache"),
-        t.path().join("out"),
-    );
+    let (repo, cache, out) = (t.path().join("r"), t.path().join("c"), t.path().join("o"));
     fake_repo(&repo);
     let marker = t.path().join("kernel-was-built");
     recipe(
@@ -189,16 +188,7 @@ fn finding_3_profile_machine_config_checked_before_any_work() {
         "files = [{ src = \"files/machine.toml\", dst = \"/usr/share/cairn/machine.toml\", mode = \"0644\" }]",
     );
     fs::write(&p, text).unwrap();
-    let err = build(&BuildOptions {
-        profile: p.clone(),
-        out: out.clone(),
-        key: None,
-        cache: Some(cache),
-        stage_cache: None,
-        repo: repo.clone(),
-        secure_boot_keys: None,
-    })
-    .unwrap_err();
+    let err = build(&options(&repo, &cache, &out, None)).unwrap_err();
     let msg = format!("{err:#}");
     assert!(msg.contains("machine.toml:5:1"), "{msg}");
     assert!(msg.contains("restrat"), "{msg}");

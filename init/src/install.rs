@@ -16,6 +16,14 @@ pub enum InstallError {
     Target(String),
     #[error("no target disk: {0}")]
     NoTarget(String),
+    /// The installer's blank rule refused the target (docs/installer.md);
+    /// install mode has no way to say `--wipe`, so this is where it stops.
+    #[error(
+        "target {disk} is not blank: {found}; install mode never wipes a disk, \
+         so nothing was written: clear it first (its first and last MiB must be \
+         zero) or install it with `cairn-installer install --wipe`"
+    )]
+    NotBlank { disk: PathBuf, found: String },
     #[error("{0}")]
     Installer(String),
 }
@@ -84,11 +92,13 @@ pub fn install(payload: &Path, target: Option<&str>) -> Result<(), InstallError>
         trusted,
         machine_config,
         media: Vec::new(),
+        // No command-line key asks for a wipe: the media only ever
+        // installs on a blank disk, and refuses (writing nothing) otherwise.
         wipe: false,
         dry_run: false,
         loader_device_var: None,
     })
-    .map_err(|e| InstallError::Installer(format!("{e:#}")))?;
+    .map_err(refusal)?;
     for line in report.plan.to_string().lines() {
         progress(line);
     }
@@ -100,9 +110,36 @@ pub fn install(payload: &Path, target: Option<&str>) -> Result<(), InstallError>
     Ok(())
 }
 
+/// The installer's error as the console shows it; a disk that is not
+/// blank gets its own words, since the installer's hint (`--wipe`) is not
+/// something install mode can be given.
+fn refusal(e: installer::Error) -> InstallError {
+    match e {
+        installer::Error::NotEmpty { path, found } => InstallError::NotBlank { disk: path, found },
+        e => InstallError::Installer(format!("{e:#}")),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_disk_that_is_not_blank_is_refused_in_the_console_words() {
+        let e = refusal(installer::Error::NotEmpty {
+            path: PathBuf::from("/dev/vda"),
+            found: "an LVM2 label (LABELONE) at offset 512".into(),
+        })
+        .to_string();
+        assert!(
+            e.starts_with("target /dev/vda is not blank: an LVM2 label (LABELONE) at offset 512;"),
+            "{e}"
+        );
+        assert!(
+            e.contains("never wipes") && e.contains("nothing was written"),
+            "{e}"
+        );
+    }
 
     #[test]
     fn checks_payload_then_refuses_a_bad_key() {

@@ -188,36 +188,28 @@ fn blessing_renames_only_the_booted_entry() {
     assert_eq!(listing(a.path()), listing(b.path()));
 }
 
+/// Blesses with systemd-boot's two variables set to `selected`/`count`.
+fn bless_with(files: &[&str], selected: &str, count: &str) -> (tempfile::TempDir, bool) {
+    let d = esp_with(files);
+    let vars = d.path().join("vars");
+    efivar(&vars, "LoaderEntrySelected", selected);
+    efivar(&vars, "LoaderBootCountPath", count);
+    let blessed = bless_boot(&d.path().join("esp"), &vars).unwrap();
+    (d, blessed)
+}
+
 /// Newer systemd-boot drops the counter from LoaderEntrySelected; the
 /// booted entry is still blessed, found through LoaderBootCountPath.
 #[test]
 fn finding_5_blessing_with_selected_entry_stripped_of_its_counter() {
-    let d = esp_with(&["cairn-1.0.0.efi", "cairn-2.0.0+2-1.efi"]);
-    efivar(
-        &d.path().join("vars"),
-        "LoaderEntrySelected",
-        "cairn-2.0.0.efi",
-    );
-    efivar(
-        &d.path().join("vars"),
-        "LoaderBootCountPath",
-        "\\EFI\\Linux\\cairn-2.0.0+2-1.efi",
-    );
-    assert!(bless_boot(&d.path().join("esp"), &d.path().join("vars")).unwrap());
+    let count = "\\EFI\\Linux\\cairn-2.0.0+2-1.efi";
+    let booted = ["cairn-1.0.0.efi", "cairn-2.0.0+2-1.efi"];
+    let (d, blessed) = bless_with(&booted, "cairn-2.0.0.efi", count);
+    assert!(blessed);
     assert_eq!(listing(d.path()), ["cairn-1.0.0.efi", "cairn-2.0.0.efi"]);
-    // and a count path naming no file renames nothing
-    let d = esp_with(&["cairn-1.0.0.efi"]);
-    efivar(
-        &d.path().join("vars"),
-        "LoaderEntrySelected",
-        "cairn-2.0.0.efi",
-    );
-    efivar(
-        &d.path().join("vars"),
-        "LoaderBootCountPath",
-        "\\EFI\\Linux\\cairn-2.0.0+2-1.efi",
-    );
-    assert!(!bless_boot(&d.path().join("esp"), &d.path().join("vars")).unwrap());
+    // a count path naming no file renames nothing
+    let (d, blessed) = bless_with(&["cairn-1.0.0.efi"], "cairn-2.0.0.efi", count);
+    assert!(!blessed);
     assert_eq!(listing(d.path()), ["cairn-1.0.0.efi"]);
 }
 

@@ -8,13 +8,14 @@
 
 use std::fmt;
 use std::io::{Read, Seek, Write};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use artifacts::fat::{self, FatFile, FatSource, FormatOptions};
-use artifacts::gpt::{self, DiskLayout, Guid, Partition, SECTOR};
+use artifacts::gpt::{self, DiskLayout, Guid, Partition};
 use signing::PublicKey;
 
-use crate::blockdev::{hash_range, read_at, sha256, sync, write_at, zero_range, Disk};
+use crate::blockdev::{hash_range, sha256, sync, write_at, zero_range, Disk};
 use crate::bundle::{self, Bundle};
 use crate::error::{fat as fat_err, Error, Result};
 use crate::table;
@@ -52,8 +53,12 @@ pub struct InstallPlan {
     pub layout: DiskLayout,
     pub uki_name: String,
     pub rootfs_size: u64,
-    /// Signatures found on the disk that the install destroys.
+    /// What the probe found on the disk, which the install destroys
+    /// (empty: the disk is blank, see [`crate::probe`]).
     pub destroys: Vec<String>,
+    /// Byte ranges zeroed before anything else is written (only when
+    /// something was found, so only with `--wipe`).
+    pub wipe: Vec<Range<u64>>,
     pub machine_config: Option<PathBuf>,
 }
 
@@ -67,9 +72,15 @@ impl fmt::Display for InstallPlan {
             self.disk_size
         )?;
         if self.destroys.is_empty() {
-            writeln!(f, "destroys: nothing found on the disk")?;
+            writeln!(
+                f,
+                "destroys: nothing found on the disk (its first and last MiB are zero)"
+            )?;
         } else {
             writeln!(f, "destroys: {}", self.destroys.join("; "))?;
+        }
+        for r in &self.wipe {
+            writeln!(f, "0. zero bytes {}..{} (--wipe)", r.start, r.end)?;
         }
         let p = |name: &str| self.layout.partition(name).expect("cairn layout");
         let a = p(contract::disk::BOOT_A);
@@ -132,6 +143,8 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport> {
         check_machine_config(c)?;
     }
     let plan = plan(&bundle, &opts.disk, disk.size, &mut disk, opts)?;
+    // The blank rule (crate::probe): anything found, recognised or not,
+    // is refused unless the caller said --wipe. Nothing was written yet.
     if !plan.destroys.is_empty() && !opts.wipe {
         return Err(Error::NotEmpty {
             path: opts.disk.clone(),
@@ -261,6 +274,7 @@ fn plan<D: Read + Seek>(
             path: bundle.dir.clone(),
             what: e.to_string(),
         })?;
+    let found = crate::probe::probe(d, size)?;
     Ok(InstallPlan {
         disk: path.to_path_buf(),
         disk_size: size,
@@ -275,43 +289,10 @@ fn plan<D: Read + Seek>(
         )
         .file_name(),
         rootfs_size: bundle.artifact(bundle::ROOTFS).size,
-        destroys: probe(d, size)?,
+        destroys: found.describe(),
+        wipe: found.wipe_ranges(size),
         machine_config: opts.machine_config.clone(),
     })
-}
-
-/// Partition tables and filesystem signatures in the first MiB or a GPT
-/// backup header at the end.
-pub fn probe<D: Read + Seek>(d: &mut D, size: u64) -> Result<Vec<String>> {
-    let mut head = vec![0u8; (1u64 << 20).min(size) as usize];
-    read_at(d, 0, &mut head, "the start of the disk")?;
-    let at = |off: usize, magic: &[u8]| head.get(off..off + magic.len()) == Some(magic);
-    let mut found = Vec::new();
-    if at(512, b"EFI PART") || at(4096, b"EFI PART") {
-        found.push("a GPT partition table".to_string());
-    } else if at(510, &[0x55, 0xAA]) {
-        found.push("an MBR partition table or boot sector (0x55AA at offset 510)".to_string());
-    }
-    if at(1024 + 56, &[0x53, 0xEF]) {
-        found.push("an ext2/3/4 superblock at offset 1024".to_string());
-    }
-    if at(82, b"FAT32   ") || at(54, b"FAT12   ") || at(54, b"FAT16   ") {
-        found.push("a FAT filesystem at offset 0".to_string());
-    }
-    if at(32769, b"CD001") {
-        found.push("an ISO 9660 filesystem".to_string());
-    }
-    if at(0, b"hsqs") {
-        found.push("a squashfs filesystem at offset 0".to_string());
-    }
-    if size >= 2 * SECTOR {
-        let mut last = [0u8; SECTOR as usize];
-        read_at(d, size - SECTOR, &mut last, "the last sector")?;
-        if &last[..8] == b"EFI PART" && !found.iter().any(|f| f.contains("GPT")) {
-            found.push("a backup GPT header in the last sector".to_string());
-        }
-    }
-    Ok(found)
 }
 
 /// Writes the planned install. On any failure the partition table is
@@ -324,11 +305,16 @@ pub fn install_to<D: Read + Write + Seek>(
     let mut step = "";
     let result = (|| {
         let part = |name: &str| plan.layout.partition(name).expect("cairn layout").clone();
-        if !plan.destroys.is_empty() {
-            // An old table must not outlive a failed install: it would point
-            // at partitions this install is overwriting.
-            step = "clearing the old partition table";
-            table::clear(d)?;
+        if !plan.wipe.is_empty() {
+            // An old table must not outlive a failed install (it would point
+            // at partitions this install is overwriting), and no old
+            // signature may outlive a good one: udev, LVM or md would find
+            // it beside the new table. The ranges cover both GPT copies.
+            step = "wiping the old partition table and signatures";
+            for r in &plan.wipe {
+                zero_range(d, r.start, r.end - r.start, "the old signatures")?;
+            }
+            sync(d, "wiping the old signatures")?;
         }
         step = "writing slot A";
         write_slot(d, bundle, &part(contract::disk::BOOT_A))?;

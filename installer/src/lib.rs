@@ -7,6 +7,7 @@ pub mod bootmodel;
 pub mod bundle;
 pub mod error;
 pub mod install;
+pub mod probe;
 pub mod rollback;
 pub mod status;
 pub mod table;
