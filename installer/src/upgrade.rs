@@ -36,7 +36,7 @@ use crate::error::{fat, gpt as gpt_err, Error, Result};
 use crate::install::{write_slot, TRIES};
 use crate::status::DiskState;
 use crate::table;
-use crate::verify::open_verified;
+use crate::verify::{open_verified, read_verified};
 
 #[derive(Debug, Clone, Default)]
 pub struct UpgradeOptions {
@@ -220,26 +220,16 @@ fn plan(
 /// An artifact's bytes, checked again against the verified manifest: the
 /// bundle directory may have changed since `open_verified`.
 fn verified_artifact(bundle: &Bundle, name: &str) -> Result<Vec<u8>> {
-    let path = bundle.path(name);
-    let bytes = std::fs::read(&path).map_err(|source| Error::File {
-        what: "reading",
-        path,
-        source,
-    })?;
-    if signing::Sha256Digest::of(&bytes) != bundle.artifact(name).digest() {
-        return Err(Error::Bundle {
-            path: bundle.origin.clone(),
-            what: format!("{name} changed after verification"),
-        });
-    }
-    Ok(bytes)
+    let art = bundle.artifact(name);
+    read_verified(&bundle.dir, art, art.size, &bundle.origin)
 }
 
 /// Step 6's decision: (replace, why a differing loader is kept). A missing
 /// loader is replaced (created). A signed loader is replaced only by one
-/// signed with one of its own certificates, i.e. one the firmware already
-/// trusts, unless `force`: otherwise a Secure Boot machine would refuse its
-/// boot loader and boot nothing at all, with no fallback.
+/// whose signature verifies and whose signer is one of its own
+/// certificates, i.e. one the firmware already trusts, unless `force`:
+/// otherwise a Secure Boot machine would refuse its boot loader and boot
+/// nothing at all, with no fallback.
 fn loader_step<D: Read + Write + Seek>(
     d: &mut D,
     state: &DiskState,
