@@ -257,17 +257,29 @@ fn loader_step<D: Read + Write + Seek>(
 /// Why replacing a loader signed as `old` with `new` could stop Secure Boot
 /// from starting it; None when it cannot.
 fn signer_change(old: &[u8], new: &[u8]) -> Result<Option<String>> {
-    use signing::authenticode::signer_certificates;
+    use signing::authenticode::{signer_certificates, verify_signatures, AuthenticodeError};
     // An installed loader that does not parse cannot boot either: replace it.
     let old_certs = signer_certificates(Path::new(LOADER), old).unwrap_or_default();
     if old_certs.is_empty() {
         return Ok(None);
     }
-    let new_certs =
-        signer_certificates(Path::new(bundle::BOOTLOADER), new).map_err(|e| Error::Bundle {
-            path: PathBuf::from(bundle::BOOTLOADER),
-            what: format!("reading its Secure Boot signature: {e}"),
-        })?;
+    // A certificate in the new loader proves nothing until its signature
+    // verifies over this very image: one can be copied into any file.
+    let new_certs = match verify_signatures(Path::new(bundle::BOOTLOADER), new) {
+        Ok(certs) => certs,
+        Err(e @ AuthenticodeError::BadSignature { .. }) => {
+            return Ok(Some(format!(
+                "the bundle's Secure Boot signature does not verify ({e}); \
+                 a Secure Boot machine would refuse it"
+            )))
+        }
+        Err(e) => {
+            return Err(Error::Bundle {
+                path: PathBuf::from(bundle::BOOTLOADER),
+                what: format!("reading its Secure Boot signature: {e}"),
+            })
+        }
+    };
     if new_certs.iter().any(|c| old_certs.contains(c)) {
         return Ok(None);
     }
