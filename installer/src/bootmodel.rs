@@ -38,7 +38,10 @@ pub struct Counter {
 /// Splits `cairn-1.0.0+2-1.efi` into (`cairn-1.0.0`, counter).
 /// Returns `None` for names that are not `*.efi` (case-insensitive).
 pub fn parse_name(file: &str) -> Option<(String, Option<Counter>)> {
-    if file.len() < 4 || !file[file.len() - 4..].eq_ignore_ascii_case(".efi") {
+    if !file
+        .get(file.len().saturating_sub(4)..)
+        .is_some_and(|e| e.len() == 4 && e.eq_ignore_ascii_case(".efi"))
+    {
         return None;
     }
     let stem = &file[..file.len() - 4];
