@@ -50,6 +50,8 @@ impl DiskState {
                     what: format!("no partition named {name}"),
                 })
         };
+        // upgrade and rollback read the disk through here before writing.
+        crate::table::check_ranges(&read.layout, path)?;
         let esp = find(contract::disk::EFI)?;
         let slots = [find(contract::disk::BOOT_A)?, find(contract::disk::BOOT_B)?];
         let mut vol = Fat32::open(&mut *d, esp.offset(), esp.size_bytes())

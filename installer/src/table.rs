@@ -9,6 +9,7 @@
 //! copy whose CRCs vouch for it (the reader falls back to the backup).
 
 use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::Path;
 
 use artifacts::gpt::{self, DiskLayout, Guid, Partition, PartitionUpdate, SECTOR, TABLE_SECTORS};
 
@@ -40,6 +41,66 @@ fn regions(size: u64) -> [(u64, u64); 2] {
             (TABLE_SECTORS + 1) * SECTOR,
         ),
     ]
+}
+
+/// Checks that every partition of `layout` lies where writing to it harms
+/// nothing else: after the primary GPT area and before the backup one (the
+/// areas [`set_partition_guid`] rewrites), on the disk, and clear of every
+/// other partition. `gpt::read_disk` holds entries only to the usable range
+/// their own header states, and a crafted or foreign header can state one
+/// that reaches into a GPT copy; a slot written there destroys it.
+pub fn check_ranges(layout: &DiskLayout, path: &Path) -> Result<()> {
+    let sectors = layout.disk_size / SECTOR;
+    let [primary, backup] = regions(layout.disk_size);
+    let span =
+        |a: u64, b: u64| format!("LBAs {a}..={b}, bytes {}..{}", a * SECTOR, (b + 1) * SECTOR);
+    let primary_last = (primary.0 + primary.1) / SECTOR - 1;
+    let backup_first = backup.0 / SECTOR;
+    for p in &layout.partitions {
+        let (a, b) = (p.first_lba, p.last_lba);
+        let conflict = if b < a {
+            Some("ends before it starts".to_string())
+        } else if a <= primary_last {
+            Some(format!(
+                "overlaps the primary GPT ({})",
+                span(0, primary_last)
+            ))
+        } else if b >= sectors {
+            Some(format!(
+                "runs past the end of the {}-byte disk",
+                layout.disk_size
+            ))
+        } else if b >= backup_first {
+            Some(format!(
+                "overlaps the backup GPT ({})",
+                span(backup_first, sectors - 1)
+            ))
+        } else {
+            layout
+                .partitions
+                .iter()
+                .find(|q| q.slot != p.slot && a <= q.last_lba && q.first_lba <= b)
+                .map(|q| {
+                    format!(
+                        "overlaps partition {} ({})",
+                        q.name,
+                        span(q.first_lba, q.last_lba)
+                    )
+                })
+        };
+        if let Some(what) = conflict {
+            return Err(Error::NotCairn {
+                path: path.to_path_buf(),
+                what: format!(
+                    "partition {} (table entry {}, {}) {what}; refusing to write to this disk",
+                    p.name,
+                    p.slot + 1,
+                    span(a, b)
+                ),
+            });
+        }
+    }
+    Ok(())
 }
 
 fn read_region<R: Read + Seek>(r: &mut R, (off, len): (u64, u64), what: &str) -> Result<Vec<u8>> {

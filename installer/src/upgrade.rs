@@ -36,7 +36,7 @@ use crate::error::{fat, gpt as gpt_err, Error, Result};
 use crate::install::{write_slot, TRIES};
 use crate::status::DiskState;
 use crate::table;
-use crate::verify::open_verified;
+use crate::verify::{open_verified, read_verified};
 use contract::esp::EntryName;
 
 #[derive(Debug, Clone, Default)]
@@ -222,26 +222,16 @@ fn plan(
 /// An artifact's bytes, checked again against the verified manifest: the
 /// bundle directory may have changed since `open_verified`.
 fn verified_artifact(bundle: &Bundle, name: &str) -> Result<Vec<u8>> {
-    let path = bundle.path(name);
-    let bytes = std::fs::read(&path).map_err(|source| Error::File {
-        what: "reading",
-        path,
-        source,
-    })?;
-    if signing::Sha256Digest::of(&bytes) != bundle.artifact(name).digest() {
-        return Err(Error::Bundle {
-            path: bundle.origin.clone(),
-            what: format!("{name} changed after verification"),
-        });
-    }
-    Ok(bytes)
+    let art = bundle.artifact(name);
+    read_verified(&bundle.dir, art, art.size, &bundle.origin)
 }
 
 /// Step 6's decision: (replace, why a differing loader is kept). A missing
 /// loader is replaced (created). A signed loader is replaced only by one
-/// signed with one of its own certificates, i.e. one the firmware already
-/// trusts, unless `force`: otherwise a Secure Boot machine would refuse its
-/// boot loader and boot nothing at all, with no fallback.
+/// whose signature verifies and whose signer is one of its own
+/// certificates, i.e. one the firmware already trusts, unless `force`:
+/// otherwise a Secure Boot machine would refuse its boot loader and boot
+/// nothing at all, with no fallback.
 fn loader_step<D: Read + Write + Seek>(
     d: &mut D,
     state: &DiskState,
@@ -269,17 +259,29 @@ fn loader_step<D: Read + Write + Seek>(
 /// Why replacing a loader signed as `old` with `new` could stop Secure Boot
 /// from starting it; None when it cannot.
 fn signer_change(old: &[u8], new: &[u8]) -> Result<Option<String>> {
-    use signing::authenticode::signer_certificates;
+    use signing::authenticode::{signer_certificates, verify_signatures, AuthenticodeError};
     // An installed loader that does not parse cannot boot either: replace it.
     let old_certs = signer_certificates(Path::new(LOADER), old).unwrap_or_default();
     if old_certs.is_empty() {
         return Ok(None);
     }
-    let new_certs =
-        signer_certificates(Path::new(bundle::BOOTLOADER), new).map_err(|e| Error::Bundle {
-            path: PathBuf::from(bundle::BOOTLOADER),
-            what: format!("reading its Secure Boot signature: {e}"),
-        })?;
+    // A certificate in the new loader proves nothing until its signature
+    // verifies over this very image: one can be copied into any file.
+    let new_certs = match verify_signatures(Path::new(bundle::BOOTLOADER), new) {
+        Ok(certs) => certs,
+        Err(e @ AuthenticodeError::BadSignature { .. }) => {
+            return Ok(Some(format!(
+                "the bundle's Secure Boot signature does not verify ({e}); \
+                 a Secure Boot machine would refuse it"
+            )))
+        }
+        Err(e) => {
+            return Err(Error::Bundle {
+                path: PathBuf::from(bundle::BOOTLOADER),
+                what: format!("reading its Secure Boot signature: {e}"),
+            })
+        }
+    };
     if new_certs.iter().any(|c| old_certs.contains(c)) {
         return Ok(None);
     }

@@ -86,12 +86,10 @@ pub fn open_verified(path: &Path, trusted: &[PublicKey]) -> Result<Bundle> {
             "version {version} has build metadata ('+'), which would read as a boot counter in the UKI file name"
         )));
     }
-    let layout_path = dir.join(bundle::LAYOUT);
-    let layout_bytes = std::fs::read(&layout_path).map_err(|source| Error::File {
-        what: "reading",
-        path: layout_path.clone(),
-        source,
-    })?;
+    // Parsed from the very bytes that were hashed: the file may change
+    // after `verify_dir` read it.
+    let layout_art = manifest.artifact(bundle::LAYOUT).expect("checked above");
+    let layout_bytes = read_verified(&dir, layout_art, MAX_LAYOUT, path)?;
     let layout = LayoutSpec::parse(&layout_bytes).map_err(|e| Error::Bundle {
         path: path.to_path_buf(),
         what: e.to_string(),
@@ -132,6 +130,57 @@ pub fn open_verified(path: &Path, trusted: &[PublicKey]) -> Result<Bundle> {
         uki,
         _unpacked: unpacked,
     })
+}
+
+/// `layout.json` is three numbers; anything near this size is not one.
+const MAX_LAYOUT: u64 = 64 << 10;
+
+/// Reads the artifact `art` from `dir` once, at most `limit` bytes and
+/// never more than its signed size, and returns those bytes only if they
+/// are exactly the signed ones: whoever parses them parses what was hashed.
+pub(crate) fn read_verified(
+    dir: &Path,
+    art: &signing::Artifact,
+    limit: u64,
+    origin: &Path,
+) -> Result<Vec<u8>> {
+    let path = dir.join(&art.name);
+    let bad = |what: String| Error::Bundle {
+        path: origin.to_path_buf(),
+        what,
+    };
+    if art.size > limit {
+        return Err(bad(format!(
+            "{} is {} bytes in the signed manifest; at most {limit} are accepted",
+            art.name, art.size
+        )));
+    }
+    let f = std::fs::File::open(&path).map_err(|source| Error::File {
+        what: "opening",
+        path: path.clone(),
+        source,
+    })?;
+    // One byte more than signed, to see a file that grew.
+    let mut bytes = Vec::with_capacity(art.size as usize + 1);
+    f.take(art.size + 1)
+        .read_to_end(&mut bytes)
+        .map_err(|source| Error::File {
+            what: "reading",
+            path: path.clone(),
+            source,
+        })?;
+    let digest = signing::Sha256Digest::of(&bytes);
+    if bytes.len() as u64 != art.size || digest != art.digest() {
+        return Err(bad(format!(
+            "{} changed after verification: {}{} bytes with sha256 {digest}, the manifest lists {} bytes with sha256 {}",
+            art.name,
+            if bytes.len() as u64 > art.size { "more than " } else { "" },
+            bytes.len().min(art.size as usize),
+            art.size,
+            art.sha256
+        )));
+    }
+    Ok(bytes)
 }
 
 const PE_MACHINE_X86_64: u16 = 0x8664;

@@ -12,9 +12,13 @@ use std::path::{Path, PathBuf};
 
 use sha2_010::{Digest, Sha256};
 
+use rsa::pkcs8::DecodePublicKey;
+use rsa::{Pkcs1v15Sign, RsaPublicKey};
+
 use crate::secureboot::der::{self, alg_null, ctx, oid, seq, set_of, tlv, uint};
 use crate::secureboot::{
-    cert_issuer_serial, SecureBootError, SecureBootKey, OID_RSA_ENCRYPTION, OID_SHA256,
+    cert_issuer_serial, cert_spki, SecureBootError, SecureBootKey, OID_RSA_ENCRYPTION, OID_SHA256,
+    OID_SHA256_WITH_RSA,
 };
 
 const OID_SIGNED_DATA: &str = "1.2.840.113549.1.7.2";
@@ -320,100 +324,250 @@ pub fn sign_file(
 
 /// The certificates embedded in `image`'s Authenticode signatures (each
 /// PKCS#7 SignedData's `certificates`), as DER; empty for an unsigned image.
-/// Whoever replaces a signed boot loader can check with it that the new one
-/// is signed by a certificate the old one was signed by, i.e. one the
-/// firmware already trusts.
+/// They are what the signatures claim, not what they prove: see
+/// [`verify_signatures`] before trusting a signer.
 pub fn signer_certificates(path: &Path, image: &[u8]) -> Result<Vec<Vec<u8>>, AuthenticodeError> {
+    let mut certs = Vec::new();
+    for (at, blob) in signature_blobs(path, image)? {
+        let p = Pkcs7::parse(blob).map_err(|what| bad_signature(path, at, &what))?;
+        certs.extend(p.certs.iter().map(|c| c.to_vec()));
+    }
+    Ok(certs)
+}
+
+/// Checks every Authenticode signature in `image` as firmware does before
+/// it trusts the signer: the image hash the signature carries is the
+/// image's own ([`image_digest`]), the signed attributes' messageDigest is
+/// the hash of that content, and the RSA signature over the attributes
+/// verifies with the public key of the signer's certificate (found by
+/// issuer and serial among the embedded ones). Returns each signature's
+/// signer certificate (DER), empty for an unsigned image; the first
+/// signature that does not hold is an error naming its offset and why.
+///
+/// Whether a signer is trusted is the caller's question: compare the
+/// certificates with the ones the firmware holds (e.g. an installed loader's).
+pub fn verify_signatures(path: &Path, image: &[u8]) -> Result<Vec<Vec<u8>>, AuthenticodeError> {
+    let blobs = signature_blobs(path, image)?;
+    if blobs.is_empty() {
+        return Ok(Vec::new());
+    }
+    let digest = image_digest(path, image)?;
+    let mut signers = Vec::new();
+    for (at, blob) in blobs {
+        let bad = |what: String| bad_signature(path, at, &what);
+        let p = Pkcs7::parse(blob).map_err(bad)?;
+        if p.signers.is_empty() {
+            return Err(bad("PKCS#7 has no SignerInfo".into()));
+        }
+        p.check_image_digest(&digest).map_err(bad)?;
+        for si in &p.signers {
+            signers.push(p.verify_signer(si).map_err(bad)?.to_vec());
+        }
+    }
+    Ok(signers)
+}
+
+fn bad_signature(path: &Path, offset: usize, what: &str) -> AuthenticodeError {
+    AuthenticodeError::BadSignature {
+        path: path.to_path_buf(),
+        offset,
+        what: what.to_string(),
+    }
+}
+
+/// The PKCS#7 blobs of the certificate table's WIN_CERTIFICATE entries of
+/// type PKCS_SIGNED_DATA, each with its file offset.
+fn signature_blobs<'a>(
+    path: &Path,
+    image: &'a [u8],
+) -> Result<Vec<(usize, &'a [u8])>, AuthenticodeError> {
     let l = layout(path, image)?;
     let Some((off, size)) = l.cert_table else {
         return Ok(Vec::new());
     };
     let (off, size) = (off as usize, size as usize);
-    let bad = |at: usize, what: &str| AuthenticodeError::BadSignature {
-        path: path.to_path_buf(),
-        offset: at,
-        what: what.to_string(),
-    };
-    let table = image
-        .get(off..off.saturating_add(size))
-        .ok_or_else(|| bad(off, "certificate table runs past the end of the file"))?;
-    let mut certs = Vec::new();
+    let table = image.get(off..off.saturating_add(size)).ok_or_else(|| {
+        bad_signature(path, off, "certificate table runs past the end of the file")
+    })?;
+    let mut blobs = Vec::new();
     let mut pos = 0;
     // WIN_CERTIFICATE entries, each 8-byte aligned.
     while pos + 8 <= table.len() {
         let len = le32(table, pos).unwrap_or(0) as usize;
         let kind = le16(table, pos + 6).unwrap_or(0);
         if len < 8 || pos + len > table.len() {
-            return Err(bad(off + pos, "WIN_CERTIFICATE length out of range"));
+            return Err(bad_signature(
+                path,
+                off + pos,
+                "WIN_CERTIFICATE length out of range",
+            ));
         }
         if kind == WIN_CERT_TYPE_PKCS_SIGNED_DATA {
-            let blob = &table[pos + 8..pos + len];
-            certs.extend(
-                pkcs7_certificates(blob)
-                    .map_err(|what| bad(off + pos + 8, &format!("PKCS#7: {what}")))?,
-            );
+            blobs.push((off + pos + 8, &table[pos + 8..pos + len]));
         }
         pos += (len + 7) & !7;
     }
-    Ok(certs)
+    Ok(blobs)
 }
 
-/// One DER element at `pos`: (tag, content range, end of element).
-fn der_element(b: &[u8], pos: usize) -> Result<(u8, std::ops::Range<usize>, usize), String> {
-    let tag = *b.get(pos).ok_or("truncated tag")?;
-    let first = *b.get(pos + 1).ok_or("truncated length")? as usize;
-    let (len, start) = if first < 0x80 {
-        (first, pos + 2)
-    } else {
-        let n = first & 0x7f;
-        if n == 0 || n > 4 {
-            return Err(format!("unsupported length form {first:#x}"));
+/// One Authenticode PKCS#7 SignedData, as far as verifying it needs:
+/// ContentInfo { signedData, [0] SignedData { version, digestAlgorithms,
+/// encapContentInfo { SpcIndirectDataContent }, [0] certificates,
+/// [1] crls, signerInfos } }.
+struct Pkcs7<'a> {
+    /// SpcIndirectDataContent { data, DigestInfo }.
+    indirect: der::Tlv<'a>,
+    certs: Vec<&'a [u8]>,
+    signers: Vec<der::Tlv<'a>>,
+}
+
+/// The elements of a DER value of tag `tag`.
+fn fields<'a>(t: &der::Tlv<'a>, tag: u8, what: &str) -> Result<Vec<der::Tlv<'a>>, String> {
+    if t.tag != tag {
+        return Err(format!(
+            "{what} has tag {:#04x}, expected {tag:#04x}",
+            t.tag
+        ));
+    }
+    der::children(t.content).ok_or_else(|| format!("{what} is not valid DER"))
+}
+
+/// The `i`th element, which must exist.
+fn nth<'a>(v: &[der::Tlv<'a>], i: usize, what: &str) -> Result<der::Tlv<'a>, String> {
+    v.get(i)
+        .copied()
+        .ok_or_else(|| format!("{what} is missing"))
+}
+
+/// The elements of the `i`th element, a SEQUENCE.
+fn seq_at<'a>(v: &[der::Tlv<'a>], i: usize, what: &str) -> Result<Vec<der::Tlv<'a>>, String> {
+    fields(&nth(v, i, what)?, der::SEQUENCE, what)
+}
+
+fn is_oid(t: &der::Tlv<'_>, dotted: &str) -> bool {
+    t.whole == oid(dotted).as_slice()
+}
+
+impl<'a> Pkcs7<'a> {
+    fn parse(b: &'a [u8]) -> Result<Pkcs7<'a>, String> {
+        // Trailing bytes are the WIN_CERTIFICATE's alignment padding.
+        let (ci, _) = der::parse(b).ok_or("ContentInfo is not valid DER")?;
+        let ci = fields(&ci, der::SEQUENCE, "ContentInfo")?;
+        if !is_oid(&nth(&ci, 0, "ContentInfo contentType")?, OID_SIGNED_DATA) {
+            return Err("ContentInfo is not signedData".into());
         }
-        let bytes = b.get(pos + 2..pos + 2 + n).ok_or("truncated length")?;
-        (
-            bytes.iter().fold(0usize, |a, &x| (a << 8) | x as usize),
-            pos + 2 + n,
-        )
-    };
-    let end = start.checked_add(len).filter(|&e| e <= b.len());
-    let end = end.ok_or_else(|| format!("element at {pos} runs past its container"))?;
-    Ok((tag, start..end, end))
-}
+        let explicit = fields(&nth(&ci, 1, "ContentInfo content")?, ctx(0), "[0] content")?;
+        let sd = seq_at(&explicit, 0, "SignedData")?;
+        let encap = seq_at(&sd, 2, "encapContentInfo")?;
+        if !is_oid(&nth(&encap, 0, "eContentType")?, OID_SPC_INDIRECT_DATA) {
+            return Err("the signed content is not SpcIndirectDataContent".into());
+        }
+        let content = fields(&nth(&encap, 1, "eContent")?, ctx(0), "[0] eContent")?;
+        let indirect = nth(&content, 0, "SpcIndirectDataContent")?;
+        let mut certs = Vec::new();
+        let mut rest = &sd[3..];
+        if let Some(t) = rest.first().filter(|t| t.tag == ctx(0)) {
+            certs = fields(t, ctx(0), "certificates")?
+                .iter()
+                .map(|c| c.whole)
+                .collect();
+            rest = &rest[1..];
+        }
+        if rest.first().is_some_and(|t| t.tag == ctx(1)) {
+            rest = &rest[1..];
+        }
+        let signers = fields(&nth(rest, 0, "signerInfos")?, der::SET, "signerInfos")?;
+        Ok(Pkcs7 {
+            indirect,
+            certs,
+            signers,
+        })
+    }
 
-/// ContentInfo { OID signedData, [0] SignedData { version, digestAlgorithms,
-/// encapContentInfo, [0] IMPLICIT certificates, ... } } -> each certificate.
-fn pkcs7_certificates(b: &[u8]) -> Result<Vec<Vec<u8>>, String> {
-    const SEQUENCE: u8 = 0x30;
-    const CONTEXT_0: u8 = 0xa0;
-    let (tag, ci, _) = der_element(b, 0)?;
-    if tag != SEQUENCE {
-        return Err("ContentInfo is not a SEQUENCE".into());
+    /// The image hash the signed content names must be the image's own.
+    fn check_image_digest(&self, image_digest: &[u8; 32]) -> Result<(), String> {
+        let idc = fields(&self.indirect, der::SEQUENCE, "SpcIndirectDataContent")?;
+        let digest_info = seq_at(&idc, 1, "DigestInfo")?;
+        let alg = seq_at(&digest_info, 0, "AlgorithmIdentifier")?;
+        if !is_oid(&nth(&alg, 0, "DigestInfo algorithm")?, OID_SHA256) {
+            return Err("the image hash is not SHA-256".into());
+        }
+        let signed_hash = nth(&digest_info, 1, "DigestInfo digest")?;
+        if signed_hash.tag != der::OCTET_STRING || signed_hash.content != image_digest {
+            return Err(format!(
+                "the signature is for image hash {}, the image hashes to {} (changed after signing)",
+                hex::encode(signed_hash.content),
+                hex::encode(image_digest)
+            ));
+        }
+        Ok(())
     }
-    let (_, _, after_oid) = der_element(b, ci.start)?;
-    let (tag, explicit, _) = der_element(b, after_oid)?;
-    if tag != CONTEXT_0 {
-        return Err("no [0] content in ContentInfo".into());
-    }
-    let (tag, sd, _) = der_element(b, explicit.start)?;
-    if tag != SEQUENCE {
-        return Err("SignedData is not a SEQUENCE".into());
-    }
-    // version, digestAlgorithms, encapContentInfo
-    let mut pos = sd.start;
-    for _ in 0..3 {
-        pos = der_element(b, pos)?.2;
-    }
-    let mut certs = Vec::new();
-    if pos < sd.end {
-        let (tag, set, _) = der_element(b, pos)?;
-        if tag == CONTEXT_0 {
-            let mut p = set.start;
-            while p < set.end {
-                let (_, _, end) = der_element(b, p)?;
-                certs.push(b[p..end].to_vec());
-                p = end;
+
+    /// Checks one SignerInfo { version, issuerAndSerialNumber,
+    /// digestAlgorithm, [0] authenticatedAttributes, digestEncryptionAlgorithm,
+    /// encryptedDigest, ... } over the signed content; returns its
+    /// certificate.
+    fn verify_signer(&self, si: &der::Tlv<'a>) -> Result<&'a [u8], String> {
+        let f = fields(si, der::SEQUENCE, "SignerInfo")?;
+        let ias = seq_at(&f, 1, "issuerAndSerialNumber")?;
+        let (issuer, serial) = (nth(&ias, 0, "issuer")?, nth(&ias, 1, "serialNumber")?);
+        let dalg = seq_at(&f, 2, "digestAlgorithm")?;
+        if !is_oid(&nth(&dalg, 0, "digestAlgorithm")?, OID_SHA256) {
+            return Err("SignerInfo digestAlgorithm is not SHA-256".into());
+        }
+        let attrs = nth(&f, 3, "authenticatedAttributes")?;
+        let attr_list = fields(&attrs, ctx(0), "authenticatedAttributes")?;
+        let idc_hash = Sha256::digest(self.indirect.content);
+        let mut message_digest = None;
+        for a in &attr_list {
+            let a = fields(a, der::SEQUENCE, "Attribute")?;
+            if is_oid(&nth(&a, 0, "attribute type")?, OID_MESSAGE_DIGEST) {
+                let values = fields(
+                    &nth(&a, 1, "messageDigest values")?,
+                    der::SET,
+                    "messageDigest values",
+                )?;
+                message_digest = Some(nth(&values, 0, "messageDigest")?.content);
             }
         }
+        match message_digest {
+            Some(d) if d == idc_hash.as_slice() => {}
+            Some(d) => {
+                return Err(format!(
+                    "messageDigest {} is not the hash of the signed content ({})",
+                    hex::encode(d),
+                    hex::encode(idc_hash)
+                ))
+            }
+            None => return Err("no messageDigest among the authenticated attributes".into()),
+        }
+        let enc = seq_at(&f, 4, "digestEncryptionAlgorithm")?;
+        let enc = nth(&enc, 0, "digestEncryptionAlgorithm")?;
+        if !is_oid(&enc, OID_RSA_ENCRYPTION) && !is_oid(&enc, OID_SHA256_WITH_RSA) {
+            return Err("the signature is not RSA".into());
+        }
+        let sig = nth(&f, 5, "encryptedDigest")?;
+        let cert = self
+            .certs
+            .iter()
+            .copied()
+            .find(|c| cert_issuer_serial(c) == Some((issuer.whole, serial.whole)))
+            .ok_or("no embedded certificate matches the signer's issuer and serial")?;
+        let spki = cert_spki(cert).ok_or("the signer's certificate has no public key")?;
+        let key = RsaPublicKey::from_public_key_der(spki)
+            .map_err(|e| format!("the signer's public key is not RSA: {e}"))?;
+        // The attributes are signed as a SET OF, stored as [0] IMPLICIT:
+        // same length and content, other tag.
+        let mut signed = attrs.whole.to_vec();
+        signed[0] = der::SET;
+        key.verify(
+            Pkcs1v15Sign::new::<Sha256>(),
+            &Sha256::digest(&signed),
+            sig.content,
+        )
+        .map_err(|_| {
+            "the RSA signature does not verify with the signer's certificate".to_string()
+        })?;
+        Ok(cert)
     }
-    Ok(certs)
 }

@@ -20,7 +20,7 @@ use der::{alg_null, ctx, oid, seq, set_of, tlv, uint};
 
 pub(crate) const OID_SHA256: &str = "2.16.840.1.101.3.4.2.1";
 pub(crate) const OID_RSA_ENCRYPTION: &str = "1.2.840.113549.1.1.1";
-const OID_SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
+pub(crate) const OID_SHA256_WITH_RSA: &str = "1.2.840.113549.1.1.11";
 const OID_COMMON_NAME: &str = "2.5.4.3";
 const OID_BASIC_CONSTRAINTS: &str = "2.5.29.19";
 const OID_KEY_USAGE: &str = "2.5.29.15";

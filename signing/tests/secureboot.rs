@@ -13,7 +13,7 @@ mod boot;
 
 use artifacts::uki::{Uki, UkiInputs};
 use signing::authenticode::{
-    image_digest, sign_file, sign_image, signer_certificates, AuthenticodeError,
+    image_digest, sign_file, sign_image, signer_certificates, verify_signatures, AuthenticodeError,
 };
 use signing::secureboot::{SecureBootError, SecureBootKey, SecureBootKeys};
 
@@ -60,6 +60,16 @@ fn sbsign(stem: &str, image: &Path, out: &Path) {
             .arg(image),
     );
     assert!(r.status.success(), "{}", String::from_utf8_lossy(&r.stderr));
+}
+
+/// The certificate of key pair `stem` as openssl encodes it in DER.
+fn openssl_der(stem: &str) -> Vec<u8> {
+    tool(
+        Command::new("openssl")
+            .args(["x509", "-outform", "DER", "-in"])
+            .arg(kpath(&format!("{stem}.crt"))),
+    )
+    .stdout
 }
 
 fn sbverify(cert: &Path, image: &Path) -> Output {
@@ -230,12 +240,7 @@ fn signer_certificates_are_read_back_from_ours_and_sbsigns_signatures() {
     // sbsign (OpenSSL) with another key: its certificate, as openssl encodes it.
     let theirs = tmp.path().join("sbsign.efi");
     sbsign("other", &uki, &theirs);
-    let der = tool(
-        Command::new("openssl")
-            .args(["x509", "-outform", "DER", "-in"])
-            .arg(kpath("other.crt")),
-    )
-    .stdout;
+    let der = openssl_der("other");
     assert_eq!(
         signer_certificates(&theirs, &fs::read(&theirs).unwrap()).unwrap(),
         vec![der]
@@ -246,6 +251,76 @@ fn signer_certificates_are_read_back_from_ours_and_sbsigns_signatures() {
     broken[start..start + 4].copy_from_slice(&3u32.to_le_bytes());
     let err = signer_certificates(&ours, &broken).unwrap_err().to_string();
     assert!(err.contains("WIN_CERTIFICATE length"), "{err}");
+}
+
+/// `verify_signatures` accepts what sbverify accepts (our signatures and
+/// sbsign's) and refuses what it refuses: a changed body, a wrong signature
+/// value, a certificate swapped for another.
+#[test]
+fn finding_6_signature_verification_agrees_with_sbverify() {
+    let tmp = tempfile::tempdir().unwrap();
+    let uki = small_uki(tmp.path());
+    let plain = fs::read(&uki).unwrap();
+    assert!(verify_signatures(&uki, &plain).unwrap().is_empty());
+    let ours = tmp.path().join("ours.efi");
+    sign_file(&uki, &ours, &keys().set.db).unwrap();
+    let theirs = tmp.path().join("sbsign.efi");
+    sbsign("db", &uki, &theirs);
+    let db_der = openssl_der("db");
+    for signed in [&ours, &theirs] {
+        assert!(sbverify(&kpath("db.crt"), signed).status.success());
+        let bytes = fs::read(signed).unwrap();
+        assert_eq!(
+            verify_signatures(signed, &bytes).unwrap(),
+            vec![db_der.clone()],
+            "{}",
+            signed.display()
+        );
+    }
+    let good = fs::read(&ours).unwrap();
+    let table = plain.len().next_multiple_of(8);
+    let pkcs7_len = u32::from_le_bytes(good[table..table + 4].try_into().unwrap()) as usize;
+    let other_der = fs::read(kpath("other.der")).unwrap();
+    let mut swapped = good.clone();
+    let db_at = swapped
+        .windows(db_der.len())
+        .position(|w| w == db_der.as_slice())
+        .unwrap();
+    let cases: Vec<(&str, Vec<u8>)> = vec![
+        ("body", {
+            let mut v = good.clone();
+            v[plain.len() / 2] ^= 1;
+            v
+        }),
+        ("signature value", {
+            let mut v = good.clone();
+            v[table + pkcs7_len - 1] ^= 1;
+            v
+        }),
+        ("certificate", {
+            // Another key's certificate where the signer's was, when they
+            // are the same length (else a byte of the signer's public key).
+            if other_der.len() == db_der.len() {
+                swapped[db_at..db_at + db_der.len()].copy_from_slice(&other_der);
+            } else {
+                swapped[db_at + db_der.len() / 2] ^= 1;
+            }
+            swapped
+        }),
+    ];
+    for (what, bad) in cases {
+        let path = tmp.path().join("bad.efi");
+        fs::write(&path, &bad).unwrap();
+        assert!(
+            !sbverify(&kpath("db.crt"), &path).status.success(),
+            "{what}: sbverify accepts it"
+        );
+        let err = verify_signatures(&path, &bad).expect_err(what);
+        assert!(
+            matches!(err, AuthenticodeError::BadSignature { .. }),
+            "{what}: {err}"
+        );
+    }
 }
 
 #[test]

@@ -9,28 +9,35 @@
 //!   tail of the last cluster zeroed; (2) when the directory must grow, its
 //!   new clusters zeroed; (3) the FAT: changed sectors, merged into runs,
 //!   FAT 1 then FAT 2; (4) the directory entries, long-name entries before
-//!   the short entry (one write unless the set crosses a cluster boundary,
-//!   then the part holding the short entry is written last); (5) FSInfo.
+//!   the short entry (one write per 512-byte sector the set spans, the
+//!   sector holding the short entry last); (5) FSInfo.
 //!   A cut before (4) leaves allocated but unreferenced clusters (a lost
 //!   chain `fsck.fat` reclaims), never a visible partial file.
 //! * `create_dir`: the same, with the new directory's cluster (`.`, `..`)
 //!   as the data.
 //! * `remove_file`: (1) the entries marked deleted (the part holding the
-//!   short entry first); (2) the FAT chain freed, FAT 1 then FAT 2;
+//!   short entry first); (2) the FAT chain freed, FAT 1 then FAT 2, except
+//!   clusters another entry still reaches (a cut rename's second name);
 //!   (3) FSInfo.
 //! * `rename`: when the new entry set needs no more slots than the old one
-//!   and the old one lies in one cluster, a single write replaces it in
-//!   place (unused leading slots marked deleted), so the file has exactly
-//!   one of its two names at every point. Otherwise: (1) directory growth
-//!   as above if needed; (2) the new entries written into free slots;
-//!   (3) the old entries marked deleted (short entry part first);
-//!   (4) FSInfo if the directory grew. A cut between (2) and (3) leaves the
-//!   file visible under both names (sharing its clusters, which `fsck.fat`
-//!   reports as cross-linked); it never leaves it with no name.
-//!   The in-place write is one call but may span two sectors; a device that
-//!   tears it leaves long-name entries whose checksum does not match the
-//!   short entry, which readers ignore: the file stays visible under its
-//!   short name.
+//!   and the old one lies in one 512-byte sector, a single write inside
+//!   that sector replaces it in place (unused leading slots marked
+//!   deleted): the device writes the sector whole or not at all, so the
+//!   file has exactly one of its two names at every point. An entry set
+//!   that crosses a sector boundary is never rewritten in place: a device
+//!   that lands one sector and not the other would show a name that is
+//!   neither (the short name alone, or long-name parts of both names
+//!   under one checksum), e.g. a UKI without its boot counter. Otherwise:
+//!   (1) directory growth as above if needed; (2) the new entries, with a
+//!   short name of their own, written into free slots (long-name sectors
+//!   first, the short entry's sector last: until it lands the new parts
+//!   are orphans readers skip); (3) the old entries marked deleted (the
+//!   short entry's sector first); (4) FSInfo if the directory grew. A cut
+//!   between (2) and (3) leaves the file visible under both names, sharing
+//!   its clusters (`fsck.fat` reports them cross-linked); it never leaves
+//!   it with no name or a third one. Removing either name then keeps the
+//!   other's clusters, and renaming the old name to the new one again
+//!   finishes the rename.
 //! * `replace_file`: (1) the new content into free clusters, as
 //!   `write_file`'s data; (2) its chain in the FAT, FAT 1 then FAT 2;
 //!   barrier; (3) the file's one short entry rewritten (first cluster and
@@ -58,6 +65,9 @@ use super::{io_err, names, FatError};
 
 const EOC: u32 = 0x0FFF_FFFF;
 const MASK: u32 = 0x0FFF_FFFF;
+/// What a device writes all or nothing of: one 512-byte sector. Whatever the
+/// volume's logical sector size, no larger write is assumed to land whole.
+const ATOMIC: usize = 512;
 
 /// One entry of a directory listing.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -302,17 +312,74 @@ impl<R: Read + Write + Seek> Fat32<R> {
         Ok(())
     }
 
-    /// Removes a file (not a directory).
+    /// Removes a file (not a directory). Clusters another entry still
+    /// reaches stay allocated: after a cut rename, the old and the new name
+    /// share one chain (see the module docs), and removing the leftover
+    /// must not free the file that keeps the other name.
     pub fn remove_file(&mut self, path: &str) -> Result<(), FatError> {
         let (mut dir, e) = self.lookup(path)?;
         if e.is_dir() {
             return Err(FatError::IsADirectory { path: path.into() });
         }
         let chain = self.file_chain(&e, path)?;
+        let chain = self.unshared(&chain, &dir, &e, path)?;
         self.delete_slots(&mut dir, e.first_slot, e.slot, path)?;
         self.release(&chain);
         self.write_fat(&chain)?;
         self.write_fsinfo()
+    }
+
+    /// The clusters of `chain` (the data of entry `e` in `dir`) that no other
+    /// entry of the volume reaches, i.e. the ones removing `e` may free.
+    fn unshared(
+        &mut self,
+        chain: &[u32],
+        dir: &Dir,
+        e: &Parsed,
+        path: &str,
+    ) -> Result<Vec<u32>, FatError> {
+        if chain.is_empty() {
+            return Ok(Vec::new());
+        }
+        let skip = (dir.chain[0], e.slot);
+        let used = self.reachable_except(skip, path)?;
+        Ok(chain
+            .iter()
+            .copied()
+            .filter(|c| !used.contains(c))
+            .collect())
+    }
+
+    /// Every cluster reachable from the root directory (directories and
+    /// files), leaving out the data of the entry at `skip` (first cluster of
+    /// its directory, slot). Directories are walked once each, in on-disk
+    /// order.
+    fn reachable_except(
+        &mut self,
+        skip: (u32, usize),
+        path: &str,
+    ) -> Result<std::collections::BTreeSet<u32>, FatError> {
+        let mut used = std::collections::BTreeSet::new();
+        let mut todo = vec![(self.geo.root_cluster, 0u32)];
+        let mut seen = std::collections::BTreeSet::new();
+        while let Some((first, dotdot)) = todo.pop() {
+            if !seen.insert(first) {
+                continue;
+            }
+            let dir = self.load_dir(first, dotdot, path)?;
+            used.extend(&dir.chain);
+            for o in &dir.entries {
+                if (first, o.slot) == skip || o.cluster < 2 {
+                    continue;
+                }
+                if o.is_dir() {
+                    todo.push((o.cluster, o.cluster));
+                } else {
+                    used.extend(self.chain_of(o.cluster, path)?);
+                }
+            }
+        }
+        Ok(used)
     }
 
     /// Replaces the content of the existing file at `path` so that a cut at
@@ -361,6 +428,8 @@ impl<R: Read + Write + Seek> Fat32<R> {
         );
         self.write_slots(&mut dir, e.slot, &[entry], false, path)?;
         self.barrier(path)?;
+        // A duplicate name left by a cut rename keeps the old content.
+        let old = self.unshared(&old, &dir, &e, path)?;
         self.release(&old);
         self.write_fat(&old)?;
         self.write_fsinfo()?;
@@ -376,6 +445,10 @@ impl<R: Read + Write + Seek> Fat32<R> {
 
     /// Renames the file or directory at `path` to `new_name` in the same
     /// directory. See the module docs for why this is safe to cut.
+    ///
+    /// When `new_name` already exists as the same file (an entry with the
+    /// same first cluster: what a rename cut between its two steps leaves),
+    /// the rename finishes that one: only the old entries are deleted.
     pub fn rename(&mut self, path: &str, new_name: &str) -> Result<(), FatError> {
         names::validate(new_name)?;
         let (mut dir, e) = self.lookup(path)?;
@@ -385,20 +458,22 @@ impl<R: Read + Write + Seek> Fat32<R> {
             p.push(new_name);
             p.join("/")
         };
-        let clash = dir.entries.iter().any(|o| {
+        let clash = dir.entries.iter().find(|o| {
             o.slot != e.slot
                 && (names::same_name(&o.name, new_name)
                     || names::as_short(new_name) == Some(o.short))
         });
-        if clash {
+        if let Some(o) = clash {
+            if o.cluster >= 2 && o.cluster == e.cluster && o.name == new_name {
+                return self.delete_slots(&mut dir, e.first_slot, e.slot, path);
+            }
             return Err(FatError::AlreadyExists { path: target });
         }
+        let old_n = e.slot - e.first_slot + 1;
+        let one_sector = e.first_slot * 32 / ATOMIC == e.slot * 32 / ATOMIC;
         let (short, lfn) = pick_short(&dir, new_name, Some(e.slot));
         let set = dirent::entry_set(new_name, &short, lfn, &e.raw);
-        let old_n = e.slot - e.first_slot + 1;
-        let cs = self.geo.cluster_size() as usize;
-        let one_cluster = e.first_slot * 32 / cs == e.slot * 32 / cs;
-        if set.len() <= old_n && one_cluster {
+        if set.len() <= old_n && one_sector {
             let mut buf = vec![[0u8; 32]; old_n - set.len()];
             for b in &mut buf {
                 b[0] = DELETED;
@@ -406,6 +481,11 @@ impl<R: Read + Write + Seek> Fat32<R> {
             buf.extend(set);
             return self.write_slots(&mut dir, e.first_slot, &buf, false, path);
         }
+        // Both names exist side by side for a moment: give the new one a
+        // short name of its own, so the directory never holds two equal ones.
+        let (short, lfn) = pick_short(&dir, new_name, None);
+        let set = dirent::entry_set(new_name, &short, lfn, &e.raw);
+        let cs = self.geo.cluster_size() as usize;
         let (start, grow) = plan_slots(&dir, set.len(), cs as u64);
         if grow > self.free {
             return Err(FatError::NoSpace {
@@ -676,8 +756,10 @@ impl<R: Read + Write + Seek> Fat32<R> {
         Ok(())
     }
 
-    /// Writes `set` at `start`, one write per cluster it spans, in slot
-    /// order (so the short entry, last in a set, goes last) or reversed.
+    /// Writes `set` at `start`, one write per 512-byte sector it spans, in
+    /// slot order (so the short entry, last in a set, goes last) or
+    /// reversed. A device writes a sector whole or not at all, and nothing
+    /// larger: one write per sector makes the order the one that lands.
     fn write_slots(
         &mut self,
         dir: &mut Dir,
@@ -694,7 +776,7 @@ impl<R: Read + Write + Seek> Fat32<R> {
         let mut parts: Vec<(usize, usize)> = Vec::new();
         for slot in start..start + set.len() {
             match parts.last_mut() {
-                Some((s, end)) if *s * 32 / cs == slot * 32 / cs => *end = slot + 1,
+                Some((s, end)) if *s * 32 / ATOMIC == slot * 32 / ATOMIC => *end = slot + 1,
                 _ => parts.push((slot, slot + 1)),
             }
         }
