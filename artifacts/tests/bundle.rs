@@ -45,7 +45,7 @@ fn policy() -> ReadPolicy {
     ReadPolicy {
         allowed: NAMES.iter().map(|s| s.to_string()).collect(),
         max_entry_size: 64 << 20,
-        first: Some("manifest.json".to_string()),
+        leading: vec!["manifest.json".to_string()],
     }
 }
 
@@ -233,7 +233,7 @@ fn read_err(p: &Path, policy: ReadPolicy) -> BundleError {
 
 fn loose() -> ReadPolicy {
     ReadPolicy {
-        first: None,
+        leading: Vec::new(),
         ..policy()
     }
 }
@@ -399,7 +399,7 @@ fn refuses_duplicates_unknown_names_big_entries_and_wrong_order() {
     gnu_tar(&t.path().join("d1"), &order, &["uki.efi", "manifest.json"]);
     let e = read_err(&order, policy());
     assert!(
-        matches!(&e, BundleError::WrongFirst { name, offset: 0, .. } if name == "uki.efi"),
+        matches!(&e, BundleError::OutOfOrder { name, offset: 0, position: 0, .. } if name == "uki.efi"),
         "{e}"
     );
     assert_eq!(bundle::read_tar(&order, loose()).unwrap().entries.len(), 2);
