@@ -109,3 +109,18 @@ aim() {
 ratio() {
   awk -v a="$(med "$SCRATCH/$1.$3" "$4")" -v b="$(med "$SCRATCH/$2.$3" "$4")" 'BEGIN { printf "%.4f", a / b }'
 }
+
+# peak_rss NAME CMD...: runs CMD once (output to $SCRATCH/NAME.log) and
+# writes its peak resident set size in KiB (getrusage's ru_maxrss of the
+# waited-for child, as /usr/bin/time -v reports it) to $SCRATCH/NAME.rss.
+peak_rss() {
+  local name=$1; shift
+  python3 - "$SCRATCH/$name.rss" "$@" >"$SCRATCH/$name.log" 2>&1 <<'PY' ||
+import resource, subprocess, sys
+rc = subprocess.call(sys.argv[2:])
+with open(sys.argv[1], "w") as f:
+    print(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, file=f)
+sys.exit(rc)
+PY
+    { cat "$SCRATCH/$name.log" >&2; die "$name failed"; }
+}

@@ -10,8 +10,12 @@
 //!
 //! Reader: yields `(name, size, impl Read)` in archive order without touching
 //! the disk, and refuses path separators, `.`/`..`, absolute names, anything
-//! but regular files, duplicates, names outside the caller's list and entries
-//! over the caller's size limit, naming the entry and its header offset.
+//! but regular files, duplicates, names outside the caller's list, entries
+//! over the caller's size limit and an archive that does not start with the
+//! caller's leading names in order, naming the entry and its header offset.
+//! The policy can be narrowed between entries ([`BundleReader::set_policy`]),
+//! so a caller verifies the leading manifest and then admits only what it
+//! lists.
 
 use std::collections::BTreeMap;
 use std::fs::{self, File};
@@ -114,12 +118,26 @@ pub enum BundleError {
         size: u64,
         limit: u64,
     },
-    #[error("bundle entry {name:?} at offset {offset} comes first, expected {expected:?} first")]
-    WrongFirst {
+    #[error("{} member is {name:?} (header at offset {offset}), expected {expected:?}", ordinal(*.position))]
+    OutOfOrder {
+        /// 0 for the first member.
+        position: usize,
         name: String,
         offset: u64,
         expected: String,
     },
+    #[error("bundle ends at offset {offset} without its member {expected:?}")]
+    MissingLeading { offset: u64, expected: String },
+}
+
+/// "first", "second", ... for the members a policy wants in front.
+fn ordinal(position: usize) -> String {
+    match position {
+        0 => "first".into(),
+        1 => "second".into(),
+        2 => "third".into(),
+        n => format!("{}th", n + 1),
+    }
 }
 
 /// One archived file as written or read: where its header starts and the
@@ -358,8 +376,9 @@ pub struct ReadPolicy {
     pub allowed: Vec<String>,
     /// Largest accepted entry, in bytes.
     pub max_entry_size: u64,
-    /// The name the first entry must have (the manifest), if any.
-    pub first: Option<String>,
+    /// The names the archive must start with, in this order (the manifest
+    /// and its signature, so they are checked before any payload is read).
+    pub leading: Vec<String>,
 }
 
 /// Streams entries out of a bundle in archive order.
@@ -518,6 +537,13 @@ impl<R: Read> BundleReader<R> {
         self.offset
     }
 
+    /// Replaces the policy for the entries still to come, e.g. once the
+    /// leading manifest has been verified and says which names and sizes
+    /// may follow. Entries already seen still count as duplicates.
+    pub fn set_policy(&mut self, policy: ReadPolicy) {
+        self.policy = policy;
+    }
+
     fn skip(&mut self, n: u64, what: &str) -> Result<(), BundleError> {
         let start = self.offset;
         let got = io::copy(&mut (&mut self.inner).take(n), &mut io::sink()).map_err(|source| {
@@ -573,6 +599,12 @@ impl<R: Read> BundleReader<R> {
             });
         };
         if h.iter().all(|&b| b == 0) {
+            if let Some(expected) = self.policy.leading.get(self.seen.len()) {
+                return Err(BundleError::MissingLeading {
+                    offset,
+                    expected: expected.clone(),
+                });
+            }
             match self.block("second end block")? {
                 Some(b) if b.iter().all(|&x| x == 0) => {
                     self.done = true;
@@ -667,6 +699,18 @@ impl<R: Read> BundleReader<R> {
         if let Some(why) = name_problem(&name) {
             return Err(BundleError::BadName { name, offset, why });
         }
+        // Before the name checks below, so a bundle in the wrong order says
+        // so rather than "not allowed".
+        if let Some(expected) = self.policy.leading.get(self.seen.len()) {
+            if *expected != name {
+                return Err(BundleError::OutOfOrder {
+                    position: self.seen.len(),
+                    name,
+                    offset,
+                    expected: expected.clone(),
+                });
+            }
+        }
         if let Some(&first) = self.seen.get(&name) {
             return Err(BundleError::Duplicate {
                 name,
@@ -680,15 +724,6 @@ impl<R: Read> BundleReader<R> {
                 offset,
                 allowed: self.policy.allowed.clone(),
             });
-        }
-        if let Some(expected) = &self.policy.first {
-            if self.seen.is_empty() && *expected != name {
-                return Err(BundleError::WrongFirst {
-                    name,
-                    offset,
-                    expected: expected.clone(),
-                });
-            }
         }
         let size = parse_size(&h[124..136]).map_err(bad)?;
         if size > self.policy.max_entry_size {

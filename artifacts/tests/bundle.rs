@@ -45,7 +45,7 @@ fn policy() -> ReadPolicy {
     ReadPolicy {
         allowed: NAMES.iter().map(|s| s.to_string()).collect(),
         max_entry_size: 64 << 20,
-        first: Some("manifest.json".to_string()),
+        leading: vec!["manifest.json".to_string()],
     }
 }
 
@@ -233,7 +233,7 @@ fn read_err(p: &Path, policy: ReadPolicy) -> BundleError {
 
 fn loose() -> ReadPolicy {
     ReadPolicy {
-        first: None,
+        leading: Vec::new(),
         ..policy()
     }
 }
@@ -399,7 +399,7 @@ fn refuses_duplicates_unknown_names_big_entries_and_wrong_order() {
     gnu_tar(&t.path().join("d1"), &order, &["uki.efi", "manifest.json"]);
     let e = read_err(&order, policy());
     assert!(
-        matches!(&e, BundleError::WrongFirst { name, offset: 0, .. } if name == "uki.efi"),
+        matches!(&e, BundleError::OutOfOrder { name, offset: 0, position: 0, .. } if name == "uki.efi"),
         "{e}"
     );
     assert_eq!(bundle::read_tar(&order, loose()).unwrap().entries.len(), 2);
@@ -520,4 +520,63 @@ fn reads_gnu_base256_sizes_and_refuses_them_over_the_limit() {
         },
     );
     assert!(matches!(e, BundleError::Truncated { .. }), "{e}");
+}
+
+/// Two leading names: each is checked at its position, an archive that ends
+/// before them is refused, and a policy narrowed after them admits only
+/// what it lists (and still counts the leading entries as seen).
+#[test]
+fn leading_entries_in_order_then_a_narrowed_policy() {
+    let t = tempfile::tempdir().unwrap();
+    let (good, _) = write_good(t.path());
+    let d = t.path().join("in");
+    for n in NAMES {
+        fs::copy(d.join(format!("src-{n}")), d.join(n)).unwrap();
+    }
+    let two = || ReadPolicy {
+        leading: vec!["manifest.json".into(), "manifest.json.sig".into()],
+        ..policy()
+    };
+    bundle::read_tar(&good, two()).unwrap();
+
+    let swapped = t.path().join("swapped.tar");
+    gnu_tar(
+        &d,
+        &swapped,
+        &["manifest.json", "uki.efi", "manifest.json.sig"],
+    );
+    let e = read_err(&swapped, two());
+    assert!(
+        matches!(&e, BundleError::OutOfOrder { position: 1, name, offset: 1024, expected }
+            if name == "uki.efi" && expected == "manifest.json.sig"),
+        "{e}"
+    );
+    assert!(
+        e.to_string().starts_with("second member is \"uki.efi\""),
+        "{e}"
+    );
+
+    let short = t.path().join("short.tar");
+    gnu_tar(&d, &short, &["manifest.json"]);
+    let e = read_err(&short, two());
+    assert!(
+        matches!(&e, BundleError::MissingLeading { offset: 1024, expected } if expected == "manifest.json.sig"),
+        "{e}"
+    );
+
+    let mut r = BundleReader::new(fs::File::open(&good).unwrap(), two());
+    for _ in 0..2 {
+        r.next_entry().unwrap().unwrap();
+    }
+    r.set_policy(ReadPolicy {
+        allowed: vec!["uki.efi".into(), "manifest.json".into()],
+        max_entry_size: 64 << 20,
+        leading: Vec::new(),
+    });
+    assert_eq!(r.next_entry().unwrap().unwrap().name(), "uki.efi");
+    let e = r.next_entry().err().unwrap();
+    assert!(
+        matches!(&e, BundleError::NotAllowed { name, .. } if name == "rootfs.img"),
+        "{e}"
+    );
 }

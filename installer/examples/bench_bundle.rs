@@ -1,4 +1,4 @@
-//! bench_bundle OUT_DIR VERSION ROOTFS_MIB SLOT_MIB PUBKEY_OUT
+//! bench_bundle OUT_DIR VERSION ROOTFS_MIB SLOT_MIB PUBKEY_OUT [TAR_OUT]
 //!
 //! Writes a signed release bundle for `ci/bench upgrade` without a kernel or
 //! `cairn build`: the rootfs is a real squashfs (cairn's writer) of about
@@ -6,7 +6,9 @@
 //! tree appended; the UKI is systemd's stub around dummy kernel bytes. The
 //! layout gives each BOOT slot SLOT_MIB MiB. The signing key comes from a
 //! fixed seed (a benchmark key, never a release key); its public half goes
-//! to PUBKEY_OUT. Needs systemd-boot-efi (the stub and systemd-bootx64.efi).
+//! to PUBKEY_OUT. With TAR_OUT, the bundle is also archived there as
+//! `cairn build` writes `update.tar` (manifest and signature first). Needs
+//! systemd-boot-efi (the stub and systemd-bootx64.efi).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -42,8 +44,15 @@ fn main() -> ExitCode {
 
 fn run() -> Res<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let [out, version, rootfs_mib, slot_mib, pubkey] = <[String; 5]>::try_from(args)
-        .map_err(|_| "usage: bench_bundle OUT_DIR VERSION ROOTFS_MIB SLOT_MIB PUBKEY_OUT")?;
+    const USAGE: &str =
+        "usage: bench_bundle OUT_DIR VERSION ROOTFS_MIB SLOT_MIB PUBKEY_OUT [TAR_OUT]";
+    let (args, tar) = match args.len() {
+        5 => (args, None),
+        6 => (args[..5].to_vec(), Some(PathBuf::from(&args[5]))),
+        _ => return Err(USAGE.into()),
+    };
+    let [out, version, rootfs_mib, slot_mib, pubkey] =
+        <[String; 5]>::try_from(args).map_err(|_| USAGE)?;
     let rootfs_mib: u64 = rootfs_mib.parse().map_err(|_| "ROOTFS_MIB: a number")?;
     let slot_mib: u64 = slot_mib.parse().map_err(|_| "SLOT_MIB: a number")?;
     let out = PathBuf::from(out);
@@ -115,6 +124,15 @@ fn run() -> Res<()> {
         ],
         &key,
     )?;
+    if let Some(tar) = tar {
+        let files: Vec<(&str, PathBuf)> = artifacts::bundle::BUNDLE_FILES
+            .iter()
+            .map(|n| (*n, out.join(n)))
+            .collect();
+        let refs: Vec<(&str, &Path)> = files.iter().map(|(n, p)| (*n, p.as_path())).collect();
+        let s = artifacts::bundle::write_tar(&tar, &refs, EPOCH)?;
+        println!("{} {} bytes", tar.display(), s.size);
+    }
     println!(
         "rootfs.img {} bytes, root hash {}",
         fs::metadata(&img)?.len(),

@@ -4,10 +4,26 @@
 //! `manifest.json`, `manifest.json.sig`, and the artifacts the signed
 //! manifest lists: `uki.efi`, `rootfs.img`, `systemd-bootx64.efi`,
 //! `layout.json`. See docs/installer.md.
+//!
+//! Opening one ([`open`]) trusts nothing before the signature: it reads
+//! `manifest.json` and `manifest.json.sig` first, each at most
+//! [`MAX_MANIFEST`] bytes, and verifies them against the trusted keys. Only
+//! then does it look at any other file: from a directory it hashes the
+//! listed artifacts; from a tar, whose first two members must be the
+//! manifest and its signature, it extracts only the listed artifacts, each
+//! of exactly its signed size (checked from the header, before its data is
+//! read) and hashed in the same pass that writes it. Memory stays at a few
+//! fixed buffers whatever the bundle's size; an unsigned tar never reaches
+//! the temporary directory.
 
+use std::fs::File;
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
-use signing::{Artifact, Manifest};
+use signing::{
+    Artifact, ArtifactProblem, HashingReader, Manifest, PublicKey, StreamError, VerifyError,
+    MANIFEST_FILE, SIGNATURE_FILE,
+};
 
 use crate::error::{Error, Result};
 use contract::layout::LayoutSpec;
@@ -60,42 +76,295 @@ impl Bundle {
     }
 }
 
-/// Largest bundle entry accepted from a tar (a rootfs is far smaller).
-pub const MAX_ENTRY: u64 = 64 << 30;
+/// Largest `manifest.json` or `manifest.json.sig` read (a manifest is a few
+/// KiB): the two are read whole before anything is verified, so their size
+/// must not be the bundle's choice.
+pub const MAX_MANIFEST: u64 = 1 << 20;
 
-/// Unpacks a `.tar` bundle (as `cairn build` writes it, read with
-/// `artifacts::bundle`'s strict reader: manifest first, only the bundle's
-/// file names, plain files) into a temporary directory.
-pub(crate) fn unpack_tar(path: &Path) -> Result<tempfile::TempDir> {
-    use artifacts::bundle::{open, ReadPolicy, BUNDLE_FILES};
-    let bad = |what: String| Error::Bundle {
+/// Copy buffer for extracting and hashing: the only memory that would grow
+/// with a member's size if it were not fixed.
+const COPY_BUF: usize = 1 << 20;
+
+/// A bundle whose manifest signature verified and whose listed artifacts all
+/// have their signed size and sha256.
+pub(crate) struct Opened {
+    /// Where the artifacts are: the bundle directory, or `unpacked`.
+    pub dir: PathBuf,
+    pub unpacked: Option<tempfile::TempDir>,
+    pub manifest: Manifest,
+    /// The exact bytes the signature covers.
+    pub manifest_bytes: Vec<u8>,
+}
+
+/// Opens a bundle directory or tar: signature first, then the artifacts.
+pub(crate) fn open(path: &Path, trusted: &[PublicKey]) -> Result<Opened> {
+    if path.is_dir() {
+        open_dir(path, trusted)
+    } else {
+        open_tar(path, trusted)
+    }
+}
+
+fn verify_err(path: &Path, source: VerifyError) -> Error {
+    Error::Verify {
+        path: path.to_path_buf(),
+        source: Box::new(source),
+    }
+}
+
+fn bad(path: &Path, what: String) -> Error {
+    Error::Bundle {
         path: path.to_path_buf(),
         what,
+    }
+}
+
+fn verify(path: &Path, manifest: &[u8], sig: &[u8], trusted: &[PublicKey]) -> Result<Manifest> {
+    signing::verify_manifest(manifest, sig, trusted).map_err(|e| verify_err(path, e))
+}
+
+/// Reads `dir/name`, a regular file of at most [`MAX_MANIFEST`] bytes. The
+/// read itself is bounded too, so a file that grows after the size check
+/// cannot make it larger.
+fn read_small(bundle: &Path, name: &str) -> Result<Vec<u8>> {
+    let path = bundle.join(name);
+    let io_err = |source| {
+        verify_err(
+            bundle,
+            VerifyError::Io {
+                path: path.clone(),
+                source,
+            },
+        )
     };
-    let policy = ReadPolicy {
-        allowed: BUNDLE_FILES.iter().map(|s| s.to_string()).collect(),
-        max_entry_size: MAX_ENTRY,
-        first: Some(signing::MANIFEST_FILE.to_string()),
+    let meta = std::fs::metadata(&path).map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(bad(bundle, format!("{name} is not a regular file")));
+    }
+    if meta.len() > MAX_MANIFEST {
+        return Err(too_big(bundle, name, meta.len()));
+    }
+    let mut out = Vec::with_capacity(meta.len() as usize);
+    File::open(&path)
+        .and_then(|f| f.take(MAX_MANIFEST + 1).read_to_end(&mut out))
+        .map_err(io_err)?;
+    if out.len() as u64 > MAX_MANIFEST {
+        return Err(too_big(bundle, name, out.len() as u64));
+    }
+    Ok(out)
+}
+
+fn too_big(bundle: &Path, name: &str, size: u64) -> Error {
+    bad(
+        bundle,
+        format!("{name} is {size} bytes, over the limit of {MAX_MANIFEST}; refused unread"),
+    )
+}
+
+fn open_dir(dir: &Path, trusted: &[PublicKey]) -> Result<Opened> {
+    let manifest_bytes = read_small(dir, MANIFEST_FILE)?;
+    let sig = read_small(dir, SIGNATURE_FILE)?;
+    let manifest = verify(dir, &manifest_bytes, &sig, trusted)?;
+    let problems: Vec<ArtifactProblem> = manifest
+        .artifacts
+        .iter()
+        .filter_map(|a| check_file(dir, a))
+        .collect();
+    if !problems.is_empty() {
+        return Err(verify_err(dir, VerifyError::Artifacts { problems }));
+    }
+    Ok(Opened {
+        dir: dir.to_path_buf(),
+        unpacked: None,
+        manifest,
+        manifest_bytes,
+    })
+}
+
+/// One listed artifact of a directory bundle: a regular file (symlinks are
+/// followed: a directory is the user's own) of its signed size and sha256,
+/// read at most one byte past that size.
+fn check_file(dir: &Path, a: &Artifact) -> Option<ArtifactProblem> {
+    let path = dir.join(&a.name);
+    let name = a.name.clone();
+    let io = |source| ArtifactProblem::Io {
+        name: a.name.clone(),
+        source: StreamError::Io {
+            path: path.clone(),
+            source,
+        },
     };
-    let mut ar = open(path, policy).map_err(|e| bad(format!("opening the tar: {e}")))?;
+    let meta = match std::fs::metadata(&path) {
+        Ok(m) => m,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => {
+            return Some(ArtifactProblem::Missing { name })
+        }
+        Err(e) => return Some(io(e)),
+    };
+    if !meta.is_file() {
+        return Some(ArtifactProblem::NotAFile { name });
+    }
+    if meta.len() != a.size {
+        return Some(ArtifactProblem::Size {
+            name,
+            expected: a.size,
+            actual: meta.len(),
+        });
+    }
+    let f = match File::open(&path) {
+        Ok(f) => f,
+        Err(e) => return Some(io(e)),
+    };
+    let mut r = HashingReader::new(f.take(a.size + 1));
+    match pump(&mut r, &mut io::sink(), &mut vec![0u8; COPY_BUF]) {
+        Err(Failed::Read(e) | Failed::Write(e)) => Some(io(e)),
+        Ok(()) => expect(r, a).err(),
+    }
+}
+
+/// Checks what went through `r` against the signed entry, as the problem
+/// `signing::verify_dir` would report.
+fn expect<R: Read>(r: HashingReader<R>, a: &Artifact) -> std::result::Result<(), ArtifactProblem> {
+    let name = a.name.clone();
+    match r.expect(a.digest(), a.size) {
+        Ok(_) => Ok(()),
+        Err(StreamError::Size { expected, actual }) => Err(ArtifactProblem::Size {
+            name,
+            expected,
+            actual,
+        }),
+        Err(StreamError::Hash {
+            expected, actual, ..
+        }) => Err(ArtifactProblem::Hash {
+            name,
+            expected,
+            actual,
+        }),
+        Err(source) => Err(ArtifactProblem::Io { name, source }),
+    }
+}
+
+/// Which side of a [`pump`] failed.
+enum Failed {
+    Read(io::Error),
+    Write(io::Error),
+}
+
+/// `io::copy` through the caller's fixed buffer (std's is 8 KiB, slow on a
+/// GiB rootfs), saying which side failed.
+fn pump(r: &mut impl Read, w: &mut impl Write, buf: &mut [u8]) -> std::result::Result<(), Failed> {
+    loop {
+        match r.read(buf) {
+            Ok(0) => return Ok(()),
+            Ok(n) => w.write_all(&buf[..n]).map_err(Failed::Write)?,
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(Failed::Read(e)),
+        }
+    }
+}
+
+fn open_tar(path: &Path, trusted: &[PublicKey]) -> Result<Opened> {
+    use artifacts::bundle::{open, ReadPolicy};
+    let tar_err = |e: artifacts::bundle::BundleError| bad(path, e.to_string());
+    let leading = vec![MANIFEST_FILE.to_string(), SIGNATURE_FILE.to_string()];
+    let mut ar = open(
+        path,
+        ReadPolicy {
+            allowed: leading.clone(),
+            max_entry_size: MAX_MANIFEST,
+            leading,
+        },
+    )
+    .map_err(|e| bad(path, format!("opening the tar: {e}")))?;
+    let mut small = |what: &str| -> Result<Vec<u8>> {
+        // The reader refuses an archive that ends before its leading
+        // members; `None` here would be a bug there, still not a panic.
+        let mut entry = ar
+            .next_entry()
+            .map_err(tar_err)?
+            .ok_or_else(|| bad(path, format!("the tar has no {what}")))?;
+        // The policy capped the size at MAX_MANIFEST.
+        let mut out = Vec::with_capacity(entry.size() as usize);
+        entry
+            .read_to_end(&mut out)
+            .map_err(|e| bad(path, format!("reading {what}: {e}")))?;
+        Ok(out)
+    };
+    let manifest_bytes = small(MANIFEST_FILE)?;
+    let sig = small(SIGNATURE_FILE)?;
+    let manifest = verify(path, &manifest_bytes, &sig, trusted)?;
+
+    // Verified: from here on the signed manifest says what may follow.
+    ar.set_policy(ReadPolicy {
+        allowed: manifest.artifacts.iter().map(|a| a.name.clone()).collect(),
+        // Each member's exact signed size is checked below, from its header.
+        max_entry_size: u64::MAX,
+        leading: Vec::new(),
+    });
     let dir = tempfile::tempdir().map_err(|source| Error::File {
         what: "creating a directory to unpack the bundle in",
         path: std::env::temp_dir(),
         source,
     })?;
-    while let Some(mut entry) = ar.next_entry().map_err(|e| bad(e.to_string()))? {
-        // The reader allows only the bundle's own plain names.
-        let out = dir.path().join(entry.name());
-        let mut f = std::fs::File::create(&out).map_err(|source| Error::File {
-            what: "unpacking bundle entry to",
-            path: out.clone(),
-            source,
-        })?;
-        std::io::copy(&mut entry, &mut f).map_err(|source| Error::File {
-            what: "unpacking bundle entry to",
-            path: out.clone(),
-            source,
-        })?;
+    let mut buf = vec![0u8; COPY_BUF];
+    let mut seen = std::collections::BTreeSet::new();
+    while let Some(entry) = ar.next_entry().map_err(tar_err)? {
+        let Some(a) = manifest.artifact(entry.name()) else {
+            // The reader's policy admits only listed names.
+            return Err(bad(path, format!("member {} is not listed", entry.name())));
+        };
+        if entry.size() != a.size {
+            return Err(bad(
+                path,
+                format!(
+                    "member {} (header at offset {}) is {} bytes, the signed manifest lists {}; refused unread",
+                    a.name,
+                    entry.offset(),
+                    entry.size(),
+                    a.size
+                ),
+            ));
+        }
+        seen.insert(a.name.clone());
+        extract(path, entry, a, dir.path(), &mut buf)?;
     }
-    Ok(dir)
+    let missing: Vec<&str> = manifest
+        .artifacts
+        .iter()
+        .map(|a| a.name.as_str())
+        .filter(|n| !seen.contains(*n))
+        .collect();
+    if !missing.is_empty() {
+        return Err(bad(
+            path,
+            format!("the signed manifest lists {missing:?}, which the tar does not hold"),
+        ));
+    }
+    Ok(Opened {
+        dir: dir.path().to_path_buf(),
+        unpacked: Some(dir),
+        manifest,
+        manifest_bytes,
+    })
+}
+
+/// Writes one member to `dir`, hashing it on the way: one pass, one buffer.
+fn extract(tar: &Path, entry: impl Read, a: &Artifact, dir: &Path, buf: &mut [u8]) -> Result<()> {
+    let out = dir.join(&a.name);
+    let mut f = File::create_new(&out).map_err(|source| Error::File {
+        what: "unpacking bundle member to",
+        path: out.clone(),
+        source,
+    })?;
+    let mut r = HashingReader::new(entry);
+    pump(&mut r, &mut f, buf).map_err(|e| match e {
+        // The tar reader's errors name the member and the offset.
+        Failed::Read(e) => bad(tar, format!("reading member {}: {e}", a.name)),
+        Failed::Write(source) => Error::File {
+            what: "unpacking bundle member to",
+            path: out.clone(),
+            source,
+        },
+    })?;
+    expect(r, a).map_err(|p| verify_err(tar, VerifyError::Artifacts { problems: vec![p] }))
 }

@@ -35,30 +35,14 @@ pub fn open_verified(path: &Path, trusted: &[PublicKey]) -> Result<Bundle> {
         path: path.to_path_buf(),
         what,
     };
-    let (dir, unpacked) = if path.is_dir() {
-        (path.to_path_buf(), None)
-    } else {
-        let t = bundle::unpack_tar(path)?;
-        (t.path().to_path_buf(), Some(t))
-    };
-    // Signature first, then every listed artifact's size and sha256.
-    let report = signing::verify_dir(&dir, trusted).map_err(|source| Error::Verify {
-        path: path.to_path_buf(),
-        source: Box::new(source),
-    })?;
-    let manifest = report.manifest;
-    let manifest_bytes =
-        std::fs::read(dir.join(signing::MANIFEST_FILE)).map_err(|source| Error::File {
-            what: "reading",
-            path: dir.join(signing::MANIFEST_FILE),
-            source,
-        })?;
-    // The bytes read again must be the ones whose signature was checked.
-    let again = signing::Manifest::parse(&manifest_bytes)
-        .map_err(|e| bad(format!("manifest.json changed after verification: {e}")))?;
-    if again != manifest {
-        return Err(bad("manifest.json changed after verification".into()));
-    }
+    // Signature first, then every listed artifact's size and sha256 (for a
+    // tar, while it is unpacked); see bundle::open.
+    let bundle::Opened {
+        dir,
+        unpacked,
+        manifest,
+        manifest_bytes,
+    } = bundle::open(path, trusted)?;
     for name in bundle::REQUIRED {
         if manifest.artifact(name).is_none() {
             return Err(bad(format!("the signed manifest does not list {name}")));
