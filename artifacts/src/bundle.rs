@@ -24,17 +24,6 @@ use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
-/// The files of an upgrade bundle in archive order: the manifest first so a
-/// streaming reader verifies it before reading the payload it describes.
-pub const BUNDLE_FILES: [&str; 6] = [
-    "manifest.json",
-    "manifest.json.sig",
-    "uki.efi",
-    "rootfs.img",
-    "systemd-bootx64.efi",
-    "layout.json",
-];
-
 const BLOCK: usize = 512;
 /// ustar's name field; longer names would need the prefix field or PAX, and
 /// bundle names are short by design.

@@ -13,7 +13,15 @@ const EPOCH: u64 = 1_700_000_000;
 /// `date -u -d @1700000000 '+%F %T'`
 const EPOCH_STR: &str = "2023-11-14 22:13:20";
 
-const NAMES: [&str; 6] = bundle::BUNDLE_FILES;
+/// A bundle's names (test data: the real list is `contract::bundle::FILES`).
+const NAMES: [&str; 6] = [
+    "manifest.json",
+    "manifest.json.sig",
+    "uki.efi",
+    "rootfs.img",
+    "systemd-bootx64.efi",
+    "layout.json",
+];
 
 /// Sizes around the 512-byte padding boundary, one spanning several copy
 /// buffers.

@@ -2,8 +2,11 @@
 //! "Install media"): its file names, their archive order, the installer
 //! media's payload paths and the OCI media types of the bundle artifact.
 
-pub const MANIFEST: &str = "manifest.json";
-pub const SIGNATURE: &str = "manifest.json.sig";
+/// The manifest and its signature are the signing crate's format; their
+/// names and size bound live there.
+pub use signing::verify::{
+    MANIFEST_FILE as MANIFEST, MAX_MANIFEST_BYTES, SIGNATURE_FILE as SIGNATURE,
+};
 pub const UKI: &str = "uki.efi";
 pub const ROOTFS: &str = "rootfs.img";
 pub const BOOTLOADER: &str = "systemd-bootx64.efi";
@@ -19,10 +22,6 @@ pub const REQUIRED: [&str; 4] = [UKI, ROOTFS, BOOTLOADER, LAYOUT];
 /// first, so a streaming reader verifies them before it reads anything the
 /// manifest describes.
 pub const FILES: [&str; 6] = [MANIFEST, SIGNATURE, UKI, ROOTFS, BOOTLOADER, LAYOUT];
-
-/// Largest manifest or signature a reader accepts: both are read into
-/// memory before anything is trusted, so they are bounded.
-pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// The installer UKI's initramfs carries the bundle under this directory,
 /// plus, inside it, `keys/*.pub` (trusted manifest keys) and an optional

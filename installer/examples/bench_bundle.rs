@@ -125,7 +125,7 @@ fn run() -> Res<()> {
         &key,
     )?;
     if let Some(tar) = tar {
-        let files: Vec<(&str, PathBuf)> = artifacts::bundle::BUNDLE_FILES
+        let files: Vec<(&str, PathBuf)> = contract::bundle::FILES
             .iter()
             .map(|n| (*n, out.join(n)))
             .collect();

@@ -79,7 +79,7 @@ impl Bundle {
 /// Largest `manifest.json` or `manifest.json.sig` read (a manifest is a few
 /// KiB): the two are read whole before anything is verified, so their size
 /// must not be the bundle's choice.
-pub const MAX_MANIFEST: u64 = 1 << 20;
+pub const MAX_MANIFEST: u64 = contract::bundle::MAX_MANIFEST_BYTES;
 
 /// Copy buffer for extracting and hashing: the only memory that would grow
 /// with a member's size if it were not fixed.
@@ -168,7 +168,7 @@ fn open_dir(dir: &Path, trusted: &[PublicKey]) -> Result<Opened> {
     let problems: Vec<ArtifactProblem> = manifest
         .artifacts
         .iter()
-        .filter_map(|a| check_file(dir, a))
+        .filter_map(|a| signing::verify::check_artifact(dir, a))
         .collect();
     if !problems.is_empty() {
         return Err(verify_err(dir, VerifyError::Artifacts { problems }));
@@ -179,47 +179,6 @@ fn open_dir(dir: &Path, trusted: &[PublicKey]) -> Result<Opened> {
         manifest,
         manifest_bytes,
     })
-}
-
-/// One listed artifact of a directory bundle: a regular file (symlinks are
-/// followed: a directory is the user's own) of its signed size and sha256,
-/// read at most one byte past that size.
-fn check_file(dir: &Path, a: &Artifact) -> Option<ArtifactProblem> {
-    let path = dir.join(&a.name);
-    let name = a.name.clone();
-    let io = |source| ArtifactProblem::Io {
-        name: a.name.clone(),
-        source: StreamError::Io {
-            path: path.clone(),
-            source,
-        },
-    };
-    let meta = match std::fs::metadata(&path) {
-        Ok(m) => m,
-        Err(e) if e.kind() == io::ErrorKind::NotFound => {
-            return Some(ArtifactProblem::Missing { name })
-        }
-        Err(e) => return Some(io(e)),
-    };
-    if !meta.is_file() {
-        return Some(ArtifactProblem::NotAFile { name });
-    }
-    if meta.len() != a.size {
-        return Some(ArtifactProblem::Size {
-            name,
-            expected: a.size,
-            actual: meta.len(),
-        });
-    }
-    let f = match File::open(&path) {
-        Ok(f) => f,
-        Err(e) => return Some(io(e)),
-    };
-    let mut r = HashingReader::new(f.take(a.size + 1));
-    match pump(&mut r, &mut io::sink(), &mut vec![0u8; COPY_BUF]) {
-        Err(Failed::Read(e) | Failed::Write(e)) => Some(io(e)),
-        Ok(()) => expect(r, a).err(),
-    }
 }
 
 /// Checks what went through `r` against the signed entry, as the problem

@@ -77,7 +77,7 @@ fn tar_of(b: &BundleInfo, names: &[&str]) -> Tar {
 
 /// The members of a good bundle in the writer's order.
 fn good(b: &BundleInfo) -> Tar {
-    tar_of(b, &artifacts::bundle::BUNDLE_FILES)
+    tar_of(b, &contract::bundle::FILES)
 }
 
 /// A tar whose leading manifest and signature are `b`'s, then `rest`.

@@ -157,7 +157,7 @@ fn tar_bundles_install_like_directories() {
         String::from_utf8_lossy(&list.stdout)
             .lines()
             .collect::<Vec<_>>(),
-        artifacts::bundle::BUNDLE_FILES
+        contract::bundle::FILES
     );
     let i1 = fx.image("a.img", DISK_SIZE);
     let i2 = fx.image("b.img", DISK_SIZE);

@@ -18,7 +18,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fs;
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
 
 use crate::keys::{KeyId, PrivateKey, PublicKey};
@@ -27,6 +27,9 @@ use crate::stream::{hash_file, Sha256Digest, StreamError};
 
 pub const MANIFEST_FILE: &str = "manifest.json";
 pub const SIGNATURE_FILE: &str = "manifest.json.sig";
+/// Largest manifest or signature a reader accepts: both are read into
+/// memory before anything is trusted, so they are bounded.
+pub const MAX_MANIFEST_BYTES: u64 = 1 << 20;
 
 /// Domain separation prefix of the signed message.
 pub const SIGNING_CONTEXT: &[u8] = b"cairn-manifest-v1\0";
@@ -276,9 +279,26 @@ fn write_replace(path: &Path, data: &[u8]) -> Result<(), VerifyError> {
 /// artifact's size and sha256 (streamed). All artifact problems are reported
 /// together.
 pub fn verify_dir(dir: &Path, trusted: &[PublicKey]) -> Result<DirReport, VerifyError> {
+    // Both are read whole before anything is trusted: bounded.
     let read = |name: &str| {
         let p = dir.join(name);
-        fs::read(&p).map_err(|source| VerifyError::Io { path: p, source })
+        let mut out = Vec::new();
+        fs::File::open(&p)
+            .and_then(|f| f.take(MAX_MANIFEST_BYTES + 1).read_to_end(&mut out))
+            .map_err(|source| VerifyError::Io {
+                path: p.clone(),
+                source,
+            })?;
+        if out.len() as u64 > MAX_MANIFEST_BYTES {
+            return Err(VerifyError::Io {
+                path: p,
+                source: io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("over the limit of {MAX_MANIFEST_BYTES} bytes"),
+                ),
+            });
+        }
+        Ok(out)
     };
     let manifest_bytes = read(MANIFEST_FILE)?;
     let sig_bytes = read(SIGNATURE_FILE)?;
@@ -286,7 +306,7 @@ pub fn verify_dir(dir: &Path, trusted: &[PublicKey]) -> Result<DirReport, Verify
 
     let mut problems = Vec::new();
     for a in &manifest.artifacts {
-        if let Some(p) = check_artifact(dir, &a.name, a.size, a.digest()) {
+        if let Some(p) = check_artifact(dir, a) {
             problems.push(p);
         }
     }
@@ -316,14 +336,12 @@ pub fn verify_dir(dir: &Path, trusted: &[PublicKey]) -> Result<DirReport, Verify
     })
 }
 
-fn check_artifact(
-    dir: &Path,
-    name: &str,
-    size: u64,
-    expected: Sha256Digest,
-) -> Option<ArtifactProblem> {
-    let path = dir.join(name);
-    let name = name.to_string();
+/// One listed artifact of a bundle directory: a regular file of its signed
+/// size and sha256. The installer checks directory bundles with this too.
+pub fn check_artifact(dir: &Path, a: &crate::Artifact) -> Option<ArtifactProblem> {
+    let (size, expected) = (a.size, a.digest());
+    let path = dir.join(&a.name);
+    let name = a.name.clone();
     let meta = match fs::metadata(&path) {
         Ok(m) => m,
         Err(e) if e.kind() == io::ErrorKind::NotFound => {

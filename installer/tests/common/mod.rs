@@ -535,7 +535,7 @@ pub fn upgrade_opts(disk: &Path, bundle: &Path) -> installer::upgrade::UpgradeOp
 
 /// The bundle as `cairn build` archives it (artifacts::bundle::write_tar).
 pub fn bundle_tar(b: &BundleInfo, out: &Path) {
-    let paths: Vec<(String, PathBuf)> = artifacts::bundle::BUNDLE_FILES
+    let paths: Vec<(String, PathBuf)> = contract::bundle::FILES
         .iter()
         .map(|n| (n.to_string(), b.dir.join(n)))
         .collect();
