@@ -65,6 +65,8 @@ pub struct Summary {
     pub stages: Vec<StageReport>,
 }
 
+/// Builds `opts.profile` into `opts.out`, stage by stage; a stage whose
+/// inputs did not change is taken from the cache.
 pub fn build(opts: &BuildOptions) -> Result<Summary> {
     let profile = load_profile(opts)?;
     let mut run = Run::new(opts, &profile)?;
@@ -75,7 +77,8 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     let rootfs = rootfs_image::build(&mut run, &tree)?;
     let boot = boot::build(&mut run, &profile, &packages, &tree, &rootfs)?;
 
-    // What ships: every file in `out/`, each made from the signed bundle.
+    // What ships: the files in `out/`; every medium is made from one signed
+    // bundle, and the output manifest signs them all.
     let mut out = outputs::OutputDir::open(&opts.out)?;
     boot::publish(&mut run, &mut out, &boot)?;
     rootfs_image::publish(&mut run, &mut out, &rootfs)?;
