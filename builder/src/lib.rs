@@ -5,5 +5,6 @@ pub mod pipeline;
 pub mod pkgs;
 pub mod profile;
 pub mod release;
+pub mod repro;
 pub mod rootfs;
 pub mod stage;
