@@ -40,6 +40,33 @@ run_in_empty_root() { # ROOT BIN ARGS...
 }
 
 quick() {
+  # --- the init recipe's cache key covers every crate of ours init links -
+  # (a workspace crate missing from its path sources would let a change to
+  # it reuse a stale cached init)
+  local linked listed
+  linked=$(cd "$repo" && cargo metadata --format-version 1 --locked --filter-platform x86_64-unknown-linux-gnu \
+    | python3 -c 'import json,sys
+m=json.load(sys.stdin); ws=set(m["workspace_members"])
+by={p["id"]:p for p in m["packages"]}
+nodes={n["id"]:n for n in m["resolve"]["nodes"]}
+root=[i for i in ws if by[i]["name"]=="init"][0]
+seen=set(); todo=[root]
+while todo:
+    i=todo.pop()
+    if i in seen: continue
+    seen.add(i)
+    todo += [d["pkg"] for d in nodes[i]["deps"] if any(k["kind"] is None for k in d["dep_kinds"])]
+import os
+print("\n".join(sorted(os.path.relpath(os.path.dirname(by[i]["manifest_path"]), sys.argv[1]) for i in seen if i in ws)))' "$repo") \
+    || fail "cargo metadata failed"
+  listed=$(python3 -c 'import sys,tomllib
+r=tomllib.load(open(sys.argv[1],"rb"))
+print("\n".join(sorted(s["spec"] for s in r["source"] if s["kind"]=="path")))' "$repo/pkgs/init/recipe.toml")
+  for crate in $linked; do
+    grep -qx "$crate" <<<"$listed" || fail "pkgs/init/recipe.toml: init links workspace crate $crate but its sources do not list it"
+  done
+  ok "init's recipe lists every workspace crate init links ($(echo $linked | tr '\n' ' '))"
+
   # --- ci/check-static -------------------------------------------------
   printf '#include <stdio.h>\nint main(void){puts("hi");return 0;}\n' >"$tmp/hi.c"
   musl-gcc -static -O2 -o "$tmp/hi-static" "$tmp/hi.c"
