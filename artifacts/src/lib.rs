@@ -8,6 +8,7 @@
 pub mod bundle;
 pub mod cloud;
 pub mod cpio;
+pub mod date;
 pub mod fat;
 pub mod gpt;
 pub mod iso;

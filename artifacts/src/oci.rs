@@ -18,6 +18,8 @@ use std::path::{Path, PathBuf};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 
+use crate::date::{Civil, LAST_RFC3339_EPOCH};
+
 pub const MANIFEST_MEDIA_TYPE: &str = "application/vnd.oci.image.manifest.v1+json";
 pub const INDEX_MEDIA_TYPE: &str = "application/vnd.oci.image.index.v1+json";
 pub const EMPTY_MEDIA_TYPE: &str = "application/vnd.oci.empty.v1+json";
@@ -200,31 +202,12 @@ fn name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
-/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time, via the proleptic Gregorian
-/// calendar (days-from-civil inverted on 400-year eras).
+/// `YYYY-MM-DDTHH:MM:SSZ` for a Unix time; an error past 9999-12-31.
 pub fn rfc3339(epoch: u64) -> Result<String, OciError> {
-    // 9999-12-31T23:59:59Z
-    if epoch > 253_402_300_799 {
+    if epoch > LAST_RFC3339_EPOCH {
         return Err(OciError::EpochOutOfRange { epoch });
     }
-    let days = epoch / 86_400;
-    let secs = epoch % 86_400;
-    // Shift the epoch to 0000-03-01 so leap days fall at the end of a year.
-    let z = days + 719_468;
-    let era = z / 146_097;
-    let doe = z % 146_097;
-    let yoe = (doe - doe / 1_460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let day = doy - (153 * mp + 2) / 5 + 1;
-    let month = if mp < 10 { mp + 3 } else { mp - 9 };
-    let year = yoe + era * 400 + u64::from(month <= 2);
-    Ok(format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z",
-        secs / 3600,
-        secs / 60 % 60,
-        secs % 60
-    ))
+    Ok(Civil::from_epoch(epoch).rfc3339())
 }
 
 fn sha256_digest(h: Sha256) -> String {

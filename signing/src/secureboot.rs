@@ -16,6 +16,8 @@ use rsa::pkcs8::{DecodePrivateKey, EncodePrivateKey, EncodePublicKey, LineEnding
 use rsa::{Pkcs1v15Sign, RsaPrivateKey};
 use sha2_010::{Digest, Sha256};
 
+use artifacts::date::Civil;
+
 use der::{alg_null, ctx, oid, seq, set_of, tlv, uint};
 
 pub(crate) const OID_SHA256: &str = "2.16.840.1.101.3.4.2.1";
@@ -77,25 +79,11 @@ impl std::fmt::Debug for SecureBootKey {
     }
 }
 
-/// Days since 1970-01-01 to (year, month, day), proleptic Gregorian.
-fn civil_from_days(days: i64) -> (i64, u32, u32) {
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z.rem_euclid(146_097);
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    (y, m, d)
-}
-
 /// RFC 5280 time: UTCTime through 2049, GeneralizedTime after.
 fn x509_time(epoch: u64) -> Vec<u8> {
-    let secs = epoch % 86_400;
-    let (y, m, d) = civil_from_days((epoch / 86_400) as i64);
-    let hms = format!("{:02}{:02}{:02}Z", secs / 3600, secs / 60 % 60, secs % 60);
+    let c = Civil::from_epoch(epoch);
+    let (y, m, d) = (c.year, c.month, c.day);
+    let hms = format!("{:02}{:02}{:02}Z", c.hour, c.minute, c.second);
     if (1950..2050).contains(&y) {
         tlv(
             der::UTC_TIME,

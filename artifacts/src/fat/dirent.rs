@@ -2,6 +2,7 @@
 
 use super::geometry::{get16, get32, put16, put32};
 use super::names;
+use crate::date::Civil;
 
 pub(crate) const ATTR_DIR: u8 = 0x10;
 pub(crate) const ATTR_VOLUME: u8 = 0x08;
@@ -26,31 +27,13 @@ impl DosTime {
     pub fn from_epoch(epoch: u64) -> DosTime {
         const MIN: u64 = 315_532_800; // 1980-01-01T00:00:00Z
         const MAX: u64 = 4_354_819_198; // 2107-12-31T23:59:58Z
-        let t = epoch.clamp(MIN, MAX);
-        let days = (t / 86_400) as i64;
-        let secs = t % 86_400;
-        let (y, m, d) = civil_from_days(days);
-        let (h, mi, s) = (secs / 3600, secs / 60 % 60, secs % 60);
+        let c = Civil::from_epoch(epoch.clamp(MIN, MAX));
         DosTime {
-            date: (((y - 1980) as u16) << 9) | ((m as u16) << 5) | d as u16,
-            time: ((h as u16) << 11) | ((mi as u16) << 5) | (s / 2) as u16,
-            tenths: ((s % 2) * 100) as u8,
+            date: (((c.year - 1980) as u16) << 9) | (u16::from(c.month) << 5) | u16::from(c.day),
+            time: (u16::from(c.hour) << 11) | (u16::from(c.minute) << 5) | u16::from(c.second / 2),
+            tenths: (c.second % 2) * 100,
         }
     }
-}
-
-/// Gregorian date from days since 1970-01-01 (Howard Hinnant's algorithm).
-fn civil_from_days(z: i64) -> (i64, u32, u32) {
-    let z = z + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = (doy - (153 * mp + 2) / 5 + 1) as u32;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 } as u32;
-    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
-    (y, m, d)
 }
 
 pub(crate) fn short_entry(

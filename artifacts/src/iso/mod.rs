@@ -23,8 +23,9 @@ use std::fs::File;
 use std::io::{BufWriter, Read, Write};
 use std::path::{Path, PathBuf};
 
+use crate::date::Civil;
 use crate::gpt::{GptError, Guid, BACKUP_SECTORS, SECTOR};
-use ecma119::{civil, dir_record, Civil, BLOCK, FLAG_DIRECTORY, LAST_YEAR};
+use ecma119::{dir_record, BLOCK, FLAG_DIRECTORY, LAST_YEAR};
 use hybrid::Hybrid;
 use layout::{Child, Layout};
 
@@ -131,7 +132,7 @@ fn check_options(opts: &IsoOptions) -> Result<Civil, IsoError> {
             reason,
         }
     })?;
-    let c = civil(opts.epoch);
+    let c = Civil::from_epoch(opts.epoch);
     if c.year > LAST_YEAR {
         return Err(IsoError::EpochOutOfRange {
             epoch: opts.epoch,
