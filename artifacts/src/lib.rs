@@ -13,6 +13,7 @@ pub mod fat;
 pub mod gpt;
 pub mod iso;
 pub mod oci;
+pub mod pe;
 pub mod squashfs;
 pub mod tree;
 pub mod uki;

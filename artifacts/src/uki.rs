@@ -7,13 +7,11 @@
 //! SizeOfInitializedData, the section table and the checksum). The COFF
 //! timestamp is left alone, so the output is a pure function of the inputs.
 
-mod pe;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 
-pub use pe::SectionHeader;
-use pe::{align_up, pe_checksum, put_u16, put_u32, PeLayout, SECTION_HEADER_LEN};
+pub use crate::pe::SectionHeader;
+use crate::pe::{align_up, pe_checksum, put_u16, put_u32, NotPe, PeLayout, SECTION_HEADER_LEN};
 
 /// Every appended section starts on a 4 KiB boundary in memory: systemd-stub
 /// and the kernel's EFI stub map them page-wise.
@@ -65,6 +63,12 @@ pub enum UkiError {
     NoSection { path: PathBuf, name: String },
     #[error("section name {name:?} is longer than 8 bytes")]
     BadName { name: String },
+}
+
+impl From<NotPe> for UkiError {
+    fn from(NotPe { path, what }: NotPe) -> Self {
+        UkiError::NotPe { path, what }
+    }
 }
 
 /// What goes into a UKI. Text sections are stored byte for byte as given.

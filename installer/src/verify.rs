@@ -5,6 +5,7 @@
 use std::io::Read;
 use std::path::Path;
 
+use artifacts::pe::{PeLayout, MACHINE_X86_64};
 use artifacts::uki::Uki;
 use signing::PublicKey;
 
@@ -57,7 +58,7 @@ pub fn open_verified(path: &Path, trusted: &[PublicKey]) -> Result<Bundle> {
     for name in [bundle::UKI, bundle::BOOTLOADER] {
         let p = dir.join(name);
         let machine = pe_machine(&p)?;
-        if machine != PE_MACHINE_X86_64 {
+        if machine != MACHINE_X86_64 {
             return Err(Error::Arch {
                 bundle: format!("{name} has PE machine type {machine:#06x}"),
                 supported: "x86_64 (PE machine 0x8664)",
@@ -167,8 +168,6 @@ pub(crate) fn read_verified(
     Ok(bytes)
 }
 
-const PE_MACHINE_X86_64: u16 = 0x8664;
-
 /// The COFF machine type of a PE file (what the firmware checks too).
 pub fn pe_machine(path: &Path) -> Result<u16> {
     let b = std::fs::read(path).map_err(|source| Error::File {
@@ -176,18 +175,12 @@ pub fn pe_machine(path: &Path) -> Result<u16> {
         path: path.to_path_buf(),
         source,
     })?;
-    let pe = b
-        .get(0x3c..0x40)
-        .map(|x| u32::from_le_bytes(x.try_into().expect("4 bytes")) as usize);
-    match pe.and_then(|o| Some((b.get(o..o + 4)?, b.get(o + 4..o + 6)?))) {
-        Some((sig, m)) if b.starts_with(b"MZ") && sig == b"PE\0\0" => {
-            Ok(u16::from_le_bytes([m[0], m[1]]))
-        }
-        _ => Err(Error::Bundle {
-            path: path.to_path_buf(),
-            what: "not a PE image (no MZ/PE signature)".into(),
-        }),
-    }
+    PeLayout::parse(path, &b)
+        .map(|pe| pe.machine)
+        .map_err(|e| Error::Bundle {
+            path: e.path,
+            what: format!("not a PE image: {}", e.what),
+        })
 }
 
 /// Reads `.osrel` and `.cmdline` from the release UKI.

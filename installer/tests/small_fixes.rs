@@ -8,6 +8,7 @@ use std::path::Path;
 use std::process::Command;
 
 use artifacts::gpt::{self, ondisk, HeaderCopy, SECTOR};
+use artifacts::pe::PeLayout;
 use common::*;
 use installer::install::install;
 use installer::upgrade::upgrade;
@@ -143,17 +144,13 @@ fn sb_keys() -> &'static [signing::secureboot::SecureBootKey; 2] {
     })
 }
 
-/// (offset, length) of the attribute certificate table of a PE image.
+/// (offset, length) of the attribute certificate table of a signed PE image.
 fn cert_table(pe: &[u8]) -> (usize, usize) {
-    let u16at = |o: usize| u16::from_le_bytes(pe[o..o + 2].try_into().unwrap()) as usize;
-    let u32at = |o: usize| u32::from_le_bytes(pe[o..o + 4].try_into().unwrap()) as usize;
-    let opt = u32at(0x3c) + 24;
-    let dirs = if u16at(opt) == 0x20b {
-        opt + 112
-    } else {
-        opt + 96
-    };
-    (u32at(dirs + 32), u32at(dirs + 36))
+    let (off, len) = PeLayout::parse(Path::new("signed loader"), pe)
+        .unwrap()
+        .certificate_table(pe)
+        .expect("signed");
+    (off as usize, len as usize)
 }
 
 fn replace_all(hay: &mut [u8], from: &[u8], to: &[u8]) -> usize {

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 
 use sha2_010::{Digest, Sha256};
 
+use artifacts::pe::{pe_checksum, NotPe, PeLayout, DIR_SECURITY};
+
 use rsa::pkcs8::DecodePublicKey;
 use rsa::{Pkcs1v15Sign, RsaPublicKey};
 
@@ -29,7 +31,6 @@ const OID_SPC_PE_IMAGE_DATA: &str = "1.3.6.1.4.1.311.2.1.15";
 const OID_SPC_SP_OPUS_INFO: &str = "1.3.6.1.4.1.311.2.1.12";
 const WIN_CERT_REVISION_2_0: u16 = 0x0200;
 const WIN_CERT_TYPE_PKCS_SIGNED_DATA: u16 = 0x0002;
-const DIR_SECURITY: usize = 4;
 
 #[derive(Debug, thiserror::Error)]
 pub enum AuthenticodeError {
@@ -79,7 +80,8 @@ struct Layout {
     checksum: usize,
     cert_dir: usize,
     size_of_headers: usize,
-    /// (PointerToRawData, SizeOfRawData), sorted by file position.
+    /// (PointerToRawData, SizeOfRawData) of the sections with raw data,
+    /// sorted by file position.
     sections: Vec<(usize, usize)>,
     cert_table: Option<(u32, u32)>,
 }
@@ -91,73 +93,46 @@ fn le32(b: &[u8], o: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(o..o + 4)?.try_into().ok()?))
 }
 
+impl From<NotPe> for AuthenticodeError {
+    fn from(NotPe { path, what }: NotPe) -> Self {
+        AuthenticodeError::NotPe { path, what }
+    }
+}
+
+/// The headers read by the workspace's PE reader, plus what Authenticode
+/// itself requires: a certificate-table entry, inside SizeOfHeaders.
 fn layout(path: &Path, b: &[u8]) -> Result<Layout, AuthenticodeError> {
+    let pe = PeLayout::parse(path, b)?;
     let bad = |what: String| AuthenticodeError::NotPe {
         path: path.to_path_buf(),
         what,
     };
-    if b.get(0..2) != Some(b"MZ") {
-        return Err(bad("no MZ signature at offset 0".into()));
-    }
-    let pe = le32(b, 0x3c).ok_or_else(|| bad("truncated DOS header".into()))? as usize;
-    if b.get(pe..pe + 4) != Some(b"PE\0\0") {
-        return Err(bad(format!("no PE signature at e_lfanew {pe:#x}")));
-    }
-    let nsec = le16(b, pe + 6).ok_or_else(|| bad("truncated COFF header".into()))? as usize;
-    let opt_size = le16(b, pe + 20).ok_or_else(|| bad("truncated COFF header".into()))? as usize;
-    let opt = pe + 24;
-    let dirs = match le16(b, opt) {
-        Some(0x20b) => opt + 112,
-        Some(0x10b) => opt + 96,
-        m => {
-            return Err(bad(format!(
-                "optional header magic {m:x?} is neither PE32 nor PE32+"
-            )))
-        }
-    };
-    let ndirs = le32(b, dirs - 4).unwrap_or(0) as usize;
-    if ndirs <= DIR_SECURITY || dirs + 8 * (DIR_SECURITY + 1) > opt + opt_size {
+    let cert_dir = pe.data_dir_offset(DIR_SECURITY).ok_or_else(|| {
+        bad(format!(
+            "only {} data directories, no certificate table entry",
+            pe.data_dir_count()
+        ))
+    })?;
+    let size_of_headers = pe.size_of_headers as usize;
+    if size_of_headers > b.len() || size_of_headers < cert_dir + 8 {
         return Err(bad(format!(
-            "only {ndirs} data directories, no certificate table entry"
-        )));
-    }
-    let cert_dir = dirs + 8 * DIR_SECURITY;
-    let size_of_headers = le32(b, opt + 60).unwrap_or(0) as usize;
-    let table = opt + opt_size;
-    if table + nsec * 40 > b.len() || size_of_headers > b.len() || size_of_headers < cert_dir + 8 {
-        return Err(bad(format!(
-            "headers (SizeOfHeaders {size_of_headers:#x}, {nsec} sections at {table:#x}) do not fit the {}-byte file",
+            "SizeOfHeaders {size_of_headers:#x} does not cover the certificate table entry at {cert_dir:#x} or runs past the end of the {}-byte file",
             b.len()
         )));
     }
-    let mut sections = Vec::with_capacity(nsec);
-    for i in 0..nsec {
-        let h = table + i * 40;
-        let size = le32(b, h + 16).unwrap_or(0) as usize;
-        let ptr = le32(b, h + 20).unwrap_or(0) as usize;
-        if size == 0 {
-            continue;
-        }
-        if ptr + size > b.len() {
-            return Err(bad(format!(
-                "section {i} raw data {ptr:#x}+{size:#x} runs past the end of the {}-byte file",
-                b.len()
-            )));
-        }
-        sections.push((ptr, size));
-    }
+    let mut sections: Vec<(usize, usize)> = pe
+        .sections
+        .iter()
+        .filter(|s| s.size_of_raw_data != 0)
+        .map(|s| (s.pointer_to_raw_data as usize, s.size_of_raw_data as usize))
+        .collect();
     sections.sort();
-    let cert_table = Some((
-        le32(b, cert_dir).unwrap_or(0),
-        le32(b, cert_dir + 4).unwrap_or(0),
-    ))
-    .filter(|&(_, s)| s != 0);
     Ok(Layout {
-        checksum: opt + 64,
+        checksum: pe.checksum_offset(),
         cert_dir,
         size_of_headers,
         sections,
-        cert_table,
+        cert_table: pe.certificate_table(b),
     })
 }
 
@@ -254,19 +229,6 @@ pub fn signed_data(digest: &[u8; 32], key: &SecureBootKey) -> Result<Vec<u8>, Au
         &set_of(&[&signer_info]),
     ]);
     Ok(seq(&[&oid(OID_SIGNED_DATA), &tlv(ctx(0), &signed)]))
-}
-
-fn pe_checksum(b: &[u8], skip: usize) -> u32 {
-    let mut sum: u64 = 0;
-    for (i, pair) in b.chunks(2).enumerate() {
-        if i * 2 == skip || i * 2 == skip + 2 {
-            continue;
-        }
-        let w = pair[0] as u64 | (*pair.get(1).unwrap_or(&0) as u64) << 8;
-        sum += w;
-        sum = (sum & 0xffff) + (sum >> 16);
-    }
-    (sum as u32 & 0xffff).wrapping_add(b.len() as u32)
 }
 
 /// Returns `image` signed with `key`. The image is padded to 8 bytes (the

@@ -11,6 +11,7 @@ use std::time::Duration;
 #[path = "../../artifacts/tests/support/boot.rs"]
 mod boot;
 
+use artifacts::pe::{PeLayout, DIR_SECURITY};
 use artifacts::uki::{Uki, UkiInputs};
 use signing::authenticode::{
     image_digest, sign_file, sign_image, signer_certificates, verify_signatures, AuthenticodeError,
@@ -345,9 +346,9 @@ fn image_digest_matches_sbsign() {
         v.truncate(start);
         v
     };
-    let pe = u32::from_le_bytes(a[0x3c..0x40].try_into().unwrap()) as usize;
-    let ck = pe + 24 + 64;
-    let cert_dir = pe + 24 + 112 + 32;
+    let pe = PeLayout::parse(&theirs, &a).unwrap();
+    let ck = pe.checksum_offset();
+    let cert_dir = pe.data_dir_offset(DIR_SECURITY).unwrap();
     let mut a = strip(a, ck);
     let mut b = strip(b, ck);
     a[cert_dir + 4..cert_dir + 8].fill(0);

@@ -6,6 +6,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
+use artifacts::pe::PeLayout;
 use artifacts::uki::{Uki, UkiInputs};
 use sha2::{Digest, Sha256};
 use signing::{PrivateKey, ReleaseMeta};
@@ -162,8 +163,8 @@ pub fn make_bundle(at: &Path, o: &BundleOpts) -> BundleInfo {
     .expect("building the test UKI needs systemd-boot-efi's stub");
     if let Some(m) = o.uki_machine {
         let mut b = fs::read(&uki).unwrap();
-        let pe = u32::from_le_bytes(b[0x3c..0x40].try_into().unwrap()) as usize;
-        b[pe + 4..pe + 6].copy_from_slice(&m.to_le_bytes());
+        let at = PeLayout::parse(&uki, &b).unwrap().machine_offset();
+        b[at..at + 2].copy_from_slice(&m.to_le_bytes());
         fs::write(&uki, b).unwrap();
     }
     let mut loader = fs::read(SYSTEMD_BOOT).expect("systemd-boot-efi installed");

@@ -1,17 +1,38 @@
-//! The slice of PE/COFF a UKI needs: locate the headers, list the sections,
-//! and patch the few header fields that change when sections are appended.
+//! The workspace's one PE/COFF reader: the machine type, the header fields
+//! and their file offsets, the data directories and the section table. UKI
+//! assembly (artifacts::uki), Authenticode signing and verification
+//! (signing::authenticode) and the installer's architecture check all read
+//! PE images through it.
+//!
+//! Ours rather than the `object` crate: object hands out header *values*,
+//! but every user here needs *file offsets* as well: the UKI writer and the
+//! signer patch NumberOfSections, SizeOfImage, the checksum and the
+//! certificate-table entry in place, and the Authenticode hash skips exactly
+//! the checksum and that entry. object would also be a second PE parser in
+//! init's link (init carries the installer).
 //!
 //! Only PE32+ and PE32 images are accepted; offsets follow the Microsoft
 //! PE/COFF specification ("Optional Header Windows-Specific Fields").
 
-use super::UkiError;
+use std::path::{Path, PathBuf};
 
 pub(crate) const SECTION_HEADER_LEN: usize = 40;
 const COFF_HEADER_LEN: usize = 20;
 const MAGIC_PE32: u16 = 0x10b;
 const MAGIC_PE32_PLUS: u16 = 0x20b;
 /// Index of the attribute certificate table in the data directories.
-const DIR_SECURITY: usize = 4;
+pub const DIR_SECURITY: usize = 4;
+/// IMAGE_FILE_MACHINE_AMD64.
+pub const MACHINE_X86_64: u16 = 0x8664;
+
+/// The bytes are not a PE image this reader accepts; `what` says why and
+/// where.
+#[derive(Debug, thiserror::Error)]
+#[error("{path}: not a PE image: {what}")]
+pub struct NotPe {
+    pub path: PathBuf,
+    pub what: String,
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SectionHeader {
@@ -51,6 +72,8 @@ impl SectionHeader {
 /// Parsed header layout of a PE image held in memory.
 #[derive(Debug, Clone)]
 pub struct PeLayout {
+    /// COFF Machine: the architecture the firmware checks.
+    pub machine: u16,
     pub optional_header_offset: usize,
     pub section_table_offset: usize,
     pub sections: Vec<SectionHeader>,
@@ -72,8 +95,10 @@ fn u32_at(b: &[u8], off: usize) -> Option<u32> {
 }
 
 impl PeLayout {
-    pub fn parse(path: &std::path::Path, b: &[u8]) -> Result<Self, UkiError> {
-        let bad = |what: String| UkiError::NotPe {
+    /// Reads the headers of the image `b`; `path` only names it in errors.
+    /// Every section's raw data must lie inside `b`.
+    pub fn parse(path: &Path, b: &[u8]) -> Result<Self, NotPe> {
+        let bad = |what: String| NotPe {
             path: path.to_path_buf(),
             what,
         };
@@ -86,6 +111,8 @@ impl PeLayout {
             return Err(bad(format!("no PE signature at e_lfanew {pe_off:#x}")));
         }
         let coff = pe_off + 4;
+        let machine =
+            u16_at(b, coff).ok_or_else(|| bad(format!("COFF header at {coff:#x} truncated")))?;
         let nsections = u16_at(b, coff + 2)
             .ok_or_else(|| bad(format!("COFF header at {coff:#x} truncated")))?
             as usize;
@@ -149,6 +176,7 @@ impl PeLayout {
             sections.push(s);
         }
         Ok(PeLayout {
+            machine,
             optional_header_offset: opt,
             section_table_offset,
             sections,
@@ -159,20 +187,30 @@ impl PeLayout {
         })
     }
 
+    /// Number of data directories the optional header holds.
+    pub fn data_dir_count(&self) -> usize {
+        self.data_dirs.1
+    }
+
+    /// File offset of the 8-byte entry of data directory `index`, if present.
+    pub fn data_dir_offset(&self, index: usize) -> Option<usize> {
+        (index < self.data_dirs.1).then(|| self.data_dirs.0 + index * 8)
+    }
+
     /// (rva/file offset, size) of data directory `index`, if present.
     pub fn data_dir(&self, b: &[u8], index: usize) -> Option<(u32, u32)> {
-        if index >= self.data_dirs.1 {
-            return None;
-        }
-        let off = self.data_dirs.0 + index * 8;
+        let off = self.data_dir_offset(index)?;
         Some((u32_at(b, off)?, u32_at(b, off + 4)?))
     }
 
+    /// (file offset, size) of the attribute certificate table, if the image
+    /// has one (is signed).
     pub fn certificate_table(&self, b: &[u8]) -> Option<(u32, u32)> {
         self.data_dir(b, DIR_SECURITY)
             .filter(|&(_, size)| size != 0)
     }
 
+    /// File offset of the optional header's CheckSum.
     pub fn checksum_offset(&self) -> usize {
         self.optional_header_offset + 64
     }
@@ -181,6 +219,10 @@ impl PeLayout {
     }
     pub fn size_of_initialized_data_offset(&self) -> usize {
         self.optional_header_offset + 8
+    }
+    /// The COFF header's Machine field.
+    pub fn machine_offset(&self) -> usize {
+        self.optional_header_offset - COFF_HEADER_LEN
     }
     /// PointerToSymbolTable and NumberOfSymbols (8 bytes) in the COFF header.
     pub fn symbol_table_offset(&self) -> usize {
@@ -223,14 +265,14 @@ pub fn pe_checksum(b: &[u8], checksum_offset: usize) -> u32 {
     (sum as u32 & 0xffff).wrapping_add(b.len() as u32)
 }
 
-pub fn put_u32(b: &mut [u8], off: usize, v: u32) {
+pub(crate) fn put_u32(b: &mut [u8], off: usize, v: u32) {
     b[off..off + 4].copy_from_slice(&v.to_le_bytes());
 }
 
-pub fn put_u16(b: &mut [u8], off: usize, v: u16) {
+pub(crate) fn put_u16(b: &mut [u8], off: usize, v: u16) {
     b[off..off + 2].copy_from_slice(&v.to_le_bytes());
 }
 
-pub fn align_up(v: u64, a: u64) -> u64 {
+pub(crate) fn align_up(v: u64, a: u64) -> u64 {
     v.div_ceil(a) * a
 }
