@@ -18,19 +18,22 @@
 //! lists.
 
 use std::collections::BTreeMap;
-use std::fs::{self, File};
-use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::fs::File;
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
 
 const BLOCK: usize = 512;
-/// ustar's name field; longer names would need the prefix field or PAX, and
-/// bundle names are short by design.
-const NAME_MAX: usize = 100;
+// Longer names would need the ustar prefix field or PAX, and bundle names
+// are short by design.
+use crate::tar::NAME_MAX;
 /// Largest value of an 11-digit octal field (size, mtime).
 const OCTAL11_MAX: u64 = 0o77_777_777_777;
 const COPY_BUF: usize = 1 << 20;
+
+mod write;
+pub use write::write_tar;
 
 #[derive(Debug, thiserror::Error)]
 pub enum BundleError {
@@ -168,194 +171,8 @@ fn name_problem(name: &str) -> Option<&'static str> {
     }
 }
 
-fn octal(field: &mut [u8], value: u64) {
-    // Digits fill all but the last byte, which stays NUL, as GNU tar writes.
-    let digits = field.len() - 1;
-    let s = format!("{value:0digits$o}");
-    field[..digits].copy_from_slice(s.as_bytes());
-    field[digits] = 0;
-}
-
-fn header(name: &str, size: u64, mtime: u64) -> [u8; BLOCK] {
-    let mut h = [0u8; BLOCK];
-    h[..name.len()].copy_from_slice(name.as_bytes());
-    octal(&mut h[100..108], 0o644);
-    octal(&mut h[108..116], 0);
-    octal(&mut h[116..124], 0);
-    if size <= OCTAL11_MAX {
-        octal(&mut h[124..136], size);
-    } else {
-        // GNU base-256: high bit of the first byte set, big-endian value.
-        h[124] = 0x80;
-        h[128..136].copy_from_slice(&size.to_be_bytes());
-    }
-    octal(&mut h[136..148], mtime);
-    h[156] = b'0';
-    h[257..263].copy_from_slice(b"ustar\0");
-    h[263..265].copy_from_slice(b"00");
-    octal(&mut h[329..337], 0);
-    octal(&mut h[337..345], 0);
-    h[148..156].copy_from_slice(b"        ");
-    let sum: u32 = h.iter().map(|&b| u32::from(b)).sum();
-    let s = format!("{sum:06o}\0 ");
-    h[148..156].copy_from_slice(s.as_bytes());
-    h
-}
-
 fn padding(size: u64) -> u64 {
     (BLOCK as u64 - size % BLOCK as u64) % BLOCK as u64
-}
-
-/// Counts and hashes everything written through it, so the summary costs no
-/// second pass over a multi-GiB archive.
-struct Out<'a> {
-    w: BufWriter<File>,
-    path: &'a Path,
-    offset: u64,
-    hash: Sha256,
-}
-
-impl Out<'_> {
-    fn put(&mut self, b: &[u8]) -> Result<(), BundleError> {
-        self.w.write_all(b).map_err(|source| BundleError::Write {
-            path: self.path.to_path_buf(),
-            offset: self.offset,
-            source,
-        })?;
-        self.hash.update(b);
-        self.offset += b.len() as u64;
-        Ok(())
-    }
-}
-
-fn partial_path(out: &Path) -> PathBuf {
-    let mut name = out.file_name().unwrap_or_default().to_os_string();
-    name.push(".partial");
-    out.with_file_name(name)
-}
-
-/// Writes the bundle to `out` (via `out.partial`, renamed when complete, so a
-/// reader never sees half an archive under the final name).
-pub fn write_tar(
-    out: &Path,
-    files: &[(&str, &Path)],
-    epoch: u64,
-) -> Result<BundleSummary, BundleError> {
-    if epoch > OCTAL11_MAX {
-        return Err(BundleError::EpochOutOfRange {
-            epoch,
-            max: OCTAL11_MAX,
-        });
-    }
-    let mut seen = std::collections::BTreeSet::new();
-    for (name, _) in files {
-        if let Some(why) = name_problem(name) {
-            return Err(BundleError::BadInputName {
-                name: name.to_string(),
-                why,
-            });
-        }
-        if !seen.insert(*name) {
-            return Err(BundleError::DuplicateInput {
-                name: name.to_string(),
-            });
-        }
-    }
-
-    let tmp = partial_path(out);
-    let result = write_to(&tmp, files, epoch).and_then(|summary| {
-        fs::rename(&tmp, out).map_err(|source| BundleError::Write {
-            path: out.to_path_buf(),
-            offset: summary.size,
-            source,
-        })?;
-        Ok(summary)
-    });
-    if result.is_err() {
-        // Best effort: the error being returned matters more than this one.
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
-fn write_to(tmp: &Path, files: &[(&str, &Path)], epoch: u64) -> Result<BundleSummary, BundleError> {
-    let file = File::create(tmp).map_err(|source| BundleError::Write {
-        path: tmp.to_path_buf(),
-        offset: 0,
-        source,
-    })?;
-    let mut o = Out {
-        w: BufWriter::with_capacity(COPY_BUF, file),
-        path: tmp,
-        offset: 0,
-        hash: Sha256::new(),
-    };
-    let mut entries = Vec::with_capacity(files.len());
-    let mut buf = vec![0u8; COPY_BUF];
-    for (name, path) in files {
-        let rd = |source| BundleError::ReadInput {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut src = File::open(path).map_err(rd)?;
-        let meta = src.metadata().map_err(rd)?;
-        if !meta.is_file() {
-            return Err(BundleError::NotAFile {
-                name: name.to_string(),
-                path: path.to_path_buf(),
-            });
-        }
-        let size = meta.len();
-        let offset = o.offset;
-        o.put(&header(name, size, epoch))?;
-        let mut entry_hash = Sha256::new();
-        let mut left = size;
-        while left > 0 {
-            let want = buf.len().min(usize::try_from(left).unwrap_or(usize::MAX));
-            let n = match src.read(&mut buf[..want]) {
-                Ok(0) => {
-                    return Err(BundleError::InputChanged {
-                        path: path.to_path_buf(),
-                        expected: size,
-                        found: format!("it ended after {}", size - left),
-                    })
-                }
-                Ok(n) => n,
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
-                Err(e) => return Err(rd(e)),
-            };
-            entry_hash.update(&buf[..n]);
-            o.put(&buf[..n])?;
-            left -= n as u64;
-        }
-        if src.read(&mut buf[..1]).map_err(rd)? != 0 {
-            return Err(BundleError::InputChanged {
-                path: path.to_path_buf(),
-                expected: size,
-                found: "it grew".to_string(),
-            });
-        }
-        o.put(&[0u8; BLOCK][..padding(size) as usize])?;
-        entries.push(EntrySummary {
-            name: name.to_string(),
-            size,
-            offset,
-            sha256: hex::encode(entry_hash.finalize()),
-        });
-    }
-    o.put(&[0u8; 2 * BLOCK])?;
-    let wr = |offset, source| BundleError::Write {
-        path: tmp.to_path_buf(),
-        offset,
-        source,
-    };
-    let file = o.w.into_inner().map_err(|e| wr(o.offset, e.into_error()))?;
-    file.sync_all().map_err(|e| wr(o.offset, e))?;
-    Ok(BundleSummary {
-        size: o.offset,
-        sha256: hex::encode(o.hash.finalize()),
-        entries,
-    })
 }
 
 /// What a reader accepts.
@@ -829,7 +646,7 @@ mod tests {
             .output()
             .unwrap();
         assert_eq!(out.stdout.len(), 512, "GNU tar header");
-        let ours = header("rootfs.img", size, 0);
+        let ours = crate::tar::ustar_file_header("rootfs.img", size, 0).unwrap();
         assert_eq!(&ours[124..136], &out.stdout[124..136]);
         assert_eq!(parse_size(&ours[124..136]).unwrap(), size);
         assert_eq!(parse_size(&out.stdout[124..136]).unwrap(), size);
@@ -837,7 +654,7 @@ mod tests {
 
     #[test]
     fn octal_fields_at_their_limits() {
-        let h = header("a", OCTAL11_MAX, OCTAL11_MAX);
+        let h = crate::tar::ustar_file_header("a", OCTAL11_MAX, OCTAL11_MAX).unwrap();
         assert_eq!(&h[124..136], b"77777777777\0");
         assert_eq!(&h[136..148], b"77777777777\0");
         assert_eq!(parse_size(&h[124..136]).unwrap(), OCTAL11_MAX);

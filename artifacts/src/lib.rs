@@ -15,6 +15,7 @@ pub mod iso;
 pub mod oci;
 pub mod pe;
 pub mod squashfs;
+pub mod tar;
 pub mod tree;
 pub mod uki;
 pub mod verity;

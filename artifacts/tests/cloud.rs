@@ -580,17 +580,18 @@ fn gce_sparse_map_spans_extension_blocks() {
 #[test]
 fn gce_headers_for_large_disks_use_base256() {
     let size = 10u64 << 30;
-    let h = gce::tar_header("disk.raw", size, EPOCH).unwrap();
+    let h = artifacts::tar::gnu_file_header("disk.raw", size, EPOCH).unwrap();
     assert_eq!(h[124], 0x80);
     assert_eq!(u64::from_be_bytes(h[128..136].try_into().unwrap()), size);
-    assert!(gce::tar_header(&"x".repeat(101), 1, 0).is_none());
-    assert!(gce::sparse_headers(&"x".repeat(101), 1, &[], 0).is_none());
+    assert!(artifacts::tar::gnu_file_header(&"x".repeat(101), 1, 0).is_none());
+    assert!(artifacts::tar::gnu_sparse_headers(&"x".repeat(101), 1, &[], 0).is_none());
 
     // A sparse entry whose only data sits past 8 GiB: both GNU tar and
     // Python must read the real size and the map back.
     let dir = tempfile::tempdir().unwrap();
     let t = dir.path().join("h.tar");
-    let mut bytes = gce::sparse_headers("disk.raw", size, &[(9 << 30, 512)], EPOCH).unwrap();
+    let mut bytes =
+        artifacts::tar::gnu_sparse_headers("disk.raw", size, &[(9 << 30, 512)], EPOCH).unwrap();
     bytes.extend_from_slice(&[7u8; 512]);
     bytes.resize(bytes.len() + 1024, 0);
     fs::write(&t, &bytes).unwrap();
