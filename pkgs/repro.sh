@@ -12,7 +12,7 @@
 # ($CAIRN_CACHE or the default, built from this checkout if missing), the
 # other a clone at another path with an empty cache, and the two cache keys
 # must agree (else this checkout's inputs differ from its HEAD). ci/test
-# runs it for init and e2fsprogs (~2 min); the kernel stays a manual run.
+# runs it for init and e2fsprogs (~3 min); the kernel stays a manual run.
 # Env: CAIRN_REPRO_DIR (work directory, default a new temp dir, removed on
 # success), SOURCE_DATE_EPOCH (default: profiles/default.toml's).
 set -euo pipefail
