@@ -157,6 +157,12 @@ EOF
   expect_fail 'rustc-web: installed .*, pinned 0.0-not-installed' \
     bash -c "cd '$tmp/rm/work' && CAIRN_SRC='$tmp/rm/src' CAIRN_OUT='$tmp/rm/out' CAIRN_REPO='$fake' bash '$repo/pkgs/rust-musl/build.sh'"
   ok "rust-musl fails when an installed host package differs from its pin"
+
+  # --- `check` refuses what it cannot check ----------------------------------
+  mkdir -p "$tmp/unknown-out"
+  expect_fail "no checks for package 'no-such-pkg'" bash "$repo/pkgs/test.sh" check no-such-pkg "$tmp/unknown-out"
+  expect_fail 'no such directory' bash "$repo/pkgs/test.sh" check init "$tmp/absent-out"
+  ok "check fails for a package it has no checks for, and for a missing output directory"
 }
 
 # build_twice PKG: two builds, different directory names, same bytes.
@@ -180,6 +186,7 @@ build_twice() {
   ok "$pkg: two builds in different directories are identical"
 }
 
+CHECKED_PKGS="kernel rust-musl init e2fsprogs systemd-boot"
 check_built() { # PKG [OUTDIR]
   local pkg=$1 out=${2:-$tmp/b1/$1}
   case "$pkg" in
@@ -222,6 +229,16 @@ check_built() { # PKG [OUTDIR]
         if strings "$b" | grep -E "$tmp|/work/|/root/|/home/" >&2; then fail "$b leaks a build path"; fi
       done
       ok "e2fsprogs: static, formats and checks ext4 (metadata_csum) in an empty root, host e2fsck agrees, corruption caught"
+      ;;
+    systemd-boot)
+      for f in systemd-bootx64.efi linuxx64.efi.stub; do
+        file -b "$out/$f" | grep -q 'PE32+ executable (EFI application) x86-64' || fail "systemd-boot: $f: $(file -b "$out/$f")"
+      done
+      ok "systemd-boot: the boot manager and the UKI stub are x86-64 EFI applications"
+      ;;
+    *)
+      # A check that checks nothing must not pass.
+      fail "no checks for package '$pkg' (known: $CHECKED_PKGS)"
       ;;
   esac
 }

@@ -76,13 +76,13 @@ fn sha256_hex(b: &[u8]) -> String {
     hex::encode(Sha256::digest(b))
 }
 
+/// The sorted names in directory `p`, which must exist: a missing one (a
+/// path typo, or a layout change) must not read as "empty".
 fn dir_names(p: &Path) -> Vec<String> {
     let mut v: Vec<String> = fs::read_dir(p)
-        .map(|rd| {
-            rd.map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+        .unwrap_or_else(|e| panic!("listing {}: {e}", p.display()))
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
     v.sort();
     v
 }
@@ -120,16 +120,11 @@ fn cache_hits_and_rebuilds_exactly_the_dependents() {
     let keys = |p: &Pkgs| -> Vec<String> { ["a", "b", "c"].map(|n| p.key(n).unwrap()).to_vec() };
     let k1 = keys(&p);
 
-    // Nothing changed: a fresh load answers from the cache, fast.
-    let t = Instant::now();
+    // Nothing changed: a fresh load answers from the cache (no script ran;
+    // how fast is for a benchmark, not a wall-clock limit here).
     let p = repo.pkgs(cache.path());
     assert_eq!(p.build("b").unwrap(), b);
     p.build("c").unwrap();
-    let elapsed = t.elapsed();
-    assert!(
-        elapsed < Duration::from_secs(1),
-        "cached build took {elapsed:?}"
-    );
     assert_eq!(
         (repo.count("a"), repo.count("b"), repo.count("c")),
         (1, 1, 1)
@@ -392,11 +387,14 @@ fn killed_cairn_leaves_only_a_partial_that_the_next_run_removes() {
         .unwrap();
     let tmp = c.path().join("tmp");
     let t = Instant::now();
-    while !dir_names(&tmp).iter().any(|n| n.ends_with(".partial")) {
+    // tmp/ itself appears once cairn takes the cache; the bounds below are
+    // liveness limits (a hang fails), far above any real wait.
+    while !(tmp.is_dir() && dir_names(&tmp).iter().any(|n| n.ends_with(".partial"))) {
         assert!(t.elapsed() < Duration::from_secs(30), "build never started");
         std::thread::sleep(Duration::from_millis(50));
     }
     while repo.count("slow") == 0 {
+        assert!(t.elapsed() < Duration::from_secs(30), "script never ran");
         std::thread::sleep(Duration::from_millis(50));
     }
     child.kill().unwrap();

@@ -163,28 +163,11 @@ impl Machine {
         let log = self
             .log_dir
             .join(format!("{}-boot{}.log", self.name, self.boots));
-        let mut cmd = self.command();
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let started = Instant::now();
-        let mut child = cmd.spawn().context("starting qemu-system-x86_64")?;
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let tx2 = tx.clone();
-        let log_file = fs::File::create(&log)?;
-        thread::spawn(move || pump(stdout, Some(log_file), tx));
-        thread::spawn(move || pump(stderr, None, tx2));
-        Ok(Boot {
-            child,
-            lines: rx,
-            tail: VecDeque::new(),
-            all: Vec::new(),
-            started,
+        Boot::spawn(
+            self.command(),
             log,
-            label: format!("{} boot {}", self.name, self.boots),
-        })
+            format!("{} boot {}", self.name, self.boots),
+        )
     }
 }
 
@@ -225,14 +208,74 @@ pub struct Boot {
     label: String,
 }
 
-/// How a boot ended.
+/// How a boot ended: the guest's own doing, told by QEMU exiting 0 after
+/// the kernel's last words (QEMU's crash or error is never an `End`).
 #[derive(Debug, PartialEq, Eq)]
 pub enum End {
-    /// QEMU exited (the guest powered off or asked to reboot: `-no-reboot`).
-    Exited,
+    /// The kernel said `reboot: Power down`.
+    PowerOff,
+    /// The guest asked to reset (`-no-reboot` turns that into an exit): the
+    /// kernel said `reboot: Restarting system`, or it panicked and counted
+    /// down (`Rebooting in N seconds`).
+    Reboot,
+}
+
+/// Reads how QEMU ended from its exit status and the console's last lines
+/// (QEMU's stderr included). QEMU exits 0 both for the guest and on
+/// SIGTERM/SIGINT, and prints its own errors on stderr, so status 0 alone
+/// is not a guest power-off: the kernel must have said so.
+pub fn classify_exit(status: std::process::ExitStatus, tail: &[&str]) -> Result<End, String> {
+    if !status.success() {
+        return Err(format!(
+            "QEMU itself failed ({status}): a crash or a QEMU error, not the guest powering off"
+        ));
+    }
+    // The last of the kernel's power-state lines decides.
+    for line in tail.iter().rev() {
+        if line.contains("reboot: Power down") {
+            return Ok(End::PowerOff);
+        }
+        if line.contains("reboot: Restarting system") || line.contains("Rebooting in ") {
+            return Ok(End::Reboot);
+        }
+        if line.contains("qemu-system-x86_64: terminating on signal") {
+            break;
+        }
+    }
+    Err(format!(
+        "QEMU exited ({status}) but the guest neither powered off nor rebooted (no `reboot: Power down` or `reboot: Restarting system` on the console)"
+    ))
 }
 
 impl Boot {
+    /// Starts `cmd` (QEMU, or a stand-in in this crate's tests) with its
+    /// console read line by line and logged to `log`.
+    pub fn spawn(mut cmd: Command, log: PathBuf, label: String) -> Result<Boot> {
+        cmd.stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        let started = Instant::now();
+        let mut child = cmd
+            .spawn()
+            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
+        let (tx, rx) = mpsc::channel();
+        let stdout = child.stdout.take().expect("piped");
+        let stderr = child.stderr.take().expect("piped");
+        let tx2 = tx.clone();
+        let log_file = fs::File::create(&log)?;
+        thread::spawn(move || pump(stdout, Some(log_file), tx));
+        thread::spawn(move || pump(stderr, None, tx2));
+        Ok(Boot {
+            child,
+            lines: rx,
+            tail: VecDeque::new(),
+            all: Vec::new(),
+            started,
+            log,
+            label,
+        })
+    }
+
     fn record(&mut self, at: Instant, line: String) {
         self.all.push((at - self.started, line.clone()));
         self.tail.push_back(line);
@@ -289,7 +332,8 @@ impl Boot {
         }
     }
 
-    /// Waits for QEMU to exit on its own (power-off or reboot), collecting output.
+    /// Waits for QEMU to exit on its own, collecting output: a guest
+    /// power-off or reboot; QEMU crashing or failing is an error.
     pub fn wait_exit(&mut self, timeout: Duration) -> Result<End> {
         let deadline = Instant::now() + timeout;
         loop {
@@ -297,8 +341,16 @@ impl Boot {
             match self.lines.recv_timeout(left) {
                 Ok((at, line)) => self.record(at, line),
                 Err(RecvTimeoutError::Disconnected) => {
-                    self.child.wait()?;
-                    return Ok(End::Exited);
+                    let status = self.child.wait()?;
+                    let tail: Vec<&str> = self.tail.iter().map(String::as_str).collect();
+                    return classify_exit(status, &tail).map_err(|why| {
+                        anyhow::anyhow!(
+                            "{}: {why}.\n--- last 50 console lines ({}) ---\n{}",
+                            self.label,
+                            self.log.display(),
+                            self.tail()
+                        )
+                    });
                 }
                 Err(RecvTimeoutError::Timeout) => {
                     let _ = self.child.kill();
@@ -393,6 +445,51 @@ pub fn require_tools(tools: &[&str]) -> Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A stand-in for QEMU: `sh -c SCRIPT`, its output read as the console.
+    fn fake_boot(script: &str) -> (tempfile::TempDir, Boot) {
+        let dir = tempfile::tempdir().unwrap();
+        let mut c = Command::new("sh");
+        c.arg("-c").arg(script);
+        let b = Boot::spawn(c, dir.path().join("console.log"), "fake".into()).unwrap();
+        (dir, b)
+    }
+
+    #[test]
+    fn a_qemu_crash_is_not_a_power_off() {
+        let wait = Duration::from_secs(30);
+        // QEMU itself dies (a signal, an error exit), whatever the guest said.
+        let (_d, mut b) = fake_boot("echo '[    1.0] reboot: Power down'; kill -SEGV $$");
+        let e = b.wait_exit(wait);
+        assert!(e.is_err(), "QEMU killed by SIGSEGV counted as {e:?}");
+        let (_d, mut b) =
+            fake_boot("echo 'qemu-system-x86_64: -drive x: Could not open' >&2; exit 1");
+        let e = b.wait_exit(wait);
+        assert!(e.is_err(), "QEMU exiting 1 counted as {e:?}");
+        // QEMU exits 0 on SIGTERM ("terminating on signal"): no guest said anything.
+        let (_d, mut b) = fake_boot(
+            "echo 'qemu-system-x86_64: terminating on signal 15 from pid 1 ()' >&2; exit 0",
+        );
+        let e = b.wait_exit(wait);
+        assert!(
+            e.is_err(),
+            "QEMU ending without a guest power-off counted as {e:?}"
+        );
+    }
+
+    #[test]
+    fn guest_power_off_and_reboot_are_told_apart() {
+        let wait = Duration::from_secs(30);
+        let (_d, mut b) = fake_boot("echo '[    2.5] reboot: Power down'");
+        assert_eq!(b.wait_exit(wait).unwrap(), End::PowerOff);
+        let (_d, mut b) =
+            fake_boot("echo 'cairn: boot failed: x'; echo '[    9.1] reboot: Restarting system'");
+        assert_eq!(b.wait_exit(wait).unwrap(), End::Reboot);
+        let (_d, mut b) = fake_boot(
+            "echo 'Kernel panic - not syncing: Attempted to kill init!'; echo 'Rebooting in 5 seconds..'",
+        );
+        assert_eq!(b.wait_exit(wait).unwrap(), End::Reboot);
+    }
 
     #[test]
     fn printk_timestamps() {
@@ -721,17 +818,39 @@ pub fn boot_ok(m: &mut Machine, label: &str, expect: &str) -> Result<String> {
     Ok(line)
 }
 
+/// What init prints when a read through dm-verity fails (init/src/stage1.rs
+/// `verify_all`): the refusal of a changed slot.
+pub const VERITY_REFUSED: &str = "cairn: boot failed: rootfs failed dm-verity verification";
+
 /// How one boot attempt ended.
 #[derive(Debug)]
 pub enum Attempt {
     /// `cairn: boot ok ...` (that line).
     Ok(String),
-    /// init said `boot failed` or the kernel panicked, then QEMU exited.
-    Failed(String),
+    /// init said `boot failed` or the kernel panicked, then the guest rebooted.
+    Failed(FailedBoot),
 }
 
-/// One cold boot that may fail; a failed boot must end the QEMU process
-/// (a reboot under `-no-reboot`), as a real machine would reset.
+/// A boot that failed: the line that said so and the whole console, to
+/// check why it failed and which slot and release it tried.
+#[derive(Debug)]
+pub struct FailedBoot {
+    pub line: String,
+    pub console: Vec<String>,
+}
+
+impl FailedBoot {
+    /// The first console line containing `needle`.
+    pub fn line_with(&self, needle: &str) -> Option<&str> {
+        self.console
+            .iter()
+            .find(|l| l.contains(needle))
+            .map(String::as_str)
+    }
+}
+
+/// One cold boot that may fail; a failed boot must end the QEMU process by
+/// a guest reboot (under `-no-reboot`), as a real machine would reset.
 pub fn boot_attempt(m: &mut Machine, label: &str) -> Result<Attempt> {
     let mut b = m.boot()?;
     let (i, line) = b.expect_any(
@@ -743,9 +862,19 @@ pub fn boot_attempt(m: &mut Machine, label: &str) -> Result<Attempt> {
         b.kill()?;
         return Ok(Attempt::Ok(line));
     }
-    b.wait_exit(Duration::from_secs(120))?;
+    let end = b.wait_exit(Duration::from_secs(120))?;
+    if end != End::Reboot {
+        bail!(
+            "{label}: a failed boot ended in {end:?}, not a reboot\n--- last 50 console lines ({}) ---\n{}",
+            b.log.display(),
+            b.tail()
+        );
+    }
     println!("{label}: failed as expected: {line}");
-    Ok(Attempt::Failed(line))
+    Ok(Attempt::Failed(FailedBoot {
+        line,
+        console: b.all.iter().map(|(_, l)| l.clone()).collect(),
+    }))
 }
 
 /// `cairn-installer status --disk DISK --json`, reduced by python3's json
@@ -827,18 +956,22 @@ pub fn booted_v1(name: &str, work: &Path) -> Result<(Machine, PathBuf)> {
 }
 
 /// Boots until a boot succeeds (at most `max` attempts); returns the failed
-/// attempts' lines and the successful boot's line.
-pub fn boot_until_ok(m: &mut Machine, label: &str, max: u32) -> Result<(Vec<String>, String)> {
+/// attempts and the successful boot's line.
+pub fn boot_until_ok(m: &mut Machine, label: &str, max: u32) -> Result<(Vec<FailedBoot>, String)> {
     let mut failed = Vec::new();
     for n in 1..=max {
         match boot_attempt(m, &format!("{label} attempt {n}"))? {
             Attempt::Ok(line) => return Ok((failed, line)),
-            Attempt::Failed(line) => failed.push(line),
+            Attempt::Failed(f) => failed.push(f),
         }
     }
     bail!(
         "{label}: no boot succeeded in {max} cold boots; failures:\n{}\n(logs in {})",
-        failed.join("\n"),
+        failed
+            .iter()
+            .map(|f| f.line.as_str())
+            .collect::<Vec<_>>()
+            .join("\n"),
         m.log_dir.display()
     )
 }

@@ -14,6 +14,65 @@ use e2e::*;
 /// The number of tries a new entry gets (`+3` in its file name).
 const TRIES: usize = 3;
 
+/// What init says when `/sbin/init` is missing from the rootfs it mounted
+/// (init/src/stage1.rs `exec_stage2`).
+const NO_INIT: &str = "cairn: boot failed: exec /sbin/init in the new root";
+
+/// The PARTUUID init looks for to boot the release in `dir`: the first 128
+/// bits of its verity root hash (docs/design.md), from its manifest.
+fn release_partuuid(dir: &Path) -> Result<String> {
+    let path = dir.join("manifest.json");
+    let m: serde_json::Value = serde_json::from_slice(&fs::read(&path)?)
+        .with_context(|| format!("parsing {}", path.display()))?;
+    let h = m["verity_root_hash"]
+        .as_str()
+        .with_context(|| format!("{} has no verity_root_hash", path.display()))?;
+    ensure!(h.len() == 64, "{}: verity_root_hash {h}", path.display());
+    Ok(format!(
+        "{}-{}-{}-{}-{}",
+        &h[..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    ))
+}
+
+/// Each failed try failed for `cause` (init's own message), booting slot
+/// `slot` (the partition stage 1 found) with the release in `release` (the
+/// PARTUUID it looked for is that release's root hash).
+fn check_failed_tries(
+    failed: &[FailedBoot],
+    cause: &str,
+    slot: &str,
+    release: &Path,
+) -> Result<()> {
+    let want = format!(
+        "looking for rootfs partition PARTUUID={}",
+        release_partuuid(release)?
+    );
+    for (n, f) in failed.iter().enumerate() {
+        let n = n + 1;
+        ensure!(
+            f.line.contains(cause),
+            "try {n} should fail with {cause:?}, it failed with: {}",
+            f.line
+        );
+        ensure!(
+            f.line_with(&want).is_some(),
+            "try {n} should boot the release in {} ({want:?}); it looked for: {:?}",
+            release.display(),
+            f.line_with("looking for rootfs partition")
+        );
+        let found = f.line_with("cairn: rootfs: ");
+        ensure!(
+            found.is_some_and(|l| l.contains(&format!(" ({slot}, "))),
+            "try {n} should boot slot {slot}; stage 1 found: {found:?}"
+        );
+    }
+    Ok(())
+}
+
 #[test]
 fn release_without_init_falls_back_after_three_tries() -> Result<()> {
     require_tools(&["qemu-system-x86_64", "sfdisk", "mdir", "python3"])?;
@@ -30,10 +89,11 @@ fn release_without_init_falls_back_after_three_tries() -> Result<()> {
         failed.len() == TRIES,
         "v3 should fail exactly {TRIES} times before the fallback, failed {}:\n{}",
         failed.len(),
-        failed.join("\n")
+        lines(&failed)
     );
+    check_failed_tries(&failed, NO_INIT, "BOOT-A", &v3)?;
     ensure!(
-        ok.contains("slot=B") && ok.contains("version=2.0.0"),
+        ok.contains("cairn: boot ok slot=B version=2.0.0"),
         "after v3's tries the fallback should be v2 in slot B, got: {ok}"
     );
     // The fallback is stable: the next cold boot is v2 again, not another try of v3.
@@ -56,6 +116,14 @@ fn release_without_init_falls_back_after_three_tries() -> Result<()> {
         "status should report v2 (BOOT-B, blessed) as the release that boots:\n{json}"
     );
     Ok(())
+}
+
+fn lines(failed: &[FailedBoot]) -> String {
+    failed
+        .iter()
+        .map(|f| f.line.as_str())
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Extracts `tar` into `dir` and returns its member names in archive order.
@@ -141,10 +209,11 @@ fn tampered_rootfs_is_refused_and_a_corrupt_slot_falls_back() -> Result<()> {
         failed.len() == TRIES,
         "the corrupt v2 should fail exactly {TRIES} times before the fallback, failed {}:\n{}",
         failed.len(),
-        failed.join("\n")
+        lines(&failed)
     );
+    check_failed_tries(&failed, VERITY_REFUSED, "BOOT-B", &v2)?;
     ensure!(
-        ok.contains("slot=A") && ok.contains("version=1.0.0"),
+        ok.contains("cairn: boot ok slot=A version=1.0.0"),
         "after the corrupt v2's tries the fallback should be v1 in slot A, got: {ok}"
     );
     Ok(())

@@ -25,8 +25,12 @@ fn run_installer(m: &mut Machine, label: &str) -> Result<Vec<String>> {
         b.tail()
     );
     print_timings(label, &b, "install: installed");
-    // Install mode powers off by itself: QEMU must exit.
-    b.wait_exit(Duration::from_secs(120))?;
+    // Install mode powers off by itself: QEMU must exit, by a guest power-off.
+    let end = b.wait_exit(Duration::from_secs(120))?;
+    ensure!(
+        end == End::PowerOff,
+        "{label}: after installing, the machine should power off; it ended: {end:?}"
+    );
     Ok(b.all.iter().map(|(_, l)| l.clone()).collect())
 }
 
@@ -65,7 +69,7 @@ fn install_then_boot(name: &str, media: Disk) -> Result<()> {
     boot_ok(
         &mut m,
         &format!("{name}: first boot of the installed disk"),
-        "slot=A",
+        "slot=A version=1.0.0",
     )?;
     let linux = esp_dir(&disk, "/EFI/Linux")?;
     ensure!(
@@ -118,7 +122,11 @@ fn installer_refuses_a_disk_with_a_partition_table() -> Result<()> {
         "the refusal should say why (a partition table was found): {line}"
     );
     println!("refusal: {line}");
-    b.wait_exit(Duration::from_secs(120))?;
+    let end = b.wait_exit(Duration::from_secs(120))?;
+    ensure!(
+        end == End::PowerOff,
+        "after refusing, the installer should power off; it ended: {end:?}"
+    );
     let after = sha256(&disk)?;
     ensure!(
         before == after,

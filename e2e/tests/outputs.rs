@@ -15,15 +15,112 @@ fn tool(cmd: &mut Command) -> Result<String> {
     run(cmd)
 }
 
+/// The message `manifest.json.sig` signs: signing/src/verify.rs's context
+/// prefix, then the manifest's exact bytes. Spelled out here (not taken
+/// from the crate) so the openssl check depends only on the format's docs.
+const SIGNING_CONTEXT: &[u8] = b"cairn-manifest-v1\0";
+
+/// The raw 64-byte signature and the key id from `manifest.json.sig`, read
+/// with serde_json, not with the signing crate's parser.
+fn signature_field(sig_file: &[u8]) -> Result<(Vec<u8>, String)> {
+    let v: serde_json::Value = serde_json::from_slice(sig_file).context("manifest.json.sig")?;
+    ensure!(v["algorithm"] == "ed25519", "signature file: {v}");
+    let hex = v["signature"].as_str().context("signature field")?;
+    ensure!(hex.len() == 128, "signature is {} hex digits", hex.len());
+    let raw = (0..hex.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&hex[i..i + 2], 16))
+        .collect::<Result<Vec<u8>, _>>()
+        .context("signature hex")?;
+    let key_id = v["key_id"].as_str().context("key_id field")?.to_string();
+    Ok((raw, key_id))
+}
+
+/// `openssl pkeyutl -verify` of `manifest` against the raw `signature`, as
+/// signing/src/verify.rs documents for checking a release by hand.
+fn openssl_verifies(key: &Path, manifest: &[u8], signature: &[u8]) -> Result<bool> {
+    let dir = tempfile::tempdir()?;
+    let (msg, sig) = (dir.path().join("msg"), dir.path().join("sig.bin"));
+    std::fs::write(&msg, [SIGNING_CONTEXT, manifest].concat())?;
+    std::fs::write(&sig, signature)?;
+    let o = Command::new("openssl")
+        .args(["pkeyutl", "-verify", "-pubin", "-inkey"])
+        .arg(key)
+        .arg("-rawin")
+        .arg("-in")
+        .arg(&msg)
+        .arg("-sigfile")
+        .arg(&sig)
+        .output()
+        .context("running openssl")?;
+    let said = String::from_utf8_lossy(&o.stdout);
+    // Exit 0 and "Signature Verified Successfully"; a bad one exits 1 and
+    // says "Signature Verification Failure". Anything else is a broken run.
+    match (
+        o.status.success(),
+        said.contains("Signature Verified Successfully"),
+    ) {
+        (true, true) => Ok(true),
+        (false, false) if said.contains("Signature Verification Failure") => Ok(false),
+        _ => anyhow::bail!(
+            "openssl pkeyutl -verify ({}): {said}{}",
+            o.status,
+            String::from_utf8_lossy(&o.stderr)
+        ),
+    }
+}
+
 #[test]
 fn manifest_verifies_with_the_release_key() -> Result<()> {
+    require_tools(&["openssl", "sha256sum"])?;
     let out = out()?;
-    let sig = std::fs::read_to_string(out.join("manifest.json.sig"))?;
+    let key_path = release_pubkey()?;
+    let key = signing::PublicKey::load(&key_path)?;
+    let manifest = std::fs::read(out.join("manifest.json"))?;
+    let sig_file = std::fs::read(out.join("manifest.json.sig"))?;
+
+    // The signing crate's verifier: the signature, then every listed
+    // artifact's size and sha256.
+    let report = signing::verify_dir(&out, std::slice::from_ref(&key))
+        .with_context(|| format!("verifying {} with {}", out.display(), key_path.display()))?;
+
+    // openssl, independently, on the same bytes.
+    let (signature, key_id) = signature_field(&sig_file)?;
     ensure!(
-        sig.contains("\"algorithm\":\"ed25519\""),
-        "signature file: {sig}"
+        key_id == key.id().to_string(),
+        "manifest.json.sig names key {key_id}, the release key is {}",
+        key.id()
     );
-    let manifest = std::fs::read_to_string(out.join("manifest.json"))?;
+    ensure!(
+        openssl_verifies(&key_path, &manifest, &signature)?,
+        "openssl does not verify manifest.json.sig with {}",
+        key_path.display()
+    );
+
+    // One flipped byte, of the manifest or of the signature, fails both.
+    let mut bad_manifest = manifest.clone();
+    bad_manifest[manifest.len() / 2] ^= 0x01;
+    let mut bad_signature = signature.clone();
+    bad_signature[5] ^= 0x01;
+    ensure!(
+        !openssl_verifies(&key_path, &bad_manifest, &signature)?
+            && !openssl_verifies(&key_path, &manifest, &bad_signature)?,
+        "openssl verified a flipped byte"
+    );
+    let bad_sig_file =
+        String::from_utf8(sig_file.clone())?.replace(&hex_of(&signature), &hex_of(&bad_signature));
+    for (m, s, what) in [
+        (&bad_manifest[..], &sig_file[..], "manifest.json"),
+        (&manifest[..], bad_sig_file.as_bytes(), "manifest.json.sig"),
+    ] {
+        match signing::verify_manifest(m, s, std::slice::from_ref(&key)) {
+            Err(signing::VerifyError::BadSignature { .. }) => {}
+            other => anyhow::bail!("a flipped byte in {what}: the verifier said {other:?}"),
+        }
+    }
+
+    // Every artifact is listed, and sha256sum (the independent tool) agrees
+    // with the verified manifest's hash.
     for name in [
         "uki.efi",
         "rootfs.squashfs",
@@ -36,19 +133,22 @@ fn manifest_verifies_with_the_release_key() -> Result<()> {
         "disk.vmdk",
         "gce.tar.gz",
     ] {
+        let listed = report
+            .manifest
+            .artifact(name)
+            .with_context(|| format!("manifest.json does not list {name}"))?;
+        let hash = sha256(&out.join(name))?;
         ensure!(
-            manifest.contains(&format!("\"{name}\"")),
-            "manifest.json does not list {name}"
-        );
-        // sha256sum is the independent check of each listed hash.
-        let sum = tool(Command::new("sha256sum").arg(out.join(name)))?;
-        let hash = sum.split_whitespace().next().context("sha256sum output")?;
-        ensure!(
-            manifest.contains(hash),
-            "manifest.json's hash for {name} is not {hash}"
+            listed.sha256 == hash,
+            "manifest.json's hash for {name} is {}, sha256sum says {hash}",
+            listed.sha256
         );
     }
     Ok(())
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }
 
 #[test]

@@ -3,7 +3,11 @@
 //! binary: strace counts the upgrade's write syscalls to the disk image, then
 //! kills `cairn-installer upgrade` (SIGKILL on entry to the chosen write, so
 //! that write never happens) at the first, the middle and the last disk
-//! write. Each cut disk must cold-boot a valid release (v1 or v2).
+//! write. strace's own log proves each kill landed on the chosen write
+//! (that call never returned, `+++ killed by SIGKILL +++` follows it, and
+//! exactly the disk writes before it completed). Each cut disk must
+//! cold-boot a valid release: v1 from slot A or v2 from slot B; the disk cut
+//! at its first write is unchanged and boots v1.
 //!
 //! A killed process keeps the writes it already made (they sit in the page
 //! cache of the image file), so this emulates a cut with the disk cache
@@ -13,7 +17,7 @@ use std::fs;
 use std::path::Path;
 use std::process::Command;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use e2e::*;
 
 const WRITES: &[&str] = &["write", "pwrite64", "writev", "pwritev", "pwritev2"];
@@ -24,12 +28,14 @@ struct Call {
     to_disk: bool,
 }
 
-fn strace_upgrade(
-    disk: &Path,
-    bundle: &Path,
-    key: &Path,
-    extra: &[String],
-) -> Result<(bool, String)> {
+/// What one traced upgrade did: its exit, its output and strace's log.
+struct Traced {
+    success: bool,
+    output: String,
+    trace: String,
+}
+
+fn strace_upgrade(disk: &Path, bundle: &Path, key: &Path, extra: &[String]) -> Result<Traced> {
     let bin = installer_bin()?;
     let log = disk.with_extension("strace");
     let out = Command::new("strace")
@@ -48,9 +54,16 @@ fn strace_upgrade(
         .arg(key)
         .output()
         .context("running cairn-installer under strace")?;
-    let text = fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
-    let _ = out.stdout;
-    Ok((out.status.success(), text))
+    let trace = fs::read_to_string(&log).with_context(|| format!("reading {}", log.display()))?;
+    Ok(Traced {
+        success: out.status.success(),
+        output: format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+        trace,
+    })
 }
 
 fn calls(trace: &str, disk_name: &str) -> Vec<Call> {
@@ -72,6 +85,53 @@ fn calls(trace: &str, disk_name: &str) -> Vec<Call> {
         .collect()
 }
 
+/// Where strace's SIGKILL landed, read from its log.
+#[derive(Debug, PartialEq, Eq)]
+struct KillPoint {
+    /// The call the kill interrupted: its name and its number among that
+    /// process's calls of that name (strace's `when=`), from 1.
+    name: String,
+    nth: usize,
+    to_disk: bool,
+    /// Disk writes that returned before the kill.
+    disk_writes_done: usize,
+}
+
+/// Reads a trace of a run killed by `inject=NAME:signal=SIGKILL`: the line
+/// before the victim's `+++ killed by SIGKILL +++` must be its write left
+/// unfinished (`= ?`: killed on entry, so it never wrote).
+fn kill_point(trace: &str, disk_name: &str) -> Result<KillPoint> {
+    let pid_of = |l: &str| l.split_whitespace().next().unwrap_or("").to_string();
+    let lines: Vec<&str> = trace.lines().collect();
+    let at = lines
+        .iter()
+        .position(|l| l.ends_with("+++ killed by SIGKILL +++"))
+        .with_context(|| format!("strace saw no SIGKILL; trace tail:\n{}", tail(trace)))?;
+    let victim = pid_of(lines[at]);
+    let before: Vec<&str> = lines[..at]
+        .iter()
+        .copied()
+        .filter(|l| pid_of(l) == victim)
+        .collect();
+    let last = *before
+        .last()
+        .with_context(|| format!("process {victim} made no call before its SIGKILL"))?;
+    ensure!(
+        last.trim_end().ends_with("= ?"),
+        "the SIGKILL did not land on a call's entry: the call before it returned: {last}"
+    );
+    let seen = calls(&before.join("\n"), disk_name);
+    let killed = seen
+        .last()
+        .with_context(|| format!("the call before the SIGKILL is not a write: {last}"))?;
+    Ok(KillPoint {
+        name: killed.name.clone(),
+        nth: seen.iter().filter(|c| c.name == killed.name).count(),
+        to_disk: killed.to_disk,
+        disk_writes_done: seen[..seen.len() - 1].iter().filter(|c| c.to_disk).count(),
+    })
+}
+
 #[test]
 fn power_cut_during_upgrade_leaves_a_bootable_disk() -> Result<()> {
     require_tools(&["qemu-system-x86_64", "sfdisk", "strace"])?;
@@ -84,10 +144,12 @@ fn power_cut_during_upgrade_leaves_a_bootable_disk() -> Result<()> {
     // A full upgrade under strace: which syscall writes the disk, and how often.
     let probe = work.path().join("probe-disk.raw");
     sparse_copy(&booted, &probe)?;
-    let (ok, trace) = strace_upgrade(&probe, &bundle, &key, &[])?;
+    let reference = strace_upgrade(&probe, &bundle, &key, &[])?;
+    let trace = reference.trace;
     ensure!(
-        ok,
-        "the traced reference upgrade failed; trace tail:\n{}",
+        reference.success,
+        "the traced reference upgrade failed:\n{}\ntrace tail:\n{}",
+        reference.output,
         tail(&trace)
     );
     let seen = calls(&trace, "probe-disk.raw");
@@ -101,17 +163,18 @@ fn power_cut_during_upgrade_leaves_a_bootable_disk() -> Result<()> {
     let n = disk_writes.len();
     println!("upgrade v1 -> v2: {n} write syscalls to the disk image");
 
-    let mut booted_versions = Vec::new();
+    let v1_disk = sha256(&booted)?;
     for (label, k) in [("first", 0), ("middle", n / 2), ("last", n - 1)] {
         let idx = disk_writes[k];
         let name = &seen[idx].name;
         // strace counts each syscall by itself, from 1.
         let when = seen[..=idx].iter().filter(|c| &c.name == name).count();
+        let what = format!("disk write {} of {n} ({name} #{when})", k + 1);
         let dir = work.path().join(label);
         fs::create_dir_all(&dir)?;
         let disk = dir.join("cut-disk.raw");
         sparse_copy(&booted, &disk)?;
-        let (ok, _) = strace_upgrade(
+        let cut = strace_upgrade(
             &disk,
             &bundle,
             &key,
@@ -120,33 +183,76 @@ fn power_cut_during_upgrade_leaves_a_bootable_disk() -> Result<()> {
                 format!("inject={name}:signal=SIGKILL:when={when}"),
             ],
         )?;
-        if ok {
-            bail!(
-                "the upgrade cut at disk write {} of {n} ({name} #{when}) completed anyway",
-                k + 1
+        ensure!(
+            !cut.success,
+            "the upgrade cut at {what} completed anyway:\n{}",
+            cut.output
+        );
+        // strace's log, not the exit status, says where the kill landed.
+        let kp = kill_point(&cut.trace, "cut-disk.raw")?;
+        let want = KillPoint {
+            name: name.clone(),
+            nth: when,
+            to_disk: true,
+            disk_writes_done: k,
+        };
+        ensure!(
+            kp == want,
+            "the cut at {what} landed elsewhere: {kp:?}, wanted {want:?}; trace tail:\n{}",
+            tail(&cut.trace)
+        );
+        if k == 0 {
+            ensure!(
+                sha256(&disk)? == v1_disk,
+                "killed before its first disk write, the upgrade still changed the disk"
             );
         }
         let mut m = Machine::new(&format!("cut-{label}"), &dir, None)?;
         m.disks.push(Disk::virtio(&disk));
-        let line = boot_ok(
-            &mut m,
-            &format!("cut at disk write {} of {n} ({label})", k + 1),
-            "version=",
-        )?;
+        let line = boot_ok(&mut m, &format!("cut at {what} ({label})"), "version=")?;
+        let release = ["slot=A version=1.0.0", "slot=B version=2.0.0"]
+            .into_iter()
+            .find(|r| line.contains(r));
         ensure!(
-            line.contains("version=1.0.0") || line.contains("version=2.0.0"),
-            "a disk cut during the upgrade booted neither v1 nor v2: {line}"
+            release.is_some(),
+            "a disk cut at {what} booted neither v1 from slot A nor v2 from slot B: {line}"
         );
-        println!("cut at disk write {} of {n}: {line}", k + 1);
-        booted_versions.push(line);
+        ensure!(
+            k != 0 || release == Some("slot=A version=1.0.0"),
+            "the unchanged disk (cut before any write) should boot v1 from slot A: {line}"
+        );
+        println!("cut at {what}: {line}");
     }
-    ensure!(booted_versions.len() == 3, "three cut disks should boot");
     Ok(())
 }
 
 fn tail(s: &str) -> String {
     let lines: Vec<&str> = s.lines().collect();
     lines[lines.len().saturating_sub(30)..].join("\n")
+}
+
+#[test]
+fn the_kill_point_is_read_from_the_trace() {
+    let trace = "7 pwrite64(3</w/cut-disk.raw>, \"\"..., 512, 0) = 512\n\
+                 7 write(2</dev/null>, \"\"..., 9) = 9\n\
+                 7 pwrite64(3</w/cut-disk.raw>, \"\"..., 4096, 1024) = 4096\n\
+                 7 pwrite64(3</w/cut-disk.raw>, \"\"..., 4096, 8192) = ?\n\
+                 7 +++ killed by SIGKILL +++\n";
+    let kp = kill_point(trace, "cut-disk.raw").unwrap();
+    assert_eq!(
+        kp,
+        KillPoint {
+            name: "pwrite64".into(),
+            nth: 3,
+            to_disk: true,
+            disk_writes_done: 2
+        }
+    );
+    // A kill after the call returned, or no kill at all, is not a cut there.
+    let late = trace.replace("8192) = ?", "8192) = 4096");
+    assert!(kill_point(&late, "cut-disk.raw").is_err());
+    let none = trace.replace("7 +++ killed by SIGKILL +++\n", "");
+    assert!(kill_point(&none, "cut-disk.raw").is_err());
 }
 
 #[test]
