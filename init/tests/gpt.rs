@@ -363,3 +363,59 @@ fn waits_for_and_finds_the_slot_among_disks() {
     );
     assert!(!e.contains("loop0"), "{e}");
 }
+
+/// Finding 4: an upgrade writes the backup, then the primary entries, then
+/// the primary header; a cut between the last two leaves a primary whose
+/// entry CRC fails (or, torn inside the header sector, whose header CRC
+/// fails). Disk discovery must still find the slot and STATE, via the backup.
+#[test]
+fn finding_4_torn_primary_gpt_falls_back_to_backup() {
+    use cairn_init::stage1::wait_for_slot;
+    use std::time::Duration;
+    let dir = tempfile::tempdir().unwrap();
+    let (slot_img, root) = slot_image(dir.path());
+    let d = disk(dir.path(), &Guid::from_root_hash(&root).to_string());
+    let pristine = std::fs::read(&d).unwrap();
+    let v = Verity {
+        data_blocks: DATA_BLOCKS,
+        salt: parse_hex::<32>("s", SALT).unwrap(),
+    };
+    // (what is torn, byte offset flipped): a primary entry name (LBA 2) and
+    // the primary header's first usable LBA (LBA 1, under the header CRC).
+    for (torn, at, sgdisk_says) in [
+        ("entries", 2 * 512 + 128 + 56, "Main partition table: ERROR"),
+        ("header", 512 + 40, "Main header: ERROR"),
+    ] {
+        let mut b = pristine.clone();
+        b[at] ^= 0xff;
+        std::fs::write(&d, &b).unwrap();
+        // sgdisk, the independent reader, agrees the primary is damaged and
+        // the backup is not (it exits 0 either way: read its report).
+        let out = Command::new("sgdisk").arg("-v").arg(&d).output().unwrap();
+        let text = format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        assert!(
+            text.contains(sgdisk_says)
+                && text.contains("Backup header: OK")
+                && text.contains("Backup partition table: OK"),
+            "sgdisk -v on the {torn}-torn image: {text}"
+        );
+        let sub = dir.path().join(torn);
+        std::fs::create_dir_all(&sub).unwrap();
+        let (sys, dev) = fake_machine(&sub, &d);
+        let l = wait_for_slot(&sys, &dev, &root, &v, Duration::from_secs(2))
+            .unwrap_or_else(|e| panic!("{torn}-torn primary: {e}"));
+        assert_eq!(
+            (l.disk.name.as_str(), l.partition.index, l.how),
+            ("disk0", 2, Found::ByPartUuid),
+            "{torn}-torn primary"
+        );
+        let t = gpt::read(&mut File::open(&d).unwrap(), "disk0", 512)
+            .unwrap_or_else(|e| panic!("{torn}-torn primary, reading STATE's table: {e}"));
+        assert_eq!(t.by_name("STATE").map(|p| p.index), Some(4), "{torn}");
+    }
+    drop(slot_img);
+}
