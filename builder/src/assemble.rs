@@ -76,6 +76,32 @@ pub fn rootfs_image(
     Ok(meta)
 }
 
+/// Kernel parameters every installed UKI carries, whatever the profile says.
+///
+/// `gpt`: an upgrade rewrites the backup GPT, then the primary's entries,
+/// then its header; a power cut between the last two leaves a primary whose
+/// entry CRC fails beside a valid backup. Linux (block/partitions/efi.c)
+/// reads the backup at the last LBA after an invalid primary only with
+/// `gpt`; without it the disk shows no partitions and the boot fails, although
+/// init would read the backup. (`gpt` also skips the kernel's protective-MBR
+/// check; every GPT disk cairn writes has one.)
+pub const INSTALLED_PARAMS: [&str; 1] = ["gpt"];
+
+/// The command line of a UKI that boots an installed disk: `user`'s
+/// parameters (the profile's), `INSTALLED_PARAMS` unless given, then the
+/// rootfs binding. The installer UKI boots no installed disk: it does not
+/// use this.
+pub fn installed_cmdline(user: &str, rootfs: &RootfsImage) -> String {
+    let mut words: Vec<&str> = user.split_whitespace().collect();
+    for p in INSTALLED_PARAMS {
+        if !words.contains(&p) {
+            words.push(p);
+        }
+    }
+    words.push(&rootfs.cmdline);
+    words.join(" ")
+}
+
 pub struct UkiSpec<'a> {
     pub stub: &'a Path,
     pub kernel: &'a Path,
@@ -109,4 +135,34 @@ pub fn uki(stages: &mut StageCache, name: &str, spec: &UkiSpec) -> Result<PathBu
         Ok(())
     })?;
     Ok(dir.join("uki.efi"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn installed_cmdline_carries_gpt_once() {
+        let r = RootfsImage {
+            image: PathBuf::new(),
+            root_hash: String::new(),
+            salt: String::new(),
+            data_blocks: 0,
+            hash_offset: 0,
+            image_size: 0,
+            cmdline: "cairn.rootfs=ab cairn.verity=1,cd".into(),
+        };
+        assert_eq!(
+            installed_cmdline("console=ttyS0  panic=5", &r),
+            "console=ttyS0 panic=5 gpt cairn.rootfs=ab cairn.verity=1,cd"
+        );
+        assert_eq!(
+            installed_cmdline("gpt console=ttyS0", &r),
+            "gpt console=ttyS0 cairn.rootfs=ab cairn.verity=1,cd"
+        );
+        assert_eq!(
+            installed_cmdline("", &r),
+            "gpt cairn.rootfs=ab cairn.verity=1,cd"
+        );
+    }
 }

@@ -187,7 +187,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     })?;
 
     // 5. The UKI, bound to this rootfs by its root hash.
-    let cmdline = format!("{} {}", profile.cmdline.join(" "), rootfs.cmdline);
+    let cmdline = assemble::installed_cmdline(&profile.cmdline.join(" "), &rootfs);
     let uki = progress.step("UKI", || {
         assemble::uki(
             &mut stages,

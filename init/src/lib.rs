@@ -1,6 +1,6 @@
 //! cairn-init: PID 1 of cairn images, in two stages (initramfs `/init`, then
 //! `/sbin/init` in the verity-protected root). Decisions live in pure modules
-//! (`cmdline`, `config`, `bless`, `fsprobe`, `gpt`, `slot`, `record`, the dm
+//! (`cmdline`, `config`, `bless`, `fsprobe`, `slot`, `record`, the dm
 //! table text, supervisor policy); syscalls sit in `sys` and the stage modules.
 
 pub mod log;
@@ -12,7 +12,6 @@ pub mod disks;
 pub mod dm;
 pub mod error;
 pub mod fsprobe;
-pub mod gpt;
 pub mod health;
 pub mod install;
 pub mod record;
