@@ -80,7 +80,7 @@ pub fn assemble(opts: &AssembleOptions) -> Result<Assembled> {
             stub: &opts.stub,
             kernel: &opts.kernel,
             initrd: &opts.initrd,
-            cmdline: format!("{} {}", opts.cmdline, rootfs.cmdline),
+            cmdline: contract::cmdline::installed(&opts.cmdline, &rootfs.cmdline),
             osrel,
         },
     )?;

@@ -116,7 +116,7 @@ pub struct AssembleArgs {
     /// Root filesystem tree.
     #[arg(long)]
     rootfs: PathBuf,
-    /// Kernel command line (cairn.rootfs=/cairn.verity= are appended).
+    /// Kernel command line (`gpt` and cairn.rootfs=/cairn.verity= are appended).
     #[arg(long, default_value = "console=ttyS0")]
     cmdline: String,
     /// os-release for the UKI's .osrel (default: the rootfs's usr/lib/os-release).

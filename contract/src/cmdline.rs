@@ -226,6 +226,32 @@ pub fn boot_params(root_hash: &[u8; 32], verity: &Verity) -> String {
     )
 }
 
+/// Kernel parameters every installed UKI carries, whatever the profile says.
+///
+/// `gpt`: an upgrade rewrites the backup GPT, then the primary's entries,
+/// then its header; a power cut between the last two leaves a primary whose
+/// entry CRC fails beside a valid backup. Linux (block/partitions/efi.c)
+/// reads the backup at the last LBA after an invalid primary only with
+/// `gpt`; without it the disk shows no partitions and the boot fails,
+/// although init would read the backup. (`gpt` also skips the kernel's
+/// protective-MBR check; every GPT disk cairn writes has one.)
+pub const INSTALLED_PARAMS: [&str; 1] = ["gpt"];
+
+/// The command line of a UKI that boots an installed disk: the profile's
+/// parameters, [`INSTALLED_PARAMS`] unless already given, then `binding`
+/// (the rootfs binding, [`boot_params`]). The installer UKI boots no
+/// installed disk and does not use this.
+pub fn installed(profile: &str, binding: &str) -> String {
+    let mut words: Vec<&str> = profile.split_whitespace().collect();
+    for p in INSTALLED_PARAMS {
+        if !words.contains(&p) {
+            words.push(p);
+        }
+    }
+    words.push(binding);
+    words.join(" ")
+}
+
 /// The parameter that makes a UKI the installer's.
 pub const INSTALL_MODE: &str = "cairn.mode=install";
 
@@ -342,6 +368,20 @@ mod tests {
         assert_eq!(c.rootfs, Some(root));
         assert_eq!(c.verity, Some(v));
         assert_eq!(c.mode, Mode::Install);
+    }
+
+    #[test]
+    fn installed_cmdline_carries_gpt_once() {
+        let b = "cairn.rootfs=ab cairn.verity=1,cd";
+        assert_eq!(
+            installed("console=ttyS0  panic=5", b),
+            "console=ttyS0 panic=5 gpt cairn.rootfs=ab cairn.verity=1,cd"
+        );
+        assert_eq!(
+            installed("gpt console=ttyS0", b),
+            "gpt console=ttyS0 cairn.rootfs=ab cairn.verity=1,cd"
+        );
+        assert_eq!(installed("", b), "gpt cairn.rootfs=ab cairn.verity=1,cd");
     }
 
     #[test]

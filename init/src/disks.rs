@@ -1,8 +1,31 @@
 //! Block devices as sysfs shows them: whole disks, their partitions by
-//! number, and a one-line inventory for "device not found" messages.
+//! number, their GPT (read through artifacts' validating reader, which falls
+//! back to the backup copy), and a one-line inventory for "device not found"
+//! messages.
 
-use std::fs;
-use std::path::Path;
+use artifacts::gpt::{self, GptError, HeaderCopy, Partition, ReadDisk, SECTOR};
+use std::fs::{self, File};
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum TableError {
+    #[error("{disk}: opening {path}: {source}")]
+    Open {
+        disk: String,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{disk}: logical block size {size}: cairn's GPT is laid out in {SECTOR}-byte sectors")]
+    SectorSize { disk: String, size: u64 },
+    #[error("{disk}: {source}")]
+    Gpt {
+        disk: String,
+        #[source]
+        source: GptError,
+    },
+}
 
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Disk {
@@ -19,6 +42,46 @@ impl Disk {
             .find(|(i, _)| *i == index)
             .map(|(_, n)| n.as_str())
     }
+
+    /// The kernel's device for GPT entry `p` (the kernel numbers partitions
+    /// by table entry, from 1).
+    pub fn device(&self, p: &Partition) -> Option<&str> {
+        self.partition_name(p.slot + 1)
+    }
+}
+
+/// Reads `disk`'s GPT from its node under `dev_dir` (normally /dev). A
+/// primary copy whose header or entry CRC fails is passed over for the
+/// backup at the last LBA, as Linux does with `gpt` on its command line
+/// (which the builder puts on every installed UKI's).
+pub fn read_table(dev_dir: &Path, disk: &Disk) -> Result<ReadDisk, TableError> {
+    if disk.sector_size != SECTOR {
+        return Err(TableError::SectorSize {
+            disk: disk.name.clone(),
+            size: disk.sector_size,
+        });
+    }
+    let path = dev_dir.join(&disk.name);
+    let mut f = File::open(&path).map_err(|source| TableError::Open {
+        disk: disk.name.clone(),
+        path: path.clone(),
+        source,
+    })?;
+    gpt::read_disk(&mut f).map_err(|source| TableError::Gpt {
+        disk: disk.name.clone(),
+        source,
+    })
+}
+
+/// `vda: primary GPT invalid (…); using the backup GPT`, when it is so.
+pub fn backup_note(disk: &str, read: &ReadDisk) -> Option<String> {
+    (read.used == HeaderCopy::Backup).then(|| {
+        let why = read
+            .primary_error
+            .as_ref()
+            .map_or_else(String::new, |e| format!(" ({e})"));
+        format!("{disk}: primary GPT invalid{why}; using the backup GPT")
+    })
 }
 
 fn read_trim(p: &Path) -> Option<String> {

@@ -7,7 +7,7 @@ pub enum BootError {
     #[error("machine config: {0}")]
     Config(#[from] contract::machine::ConfigError),
     #[error("partition table: {0}")]
-    Gpt(#[from] crate::gpt::GptError),
+    Gpt(#[from] crate::disks::TableError),
     #[error("dm-verity: {0}")]
     Dm(#[from] crate::dm::DmError),
     #[error("install: {0}")]

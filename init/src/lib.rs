@@ -1,9 +1,9 @@
 //! cairn-init: PID 1 of cairn images, in two stages (initramfs `/init`, then
 //! `/sbin/init` in the verity-protected root). Decisions live in pure modules
-//! (`bless`, `fsprobe`, `gpt`, `slot`, `record`, the dm table text, supervisor
-//! policy); the formats it shares with the installer and builder (command
-//! line, machine config, ESP names) come from the `contract` crate; syscalls
-//! sit in `sys` and the stage modules.
+//! (`bless`, `fsprobe`, `slot`, `record`, the dm table text, supervisor
+//! policy); the formats it shares with the installer and builder (GPT through
+//! `artifacts`; command line, machine config, ESP names from `contract`);
+//! syscalls sit in `sys` and the stage modules.
 
 pub mod log;
 
@@ -12,7 +12,6 @@ pub mod disks;
 pub mod dm;
 pub mod error;
 pub mod fsprobe;
-pub mod gpt;
 pub mod health;
 pub mod install;
 pub mod record;

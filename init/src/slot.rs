@@ -5,7 +5,7 @@
 //! matches the command line. Either way dm-verity then authenticates every
 //! block against the root hash, so a wrong guess cannot boot.
 
-use crate::gpt::{Guid, Partition, Table};
+use artifacts::gpt::{DiskLayout, Guid, Partition};
 use contract::cmdline::Verity;
 use contract::disk::SLOTS;
 use contract::slot::superblock_matches;
@@ -17,27 +17,32 @@ pub enum Found {
     ByLabelAndSuperblock,
 }
 
+/// The slot PARTUUID of design.md: the first 128 bits of the root hash.
+pub fn partuuid(root_hash: &[u8; 32]) -> Guid {
+    contract::disk::slot_partuuid(root_hash)
+}
+
 /// `disk` is the whole-disk device (or image) the table was read from.
 pub fn find<'t, R: Read + Seek>(
     disk: &mut R,
-    table: &'t Table,
+    table: &'t DiskLayout,
     root_hash: &[u8; 32],
     verity: &Verity,
 ) -> Option<(&'t Partition, Found)> {
-    if let Some(p) = table.by_guid(&Guid::from_root_hash(root_hash)) {
+    let want = partuuid(root_hash);
+    if let Some(p) = table.partitions.iter().find(|p| p.guid == want) {
         return Some((p, Found::ByPartUuid));
     }
     for label in SLOTS {
-        let Some(p) = table.by_name(label) else {
+        let Some(p) = table.partition(label) else {
             continue;
         };
-        let off = p
-            .first_lba
-            .checked_mul(table.sector_size)
-            .and_then(|o| o.checked_add(verity.data_blocks.checked_mul(4096)?));
+        let off = verity
+            .data_blocks
+            .checked_mul(4096)
+            .and_then(|o| o.checked_add(p.offset()));
         let Some(off) = off else { continue };
-        let end = (p.last_lba + 1).saturating_mul(table.sector_size);
-        if off + 4096 > end {
+        if off.saturating_add(4096) > p.offset() + p.size_bytes() {
             continue;
         }
         let mut sb = vec![0u8; 512];

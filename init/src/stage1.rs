@@ -9,7 +9,8 @@
 
 use crate::error::{BootError, Context};
 use crate::record::Handover;
-use crate::{disks, dm, gpt, say, slot, sys};
+use crate::{disks, dm, say, slot, sys};
+use artifacts::gpt::{Guid, HeaderCopy, Partition, ReadDisk};
 use contract::cmdline::{self, Cmdline, Mode, Verity};
 use std::ffi::CString;
 use std::fs::{self, File};
@@ -46,30 +47,85 @@ pub fn mount_api_filesystems() -> Result<(), BootError> {
     Ok(())
 }
 
+/// Why stage 1 boots from the disk it chose: two disks can hold the same
+/// release (a disk moved from another machine, a clone), and the one the
+/// loader was started from is the one whose boot counters and ESP belong to
+/// this boot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DiskRule {
+    /// The disk holds the partition systemd-boot was loaded from
+    /// (`LoaderDevicePartUUID`).
+    LoaderDevice(Guid),
+    /// No `LoaderDevicePartUUID`: the first disk, by name, holding the slot.
+    FirstHolder,
+}
+
+impl std::fmt::Display for DiskRule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DiskRule::LoaderDevice(g) => write!(
+                f,
+                "it holds the loader's partition PARTUUID={g} (LoaderDevicePartUUID)"
+            ),
+            DiskRule::FirstHolder => f.write_str(
+                "first disk holding the rootfs (no LoaderDevicePartUUID to say which the loader used)",
+            ),
+        }
+    }
+}
+
 #[derive(Debug)]
 pub struct Located {
     pub disk: disks::Disk,
-    pub partition: gpt::Partition,
+    pub partition: Partition,
     pub how: slot::Found,
+    pub rule: DiskRule,
+    /// Set when the primary GPT was invalid and the backup was read.
+    pub table_note: Option<String>,
 }
 
-fn scan(sys_block: &Path, dev_dir: &Path, root: &[u8; 32], v: &Verity) -> Option<Located> {
+/// Every disk holding the slot for `root`, sorted by disk name.
+fn holders(
+    sys_block: &Path,
+    dev_dir: &Path,
+    root: &[u8; 32],
+    v: &Verity,
+) -> Vec<(Located, ReadDisk)> {
+    let mut out = Vec::new();
     for d in disks::list(sys_block) {
+        let Ok(read) = disks::read_table(dev_dir, &d) else {
+            continue;
+        };
         let Ok(mut f) = File::open(dev_dir.join(&d.name)) else {
             continue;
         };
-        let Ok(table) = gpt::read(&mut f, &d.name, d.sector_size) else {
-            continue;
-        };
-        if let Some((p, how)) = slot::find(&mut f, &table, root, v) {
-            return Some(Located {
+        if let Some((p, how)) = slot::find(&mut f, &read.layout, root, v) {
+            let located = Located {
                 partition: p.clone(),
-                disk: d,
                 how,
-            });
+                rule: DiskRule::FirstHolder,
+                table_note: disks::backup_note(&d.name, &read),
+                disk: d,
+            };
+            out.push((located, read));
         }
     }
-    None
+    out
+}
+
+/// The holder to boot from: with `loader` (`LoaderDevicePartUUID`), only the
+/// disk holding that partition; without it, the first holder.
+fn choose(holders: Vec<(Located, ReadDisk)>, loader: Option<&Guid>) -> Option<Located> {
+    match loader {
+        None => holders.into_iter().next().map(|(l, _)| l),
+        Some(g) => holders
+            .into_iter()
+            .find(|(_, read)| read.layout.partitions.iter().any(|p| p.guid == *g))
+            .map(|(l, _)| Located {
+                rule: DiskRule::LoaderDevice(*g),
+                ..l
+            }),
+    }
 }
 
 /// One line per disk: its partitions by label and PARTUUID, or why its
@@ -80,55 +136,76 @@ pub fn describe_disks(sys_block: &Path, dev_dir: &Path) -> String {
         return "no block devices".into();
     }
     list.iter()
-        .map(|d| {
-            let node = dev_dir.join(&d.name);
-            let gpt = File::open(&node)
-                .map_err(|e| format!("{}: {e}", node.display()))
-                .and_then(|mut f| {
-                    gpt::read(&mut f, &d.name, d.sector_size).map_err(|e| e.to_string())
-                });
-            match gpt {
-                Ok(t) => {
-                    let parts: Vec<String> = t
-                        .partitions
-                        .iter()
-                        .map(|p| format!("{} {:?} {}", p.index, p.name, p.part_guid))
-                        .collect();
-                    format!("{}: GPT [{}]", d.name, parts.join(", "))
-                }
-                Err(e) => format!("{}: {e}", d.name),
+        .map(|d| match disks::read_table(dev_dir, d) {
+            Ok(read) => {
+                let parts: Vec<String> = read
+                    .layout
+                    .partitions
+                    .iter()
+                    .map(|p| format!("{} {:?} {}", p.slot + 1, p.name, p.guid))
+                    .collect();
+                let copy = match read.used {
+                    HeaderCopy::Primary => "",
+                    HeaderCopy::Backup => " (backup copy: primary invalid)",
+                };
+                format!("{}: GPT{copy} [{}]", d.name, parts.join(", "))
             }
+            Err(e) => e.to_string(),
         })
         .collect::<Vec<_>>()
         .join("; ")
 }
 
 /// Polls until the slot's disk shows up: virtio and NVMe probe
-/// asynchronously, so the disk can appear after init starts.
+/// asynchronously, so the disk can appear after init starts. `loader` is
+/// `LoaderDevicePartUUID`: when set, only the disk holding that partition
+/// will do (see `DiskRule`).
 /// `sys_block` and `dev_dir` are /sys/block and /dev outside tests.
 pub fn wait_for_slot(
     sys_block: &Path,
     dev_dir: &Path,
+    loader: Option<&Guid>,
     root: &[u8; 32],
     v: &Verity,
     timeout: Duration,
 ) -> Result<Located, BootError> {
     let start = Instant::now();
-    let want = gpt::Guid::from_root_hash(root);
-    say!("looking for rootfs partition PARTUUID={want} (or BOOT-A/BOOT-B with matching verity superblock)");
+    let want = slot::partuuid(root);
+    let on = loader.map_or_else(String::new, |g| {
+        format!(" on the disk holding PARTUUID={g} (LoaderDevicePartUUID)")
+    });
+    say!("looking for rootfs partition PARTUUID={want} (or BOOT-A/BOOT-B with matching verity superblock){on}");
     loop {
-        if let Some(l) = scan(sys_block, dev_dir, root, v) {
+        if let Some(l) = choose(holders(sys_block, dev_dir, root, v), loader) {
             return Ok(l);
         }
         if start.elapsed() >= timeout {
             return Err(BootError::Stop(format!(
-                "no rootfs partition after {} s: wanted PARTUUID={want}; block devices seen: {}",
+                "no rootfs partition after {} s: wanted PARTUUID={want}{on}; block devices seen: {}",
                 timeout.as_secs_f32(),
                 describe_disks(sys_block, dev_dir)
             )));
         }
         std::thread::sleep(Duration::from_millis(250).min(timeout));
     }
+}
+
+/// systemd-boot's `LoaderDevicePartUUID`, with efivarfs mounted just long
+/// enough to read it (stage 2 mounts it for good). `None` when not booted by
+/// UEFI and systemd-boot.
+fn loader_device_partuuid() -> Option<Guid> {
+    let var = Path::new(installer::blockdev::LOADER_DEVICE_VAR);
+    let dir = var.parent()?;
+    if !dir.is_dir() {
+        return None;
+    }
+    let flags = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC | libc::MS_RDONLY;
+    let mounted = sys::mount("efivarfs", dir, Some("efivarfs"), flags, None).is_ok();
+    let g = installer::blockdev::loader_device_partuuid(var);
+    if mounted {
+        let _ = sys::umount(dir);
+    }
+    g
 }
 
 fn ensure_node(path: &Path, kind: libc::mode_t, major: u32, minor: u32) -> Result<(), BootError> {
@@ -227,27 +304,33 @@ pub fn run() -> Result<Outcome, BootError> {
         BootError::Stop("cairn.verity= is missing from the kernel command line".into())
     })?;
 
+    let loader = loader_device_partuuid();
     let found = wait_for_slot(
         Path::new("/sys/block"),
         Path::new("/dev"),
+        loader.as_ref(),
         &root,
         &verity,
         DEVICE_TIMEOUT,
     )?;
+    if let Some(note) = &found.table_note {
+        say!("{note}");
+    }
+    say!("rootfs disk {}: {}", found.disk.name, found.rule);
+    let number = found.partition.slot + 1;
     let part_name = found
         .disk
-        .partition_name(found.partition.index)
+        .device(&found.partition)
         .ok_or_else(|| {
             BootError::Stop(format!(
-                "{}: GPT partition {} ({}) has no kernel device",
-                found.disk.name, found.partition.index, found.partition.name
+                "{}: GPT partition {number} ({}) has no kernel device (the kernel read no partition table, or another one)",
+                found.disk.name, found.partition.name
             ))
         })?
         .to_string();
     say!(
-        "rootfs: {} partition {} ({}, {:?})",
+        "rootfs: {} partition {number} ({}, {:?})",
         found.disk.name,
-        found.partition.index,
         found.partition.name,
         found.how
     );

@@ -7,7 +7,8 @@ use crate::error::{BootError, Context};
 use crate::fsprobe::{self, Action, PROBE_LEN};
 use crate::record::{self, Handover};
 use crate::supervisor::{Backoff, Supervisor};
-use crate::{disks, gpt, health, say, sys};
+use crate::{disks, health, say, sys};
+use artifacts::gpt::DiskLayout;
 use contract::esp::{decode_efivar_string, LOADER_VENDOR_GUID};
 use contract::machine::MachineConfig;
 use std::fs::{self, File, OpenOptions};
@@ -122,17 +123,18 @@ pub fn prepare_fs(dev: &Path, label: &str) -> Result<Prepared, BootError> {
 /// Finds `label` on the boot disk, prepares it and mounts it.
 fn prepare(
     disk: &disks::Disk,
-    table: &gpt::Table,
+    table: &DiskLayout,
     label: &str,
     mountpoint: &str,
 ) -> Result<PathBuf, BootError> {
     let p = table
-        .by_name(label)
+        .partition(label)
         .ok_or_else(|| BootError::Stop(format!("{}: no partition labelled {label}", disk.name)))?;
-    let name = disk.partition_name(p.index).ok_or_else(|| {
+    let name = disk.device(p).ok_or_else(|| {
         BootError::Stop(format!(
             "{}: partition {} ({label}) has no kernel device",
-            disk.name, p.index
+            disk.name,
+            p.slot + 1
         ))
     })?;
     let dev = Path::new("/dev").join(name);
@@ -150,14 +152,15 @@ fn prepare(
     Ok(PathBuf::from(mountpoint))
 }
 
-fn mount_esp(disk: &disks::Disk, table: &gpt::Table) -> Result<PathBuf, BootError> {
+fn mount_esp(disk: &disks::Disk, table: &DiskLayout) -> Result<PathBuf, BootError> {
     let p = table
-        .by_name("EFI")
+        .partition("EFI")
         .ok_or_else(|| BootError::Stop(format!("{}: no partition labelled EFI", disk.name)))?;
-    let name = disk.partition_name(p.index).ok_or_else(|| {
+    let name = disk.device(p).ok_or_else(|| {
         BootError::Stop(format!(
             "{}: EFI partition {} has no kernel device",
-            disk.name, p.index
+            disk.name,
+            p.slot + 1
         ))
     })?;
     fs::create_dir_all(ESP_DIR).ctx(|| format!("creating {ESP_DIR}"))?;
@@ -334,11 +337,11 @@ pub fn run() -> Result<Shutdown, BootError> {
         .ok_or_else(|| {
             BootError::Stop(format!("boot disk {} vanished from /sys/block", hand.disk))
         })?;
-    let table = gpt::read(
-        &mut File::open(&hand.disk).ctx(|| format!("opening {}", hand.disk))?,
-        &hand.disk,
-        disk.sector_size,
-    )?;
+    let read = disks::read_table(Path::new("/dev"), &disk)?;
+    if let Some(note) = disks::backup_note(&disk.name, &read) {
+        say!("{note}");
+    }
+    let table = read.layout;
 
     let mut mounted = vec![prepare(&disk, &table, contract::disk::STATE, STATE_DIR)?];
     let number = fs::read_to_string(BOOTS_LOG)

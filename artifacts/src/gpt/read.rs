@@ -43,7 +43,14 @@ pub(crate) fn read_at<R: Read + Seek>(
 }
 
 /// Parses a disk image or block device. The protective MBR must be valid;
-/// the primary header+table is used when valid, otherwise the backup.
+/// the primary header+table is used when both its CRCs (header, entry
+/// array) hold, otherwise the backup; `ReadDisk::used` says which.
+///
+/// The backup is looked for at the last LBA only, never at the invalid
+/// primary's alternate LBA: Linux (block/partitions/efi.c) follows the
+/// alternate LBA only from a valid primary, and with the primary invalid
+/// reads the last LBA only with `gpt` on its command line. init reads disks
+/// through this function and must find the partitions the kernel created.
 pub fn read_disk<R: Read + Seek>(r: &mut R) -> Result<ReadDisk, GptError> {
     let size = r
         .seek(SeekFrom::End(0))

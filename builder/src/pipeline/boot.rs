@@ -93,7 +93,12 @@ pub(super) fn uki(
                 stub: &stub,
                 kernel: &kernel,
                 initrd: &initrd,
-                cmdline: format!("{} {cmdline}", profile.cmdline.join(" ")),
+                cmdline: match role {
+                    Role::System => {
+                        contract::cmdline::installed(&profile.cmdline.join(" "), cmdline)
+                    }
+                    Role::Installer => format!("{} {cmdline}", profile.cmdline.join(" ")),
+                },
                 osrel: osrel.to_string(),
             },
         )
