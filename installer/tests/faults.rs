@@ -241,3 +241,272 @@ fn rollback_with_revive_and_demote_survives_a_cut_at_every_write() {
     let n = rollback_every_cut(&fx, &base, &[&b1, &b2], "2.0.0", "1.0.0");
     assert!(n >= 2, "{n} writes");
 }
+
+// ---------------------------------------------------------------------------
+// Finding 7: unflushed writes persisting in any subset and order, systemd-boot's
+// rename as EDK2's FAT driver makes it, and a second upgrade after every cut;
+// each cut image also read by the kernel's rules and by sgdisk/fsck.fat.
+
+use common::cuts::{self, Logged, RecordingDisk};
+use common::oracle;
+
+/// An installed disk about to be upgraded from `old` to `new`, and a third
+/// release `next` to upgrade to after a cut.
+struct Scenario {
+    fx: Fixture,
+    base: std::path::PathBuf,
+    old: BundleInfo,
+    new: BundleInfo,
+    next: BundleInfo,
+    /// Releases installed before `old` (none, or 1.0.0).
+    earlier: Vec<BundleInfo>,
+}
+
+impl Scenario {
+    /// 1.0.0 installed; upgrade to 2.0.0 (new loader); then 3.0.0.
+    fn first() -> Scenario {
+        let fx = Fixture::new();
+        let old = bundle(&fx.path("b1"), "1.0.0");
+        let new = bundle_with_loader(&fx.path("b2"), "2.0.0", &[0x5a; 3000]);
+        let next = bundle_with_loader(&fx.path("b3"), "3.0.0", b"v3");
+        let base = fx.image("base.img", DISK_SIZE);
+        install(&install_opts(&base, &old.dir)).unwrap();
+        fill_state(&base);
+        Scenario {
+            fx,
+            base,
+            old,
+            new,
+            next,
+            earlier: Vec::new(),
+        }
+    }
+
+    /// 2.0.0 blessed over 1.0.0; upgrade to 3.0.0 (removes 1.0.0's UKI,
+    /// replaces a PARTUUID, shrinks the loader); then 4.0.0.
+    fn second() -> Scenario {
+        let fx = Fixture::new();
+        let b1 = bundle(&fx.path("b1"), "1.0.0");
+        let old = bundle_with_loader(&fx.path("b2"), "2.0.0", &[0x5a; 3000]);
+        let new = bundle_with_loader(&fx.path("b3"), "3.0.0", b"v3");
+        let next = bundle_with_loader(&fx.path("b4"), "4.0.0", &[0x44; 5000]);
+        let base = fx.image("base.img", DISK_SIZE);
+        install(&install_opts(&base, &b1.dir)).unwrap();
+        upgrade(&upgrade_opts(&base, &old.dir)).unwrap();
+        boot_attempt(&base);
+        bless(&base, "2.0.0");
+        fill_state(&base);
+        Scenario {
+            fx,
+            base,
+            old,
+            new,
+            next,
+            earlier: vec![b1],
+        }
+    }
+
+    fn releases(&self) -> Vec<&BundleInfo> {
+        let mut v: Vec<&BundleInfo> = self.earlier.iter().collect();
+        v.extend([&self.old, &self.new, &self.next]);
+        v
+    }
+
+    fn verified(&self, b: &BundleInfo) -> Bundle {
+        installer::verify::open_verified(&b.dir, &[key().public()]).unwrap()
+    }
+
+    /// The write log of the uncut upgrade old -> new.
+    fn record(&self) -> Vec<Logged> {
+        let work = self.fx.path("record.img");
+        sparse_copy(&self.base, &work);
+        let mut d = RecordingDisk::new(&work);
+        upgrade_disk(&mut d, &work, &self.verified(&self.new), false).expect("uncut upgrade");
+        assert_eq!(
+            oracle::boot(&work, &self.releases()).map(|b| b.version),
+            Ok(self.new.version.clone())
+        );
+        d.log
+    }
+}
+
+/// Runs `check` on the image of every cut point of `log` over `base`.
+/// Returns the number of cuts.
+fn each_cut(
+    fx: &Fixture,
+    base: &Path,
+    log: &[Logged],
+    mut check: impl FnMut(&Path, &str),
+) -> usize {
+    let prefix = fx.path("prefix.img");
+    let work = fx.path("cut.img");
+    sparse_copy(base, &prefix);
+    let points = cuts::cut_points(log);
+    let mut at_epoch = 0;
+    for p in &points {
+        if p.epoch != at_epoch {
+            cuts::apply_epochs(log, &prefix, at_epoch, p.epoch);
+            at_epoch = p.epoch;
+        }
+        sparse_copy(&prefix, &work);
+        p.apply(log, &work);
+        check(&work, &p.label(log));
+    }
+    points.len()
+}
+
+/// With CAIRN_KEEP_CUT=PATH set, a failing cut image is copied there.
+fn keep(img: &Path) {
+    if let Some(to) = std::env::var_os("CAIRN_KEEP_CUT") {
+        sparse_copy(img, Path::new(&to));
+    }
+}
+
+/// What the sgdisk/fsck.fat lines may say on a cut image: the backup GPT
+/// is torn or older than a valid primary (a cut inside step 3), or the
+/// primary fails its CRCs on a disk whose chosen UKI asks Linux to read the
+/// backup.
+fn benign(img: &Path, booted: &oracle::Booted) -> oracle::Benign {
+    let (primary, backup, same) = oracle::gpt_copies(img);
+    oracle::Benign {
+        backup_stale: primary && !same,
+        primary_invalid: !primary && backup && booted.force_gpt,
+    }
+}
+
+/// The checks every cut image must pass: it boots the old or the new
+/// release (the new one only with its counter), STATE is untouched, the
+/// loader is exactly the old or the new one (the new one only once the new
+/// release boots), and sgdisk/fsck.fat find nothing but benign leftovers.
+struct CutOracle<'a> {
+    s: &'a Scenario,
+    state: Vec<u8>,
+    old_loader: Vec<u8>,
+    new_loader: Vec<u8>,
+    scratch: std::path::PathBuf,
+    saw_old: usize,
+    saw_new: usize,
+}
+
+impl<'a> CutOracle<'a> {
+    fn new(s: &'a Scenario) -> CutOracle<'a> {
+        let (old_loader, new_loader) = (bundle_loader(&s.old), bundle_loader(&s.new));
+        assert!(old_loader != new_loader, "the test needs differing loaders");
+        CutOracle {
+            s,
+            state: state_bytes(&s.base),
+            old_loader,
+            new_loader,
+            scratch: s.fx.path("esp.img"),
+            saw_old: 0,
+            saw_new: 0,
+        }
+    }
+
+    /// Err says what is wrong with the cut image.
+    fn check(&mut self, img: &Path) -> Result<oracle::Booted, String> {
+        let s = self.s;
+        let booted =
+            oracle::boot(img, &s.releases()).map_err(|e| format!("the disk does not boot: {e}"))?;
+        if booted.version == s.old.version {
+            self.saw_old += 1;
+        } else if booted.version == s.new.version {
+            self.saw_new += 1;
+            if !booted.counted {
+                return Err(format!("{} boots without a counter", booted.entry));
+            }
+        } else {
+            return Err(format!("boots {booted:?}, neither old nor new"));
+        }
+        if state_bytes(img) != self.state {
+            return Err("STATE changed".into());
+        }
+        let loader = esp_loader(img);
+        if loader != self.old_loader && loader != self.new_loader {
+            return Err(format!(
+                "BOOTX64.EFI is neither the old nor the new loader ({} bytes)",
+                loader.len()
+            ));
+        }
+        if loader == self.new_loader && booted.version != s.new.version {
+            return Err("the new loader is in place before the new release".into());
+        }
+        oracle::tools_agree(img, &self.scratch, benign(img, &booted))
+            .map_err(|e| format!("the standard tools object:\n  {e}"))?;
+        Ok(booted)
+    }
+}
+
+/// Collects failures over many cuts and reports each kind once (with its
+/// count and first cut), so one run shows every kind of failure.
+#[derive(Default)]
+struct Failures {
+    cuts: usize,
+    /// (what failed, first cut, count), in order of first appearance.
+    kinds: Vec<(String, String, usize)>,
+}
+
+impl Failures {
+    fn add(&mut self, img: &Path, why: &str, r: Result<(), String>) {
+        self.cuts += 1;
+        let Err(e) = r else { return };
+        if self.kinds.is_empty() {
+            keep(img);
+        }
+        match self.kinds.iter_mut().find(|k| k.0 == e) {
+            Some(k) => k.2 += 1,
+            None => self.kinds.push((e, why.to_string(), 1)),
+        }
+    }
+
+    fn assert_none(&self, what: &str) {
+        if self.kinds.is_empty() {
+            return;
+        }
+        let failed: usize = self.kinds.iter().map(|k| k.2).sum();
+        let list: Vec<String> = self
+            .kinds
+            .iter()
+            .map(|(e, first, n)| format!("{n} cut(s), first {first}:\n  {e}"))
+            .collect();
+        panic!(
+            "{what}: {failed} of {} cuts fail:\n{}",
+            self.cuts,
+            list.join("\n---\n")
+        );
+    }
+}
+
+fn unflushed_any_order(s: &Scenario, fails: &mut Failures) {
+    let log = s.record();
+    eprintln!(
+        "{} -> {}: {}",
+        s.old.version,
+        s.new.version,
+        cuts::summary(&log)
+    );
+    let mut o = CutOracle::new(s);
+    let n = each_cut(&s.fx, &s.base, &log, |img, why| {
+        let r = o.check(img).map(|_| ());
+        fails.add(
+            img,
+            &format!("{} -> {} {why}", s.old.version, s.new.version),
+            r,
+        );
+    });
+    eprintln!(
+        "{n} cut images: old boots {}, new boots {}",
+        o.saw_old, o.saw_new
+    );
+    assert!(o.saw_old > 0 && o.saw_new > 0);
+}
+
+#[test]
+fn finding_7_unflushed_writes_any_order() {
+    let t = std::time::Instant::now();
+    let mut fails = Failures::default();
+    unflushed_any_order(&Scenario::first(), &mut fails);
+    unflushed_any_order(&Scenario::second(), &mut fails);
+    eprintln!("finding_7_unflushed_writes_any_order: {:?}", t.elapsed());
+    fails.assert_none("unflushed writes in any order");
+}

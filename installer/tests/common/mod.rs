@@ -2,6 +2,9 @@
 //! UKI (systemd's stub with dummy kernel bytes), and sparse disk images.
 #![allow(dead_code)]
 
+pub mod cuts;
+pub mod oracle;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -80,6 +83,10 @@ pub struct BundleOpts {
     pub loader_tail: Vec<u8>,
     /// Authenticode-sign the loader (after the tail) with this db key.
     pub loader_signer: Option<&'static signing::secureboot::SecureBootKey>,
+    /// Kernel parameters after the verity ones. `gpt` as installed images
+    /// carry it (builder's INSTALLED_PARAMS): Linux then reads the backup
+    /// GPT when the primary is torn.
+    pub cmdline_extra: String,
 }
 
 impl BundleOpts {
@@ -98,6 +105,7 @@ impl BundleOpts {
             uki_machine: None,
             loader_tail: Vec::new(),
             loader_signer: None,
+            cmdline_extra: "console=ttyS0 panic=-1 gpt".into(),
         }
     }
 }
@@ -138,7 +146,7 @@ pub fn make_bundle(at: &Path, o: &BundleOpts) -> BundleInfo {
     let initrd = scratch.path().join("initrd");
     fs::write(&linux, format!("dummy kernel {}", o.version)).unwrap();
     fs::write(&initrd, b"dummy initrd").unwrap();
-    let cmdline = format!("{} console=ttyS0 panic=-1", info.cmdline());
+    let cmdline = format!("{} {}", info.cmdline(), o.cmdline_extra);
     let osrel = format!(
         "NAME=cairn\nID=cairn\nVERSION_ID={v}\nIMAGE_VERSION={v}\n",
         v = o.version
