@@ -510,3 +510,67 @@ fn finding_7_unflushed_writes_any_order() {
     eprintln!("finding_7_unflushed_writes_any_order: {:?}", t.elapsed());
     fails.assert_none("unflushed writes in any order");
 }
+
+/// After a cut, upgrading to a third release must succeed and leave a disk
+/// that boots it (counted), with STATE untouched, its loader in place and
+/// nothing for sgdisk/fsck.fat to object to but leaked clusters.
+fn second_upgrade_after_cuts(s: &Scenario, fails: &mut Failures) {
+    let log = s.record();
+    let next = s.verified(&s.next);
+    let next_loader = bundle_loader(&s.next);
+    let state = state_bytes(&s.base);
+    let scratch = s.fx.path("esp.img");
+    let n = each_cut(&s.fx, &s.base, &log, |img, why| {
+        let r = (|| {
+            let mut f = fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(img)
+                .unwrap();
+            upgrade_disk(&mut f, img, &next, false)
+                .map_err(|e| format!("upgrading to {} fails: {e}", s.next.version))?;
+            drop(f);
+            let b = oracle::boot(img, &s.releases())
+                .map_err(|e| format!("after the upgrade to {}: {e}", s.next.version))?;
+            if b.version != s.next.version || !b.counted {
+                return Err(format!(
+                    "after the upgrade to {}: boots {b:?}",
+                    s.next.version
+                ));
+            }
+            if state_bytes(img) != state {
+                return Err("STATE changed".into());
+            }
+            if esp_loader(img) != next_loader {
+                return Err(format!("{}'s loader is not in place", s.next.version));
+            }
+            oracle::tools_agree(img, &scratch, oracle::Benign::default())
+                .map_err(|e| format!("after the upgrade, the standard tools object:\n  {e}"))
+        })();
+        fails.add(
+            img,
+            &format!(
+                "{} -> {} {why}, then -> {}",
+                s.old.version, s.new.version, s.next.version
+            ),
+            r,
+        );
+    });
+    eprintln!(
+        "{} -> {} cut {n} ways, each upgraded to {}",
+        s.old.version, s.new.version, s.next.version
+    );
+}
+
+#[test]
+fn finding_7_second_upgrade_after_every_cut() {
+    let t = std::time::Instant::now();
+    let mut fails = Failures::default();
+    second_upgrade_after_cuts(&Scenario::first(), &mut fails);
+    second_upgrade_after_cuts(&Scenario::second(), &mut fails);
+    eprintln!(
+        "finding_7_second_upgrade_after_every_cut: {:?}",
+        t.elapsed()
+    );
+    fails.assert_none("a second upgrade after a cut");
+}
