@@ -8,22 +8,27 @@
 //! * `write_file`: (1) file data, one write per contiguous cluster run, the
 //!   tail of the last cluster zeroed; (2) when the directory must grow, its
 //!   new clusters zeroed; (3) the FAT: changed sectors, merged into runs,
-//!   FAT 1 then FAT 2; (4) the directory entries, long-name entries before
-//!   the short entry (one write unless the set crosses a cluster boundary,
-//!   then the part holding the short entry is written last); (5) FSInfo.
-//!   A cut before (4) leaves allocated but unreferenced clusters (a lost
-//!   chain `fsck.fat` reclaims), never a visible partial file.
+//!   FAT 1 then FAT 2; barrier; (4) the directory entries, long-name entries
+//!   before the short entry (one write unless the set crosses a cluster
+//!   boundary, then the part holding the short entry is written last);
+//!   (5) FSInfo. A cut before (4) leaves allocated but unreferenced clusters
+//!   (a lost chain `fsck.fat` reclaims), never a visible partial file; the
+//!   barrier keeps a disk that reorders writes from landing the entry
+//!   before the chain it names.
 //! * `create_dir`: the same, with the new directory's cluster (`.`, `..`)
 //!   as the data.
 //! * `remove_file`: (1) the entries marked deleted (the part holding the
-//!   short entry first); (2) the FAT chain freed, FAT 1 then FAT 2;
-//!   (3) FSInfo.
+//!   short entry first); barrier; (2) the FAT chain freed, FAT 1 then
+//!   FAT 2; (3) FSInfo. Without the barrier a reordering disk could free
+//!   the chain while the entry still names it, and the next allocation
+//!   would write into a visible file.
 //! * `rename`: when the new entry set needs no more slots than the old one
 //!   and the old one lies in one cluster, a single write replaces it in
 //!   place (unused leading slots marked deleted), so the file has exactly
 //!   one of its two names at every point. Otherwise: (1) directory growth
-//!   as above if needed; (2) the new entries written into free slots;
-//!   (3) the old entries marked deleted (short entry part first);
+//!   as above if needed, then a barrier; (2) the new entries written into
+//!   free slots; barrier; (3) the old entries marked deleted (short entry
+//!   part first);
 //!   (4) FSInfo if the directory grew. A cut between (2) and (3) leaves the
 //!   file visible under both names (sharing its clusters, which `fsck.fat`
 //!   reports as cross-linked); it never leaves it with no name.
@@ -230,6 +235,8 @@ impl<R: Read + Write + Seek> Fat32<R> {
         let mut dirty = clusters.clone();
         dirty.extend(self.grow_dir(&mut dir, grow, path)?);
         self.write_fat(&dirty)?;
+        // The entry must not reach the disk before the chain it names.
+        self.barrier(path)?;
         let first = clusters.first().copied().unwrap_or(0);
         let tail = dirent::short_entry(&short, 0, first, len as u32, self.stamp);
         let set = dirent::entry_set(&name, &short, lfn, &tail);
@@ -277,6 +284,7 @@ impl<R: Read + Write + Seek> Fat32<R> {
         let mut dirty = clusters;
         dirty.extend(self.grow_dir(&mut dir, grow, path)?);
         self.write_fat(&dirty)?;
+        self.barrier(path)?;
         let tail = dirent::short_entry(&short, ATTR_DIR, c, 0, self.stamp);
         let set = dirent::entry_set(&name, &short, lfn, &tail);
         self.write_slots(&mut dir, start, &set, false, path)?;
@@ -310,6 +318,9 @@ impl<R: Read + Write + Seek> Fat32<R> {
         }
         let chain = self.file_chain(&e, path)?;
         self.delete_slots(&mut dir, e.first_slot, e.slot, path)?;
+        // Freed clusters may be reused at once: the entry naming them must
+        // be gone from the disk first.
+        self.barrier(path)?;
         self.release(&chain);
         self.write_fat(&chain)?;
         self.write_fsinfo()
@@ -371,7 +382,7 @@ impl<R: Read + Write + Seek> Fat32<R> {
     fn barrier(&mut self, path: &str) -> Result<(), FatError> {
         self.io
             .flush()
-            .map_err(io_err(format!("flushing while replacing {path}")))
+            .map_err(io_err(format!("flushing while changing {path}")))
     }
 
     /// Renames the file or directory at `path` to `new_name` in the same
@@ -417,8 +428,11 @@ impl<R: Read + Write + Seek> Fat32<R> {
         if grow > 0 {
             let dirty = self.grow_dir(&mut dir, grow, path)?;
             self.write_fat(&dirty)?;
+            self.barrier(path)?;
         }
         self.write_slots(&mut dir, start, &set, false, path)?;
+        // The new name is on the disk before the old one goes.
+        self.barrier(path)?;
         self.delete_slots(&mut dir, e.first_slot, e.slot, path)?;
         if grow > 0 {
             self.write_fsinfo()?;
