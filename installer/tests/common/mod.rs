@@ -3,6 +3,7 @@
 #![allow(dead_code)]
 
 pub mod cuts;
+pub mod edk2;
 pub mod oracle;
 
 use std::collections::BTreeMap;
