@@ -440,6 +440,51 @@ impl<R: Read + Write + Seek> Fat32<R> {
         Ok(())
     }
 
+    /// Makes room for `n` directory entries after the last live entry of
+    /// the directory at `path`, so that a writer that only ever appends at
+    /// the end (UEFI firmware: EDK2's FAT driver renames a file by adding
+    /// its new entry after every used and deleted slot) never has to grow
+    /// the directory itself, whose FAT and data writes it does not order.
+    /// Deleted slots after the last live entry are zeroed (the end marker
+    /// moves back to just after it; only slots past every live entry are
+    /// touched, so any subset of these writes leaves every entry visible);
+    /// then, if fewer than `n` slots follow, zeroed clusters are chained on
+    /// (data and FAT; barrier). Returns the number of clusters added.
+    pub fn reserve_entries(&mut self, path: &str, n: usize) -> Result<u32, FatError> {
+        let mut dir = self.open_dir(&split(path), path)?;
+        let total = dir.bytes.len() / 32;
+        let live_end = (0..total)
+            .rev()
+            .find(|&i| {
+                let b = dir.bytes[i * 32];
+                b != 0 && b != DELETED
+            })
+            .map_or(0, |i| i + 1);
+        let stale: Vec<usize> = (live_end..total)
+            .filter(|&i| dir.bytes[i * 32] != 0 || dir.bytes[i * 32..i * 32 + 32] != [0u8; 32])
+            .collect();
+        if let (Some(&first), Some(&last)) = (stale.first(), stale.last()) {
+            let zeros = vec![[0u8; 32]; last + 1 - first];
+            self.write_slots(&mut dir, first, &zeros, false, path)?;
+        }
+        let cs = self.geo.cluster_size();
+        let missing = (n.saturating_sub(total - live_end) as u64 * 32).div_ceil(cs) as u32;
+        if missing > 0 {
+            if missing > self.free {
+                return Err(FatError::NoSpace {
+                    path: path.into(),
+                    needed: missing as u64 * cs,
+                    free: self.free_bytes(),
+                });
+            }
+            let dirty = self.grow_dir(&mut dir, missing, path)?;
+            self.write_fat(&dirty)?;
+            self.write_fsinfo()?;
+        }
+        self.barrier(path)?;
+        Ok(missing)
+    }
+
     /// Writes FSInfo's free count and next-free hint, then flushes `io`.
     pub fn flush(&mut self) -> Result<(), FatError> {
         self.write_fsinfo()?;
