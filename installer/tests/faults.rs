@@ -732,3 +732,98 @@ fn finding_7_edk2_rename() {
     eprintln!("finding_7_edk2_rename: {:?}", t.elapsed());
     fails.assert_none("systemd-boot's rename cut as EDK2 makes it");
 }
+
+/// The oracle's own checks can fail: each is shown a disk it must refuse.
+#[test]
+fn power_cut_oracle_independent_tools() {
+    let fx = Fixture::new();
+    let mut o = BundleOpts::new("1.0.0");
+    o.cmdline_extra = "console=ttyS0 panic=-1".into(); // no `gpt`
+    let plain = make_bundle(&fx.path("plain"), &o);
+    let with_gpt = bundle(&fx.path("gpt"), "1.0.0");
+    let scratch = fx.path("esp.img");
+    for (i, b) in [&plain, &with_gpt].into_iter().enumerate() {
+        let img = fx.image(&format!("d{i}.img"), DISK_SIZE);
+        install(&install_opts(&img, &b.dir)).unwrap();
+        let booted = oracle::boot(&img, &[b]).unwrap();
+        assert_eq!(booted.force_gpt, b.dir == with_gpt.dir);
+        oracle::tools_agree(&img, &scratch, oracle::Benign::default()).unwrap();
+
+        // A torn primary GPT (entries changed, header not): Linux without
+        // `gpt` makes no partitions. The installer's reader falls back to
+        // the backup and still says it boots.
+        let torn = fx.path("torn.img");
+        sparse_copy(&img, &torn);
+        flip(&torn, 2 * 512 + 128 + 40);
+        assert_eq!(booted_version(&torn, &[b]), Ok("1.0.0".into()));
+        let r = oracle::boot(&torn, &[b]);
+        if booted.force_gpt {
+            assert_eq!(r.map(|x| x.version), Ok("1.0.0".into()));
+            oracle::tools_agree(&torn, &scratch, benign(&torn, &booted)).unwrap();
+        } else {
+            let e = r.unwrap_err();
+            assert!(e.contains("Linux sees no partitions"), "{e}");
+        }
+        let e = oracle::tools_agree(&torn, &scratch, oracle::Benign::default()).unwrap_err();
+        assert!(e.contains("Main partition table: ERROR"), "{e}");
+    }
+    let img = fx.image("esp.img.base", DISK_SIZE);
+    install(&install_opts(&img, &with_gpt.dir)).unwrap();
+    let esp = oracle::firmware_esp(&img).unwrap();
+
+    // A boot sector that differs from its backup: fsck.fat -n exits 0 and
+    // says so; the oracle reads the line.
+    let bad = fx.path("bad-boot.img");
+    sparse_copy(&img, &bad);
+    flip(&bad, esp.offset() + 3);
+    oracle::extract(&bad, &esp, &scratch);
+    assert!(tool("fsck.fat", &["-n", scratch.to_str().unwrap()])
+        .status
+        .success());
+    let e = oracle::tools_agree(&bad, &scratch, oracle::Benign::default()).unwrap_err();
+    assert!(
+        e.contains("differences between boot sector and its backup"),
+        "{e}"
+    );
+
+    // A leaked cluster (allocated, owned by no file; fsck.fat exits 1) is
+    // what a cut may leave by design: accepted.
+    let leak = fx.path("leak.img");
+    sparse_copy(&img, &leak);
+    let geo = {
+        let mut f = fs::File::open(&leak).unwrap();
+        artifacts::fat::Fat32::open(&mut f, esp.offset(), esp.len())
+            .unwrap()
+            .geometry()
+    };
+    for copy in 0..geo.fat_count {
+        let at = esp.offset() + geo.fat_offset(copy) + 4 * 5000;
+        write_bytes(&leak, at, &0x0FFF_FFFFu32.to_le_bytes());
+    }
+    oracle::extract(&leak, &esp, &scratch);
+    assert_eq!(
+        tool("fsck.fat", &["-n", scratch.to_str().unwrap()])
+            .status
+            .code(),
+        Some(1)
+    );
+    oracle::tools_agree(&leak, &scratch, oracle::Benign::default()).unwrap();
+}
+
+fn flip(img: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(img)
+        .unwrap();
+    let mut b = [0u8; 1];
+    f.read_exact_at(&mut b, at).unwrap();
+    f.write_all_at(&[b[0] ^ 0xff], at).unwrap();
+}
+
+fn write_bytes(img: &Path, at: u64, data: &[u8]) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new().write(true).open(img).unwrap();
+    f.write_all_at(data, at).unwrap();
+}
