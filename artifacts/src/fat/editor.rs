@@ -7,7 +7,8 @@
 //!
 //! * `write_file`: (1) file data, one write per contiguous cluster run, the
 //!   tail of the last cluster zeroed; (2) when the directory must grow, its
-//!   new clusters zeroed; (3) the FAT: changed sectors, merged into runs,
+//!   new clusters zeroed and chained in the FAT, barrier, then the link
+//!   from its last cluster; (3) the FAT: changed sectors, merged into runs,
 //!   FAT 1 then FAT 2; barrier; (4) the directory entries, long-name entries
 //!   before the short entry (one write unless the set crosses a cluster
 //!   boundary, then the part holding the short entry is written last);
@@ -232,9 +233,8 @@ impl<R: Read + Write + Seek> Fat32<R> {
             self.release(&clusters);
             return Err(e);
         }
-        let mut dirty = clusters.clone();
-        dirty.extend(self.grow_dir(&mut dir, grow, path)?);
-        self.write_fat(&dirty)?;
+        self.grow_dir(&mut dir, grow, path)?;
+        self.write_fat(&clusters)?;
         // The entry must not reach the disk before the chain it names.
         self.barrier(path)?;
         let first = clusters.first().copied().unwrap_or(0);
@@ -281,9 +281,8 @@ impl<R: Read + Write + Seek> Fat32<R> {
             self.release(&clusters);
             return Err(e);
         }
-        let mut dirty = clusters;
-        dirty.extend(self.grow_dir(&mut dir, grow, path)?);
-        self.write_fat(&dirty)?;
+        self.grow_dir(&mut dir, grow, path)?;
+        self.write_fat(&clusters)?;
         self.barrier(path)?;
         let tail = dirent::short_entry(&short, ATTR_DIR, c, 0, self.stamp);
         let set = dirent::entry_set(&name, &short, lfn, &tail);
@@ -426,8 +425,7 @@ impl<R: Read + Write + Seek> Fat32<R> {
             });
         }
         if grow > 0 {
-            let dirty = self.grow_dir(&mut dir, grow, path)?;
-            self.write_fat(&dirty)?;
+            self.grow_dir(&mut dir, grow, path)?;
             self.barrier(path)?;
         }
         self.write_slots(&mut dir, start, &set, false, path)?;
@@ -477,8 +475,7 @@ impl<R: Read + Write + Seek> Fat32<R> {
                     free: self.free_bytes(),
                 });
             }
-            let dirty = self.grow_dir(&mut dir, missing, path)?;
-            self.write_fat(&dirty)?;
+            self.grow_dir(&mut dir, missing, path)?;
             self.write_fsinfo()?;
         }
         self.barrier(path)?;
@@ -678,28 +675,33 @@ impl<R: Read + Write + Seek> Fat32<R> {
         Ok(())
     }
 
-    /// Adds `n` zeroed clusters to `dir` (data written, FAT only in memory);
-    /// returns the FAT entries the caller must write.
-    fn grow_dir(&mut self, dir: &mut Dir, n: u32, path: &str) -> Result<Vec<u32>, FatError> {
+    /// Adds `n` zeroed clusters to `dir`: data, their FAT chain, barrier,
+    /// then the link from the directory's last cluster.
+    fn grow_dir(&mut self, dir: &mut Dir, n: u32, path: &str) -> Result<(), FatError> {
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let new = self.alloc(n);
         let cs = self.geo.cluster_size() as usize;
-        for &c in &new {
-            let at = self.base + self.geo.cluster_offset(c);
-            write_at(&mut self.io, at, &vec![0u8; cs], path)?;
+        for (first, run) in runs(&new) {
+            let at = self.base + self.geo.cluster_offset(first);
+            write_at(&mut self.io, at, &vec![0u8; cs * run as usize], path)?;
         }
+        // The zeroed clusters and their own chain first; only then the
+        // link from the directory's last cluster, so no cut (or reordering
+        // disk) can leave the directory chained to a cluster the FAT still
+        // calls free, which would make the whole directory unreadable.
+        self.write_fat(&new)?;
+        self.barrier(path)?;
         let last = *dir
             .chain
             .last()
             .expect("a directory has at least one cluster");
         self.set(last, new[0]);
-        let mut dirty = vec![last];
-        dirty.extend(&new);
+        self.write_fat(&[last])?;
         dir.chain.extend(&new);
         dir.bytes.resize(dir.chain.len() * cs, 0);
-        Ok(dirty)
+        Ok(())
     }
 
     /// Writes the sectors of every FAT copy that hold `clusters`' entries,

@@ -172,6 +172,19 @@ pub fn rename_writes(
     to: &str,
     scratch: &Path,
 ) -> Result<Option<Vec<(u64, Vec<u8>)>>, String> {
+    Ok(entry_writes(img, from, to, scratch)?.map(|(_, w)| sectors(img, &w)))
+}
+
+/// [`rename_writes`] before merging into sectors: the old entry's deletion
+/// (the first `.0` writes), then the new entry (and any directory growth).
+pub type EntryWrites = (usize, Vec<(u64, Vec<u8>)>);
+
+pub fn entry_writes(
+    img: &Path,
+    from: &str,
+    to: &str,
+    scratch: &Path,
+) -> Result<Option<EntryWrites>, String> {
     let esp = oracle::firmware_esp(img)?;
     let mut f = fs::File::open(img).map_err(|e| e.to_string())?;
     let mut fat = Fat32::open(&mut f, esp.offset(), esp.len()).map_err(|e| e.to_string())?;
@@ -227,6 +240,7 @@ pub fn rename_writes(
         .unwrap_or(slots);
     let n = set.len() / SLOT;
     let mut writes = vol.slot_writes(&dir, first, &deletion);
+    let deletions = writes.len();
     if end + n <= slots {
         writes.extend(vol.slot_writes(&dir, end, &set));
     } else {
@@ -258,7 +272,7 @@ pub fn rename_writes(
         }
         writes.extend(vol.slot_writes(&grown, end, &set));
     }
-    Ok(Some(sectors(img, &writes)))
+    Ok(Some((deletions, writes)))
 }
 
 /// The writes as whole sectors (the unit a disk writes or loses), each

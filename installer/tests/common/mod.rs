@@ -4,6 +4,7 @@
 
 pub mod cuts;
 pub mod edk2;
+pub mod firmware;
 pub mod oracle;
 
 use std::collections::BTreeMap;
@@ -422,17 +423,33 @@ pub fn booted_version(img: &Path, releases: &[&BundleInfo]) -> Result<String, St
                 e.file
             )
         })?;
-    let rel = releases
+    release_in_slot(&mut f, slot.offset(), &slot.name, e, &root, releases)
+        .map(|r| r.version.clone())
+}
+
+/// The known release whose root hash `e` boots, checked against the bytes
+/// of the slot at `offset` (named `slot` in messages) and the entry's own
+/// version.
+pub fn release_in_slot<'r>(
+    f: &mut fs::File,
+    offset: u64,
+    slot: &str,
+    e: &installer::bootmodel::Entry,
+    root: &str,
+    releases: &[&'r BundleInfo],
+) -> Result<&'r BundleInfo, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let rel = *releases
         .iter()
         .find(|r| r.root_hash == root)
         .ok_or_else(|| format!("root hash {root} is no known release"))?;
     let mut data = vec![0u8; rel.rootfs_len as usize];
-    f.seek(SeekFrom::Start(slot.offset())).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
     f.read_exact(&mut data).unwrap();
     if <[u8; 32]>::from(Sha256::digest(&data)) != rel.rootfs_sha256 {
         return Err(format!(
-            "{} selects {} in {}, whose data does not match the release",
-            e.file, rel.version, slot.name
+            "{} selects {} in {slot}, whose data does not match the release",
+            e.file, rel.version
         ));
     }
     if e.version.as_deref() != Some(rel.version.as_str()) {
@@ -441,7 +458,7 @@ pub fn booted_version(img: &Path, releases: &[&BundleInfo]) -> Result<String, St
             e.file, e.version, rel.version
         ));
     }
-    Ok(rel.version.clone())
+    Ok(rel)
 }
 
 /// sha256 of a byte range of a file.

@@ -19,11 +19,8 @@
 //!   that differs from its backup), so the exit status alone proves little.
 
 use std::fs;
-use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::Path;
-
-use sha2::{Digest, Sha256};
 
 use super::BundleInfo;
 
@@ -242,25 +239,14 @@ pub fn boot(img: &Path, releases: &[&BundleInfo]) -> Result<Booted, String> {
             e.file
         )
     })?;
-    let rel = releases
-        .iter()
-        .find(|r| r.root_hash == root)
-        .ok_or_else(|| format!("root hash {root} is no known release"))?;
-    let mut data = vec![0u8; rel.rootfs_len as usize];
-    f.seek(SeekFrom::Start(slot.offset())).unwrap();
-    f.read_exact(&mut data).unwrap();
-    if <[u8; 32]>::from(Sha256::digest(&data)) != rel.rootfs_sha256 {
-        return Err(format!(
-            "{} selects {} in partition {}, whose data does not match the release",
-            e.file, rel.version, slot.number
-        ));
-    }
-    if e.version.as_deref() != Some(rel.version.as_str()) {
-        return Err(format!(
-            "{} has version {:?}, root hash of {}",
-            e.file, e.version, rel.version
-        ));
-    }
+    let rel = super::release_in_slot(
+        &mut f,
+        slot.offset(),
+        &format!("partition {}", slot.number),
+        &e,
+        &root,
+        releases,
+    )?;
     Ok(Booted {
         version: rel.version.clone(),
         entry: e.file.clone(),
