@@ -34,6 +34,9 @@ use artifacts::fat::Fat32;
 
 use super::oracle;
 
+/// Disk writes: (byte offset, bytes).
+pub type Writes = Vec<(u64, Vec<u8>)>;
+
 const SLOT: usize = 32;
 const ATTR_LFN: u8 = 0x0F;
 const DELETED: u8 = 0xE5;
@@ -121,7 +124,7 @@ impl Volume {
             let pos = (slot + k) * SLOT;
             let at = self.at(dir.chain[pos / cs]) + (pos % cs) as u64;
             match out.last_mut() {
-                Some((o, d)) if *o + d.len() as u64 == at && pos % cs != 0 => {
+                Some((o, d)) if *o + d.len() as u64 == at && !pos.is_multiple_of(cs) => {
                     d.extend_from_slice(chunk)
                 }
                 _ => out.push((at, chunk.to_vec())),
@@ -171,13 +174,13 @@ pub fn rename_writes(
     from: &str,
     to: &str,
     scratch: &Path,
-) -> Result<Option<Vec<(u64, Vec<u8>)>>, String> {
+) -> Result<Option<Writes>, String> {
     Ok(entry_writes(img, from, to, scratch)?.map(|(_, w)| sectors(img, &w)))
 }
 
 /// [`rename_writes`] before merging into sectors: the old entry's deletion
 /// (the first `.0` writes), then the new entry (and any directory growth).
-pub type EntryWrites = (usize, Vec<(u64, Vec<u8>)>);
+pub type EntryWrites = (usize, Writes);
 
 pub fn entry_writes(
     img: &Path,

@@ -398,7 +398,6 @@ pub fn sparse_copy(from: &Path, to: &Path) {
 pub fn booted_version(img: &Path, releases: &[&BundleInfo]) -> Result<String, String> {
     use artifacts::gpt::{self, Guid};
     use installer::bootmodel::BootModel;
-    use std::io::{Read, Seek, SeekFrom};
     let mut f = fs::File::open(img).map_err(|e| e.to_string())?;
     let disk = gpt::read_disk(&mut f).map_err(|e| format!("GPT: {e}"))?;
     let esp = disk
