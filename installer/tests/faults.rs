@@ -5,6 +5,13 @@
 //! must be untouched, `EFI/BOOT/BOOTX64.EFI` must be exactly the old or the
 //! new systemd-boot (the test bundles' loaders differ), and re-running the
 //! upgrade must finish it.
+//!
+//! Finding 7 (further down) replaces "a prefix of the writes persists" by
+//! any subset of each barrier epoch's writes (common::cuts), adds
+//! systemd-boot's counting rename as EDK2's FAT driver makes it
+//! (common::edk2) and a second upgrade after every cut, and judges every cut
+//! image the way firmware and Linux read it, with sgdisk and fsck.fat
+//! (common::oracle).
 
 mod common;
 
