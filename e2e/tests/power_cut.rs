@@ -230,3 +230,29 @@ fn strace_lines_are_classified() {
     assert_eq!(c[1].name, "pwrite64");
     assert!(c[1].to_disk);
 }
+
+/// The cut-disk checks can fail: the real disk image passes, the same disk
+/// with its ESP boot sector changed (fsck.fat -n still exits 0) or its
+/// primary GPT entries changed (header CRC now wrong) does not.
+#[test]
+fn standard_tools_refuse_a_damaged_disk() -> Result<()> {
+    require_tools(&["sgdisk", "fsck.fat"])?;
+    let work = tempfile::tempdir()?;
+    let disk = work.path().join("disk.raw");
+    sparse_copy(&images_dir()?.join("disk.raw"), &disk)?;
+    standard_tools_accept(&disk)?;
+    let esp = partition(&disk, "EFI")?;
+    for (what, offset, needle) in [
+        ("ESP boot sector", esp.offset + 3, "boot sector"),
+        ("primary GPT entries", 2 * 512 + 40, "primary GPT"),
+    ] {
+        let bad = work.path().join("bad.raw");
+        sparse_copy(&disk, &bad)?;
+        flip_byte(&bad, offset)?;
+        let e = standard_tools_accept(&bad)
+            .err()
+            .with_context(|| format!("a changed {what} passed"))?;
+        ensure!(format!("{e:#}").contains(needle), "{what}: {e:#}");
+    }
+    Ok(())
+}
