@@ -50,6 +50,12 @@ fn fill_state(img: &Path) {
     f.write_all(&data).unwrap();
 }
 
+/// The version that boots as firmware and Linux read the disk
+/// ([`oracle::boot`]), not through the installer's forgiving GPT reader.
+fn kernel_boots(img: &Path, releases: &[&BundleInfo]) -> Result<String, String> {
+    oracle::boot(img, releases).map(|b| b.version)
+}
+
 fn selected_is_counted(img: &Path) -> bool {
     with_esp(img, |vol| {
         installer::bootmodel::BootModel::read(vol)
@@ -73,7 +79,7 @@ fn every_cut(
     let mut d = FaultDisk::new(&work, None, Cut::Drop);
     upgrade_disk(&mut d, &work, bundle, false).expect("uncut upgrade");
     let total = d.writes;
-    assert_eq!(booted_version(&work, &all), Ok(new.version.clone()));
+    assert_eq!(kernel_boots(&work, &all), Ok(new.version.clone()));
     let (old_loader, new_loader) = (bundle_loader(old), bundle_loader(new));
     assert!(old_loader != new_loader, "the test needs differing loaders");
     assert!(esp_loader(base) == old_loader);
@@ -91,7 +97,7 @@ fn every_cut(
                 "{mode:?} cut {cut}/{total} did not fail the upgrade"
             );
             let why = format!("{mode:?} cut at write {cut}/{total}");
-            match booted_version(&work, &all) {
+            match kernel_boots(&work, &all) {
                 Ok(v) if v == old.version => saw_old += 1,
                 Ok(v) if v == new.version => {
                     saw_new += 1;
@@ -107,7 +113,7 @@ fn every_cut(
             if loader == new_loader {
                 saw_new_loader += 1;
                 assert_eq!(
-                    booted_version(&work, &all),
+                    kernel_boots(&work, &all),
                     Ok(new.version.clone()),
                     "{why}: the new loader is in place before the new release"
                 );
@@ -130,7 +136,7 @@ fn every_cut(
                 Err(e) => panic!("{why}: re-running the upgrade failed: {e}"),
             }
             assert_eq!(
-                booted_version(&work, &all),
+                kernel_boots(&work, &all),
                 Ok(new.version.clone()),
                 "{why}: after re-run"
             );
@@ -192,20 +198,20 @@ fn rollback_every_cut(
     from: &str,
     to: &str,
 ) -> usize {
-    assert_eq!(booted_version(base, all), Ok(from.into()));
+    assert_eq!(kernel_boots(base, all), Ok(from.into()));
     let work = fx.path("work.img");
     sparse_copy(base, &work);
     let mut d = FaultDisk::new(&work, None, Cut::Drop);
     installer::rollback::rollback_disk(&mut d, &work).unwrap();
     let total = d.writes;
     eprintln!("rollback: {total} writes, {} cut points", 3 * total);
-    assert_eq!(booted_version(&work, all), Ok(to.into()));
+    assert_eq!(kernel_boots(&work, all), Ok(to.into()));
     for mode in [Cut::Drop, Cut::Torn, Cut::LoseUnflushed] {
         for cut in 1..=total {
             sparse_copy(base, &work);
             let mut d = FaultDisk::new(&work, Some(cut), mode);
             assert!(installer::rollback::rollback_disk(&mut d, &work).is_err());
-            let v = booted_version(&work, all);
+            let v = kernel_boots(&work, all);
             assert!(
                 v == Ok(from.into()) || v == Ok(to.into()),
                 "{mode:?} cut {cut}/{total}: {v:?}"
