@@ -207,9 +207,12 @@ fn power_cut_during_upgrade_leaves_a_bootable_disk() -> Result<()> {
                 "killed before its first disk write, the upgrade still changed the disk"
             );
         }
+        let what = format!("cut at disk write {} of {n} ({label})", k + 1);
+        standard_tools_accept(&disk).with_context(|| what.clone())?;
+        let predicted = predicted_version(&disk).with_context(|| what.clone())?;
         let mut m = Machine::new(&format!("cut-{label}"), &dir, None)?;
         m.disks.push(Disk::virtio(&disk));
-        let line = boot_ok(&mut m, &format!("cut at {what} ({label})"), "version=")?;
+        let line = boot_ok(&mut m, &what, "version=")?;
         let release = ["slot=A version=1.0.0", "slot=B version=2.0.0"]
             .into_iter()
             .find(|r| line.contains(r));
@@ -221,8 +224,78 @@ fn power_cut_during_upgrade_leaves_a_bootable_disk() -> Result<()> {
             k != 0 || release == Some("slot=A version=1.0.0"),
             "the unchanged disk (cut before any write) should boot v1 from slot A: {line}"
         );
-        println!("cut at {what}: {line}");
+        ensure!(
+            line.contains(&format!("version={predicted}")),
+            "{what}: the boot model predicts {predicted}, the machine booted: {line}"
+        );
+        println!("{what}: {line}");
     }
+    Ok(())
+}
+
+/// The release the boot model (`cairn-installer status`) says boots next.
+fn predicted_version(disk: &Path) -> Result<String> {
+    let (json, pairs) = status_summary(disk)?;
+    field(&pairs, "next_boot.version")
+        .filter(|v| *v != "None")
+        .map(str::to_string)
+        .with_context(|| format!("status names no next boot:\n{json}"))
+}
+
+/// `sgdisk -v` and `fsck.fat -n` on a cut disk, their output read (both
+/// exit 0 on some real damage): sgdisk must find the primary GPT sound
+/// (Linux reads it) and may only fault the backup, which a cut between the
+/// two copies' updates leaves older; fsck.fat may only report leaked
+/// clusters, differing FATs and a stale free count (a cut's by-design
+/// leftovers, see artifacts' FAT editor docs).
+fn standard_tools_accept(disk: &Path) -> Result<()> {
+    let out = Command::new("sgdisk").arg("-v").arg(disk).output()?;
+    let text = format!(
+        "{}\n{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let primary_bad = ["Main header: ERROR", "Main partition table: ERROR"]
+        .iter()
+        .any(|l| text.contains(l))
+        || text.contains("invalid main GPT header");
+    let clean = text.contains("No problems found.")
+        && !["Problem", "Warning", "Caution"]
+            .iter()
+            .any(|w| text.contains(w));
+    ensure!(
+        clean || !primary_bad,
+        "sgdisk -v faults the primary GPT:\n{text}"
+    );
+    let esp = partition(disk, "EFI")?;
+    let copy = tempfile::NamedTempFile::new()?;
+    run(Command::new("dd")
+        .arg(format!("if={}", disk.display()))
+        .arg(format!("of={}", copy.path().display()))
+        .args(["bs=512", "conv=sparse", "status=none"])
+        .arg(format!("skip={}", esp.offset / 512))
+        .arg(format!("count={}", esp.size / 512)))?;
+    let out = Command::new("fsck.fat")
+        .arg("-n")
+        .arg(copy.path())
+        .output()?;
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let benign = |l: &str| {
+        l.is_empty()
+            || l.starts_with("fsck.fat ")
+            || l.starts_with("Reclaimed ") && l.contains(" unused cluster")
+            || l.starts_with("Free cluster summary wrong (")
+            || ["FATs differ but appear to be intact.", "Using first FAT."].contains(&l)
+            || ["Auto-correcting.", "Leaving filesystem unchanged."].contains(&l)
+            || l.contains(" files, ") && l.ends_with(" clusters")
+    };
+    let bad: Vec<&str> = text.lines().map(str::trim).filter(|l| !benign(l)).collect();
+    ensure!(
+        bad.is_empty() && out.status.code().is_some_and(|c| c <= 1),
+        "fsck.fat -n on the ESP ({}):\n{text}",
+        out.status
+    );
     Ok(())
 }
 
@@ -266,4 +339,30 @@ fn strace_lines_are_classified() {
     assert!(!c[0].to_disk);
     assert_eq!(c[1].name, "pwrite64");
     assert!(c[1].to_disk);
+}
+
+/// The cut-disk checks can fail: the real disk image passes, the same disk
+/// with its ESP boot sector changed (fsck.fat -n still exits 0) or its
+/// primary GPT entries changed (header CRC now wrong) does not.
+#[test]
+fn standard_tools_refuse_a_damaged_disk() -> Result<()> {
+    require_tools(&["sgdisk", "fsck.fat"])?;
+    let work = tempfile::tempdir()?;
+    let disk = work.path().join("disk.raw");
+    sparse_copy(&images_dir()?.join("disk.raw"), &disk)?;
+    standard_tools_accept(&disk)?;
+    let esp = partition(&disk, "EFI")?;
+    for (what, offset, needle) in [
+        ("ESP boot sector", esp.offset + 3, "boot sector"),
+        ("primary GPT entries", 2 * 512 + 40, "primary GPT"),
+    ] {
+        let bad = work.path().join("bad.raw");
+        sparse_copy(&disk, &bad)?;
+        flip_byte(&bad, offset)?;
+        let e = standard_tools_accept(&bad)
+            .err()
+            .with_context(|| format!("a changed {what} passed"))?;
+        ensure!(format!("{e:#}").contains(needle), "{what}: {e:#}");
+    }
+    Ok(())
 }

@@ -39,6 +39,11 @@ use crate::table;
 use crate::verify::{open_verified, read_verified};
 use contract::esp::EntryName;
 
+/// Directory slots kept free at the end of `EFI/Linux`: each boot-counting
+/// rename appends up to 3 (two long-name entries and the short one); two
+/// releases counting down 3 tries each, with room to spare.
+pub const ENTRY_RESERVE: usize = 64;
+
 #[derive(Debug, Clone, Default)]
 pub struct UpgradeOptions {
     pub disk: PathBuf,
@@ -423,6 +428,11 @@ pub fn upgrade_disk_with<D: Read + Write + Seek>(
             esp.remove_file(&format!("{ENTRY_DIR}/{name}"))
                 .map_err(fat(format!("removing {ENTRY_DIR}/{name}")))?;
         }
+        // Room for systemd-boot's counting renames until the next upgrade:
+        // the firmware appends each renamed entry and must never grow the
+        // directory itself (see Fat32::reserve_entries).
+        esp.reserve_entries(ENTRY_DIR, ENTRY_RESERVE)
+            .map_err(fat(format!("reserving entries in {ENTRY_DIR}")))?;
         esp.flush()
             .map_err(fat("syncing the ESP after removing stale UKIs"))?;
     }

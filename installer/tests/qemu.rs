@@ -5,72 +5,10 @@
 
 mod common;
 
-use std::fs;
-use std::path::Path;
-use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
-
+use common::firmware::power_on;
 use common::*;
 use installer::install::install;
 use installer::upgrade::upgrade;
-
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-
-struct Qemu(Child);
-
-impl Drop for Qemu {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-/// Powers the image on once and waits until the entry list changes (the
-/// loader's rename) or the deadline passes. Returns the new entry list.
-fn power_on(fx: &Fixture, img: &Path) -> Vec<String> {
-    let before = entry_files(img);
-    let vars = fx.path("vars.fd");
-    fs::copy(OVMF_VARS, &vars).expect("ovmf installed");
-    let child = Command::new("qemu-system-x86_64")
-        .args([
-            "-machine",
-            "q35",
-            "-m",
-            "256",
-            "-nographic",
-            "-no-reboot",
-            "-net",
-            "none",
-        ])
-        .args([
-            "-drive",
-            &format!("if=pflash,format=raw,readonly=on,file={OVMF_CODE}"),
-        ])
-        .args([
-            "-drive",
-            &format!("if=pflash,format=raw,file={}", vars.display()),
-        ])
-        .args([
-            "-drive",
-            &format!("if=virtio,format=raw,file={}", img.display()),
-        ])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("qemu-system-x86_64 is required");
-    let _q = Qemu(child);
-    let start = Instant::now();
-    while start.elapsed() < Duration::from_secs(300) {
-        std::thread::sleep(Duration::from_secs(2));
-        let now = entry_files(img);
-        if now != before {
-            return now;
-        }
-    }
-    panic!("systemd-boot renamed nothing within 300 s; entries {before:?}");
-}
 
 #[test]
 fn systemd_boot_picks_what_the_model_predicts() {

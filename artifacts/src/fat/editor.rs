@@ -7,18 +7,22 @@
 //!
 //! * `write_file`: (1) file data, one write per contiguous cluster run, the
 //!   tail of the last cluster zeroed; (2) when the directory must grow, its
-//!   new clusters zeroed; (3) the FAT: changed sectors, merged into runs,
-//!   FAT 1 then FAT 2; (4) the directory entries, long-name entries before
-//!   the short entry (one write per 512-byte sector the set spans, the
-//!   sector holding the short entry last); (5) FSInfo.
-//!   A cut before (4) leaves allocated but unreferenced clusters (a lost
-//!   chain `fsck.fat` reclaims), never a visible partial file.
+//!   new clusters zeroed and chained in the FAT, barrier, then the link
+//!   from its last cluster; (3) the FAT: changed sectors, merged into runs,
+//!   FAT 1 then FAT 2; barrier; (4) the directory entries, long-name entries
+//!   before the short entry (one write per 512-byte sector the set spans,
+//!   the sector holding the short entry last); (5) FSInfo. A cut before (4)
+//!   leaves allocated but unreferenced clusters (a lost chain `fsck.fat`
+//!   reclaims), never a visible partial file; the barrier keeps a disk that
+//!   reorders writes from landing the entry before the chain it names.
 //! * `create_dir`: the same, with the new directory's cluster (`.`, `..`)
 //!   as the data.
 //! * `remove_file`: (1) the entries marked deleted (the part holding the
-//!   short entry first); (2) the FAT chain freed, FAT 1 then FAT 2, except
-//!   clusters another entry still reaches (a cut rename's second name);
-//!   (3) FSInfo.
+//!   short entry first); barrier; (2) the FAT chain freed, FAT 1 then
+//!   FAT 2, except clusters another entry still reaches (a cut rename's
+//!   second name); (3) FSInfo. Without the barrier a reordering disk could
+//!   free the chain while the entry still names it, and the next
+//!   allocation would write into a visible file.
 //! * `rename`: when the new entry set needs no more slots than the old one
 //!   and the old one lies in one 512-byte sector, a single write inside
 //!   that sector replaces it in place (unused leading slots marked
@@ -28,16 +32,16 @@
 //!   that lands one sector and not the other would show a name that is
 //!   neither (the short name alone, or long-name parts of both names
 //!   under one checksum), e.g. a UKI without its boot counter. Otherwise:
-//!   (1) directory growth as above if needed; (2) the new entries, with a
-//!   short name of their own, written into free slots (long-name sectors
-//!   first, the short entry's sector last: until it lands the new parts
-//!   are orphans readers skip); (3) the old entries marked deleted (the
-//!   short entry's sector first); (4) FSInfo if the directory grew. A cut
-//!   between (2) and (3) leaves the file visible under both names, sharing
-//!   its clusters (`fsck.fat` reports them cross-linked); it never leaves
-//!   it with no name or a third one. Removing either name then keeps the
-//!   other's clusters, and renaming the old name to the new one again
-//!   finishes the rename.
+//!   (1) directory growth as above if needed, then a barrier; (2) the new
+//!   entries, with a short name of their own, written into free slots
+//!   (long-name sectors first, the short entry's sector last: until it
+//!   lands the new parts are orphans readers skip); barrier; (3) the old
+//!   entries marked deleted (the short entry's sector first); (4) FSInfo if
+//!   the directory grew. A cut between (2) and (3) leaves the file visible
+//!   under both names, sharing its clusters (`fsck.fat` reports them
+//!   cross-linked); it never leaves it with no name or a third one.
+//!   Removing either name then keeps the other's clusters, and renaming the
+//!   old name to the new one again finishes the rename.
 //! * `replace_file`: (1) the new content into free clusters, as
 //!   `write_file`'s data; (2) its chain in the FAT, FAT 1 then FAT 2;
 //!   barrier; (3) the file's one short entry rewritten (first cluster and
@@ -237,9 +241,10 @@ impl<R: Read + Write + Seek> Fat32<R> {
             self.release(&clusters);
             return Err(e);
         }
-        let mut dirty = clusters.clone();
-        dirty.extend(self.grow_dir(&mut dir, grow, path)?);
-        self.write_fat(&dirty)?;
+        self.grow_dir(&mut dir, grow, path)?;
+        self.write_fat(&clusters)?;
+        // The entry must not reach the disk before the chain it names.
+        self.barrier(path)?;
         let first = clusters.first().copied().unwrap_or(0);
         let tail = dirent::short_entry(&short, 0, first, len as u32, self.stamp);
         let set = dirent::entry_set(&name, &short, lfn, &tail);
@@ -284,9 +289,9 @@ impl<R: Read + Write + Seek> Fat32<R> {
             self.release(&clusters);
             return Err(e);
         }
-        let mut dirty = clusters;
-        dirty.extend(self.grow_dir(&mut dir, grow, path)?);
-        self.write_fat(&dirty)?;
+        self.grow_dir(&mut dir, grow, path)?;
+        self.write_fat(&clusters)?;
+        self.barrier(path)?;
         let tail = dirent::short_entry(&short, ATTR_DIR, c, 0, self.stamp);
         let set = dirent::entry_set(&name, &short, lfn, &tail);
         self.write_slots(&mut dir, start, &set, false, path)?;
@@ -324,6 +329,9 @@ impl<R: Read + Write + Seek> Fat32<R> {
         let chain = self.file_chain(&e, path)?;
         let chain = self.unshared(&chain, &dir, &e, path)?;
         self.delete_slots(&mut dir, e.first_slot, e.slot, path)?;
+        // Freed clusters may be reused at once: the entry naming them must
+        // be gone from the disk first.
+        self.barrier(path)?;
         self.release(&chain);
         self.write_fat(&chain)?;
         self.write_fsinfo()
@@ -440,7 +448,7 @@ impl<R: Read + Write + Seek> Fat32<R> {
     fn barrier(&mut self, path: &str) -> Result<(), FatError> {
         self.io
             .flush()
-            .map_err(io_err(format!("flushing while replacing {path}")))
+            .map_err(io_err(format!("flushing while changing {path}")))
     }
 
     /// Renames the file or directory at `path` to `new_name` in the same
@@ -495,15 +503,61 @@ impl<R: Read + Write + Seek> Fat32<R> {
             });
         }
         if grow > 0 {
-            let dirty = self.grow_dir(&mut dir, grow, path)?;
-            self.write_fat(&dirty)?;
+            self.grow_dir(&mut dir, grow, path)?;
+            self.barrier(path)?;
         }
         self.write_slots(&mut dir, start, &set, false, path)?;
+        // The new name is on the disk before the old one goes.
+        self.barrier(path)?;
         self.delete_slots(&mut dir, e.first_slot, e.slot, path)?;
         if grow > 0 {
             self.write_fsinfo()?;
         }
         Ok(())
+    }
+
+    /// Makes room for `n` directory entries after the last live entry of
+    /// the directory at `path`, so that a writer that only ever appends at
+    /// the end (UEFI firmware: EDK2's FAT driver renames a file by adding
+    /// its new entry after every used and deleted slot) never has to grow
+    /// the directory itself, whose FAT and data writes it does not order.
+    /// Deleted slots after the last live entry are zeroed (the end marker
+    /// moves back to just after it; only slots past every live entry are
+    /// touched, so any subset of these writes leaves every entry visible);
+    /// then, if fewer than `n` slots follow, zeroed clusters are chained on
+    /// (data and FAT; barrier). Returns the number of clusters added.
+    pub fn reserve_entries(&mut self, path: &str, n: usize) -> Result<u32, FatError> {
+        let mut dir = self.open_dir(&split(path), path)?;
+        let total = dir.bytes.len() / 32;
+        let live_end = (0..total)
+            .rev()
+            .find(|&i| {
+                let b = dir.bytes[i * 32];
+                b != 0 && b != DELETED
+            })
+            .map_or(0, |i| i + 1);
+        let stale: Vec<usize> = (live_end..total)
+            .filter(|&i| dir.bytes[i * 32] != 0 || dir.bytes[i * 32..i * 32 + 32] != [0u8; 32])
+            .collect();
+        if let (Some(&first), Some(&last)) = (stale.first(), stale.last()) {
+            let zeros = vec![[0u8; 32]; last + 1 - first];
+            self.write_slots(&mut dir, first, &zeros, false, path)?;
+        }
+        let cs = self.geo.cluster_size();
+        let missing = (n.saturating_sub(total - live_end) as u64 * 32).div_ceil(cs) as u32;
+        if missing > 0 {
+            if missing > self.free {
+                return Err(FatError::NoSpace {
+                    path: path.into(),
+                    needed: missing as u64 * cs,
+                    free: self.free_bytes(),
+                });
+            }
+            self.grow_dir(&mut dir, missing, path)?;
+            self.write_fsinfo()?;
+        }
+        self.barrier(path)?;
+        Ok(missing)
     }
 
     /// Writes FSInfo's free count and next-free hint, then flushes `io`.
@@ -699,28 +753,33 @@ impl<R: Read + Write + Seek> Fat32<R> {
         Ok(())
     }
 
-    /// Adds `n` zeroed clusters to `dir` (data written, FAT only in memory);
-    /// returns the FAT entries the caller must write.
-    fn grow_dir(&mut self, dir: &mut Dir, n: u32, path: &str) -> Result<Vec<u32>, FatError> {
+    /// Adds `n` zeroed clusters to `dir`: data, their FAT chain, barrier,
+    /// then the link from the directory's last cluster.
+    fn grow_dir(&mut self, dir: &mut Dir, n: u32, path: &str) -> Result<(), FatError> {
         if n == 0 {
-            return Ok(Vec::new());
+            return Ok(());
         }
         let new = self.alloc(n);
         let cs = self.geo.cluster_size() as usize;
-        for &c in &new {
-            let at = self.base + self.geo.cluster_offset(c);
-            write_at(&mut self.io, at, &vec![0u8; cs], path)?;
+        for (first, run) in runs(&new) {
+            let at = self.base + self.geo.cluster_offset(first);
+            write_at(&mut self.io, at, &vec![0u8; cs * run as usize], path)?;
         }
+        // The zeroed clusters and their own chain first; only then the
+        // link from the directory's last cluster, so no cut (or reordering
+        // disk) can leave the directory chained to a cluster the FAT still
+        // calls free, which would make the whole directory unreadable.
+        self.write_fat(&new)?;
+        self.barrier(path)?;
         let last = *dir
             .chain
             .last()
             .expect("a directory has at least one cluster");
         self.set(last, new[0]);
-        let mut dirty = vec![last];
-        dirty.extend(&new);
+        self.write_fat(&[last])?;
         dir.chain.extend(&new);
         dir.bytes.resize(dir.chain.len() * cs, 0);
-        Ok(dirty)
+        Ok(())
     }
 
     /// Writes the sectors of every FAT copy that hold `clusters`' entries,

@@ -2,6 +2,11 @@
 //! UKI (systemd's stub with dummy kernel bytes), and sparse disk images.
 #![allow(dead_code)]
 
+pub mod cuts;
+pub mod edk2;
+pub mod firmware;
+pub mod oracle;
+
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -81,6 +86,10 @@ pub struct BundleOpts {
     pub loader_tail: Vec<u8>,
     /// Authenticode-sign the loader (after the tail) with this db key.
     pub loader_signer: Option<&'static signing::secureboot::SecureBootKey>,
+    /// Kernel parameters after the verity ones. `gpt` as installed images
+    /// carry it (builder's INSTALLED_PARAMS): Linux then reads the backup
+    /// GPT when the primary is torn.
+    pub cmdline_extra: String,
 }
 
 impl BundleOpts {
@@ -99,6 +108,7 @@ impl BundleOpts {
             uki_machine: None,
             loader_tail: Vec::new(),
             loader_signer: None,
+            cmdline_extra: "console=ttyS0 panic=-1 gpt".into(),
         }
     }
 }
@@ -139,10 +149,7 @@ pub fn make_bundle(at: &Path, o: &BundleOpts) -> BundleInfo {
     let initrd = scratch.path().join("initrd");
     fs::write(&linux, format!("dummy kernel {}", o.version)).unwrap();
     fs::write(&initrd, b"dummy initrd").unwrap();
-    let cmdline = format!(
-        "{} console=ttyS0 panic=-1",
-        contract::slot::boot_params(&info)
-    );
+    let cmdline = format!("{} {}", contract::slot::boot_params(&info), o.cmdline_extra);
     let osrel = format!(
         "NAME=cairn\nID=cairn\nVERSION_ID={v}\nIMAGE_VERSION={v}\n",
         v = o.version
@@ -392,7 +399,6 @@ pub fn sparse_copy(from: &Path, to: &Path) {
 pub fn booted_version(img: &Path, releases: &[&BundleInfo]) -> Result<String, String> {
     use artifacts::gpt::{self, Guid};
     use installer::bootmodel::BootModel;
-    use std::io::{Read, Seek, SeekFrom};
     let mut f = fs::File::open(img).map_err(|e| e.to_string())?;
     let disk = gpt::read_disk(&mut f).map_err(|e| format!("GPT: {e}"))?;
     let esp = disk
@@ -417,17 +423,33 @@ pub fn booted_version(img: &Path, releases: &[&BundleInfo]) -> Result<String, St
                 e.file
             )
         })?;
-    let rel = releases
+    release_in_slot(&mut f, slot.offset(), &slot.name, e, &root, releases)
+        .map(|r| r.version.clone())
+}
+
+/// The known release whose root hash `e` boots, checked against the bytes
+/// of the slot at `offset` (named `slot` in messages) and the entry's own
+/// version.
+pub fn release_in_slot<'r>(
+    f: &mut fs::File,
+    offset: u64,
+    slot: &str,
+    e: &installer::bootmodel::Entry,
+    root: &str,
+    releases: &[&'r BundleInfo],
+) -> Result<&'r BundleInfo, String> {
+    use std::io::{Read, Seek, SeekFrom};
+    let rel = *releases
         .iter()
         .find(|r| r.root_hash == root)
         .ok_or_else(|| format!("root hash {root} is no known release"))?;
     let mut data = vec![0u8; rel.rootfs_len as usize];
-    f.seek(SeekFrom::Start(slot.offset())).unwrap();
+    f.seek(SeekFrom::Start(offset)).unwrap();
     f.read_exact(&mut data).unwrap();
     if <[u8; 32]>::from(Sha256::digest(&data)) != rel.rootfs_sha256 {
         return Err(format!(
-            "{} selects {} in {}, whose data does not match the release",
-            e.file, rel.version, slot.name
+            "{} selects {} in {slot}, whose data does not match the release",
+            e.file, rel.version
         ));
     }
     if e.version.as_deref() != Some(rel.version.as_str()) {
@@ -436,7 +458,7 @@ pub fn booted_version(img: &Path, releases: &[&BundleInfo]) -> Result<String, St
             e.file, e.version, rel.version
         ));
     }
-    Ok(rel.version.clone())
+    Ok(rel)
 }
 
 /// sha256 of a byte range of a file.

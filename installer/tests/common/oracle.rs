@@ -1,0 +1,417 @@
+//! The power-cut oracle: what a cut disk boots, read the way the machine
+//! reads it rather than through the installer's own (more forgiving)
+//! readers, and what the standard tools say about it.
+//!
+//! * Firmware (UEFI 2.10 5.3.2) takes the primary GPT, or the backup at the
+//!   last LBA when the primary's header or entry CRC fails; it finds the
+//!   ESP there. (OVMF's PartitionDxe even rewrites the bad copy; not every
+//!   firmware does, so that repair is not counted on.)
+//! * systemd-boot picks an entry ([`installer::bootmodel`], itself checked
+//!   against the real loader in installer/tests/qemu.rs).
+//! * Linux (block/partitions/efi.c, `find_valid_gpt`) needs a valid
+//!   protective MBR and a valid primary GPT; only with `gpt` on the command
+//!   line does it skip the MBR check and fall back to the backup at the last
+//!   LBA. Without a table it makes no partitions, and init finds no slot.
+//!   This parser is written here from the UEFI layout, not taken from
+//!   artifacts::gpt, whose reader falls back to the backup always.
+//! * `sgdisk -v` and `fsck.fat -n` read the image too, and their output is
+//!   read line by line: fsck.fat exits 0 on some real damage (a boot sector
+//!   that differs from its backup), so the exit status alone proves little.
+
+use std::fs;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+use super::BundleInfo;
+
+const SECTOR: u64 = 512;
+/// C12A7328-F81F-11D2-BA4B-00A0C93EC93B, the ESP type.
+const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+
+/// One partition of a GPT as a reader of the raw table sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Part {
+    /// 1-based, as Linux numbers partitions (table entry + 1).
+    pub number: u32,
+    pub type_guid: String,
+    pub uuid: String,
+    pub first_lba: u64,
+    pub last_lba: u64,
+}
+
+impl Part {
+    pub fn offset(&self) -> u64 {
+        self.first_lba * SECTOR
+    }
+
+    pub fn len(&self) -> u64 {
+        (self.last_lba + 1 - self.first_lba) * SECTOR
+    }
+}
+
+fn le32(b: &[u8], at: usize) -> u32 {
+    u32::from_le_bytes(b[at..at + 4].try_into().unwrap())
+}
+
+fn le64(b: &[u8], at: usize) -> u64 {
+    u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+}
+
+/// GPT's mixed-endian GUID bytes as the upper-case string form.
+fn guid_string(b: &[u8]) -> String {
+    format!(
+        "{:08X}-{:04X}-{:04X}-{}-{}",
+        le32(b, 0),
+        u16::from_le_bytes([b[4], b[5]]),
+        u16::from_le_bytes([b[6], b[7]]),
+        hex::encode_upper(&b[8..10]),
+        hex::encode_upper(&b[10..16])
+    )
+}
+
+/// The PARTUUID a slot holding `root_hash` (hex) carries: its first 128
+/// bits taken as the UUID's string form (UAPI discoverable partitions).
+pub fn slot_uuid(root_hash: &str) -> String {
+    let h = root_hash.to_ascii_uppercase();
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
+}
+
+fn read(f: &fs::File, at: u64, len: usize) -> Result<Vec<u8>, String> {
+    let mut b = vec![0u8; len];
+    f.read_exact_at(&mut b, at)
+        .map_err(|e| format!("reading {len} bytes at {at}: {e}"))?;
+    Ok(b)
+}
+
+/// `is_gpt_valid` of Linux's efi.c for the header at `lba`: the table's
+/// partitions, or why the copy is not valid.
+fn gpt_copy(f: &fs::File, lba: u64, last_lba: u64) -> Result<Vec<Part>, String> {
+    let h = read(f, lba * SECTOR, SECTOR as usize)?;
+    if &h[0..8] != b"EFI PART" {
+        return Err(format!("no GPT signature at LBA {lba}"));
+    }
+    let size = le32(&h, 12) as usize;
+    if !(92..=SECTOR as usize).contains(&size) {
+        return Err(format!("header size {size} at LBA {lba}"));
+    }
+    let mut z = h[..size].to_vec();
+    z[16..20].fill(0);
+    if crc32fast::hash(&z) != le32(&h, 16) {
+        return Err(format!("header CRC mismatch at LBA {lba}"));
+    }
+    if le64(&h, 24) != lba {
+        return Err(format!(
+            "header at LBA {lba} says it is at {}",
+            le64(&h, 24)
+        ));
+    }
+    let (first_usable, last_usable) = (le64(&h, 40), le64(&h, 48));
+    if first_usable > last_lba || last_usable > last_lba || last_usable < first_usable {
+        return Err(format!(
+            "usable range {first_usable}..{last_usable} outside the disk (last LBA {last_lba})"
+        ));
+    }
+    let (entries_lba, count, entry_size) = (le64(&h, 72), le32(&h, 80), le32(&h, 84));
+    if entry_size != 128 || count > 4096 {
+        return Err(format!("{count} entries of {entry_size} bytes"));
+    }
+    let table = read(f, entries_lba * SECTOR, (count * entry_size) as usize)?;
+    if crc32fast::hash(&table) != le32(&h, 88) {
+        return Err(format!(
+            "entry array CRC mismatch (header at LBA {lba}, entries at LBA {entries_lba})"
+        ));
+    }
+    Ok(table
+        .chunks_exact(128)
+        .enumerate()
+        .filter_map(|(i, e)| {
+            let (first, last) = (le64(e, 32), le64(e, 40));
+            // is_pte_valid: a type GUID, and both ends on the disk.
+            (e[..16] != [0u8; 16] && first <= last_lba && last <= last_lba).then(|| Part {
+                number: i as u32 + 1,
+                type_guid: guid_string(&e[..16]),
+                uuid: guid_string(&e[16..32]),
+                first_lba: first,
+                last_lba: last,
+            })
+        })
+        .collect())
+}
+
+fn disk_last_lba(f: &fs::File) -> Result<u64, String> {
+    let len = f.metadata().map_err(|e| e.to_string())?.len();
+    Ok(len / SECTOR - 1)
+}
+
+/// `is_pmbr_valid`: boot signature and a 0xEE record starting at LBA 1.
+fn protective_mbr(f: &fs::File) -> Result<(), String> {
+    let m = read(f, 0, SECTOR as usize)?;
+    if m[510..512] != [0x55, 0xAA] {
+        return Err("no MBR boot signature".into());
+    }
+    let ok = (0..4).any(|i| {
+        let r = &m[446 + 16 * i..446 + 16 * (i + 1)];
+        r[4] == 0xEE && le32(r, 8) == 1
+    });
+    if ok {
+        Ok(())
+    } else {
+        Err("no protective MBR record (type 0xEE from LBA 1)".into())
+    }
+}
+
+/// The partitions Linux makes for the image: the primary GPT, or with
+/// `gpt` on the command line (`force_gpt`) the backup when the primary
+/// fails. Err says why there are none.
+pub fn kernel_table(img: &Path, force_gpt: bool) -> Result<Vec<Part>, String> {
+    let f = fs::File::open(img).map_err(|e| e.to_string())?;
+    let last = disk_last_lba(&f)?;
+    if !force_gpt {
+        protective_mbr(&f)?;
+    }
+    match gpt_copy(&f, 1, last) {
+        Ok(p) => Ok(p),
+        Err(pe) if force_gpt => {
+            gpt_copy(&f, last, last).map_err(|be| format!("primary GPT: {pe}; backup GPT: {be}"))
+        }
+        Err(pe) => Err(format!(
+            "primary GPT: {pe} (Linux reads the backup only with `gpt` on its command line)"
+        )),
+    }
+}
+
+/// The partitions the firmware finds: primary, else backup.
+pub fn firmware_table(img: &Path) -> Result<Vec<Part>, String> {
+    let f = fs::File::open(img).map_err(|e| e.to_string())?;
+    let last = disk_last_lba(&f)?;
+    gpt_copy(&f, 1, last).or_else(|pe| {
+        gpt_copy(&f, last, last).map_err(|be| format!("primary GPT: {pe}; backup GPT: {be}"))
+    })
+}
+
+/// The ESP as the firmware finds it.
+pub fn firmware_esp(img: &Path) -> Result<Part, String> {
+    firmware_table(img)?
+        .into_iter()
+        .find(|p| p.type_guid == ESP_TYPE)
+        .ok_or_else(|| "no ESP in the GPT the firmware reads".into())
+}
+
+/// What a power-on boots.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Booted {
+    pub version: String,
+    /// The UKI systemd-boot picks.
+    pub entry: String,
+    pub counted: bool,
+    /// `gpt` is on its command line.
+    pub force_gpt: bool,
+}
+
+/// The whole chain on `img`: firmware GPT -> ESP -> systemd-boot's choice
+/// -> its command line -> Linux's partitions -> the slot with the root
+/// hash's PARTUUID -> the slot's bytes against the release.
+pub fn boot(img: &Path, releases: &[&BundleInfo]) -> Result<Booted, String> {
+    use installer::bootmodel::BootModel;
+    let esp = firmware_esp(img)?;
+    let mut f = fs::File::open(img).map_err(|e| e.to_string())?;
+    let mut vol = artifacts::fat::Fat32::open(&mut f, esp.offset(), esp.len())
+        .map_err(|e| format!("ESP: {e}"))?;
+    vol.read_file(installer::bootmodel::LOADER)
+        .map_err(|e| format!("the firmware finds no loader: {e}"))?;
+    let model = BootModel::read(&mut vol).map_err(|e| format!("boot model: {e}"))?;
+    let e = model.selected().ok_or("no boot entry")?.clone();
+    let root = e.root_hash.clone().ok_or("entry without cairn.rootfs")?;
+    let force_gpt = e.cmdline.split_ascii_whitespace().any(|w| w == "gpt");
+    let parts = kernel_table(img, force_gpt)
+        .map_err(|why| format!("{} is chosen, and Linux sees no partitions: {why}", e.file))?;
+    let want = slot_uuid(&root);
+    let slot = parts.iter().find(|p| p.uuid == want).ok_or_else(|| {
+        format!(
+            "{} boots root {root}: Linux sees no partition with PARTUUID {want}",
+            e.file
+        )
+    })?;
+    let rel = super::release_in_slot(
+        &mut f,
+        slot.offset(),
+        &format!("partition {}", slot.number),
+        &e,
+        &root,
+        releases,
+    )?;
+    Ok(Booted {
+        version: rel.version.clone(),
+        entry: e.file.clone(),
+        counted: e.counter.is_some(),
+        force_gpt,
+    })
+}
+
+/// What a cut may leave that the tools report and that is harmless by
+/// design (see table.rs and artifacts' FAT editor docs).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Benign {
+    /// The primary GPT valid and the backup torn or older: a cut inside
+    /// the backup's update or between it and the primary's.
+    pub backup_stale: bool,
+    /// A primary GPT that fails its CRCs while the backup is good, on a
+    /// disk whose chosen UKI has `gpt` on its command line.
+    pub primary_invalid: bool,
+}
+
+/// What `sgdisk -v` says about an image. It exits 0 whatever it finds,
+/// and some of its findings go to stderr only, so both are read.
+#[derive(Debug, Clone)]
+pub struct Sgdisk {
+    pub text: String,
+    /// Its per-structure verdicts (`Main header: OK` ...); absent when it
+    /// found every CRC good.
+    pub main_ok: bool,
+    pub backup_header_ok: bool,
+    pub backup_table_ok: bool,
+    /// "Main and backup partition tables differ".
+    pub differ: bool,
+    /// Nothing but "No problems found" and the free-space summary.
+    pub clean: bool,
+}
+
+pub fn sgdisk(img: &Path) -> Sgdisk {
+    let out = super::tool("sgdisk", &["-v", img.to_str().unwrap()]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned()
+        + "\n"
+        + &String::from_utf8_lossy(&out.stderr);
+    let verdict = |what: &str| !text.contains(&format!("{what}: ERROR"));
+    let complaints = ["Problem", "Warning", "Caution", "problems!"];
+    Sgdisk {
+        main_ok: verdict("Main header") && verdict("Main partition table"),
+        backup_header_ok: verdict("Backup header"),
+        backup_table_ok: verdict("Backup partition table"),
+        differ: text.contains("Main and backup partition tables differ"),
+        clean: out.status.success()
+            && text.contains("No problems found.")
+            && !complaints.iter().any(|c| text.contains(c)),
+        text,
+    }
+}
+
+/// `sgdisk -v` against the raw reading of the same image and what a cut
+/// may leave; Err quotes sgdisk.
+pub fn sgdisk_agrees(img: &Path, benign: Benign) -> Result<(), String> {
+    let r = sgdisk(img);
+    let (primary, _, _) = gpt_copies(img);
+    if r.main_ok != primary {
+        return Err(format!(
+            "sgdisk and the raw reading disagree on the primary GPT (raw: valid={primary}):\n{}",
+            r.text
+        ));
+    }
+    if r.clean {
+        return Ok(());
+    }
+    // sgdisk checks the backup header's entry CRC against the entries it
+    // loaded (the primary's), so an older backup reads as a bad backup
+    // table there.
+    if benign.backup_stale && primary && (r.differ || !r.backup_table_ok || !r.backup_header_ok) {
+        return Ok(());
+    }
+    // With a torn primary sgdisk may load either copy's entries and then
+    // fault the other copy's entry CRC; the raw reading decides.
+    if benign.primary_invalid && !primary && r.backup_header_ok {
+        return Ok(());
+    }
+    Err(r.text)
+}
+
+/// Copies the ESP out of `img` (keeping holes) for fsck.fat, which takes
+/// no offset.
+pub fn extract(img: &Path, part: &Part, to: &Path) {
+    let src = fs::File::open(img).unwrap();
+    let dst = fs::File::create(to).unwrap();
+    dst.set_len(part.len()).unwrap();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0u64;
+    while done < part.len() {
+        let n = (part.len() - done).min(buf.len() as u64) as usize;
+        src.read_exact_at(&mut buf[..n], part.offset() + done)
+            .unwrap();
+        if buf[..n].iter().any(|b| *b != 0) {
+            dst.write_all_at(&buf[..n], done).unwrap();
+        }
+        done += n as u64;
+    }
+}
+
+/// fsck.fat's lines that a cut may leave by design: clusters allocated in
+/// the FAT that no file owns (a leak `fsck.fat -a` reclaims), the two FATs
+/// differing over such clusters, and a stale FSInfo free count.
+fn benign_fsck_line(l: &str) -> bool {
+    l.starts_with("fsck.fat ")
+        || l.starts_with("Reclaimed ") && l.contains(" unused cluster")
+        || l.starts_with("Free cluster summary wrong (")
+        || l == "FATs differ but appear to be intact."
+        || l == "Using first FAT."
+        || l == "Auto-correcting."
+        || l == "Leaving filesystem unchanged."
+        || l.contains(": ") && l.contains(" files, ") && l.ends_with(" clusters")
+}
+
+/// `fsck.fat -n` on the image's ESP: the lines that are not benign.
+pub fn fsck_problems(img: &Path, scratch: &Path) -> Vec<String> {
+    let esp = match firmware_esp(img) {
+        Ok(p) => p,
+        Err(e) => return vec![e],
+    };
+    extract(img, &esp, scratch);
+    let out = super::tool("fsck.fat", &["-n", scratch.to_str().unwrap()]);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    let mut bad: Vec<String> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !benign_fsck_line(l))
+        .map(str::to_string)
+        .collect();
+    // 0: clean; 1: errors found (the benign ones above); more: it failed.
+    if out.status.code().is_none_or(|c| c > 1) {
+        bad.push(format!("fsck.fat -n exit status {}", out.status));
+    }
+    bad
+}
+
+/// Both tools on `img`; Err lists what they found that `benign` does not
+/// cover.
+pub fn tools_agree(img: &Path, scratch: &Path, benign: Benign) -> Result<(), String> {
+    let mut bad = Vec::new();
+    if let Err(t) = sgdisk_agrees(img, benign) {
+        bad.push(format!("sgdisk -v:\n{t}"));
+    }
+    bad.extend(
+        fsck_problems(img, scratch)
+            .into_iter()
+            .map(|l| format!("fsck.fat -n: {l}")),
+    );
+    if bad.is_empty() {
+        Ok(())
+    } else {
+        Err(bad.join("\n  "))
+    }
+}
+
+/// What `img`'s GPT copies are: (primary valid, backup valid, equal
+/// partitions), read raw.
+pub fn gpt_copies(img: &Path) -> (bool, bool, bool) {
+    let f = fs::File::open(img).unwrap();
+    let last = disk_last_lba(&f).unwrap();
+    let p = gpt_copy(&f, 1, last);
+    let b = gpt_copy(&f, last, last);
+    let same = matches!((&p, &b), (Ok(x), Ok(y)) if x == y);
+    (p.is_ok(), b.is_ok(), same)
+}
