@@ -994,3 +994,83 @@ fn cut_during_replace_leaves_old_or_new_file() {
     assert_eq!(budget, 7);
     assert_eq!(first_new, Some(4));
 }
+
+/// `reserve_entries`: trailing deleted slots become end-of-directory, the
+/// directory grows to hold `n` free slots after its last live entry, live
+/// entries stay where they are, and the volume checks clean.
+#[test]
+fn reserve_entries_leaves_room_after_the_last_live_entry() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("esp.img");
+    format_path(&img, &opts(64 * MIB), &[]).unwrap();
+    let mut fat = open_rw(&img);
+    fat.create_dir_all("EFI/Linux").unwrap();
+    for i in 0..6 {
+        fat.write_file(&format!("EFI/Linux/cairn-{i}.0.0+3.efi"), &pattern(700, i))
+            .unwrap();
+    }
+    for i in 3..6 {
+        fat.remove_file(&format!("EFI/Linux/cairn-{i}.0.0+3.efi"))
+            .unwrap();
+    }
+    let cs = fat.geometry().cluster_size() as usize;
+    let grew = fat.reserve_entries("EFI/Linux", 64).unwrap();
+    assert!(grew > 0);
+    assert_eq!(
+        fat.reserve_entries("EFI/Linux", 64).unwrap(),
+        0,
+        "idempotent"
+    );
+    let names: Vec<String> = fat
+        .list("EFI/Linux")
+        .unwrap()
+        .into_iter()
+        .map(|e| e.name)
+        .collect();
+    assert_eq!(
+        names,
+        [
+            "cairn-0.0.0+3.efi",
+            "cairn-1.0.0+3.efi",
+            "cairn-2.0.0+3.efi"
+        ]
+    );
+    drop(fat);
+    // The deleted sets' slots are zero now: the end marker follows the
+    // last live entry.
+    let dir = mcopy_dir_raw(&img, "EFI/Linux");
+    // `.`, `..` and three live sets of 3 slots, then at least 64 free
+    // slots, in as few clusters as hold them.
+    assert_eq!(dir.len(), ((2 + 9 + 64) * 32usize).div_ceil(cs) * cs);
+    assert!(
+        dir[11 * 32..].iter().all(|b| *b == 0),
+        "slots after the live ones are zeroed"
+    );
+    fsck_clean(&img);
+}
+
+/// The raw bytes of a directory's clusters (its chain from the FAT).
+fn mcopy_dir_raw(img: &Path, path: &str) -> Vec<u8> {
+    let mut fat = open_rw(img);
+    let (parent, name) = path.rsplit_once('/').unwrap_or(("", path));
+    let first = fat
+        .list(parent)
+        .unwrap()
+        .into_iter()
+        .find(|e| e.name == name)
+        .unwrap()
+        .first_cluster;
+    let geo = fat.geometry();
+    drop(fat);
+    let bytes = fs::read(img).unwrap();
+    let fat_at = geo.fat_offset(0) as usize;
+    let mut out = Vec::new();
+    let mut c = first;
+    while (2..0x0FFF_FFF8).contains(&c) {
+        let at = geo.cluster_offset(c) as usize;
+        out.extend_from_slice(&bytes[at..at + geo.cluster_size() as usize]);
+        c = u32::from_le_bytes(bytes[fat_at + 4 * c as usize..][..4].try_into().unwrap())
+            & 0x0FFF_FFFF;
+    }
+    out
+}

@@ -529,12 +529,14 @@ impl<R: Read + Write + Seek> Fat32<R> {
     pub fn reserve_entries(&mut self, path: &str, n: usize) -> Result<u32, FatError> {
         let mut dir = self.open_dir(&split(path), path)?;
         let total = dir.bytes.len() / 32;
-        let live_end = (0..total)
+        // Readers stop at the first end-of-directory slot: whatever lies
+        // past it (a cut's half-written set) is no entry, and goes too.
+        let end = (0..total)
+            .find(|&i| dir.bytes[i * 32] == 0)
+            .unwrap_or(total);
+        let live_end = (0..end)
             .rev()
-            .find(|&i| {
-                let b = dir.bytes[i * 32];
-                b != 0 && b != DELETED
-            })
+            .find(|&i| dir.bytes[i * 32] != DELETED)
             .map_or(0, |i| i + 1);
         let stale: Vec<usize> = (live_end..total)
             .filter(|&i| dir.bytes[i * 32] != 0 || dir.bytes[i * 32..i * 32 + 32] != [0u8; 32])
