@@ -385,7 +385,7 @@ fn reads_sgdisk_made_disk() {
     assert_eq!(p[0].type_guid, ESP_TYPE);
     assert_eq!(
         p[0].guid.to_string(),
-        "01234567-89AB-4CDE-8F01-23456789ABCD"
+        "01234567-89ab-4cde-8f01-23456789abcd"
     );
     assert_eq!((p[0].first_lba, p[0].size_bytes()), (2048, 8 << 20));
     assert_eq!((p[1].slot, p[1].name.as_str()), (2, "third"));

@@ -31,8 +31,21 @@ pub const EPHEMERAL_MOUNT: &str = "/var";
 /// A partition UUID of a slot that holds a release: the first 128 bits of the
 /// release's dm-verity root hash, so init finds the slot by the root hash
 /// alone (UAPI discoverable partitions). An empty slot gets a seed GUID.
+///
+/// Its text form is `Guid`'s `Display`: lower case, as the kernel takes
+/// `root=PARTUUID=` and as libblkid (`blkid`, `partx`) prints it; init's
+/// console lines and `cairn-installer status` use it.
 pub fn slot_partuuid(root_hash: &[u8; 32]) -> Guid {
     Guid::from_root_hash(root_hash).expect("32 bytes are more than 16")
+}
+
+/// [`slot_partuuid`] of a root hash in hex (64 digits, either case), the
+/// form `cairn.rootfs=` and manifest.json's `verity_root_hash` carry;
+/// `None` when `root_hash_hex` is not that.
+pub fn slot_partuuid_of_hex(root_hash_hex: &str) -> Option<Guid> {
+    crate::cmdline::parse_hex::<32>(crate::cmdline::ROOTFS, root_hash_hex)
+        .ok()
+        .map(|h| slot_partuuid(&h))
 }
 
 /// cairn's five partitions in table order; EPHEMERAL takes the rest of the
@@ -70,10 +83,18 @@ mod tests {
         for (i, b) in h.iter_mut().enumerate() {
             *b = i as u8;
         }
+        let text = "00010203-0405-0607-0809-0a0b0c0d0e0f";
+        assert_eq!(slot_partuuid(&h).to_string(), text);
+        let hex = crate::cmdline::hex(&h);
+        assert_eq!(slot_partuuid_of_hex(&hex).unwrap().to_string(), text);
         assert_eq!(
-            slot_partuuid(&h).to_string().to_lowercase(),
-            "00010203-0405-0607-0809-0a0b0c0d0e0f"
+            slot_partuuid_of_hex(&hex.to_uppercase())
+                .unwrap()
+                .to_string(),
+            text
         );
+        assert_eq!(slot_partuuid_of_hex(&hex[..62]), None);
+        assert_eq!(slot_partuuid_of_hex(&hex.replace('0', "g")), None);
     }
 
     #[test]

@@ -18,8 +18,8 @@ const TRIES: usize = 3;
 /// (init/src/stage1.rs `exec_stage2`).
 const NO_INIT: &str = "cairn: boot failed: exec /sbin/init in the new root";
 
-/// The PARTUUID init looks for to boot the release in `dir`: the first 128
-/// bits of its verity root hash (docs/design.md), from its manifest.
+/// The PARTUUID init looks for to boot the release in `dir`: the contract's
+/// slot rule applied to the verity root hash in its manifest.
 fn release_partuuid(dir: &Path) -> Result<String> {
     let path = dir.join("manifest.json");
     let m: serde_json::Value = serde_json::from_slice(&fs::read(&path)?)
@@ -27,15 +27,9 @@ fn release_partuuid(dir: &Path) -> Result<String> {
     let h = m["verity_root_hash"]
         .as_str()
         .with_context(|| format!("{} has no verity_root_hash", path.display()))?;
-    ensure!(h.len() == 64, "{}: verity_root_hash {h}", path.display());
-    Ok(format!(
-        "{}-{}-{}-{}-{}",
-        &h[..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    ))
+    let uuid = contract::disk::slot_partuuid_of_hex(h)
+        .with_context(|| format!("{}: verity_root_hash {h}", path.display()))?;
+    Ok(uuid.to_string())
 }
 
 /// Each failed try failed for `cause` (init's own message), booting slot
@@ -58,11 +52,9 @@ fn check_failed_tries(
             "try {n} should fail with {cause:?}, it failed with: {}",
             f.line
         );
-        // A GUID's hex digits may print in either case (init prints
-        // artifacts' upper-case form; the root hash is lower case).
         let looked = f.line_with("looking for rootfs partition PARTUUID=");
         ensure!(
-            looked.is_some_and(|l| l.to_ascii_lowercase().contains(&want.to_ascii_lowercase())),
+            looked.is_some_and(|l| l.contains(&want)),
             "try {n} should boot the release in {} ({want:?}); it looked for: {:?}",
             release.display(),
             f.line_with("looking for rootfs partition")

@@ -163,17 +163,19 @@ fn disk_raw_has_our_gpt_and_a_clean_esp() -> Result<()> {
         names == ["EFI", "BOOT-A", "BOOT-B", "STATE", "EPHEMERAL"],
         "partitions: {names:?}"
     );
-    // BOOT-A's PARTUUID is the first 128 bits of the verity root hash.
+    // BOOT-A's PARTUUID is the contract's slot PARTUUID of the verity root
+    // hash (sgdisk prints it upper case).
     let manifest = std::fs::read_to_string(out.join("manifest.json"))?;
     let root = manifest
         .split("\"verity_root_hash\": \"")
         .nth(1)
+        .and_then(|r| r.get(..64))
         .context("verity_root_hash in manifest.json")?;
-    let slot = &parts[1].uuid.to_lowercase().replace('-', "");
+    let want = contract::disk::slot_partuuid_of_hex(root).context("verity_root_hash")?;
+    let slot = parts[1].uuid.to_lowercase();
     ensure!(
-        root.starts_with(slot.as_str()),
-        "BOOT-A PARTUUID {slot} is not the root hash prefix of {}",
-        &root[..64.min(root.len())]
+        slot == want.to_string(),
+        "BOOT-A PARTUUID {slot} is not the slot PARTUUID {want} of root hash {root}"
     );
     let esp = &parts[0];
     let img = tempfile::NamedTempFile::new()?;

@@ -166,7 +166,8 @@ fn finding_4_torn_primary_gpt_boots_through_firmware() -> Result<()> {
         repaired || console.contains("vda: primary GPT invalid"),
         "the primary is still torn, yet init did not say it read the backup:\n{console}"
     );
-    let esp = partition(&disk, "EFI")?.uuid.to_uppercase();
+    // sgdisk prints upper case; init prints the lower-case text form.
+    let esp = partition(&disk, "EFI")?.uuid.to_lowercase();
     ensure!(
         console.contains(&format!(
             "rootfs disk vda: it holds the loader's partition PARTUUID={esp} (LoaderDevicePartUUID)"

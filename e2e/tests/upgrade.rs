@@ -41,9 +41,14 @@ fn upgrade_a_to_b_keeps_state_and_ephemeral() -> Result<()> {
         boots.starts_with(&boots_v1) && boots.lines().count() == 2,
         "STATE /boots.log should keep v1's record and add v2's:\nbefore:\n{boots_v1}\nafter:\n{boots}"
     );
+    // Slot and version together: v2 booted from B (not v1 again, not v2
+    // from the wrong slot).
     ensure!(
-        boots.lines().nth(1).is_some_and(|l| l.contains("slot=B")),
-        "the second STATE record should be slot B:\n{boots}"
+        boots
+            .lines()
+            .nth(1)
+            .is_some_and(|l| l.contains("slot=B version=2.0.0 result=ok")),
+        "the second STATE record should be v2 booted ok from slot B:\n{boots}"
     );
     let var = ext4_cat(&disk, "EPHEMERAL", "/log/cairn-boots")?;
     ensure!(

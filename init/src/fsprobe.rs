@@ -2,6 +2,8 @@
 //! Init formats only provably empty space: a partition whose first MiB is
 //! zero (the installer zeroes it). Anything else is kept.
 
+use installer::probe::{probe_head, Contents, EXT_SUPERBLOCK};
+
 pub const PROBE_LEN: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -19,48 +21,30 @@ pub enum Action {
     Stop(String),
 }
 
-fn le16(b: &[u8], at: usize) -> Option<u16> {
-    Some(u16::from_le_bytes(b.get(at..at + 2)?.try_into().ok()?))
-}
 fn le32(b: &[u8], at: usize) -> Option<u32> {
     Some(u32::from_le_bytes(b.get(at..at + 4)?.try_into().ok()?))
 }
 
 const EXT_SB: usize = 1024;
-const EXT_MAGIC: u16 = 0xEF53;
 const INCOMPAT_EXTENTS: u32 = 0x40;
 
 /// Classifies the first bytes of a partition (normally [`PROBE_LEN`]; a
-/// shorter slice means the partition is that small).
+/// shorter slice means the partition is that small) with the installer's
+/// signature table ([`installer::probe::probe_head`]). Of the filesystems
+/// there, init keeps only its own kind: ext4 with extents (what it formats).
 pub fn classify(head: &[u8]) -> Found {
-    if head.iter().all(|b| *b == 0) {
-        return Found::Zeroed;
-    }
-    if le16(head, EXT_SB + 0x38) == Some(EXT_MAGIC) {
-        let incompat = le32(head, EXT_SB + 0x60).unwrap_or(0);
-        if incompat & INCOMPAT_EXTENTS != 0 {
-            return Found::Ext4;
+    match probe_head(head) {
+        Contents::Blank => Found::Zeroed,
+        Contents::Found(sigs) if sigs.iter().any(|s| s.what == EXT_SUPERBLOCK) => {
+            let incompat = le32(head, EXT_SB + 0x60).unwrap_or(0);
+            if incompat & INCOMPAT_EXTENTS != 0 {
+                Found::Ext4
+            } else {
+                Found::Other("an ext2/ext3 filesystem (no extents feature)".into())
+            }
         }
-        return Found::Other("ext2/ext3 filesystem (no extents feature)".into());
+        found => Found::Other(found.describe().join("; ")),
     }
-    let sigs: [(usize, &[u8], &str); 7] = [
-        (0, b"hsqs", "squashfs image"),
-        (0, b"XFSB", "XFS filesystem"),
-        (0, b"LUKS\xba\xbe", "LUKS volume"),
-        (0x10040, b"_BHRfS_M", "btrfs filesystem"),
-        (0x52, b"FAT32   ", "FAT32 filesystem"),
-        (0x36, b"FAT1", "FAT12/16 filesystem"),
-        (0x200, b"EFI PART", "nested GPT partition table"),
-    ];
-    for (at, magic, what) in sigs {
-        if head.get(at..at + magic.len()) == Some(magic) {
-            return Found::Other(what.into());
-        }
-    }
-    let first = head.iter().position(|b| *b != 0).unwrap_or(0);
-    Found::Other(format!(
-        "unrecognised data (first non-zero byte at offset {first})"
-    ))
 }
 
 /// The format rule of design.md; `partition` only names it in the message.
@@ -93,12 +77,12 @@ mod tests {
         assert_eq!(
             classify(&h),
             Found::Other(format!(
-                "unrecognised data (first non-zero byte at offset {})",
+                "unrecognised non-zero data at offset {}",
                 PROBE_LEN - 1
             ))
         );
         assert_eq!(action(&classify(&h), "STATE (/dev/vda4)").clone(), Action::Stop(format!(
-            "STATE (/dev/vda4): found unrecognised data (first non-zero byte at offset {}); refusing to format (init never wipes data: zero its first 1 MiB to reformat)",
+            "STATE (/dev/vda4): found unrecognised non-zero data at offset {}; refusing to format (init never wipes data: zero its first 1 MiB to reformat)",
             PROBE_LEN - 1
         )));
     }
@@ -107,13 +91,21 @@ mod tests {
     fn known_signatures() {
         let mut h = vec![0; PROBE_LEN];
         h[..4].copy_from_slice(b"hsqs");
-        assert_eq!(classify(&h), Found::Other("squashfs image".into()));
+        assert_eq!(
+            classify(&h),
+            Found::Other("a squashfs filesystem at offset 0".into())
+        );
         let mut h = vec![0; PROBE_LEN];
         h[0x10040..0x10048].copy_from_slice(b"_BHRfS_M");
-        assert_eq!(classify(&h), Found::Other("btrfs filesystem".into()));
+        assert_eq!(
+            classify(&h),
+            Found::Other("a btrfs superblock at offset 65600".into())
+        );
         let mut h = vec![0; 4096];
-        h[EXT_SB + 0x38..EXT_SB + 0x3a].copy_from_slice(&EXT_MAGIC.to_le_bytes());
-        assert!(matches!(classify(&h), Found::Other(s) if s.starts_with("ext2/ext3")));
+        h[EXT_SB + 0x38..EXT_SB + 0x3a].copy_from_slice(&0xEF53u16.to_le_bytes());
+        assert!(matches!(classify(&h), Found::Other(s) if s.starts_with("an ext2/ext3")));
+        h[EXT_SB + 0x60] = INCOMPAT_EXTENTS as u8;
+        assert_eq!(classify(&h), Found::Ext4);
     }
 
     #[test]
@@ -156,10 +148,10 @@ mod tests {
             Found::Ext4
         );
         assert!(
-            matches!(mk(&["mke2fs", "-q", "-t", "ext2", "-F"]), Found::Other(s) if s.starts_with("ext2"))
+            matches!(mk(&["mke2fs", "-q", "-t", "ext2", "-F"]), Found::Other(s) if s.starts_with("an ext2"))
         );
         assert!(
-            matches!(mk(&["mkfs.vfat", "-F", "32"]), Found::Other(s) if s == "FAT32 filesystem")
+            matches!(mk(&["mkfs.vfat", "-F", "32"]), Found::Other(s) if s == "a FAT filesystem boot sector at offset 82")
         );
         assert_eq!(action(&Found::Ext4, "x"), Action::Check);
         assert_eq!(action(&Found::Zeroed, "x"), Action::Format);

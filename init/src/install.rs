@@ -1,17 +1,14 @@
 //! Install mode (`cairn.mode=install`): the payload of design.md sits in the
-//! initramfs at /payload. This module owns the narrow entry point; the
-//! installer library does the work once it is linked in.
+//! initramfs at /payload. init only finds the target disk and prints the
+//! steps; checking the payload (keys, signed manifest, artifacts, machine
+//! config) and installing is the installer library's one path,
+//! [`installer::install::install_payload`].
 
-use contract::bundle;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum InstallError {
-    #[error("payload {path} is missing ({what})")]
-    Missing { path: PathBuf, what: &'static str },
-    #[error("payload {dir} holds no trusted keys (*.pub)")]
-    NoKeys { dir: PathBuf },
     #[error("target disk {0:?} is not an absolute /dev path")]
     Target(String),
     #[error("no target disk: {0}")]
@@ -28,77 +25,19 @@ pub enum InstallError {
     Installer(String),
 }
 
-const REQUIRED: [(&str, &str); 4] = [
-    (bundle::MANIFEST, "signed release manifest"),
-    (bundle::SIGNATURE, "manifest signature"),
-    (bundle::UKI, "unified kernel image"),
-    (bundle::ROOTFS, "squashfs + verity slot image"),
-];
-
-/// Installs from `payload` onto `target` (`None`: the installer chooses).
+/// Installs from `payload` onto `target` (`None`: the only fixed disk).
 /// Progress goes to the console, one line per step.
 pub fn install(payload: &Path, target: Option<&str>) -> Result<(), InstallError> {
     let progress = |l: &str| crate::say!("install: {l}");
-    if let Some(t) = target {
-        if !t.starts_with("/dev/") {
-            return Err(InstallError::Target(t.into()));
-        }
-    }
-    for (name, what) in REQUIRED {
-        let p = payload.join(name);
-        if !p.is_file() {
-            return Err(InstallError::Missing { path: p, what });
-        }
-        progress(&format!("payload: {name} present"));
-    }
-    let keys = payload.join(bundle::PAYLOAD_KEYS);
-    let n = std::fs::read_dir(&keys)
-        .map(|d| {
-            d.filter_map(Result::ok)
-                .filter(|e| e.path().extension().is_some_and(|x| x == "pub"))
-                .count()
-        })
-        .unwrap_or(0);
-    if n == 0 {
-        return Err(InstallError::NoKeys { dir: keys });
-    }
-    progress(&format!("payload: {n} trusted key(s)"));
-    let machine_config = payload.join(bundle::PAYLOAD_MACHINE_CONFIG);
-    let machine_config = machine_config.is_file().then(|| {
-        progress("payload: machine.toml present");
-        machine_config
-    });
-    let key_paths: Vec<PathBuf> = std::fs::read_dir(&keys)
-        .map(|d| {
-            let mut v: Vec<PathBuf> = d
-                .filter_map(Result::ok)
-                .map(|e| e.path())
-                .filter(|p| p.extension().is_some_and(|x| x == "pub"))
-                .collect();
-            v.sort();
-            v
-        })
-        .unwrap_or_default();
-    let trusted = installer::verify::load_keys(&key_paths)
-        .map_err(|e| InstallError::Installer(e.to_string()))?;
     let disk = match target {
-        Some(t) => PathBuf::from(t),
+        Some(t) if t.starts_with("/dev/") => PathBuf::from(t),
+        Some(t) => return Err(InstallError::Target(t.into())),
         None => choose_target(Path::new("/sys/block"), TARGET_WAIT)?,
     };
     progress(&format!("target {}", disk.display()));
-    let report = installer::install::install(&installer::install::InstallOptions {
-        disk,
-        bundle: payload.to_path_buf(),
-        trusted,
-        machine_config,
-        media: Vec::new(),
-        // No command-line key asks for a wipe: the media only ever
-        // installs on a blank disk, and refuses (writing nothing) otherwise.
-        wipe: false,
-        dry_run: false,
-        loader_device_var: None,
-    })
-    .map_err(refusal)?;
+    // No command-line key asks for a wipe: the media only ever installs on
+    // a blank disk, and refuses (writing nothing) otherwise.
+    let report = installer::install::install_payload(payload, &disk, false).map_err(refusal)?;
     for line in report.plan.to_string().lines() {
         progress(line);
     }
@@ -142,30 +81,23 @@ mod tests {
     }
 
     #[test]
-    fn checks_payload_then_refuses_a_bad_key() {
+    fn the_payload_is_checked_by_the_installer_before_any_disk_is_opened() {
         let d = tempfile::tempdir().unwrap();
-        assert_eq!(
-            install(d.path(), None),
-            Err(InstallError::Missing {
-                path: d.path().join("manifest.json"),
-                what: "signed release manifest"
-            })
+        let disk = d.path().join("no-such-disk");
+        let disk = disk.to_str().unwrap().replacen('/', "/dev/../", 1);
+        // No keys: the library's refusal names the directory.
+        let e = install(d.path(), Some(&disk)).unwrap_err().to_string();
+        assert!(
+            e.contains(&d.path().join("keys").display().to_string()),
+            "{e}"
         );
-        for (n, _) in REQUIRED {
-            std::fs::write(d.path().join(n), b"x").unwrap();
-        }
-        assert_eq!(
-            install(d.path(), None),
-            Err(InstallError::NoKeys {
-                dir: d.path().join("keys")
-            })
-        );
+        // A key file that is not a key: named too, still before the disk.
         std::fs::create_dir(d.path().join("keys")).unwrap();
         std::fs::write(d.path().join("keys/a.pub"), b"k").unwrap();
-        // A key file that is not a key stops the install before any disk is opened.
-        let e = install(d.path(), Some("/dev/vda")).unwrap_err();
+        let e = install(d.path(), Some(&disk)).unwrap_err();
         assert!(matches!(e, InstallError::Installer(_)), "{e}");
         assert!(e.to_string().contains("a.pub"), "{e}");
+        assert!(!e.to_string().contains("no-such-disk"), "{e}");
         assert_eq!(
             install(d.path(), Some("vda")),
             Err(InstallError::Target("vda".into()))

@@ -504,7 +504,7 @@ fn finding_6_stage1_prefers_the_disk_the_loader_booted_from() {
     );
     assert_eq!(
         l.rule.to_string(),
-        "it holds the loader's partition PARTUUID=EEEEEEEE-0000-0000-0000-0000000000E1 (LoaderDevicePartUUID)"
+        "it holds the loader's partition PARTUUID=eeeeeeee-0000-0000-0000-0000000000e1 (LoaderDevicePartUUID)"
     );
 
     let loader0 = Guid::parse(ESP_UUID).unwrap();
@@ -533,7 +533,7 @@ fn finding_6_stage1_prefers_the_disk_the_loader_booted_from() {
     .unwrap_err()
     .to_string();
     assert!(
-        e.starts_with(&format!("no rootfs partition after 0.3 s: wanted PARTUUID={} on the disk holding PARTUUID=EEEEEEEE-0000-0000-0000-0000000000FF (LoaderDevicePartUUID); block devices seen: disk0: GPT [", slot::partuuid(&root))),
+        e.starts_with(&format!("no rootfs partition after 0.3 s: wanted PARTUUID={} on the disk holding PARTUUID=eeeeeeee-0000-0000-0000-0000000000ff (LoaderDevicePartUUID); block devices seen: disk0: GPT [", slot::partuuid(&root))),
         "{e}"
     );
 }

@@ -64,7 +64,7 @@ fn format_rule_with_e2fsprogs() {
     let msg = e.to_string();
     assert!(
         msg.starts_with(&format!(
-            "EPHEMERAL ({}): found unrecognised data (first non-zero byte at offset 300000)",
+            "EPHEMERAL ({}): found unrecognised non-zero data at offset 300000",
             junk.display()
         )),
         "{msg}"

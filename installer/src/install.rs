@@ -12,7 +12,7 @@ use std::ops::Range;
 use std::path::{Path, PathBuf};
 
 use artifacts::fat::{self, FatFile, FatSource, FormatOptions};
-use artifacts::gpt::{self, DiskLayout, Guid, Partition};
+use artifacts::gpt::{self, DiskLayout, Partition};
 use signing::PublicKey;
 
 use crate::blockdev::{hash_range, sha256, sync, write_at, zero_range, Disk};
@@ -264,9 +264,8 @@ fn plan<D: Read + Seek>(
             needed_mib: needed.div_ceil(1 << 20),
         });
     }
-    let root = hex::decode(&bundle.uki.root_hash).expect("verified as 64 hex digits");
-    let slot_a =
-        Guid::from_root_hash(&root).map_err(crate::error::gpt("deriving slot A's GUID"))?;
+    let slot_a = contract::disk::slot_partuuid_of_hex(&bundle.uki.root_hash)
+        .expect("verified as 64 hex digits");
     let layout = bundle
         .layout
         .disk_layout(size, &seed(bundle, size), slot_a)

@@ -18,7 +18,12 @@
 //! specification, the LUKS1/LUKS2 and bcache documents); the test
 //! `tests/blank_disk.rs` holds them against libblkid on images made by the
 //! real tools.
+//!
+//! init uses the same table on STATE and EPHEMERAL ([`probe_head`]): it
+//! formats only a partition whose first MiB is zero, and names what it
+//! found when it refuses.
 
+use std::borrow::Cow;
 use std::io::{Read, Seek};
 use std::ops::Range;
 
@@ -119,26 +124,26 @@ fn far_locations(size: u64) -> Vec<u64> {
 }
 
 /// The bytes the probe reads: both windows (`window`) and the far
-/// locations.
-struct View {
-    parts: Vec<Part>,
+/// locations; or, for [`probe_head`], the head it was given.
+struct View<'a> {
+    parts: Vec<Part<'a>>,
 }
 
-struct Part {
+struct Part<'a> {
     start: u64,
-    buf: Vec<u8>,
+    buf: Cow<'a, [u8]>,
     window: bool,
 }
 
-impl View {
-    fn read<D: Read + Seek>(d: &mut D, size: u64) -> Result<View> {
+impl View<'_> {
+    fn read<D: Read + Seek>(d: &mut D, size: u64) -> Result<View<'static>> {
         let mut parts = Vec::new();
         let mut read = |r: Range<u64>, window: bool, what: &str| -> Result<()> {
             let mut buf = vec![0u8; (r.end - r.start) as usize];
             read_at(d, r.start, &mut buf, what)?;
             parts.push(Part {
                 start: r.start,
-                buf,
+                buf: Cow::Owned(buf),
                 window,
             });
             Ok(())
@@ -204,13 +209,28 @@ const BCACHE_MAGIC: &[u8] = &[
     0xc6, 0x85, 0x73, 0xf6, 0x4e, 0x1a, 0x45, 0xca, 0x82, 0x65, 0xf5, 0x7f, 0x48, 0xba, 0x6d, 0x81,
 ];
 
-/// Every place a known signature can be on a disk of `size` bytes.
-fn table(size: u64) -> Vec<Row> {
-    let row = |offset, magic, what| Row {
+/// What an ext2/3/4 superblock is called in a finding (init tells ext4
+/// from ext2/3 itself, by its feature flags).
+pub const EXT_SUPERBLOCK: &str = "an ext2/3/4 superblock";
+
+fn row(offset: u64, magic: &'static [u8], what: &'static str) -> Row {
+    Row {
         offset,
         magic,
         what,
-    };
+    }
+}
+
+/// Every place a known signature can be on a disk of `size` bytes.
+fn table(size: u64) -> Vec<Row> {
+    let mut t = start_rows();
+    t.extend(end_rows(size));
+    t
+}
+
+/// The places at a fixed offset from the start of a device, whatever its
+/// size.
+fn start_rows() -> Vec<Row> {
     let mut t = vec![
         row(512, b"EFI PART", "a GPT partition table"),
         row(4096, b"EFI PART", "a GPT partition table (4 KiB sectors)"),
@@ -220,7 +240,7 @@ fn table(size: u64) -> Vec<Row> {
         row(0x10040, b"_BHRfS_M", "a btrfs superblock"),
         row(64 * MIB + 0x40, b"_BHRfS_M", "a btrfs superblock mirror"),
         row((256 << 30) + 0x40, b"_BHRfS_M", "a btrfs superblock mirror"),
-        row(1024 + 56, &[0x53, 0xEF], "an ext2/3/4 superblock"),
+        row(1024 + 56, &[0x53, 0xEF], EXT_SUPERBLOCK),
         row(82, b"FAT32   ", "a FAT filesystem boot sector"),
         row(54, b"FAT16   ", "a FAT filesystem boot sector"),
         row(54, b"FAT12   ", "a FAT filesystem boot sector"),
@@ -265,6 +285,24 @@ fn table(size: u64) -> Vec<Row> {
             t.push(row(page - 10, magic, what));
         }
     }
+    // ZFS: two labels at the start (two more at the end, see end_rows);
+    // each uberblock in the ring starts with the magic.
+    zfs_labels(&mut t, [0, ZFS_LABEL]);
+    t
+}
+
+fn zfs_labels(t: &mut Vec<Row>, labels: impl IntoIterator<Item = u64>) {
+    for label in labels {
+        for slot in (ZFS_RING.start..ZFS_RING.end).step_by(KIB as usize) {
+            t.push(row(label + slot, ZFS_LE, "a ZFS vdev label (uberblock)"));
+            t.push(row(label + slot, ZFS_BE, "a ZFS vdev label (uberblock)"));
+        }
+    }
+}
+
+/// The places measured from the end of a device of `size` bytes.
+fn end_rows(size: u64) -> Vec<Row> {
+    let mut t = Vec::new();
     // md 1.0: 8 KiB from the end, 4 KiB aligned. md 0.90: the last 64 KiB
     // block of the 64 KiB-aligned size.
     if size >= 8 * KIB {
@@ -276,18 +314,10 @@ fn table(size: u64) -> Vec<Row> {
         t.push(row(v0_90, MD_LE, "an md RAID 0.90 superblock"));
         t.push(row(v0_90, MD_BE, "an md RAID 0.90 superblock (big-endian)"));
     }
-    // ZFS: two labels at the start, two at the end of the 256 KiB-aligned
-    // size; each uberblock in the ring starts with the magic.
+    // ZFS: the two labels at the end of the 256 KiB-aligned size.
     let aligned = size & !(ZFS_LABEL - 1);
-    let mut labels = vec![0, ZFS_LABEL];
     if aligned >= 4 * ZFS_LABEL {
-        labels.extend([aligned - 2 * ZFS_LABEL, aligned - ZFS_LABEL]);
-    }
-    for label in labels {
-        for slot in (ZFS_RING.start..ZFS_RING.end).step_by(KIB as usize) {
-            t.push(row(label + slot, ZFS_LE, "a ZFS vdev label (uberblock)"));
-            t.push(row(label + slot, ZFS_BE, "a ZFS vdev label (uberblock)"));
-        }
+        zfs_labels(&mut t, [aligned - 2 * ZFS_LABEL, aligned - ZFS_LABEL]);
     }
     // The GPT backup header: the last sector (512-byte or 4 KiB).
     for sector in [512, 4096] {
@@ -308,8 +338,27 @@ fn explains_0x55aa(s: &Signature) -> bool {
 /// says what is there. Reads only.
 pub fn probe<D: Read + Seek>(d: &mut D, size: u64) -> Result<Contents> {
     let view = View::read(d, size)?;
+    Ok(classify(&view, table(size)))
+}
+
+/// What is in `head`, the first bytes of a device whose end is not read
+/// (init reads the first MiB of STATE and EPHEMERAL): only the signatures
+/// at fixed offsets from the start are looked for, and a non-zero byte
+/// anywhere in `head` makes it not blank.
+pub fn probe_head(head: &[u8]) -> Contents {
+    let view = View {
+        parts: vec![Part {
+            start: 0,
+            buf: Cow::Borrowed(head),
+            window: true,
+        }],
+    };
+    classify(&view, start_rows())
+}
+
+fn classify(view: &View, rows: Vec<Row>) -> Contents {
     let mut found: Vec<Signature> = Vec::new();
-    for r in table(size) {
+    for r in rows {
         // One line per kind: the first location (ZFS has up to 512).
         if view.matches(r.offset, r.magic) && !found.iter().any(|f| f.what == r.what) {
             found.push(Signature {
@@ -325,12 +374,12 @@ pub fn probe<D: Read + Seek>(d: &mut D, size: u64) -> Result<Contents> {
         });
     }
     if !found.is_empty() {
-        return Ok(Contents::Found(found));
+        return Contents::Found(found);
     }
-    Ok(match view.first_non_zero() {
+    match view.first_non_zero() {
         Some(offset) => Contents::Unrecognised { offset },
         None => Contents::Blank,
-    })
+    }
 }
 
 #[cfg(test)]
@@ -481,6 +530,28 @@ mod tests {
         assert_eq!(
             found(&mut disk_with(SIZE, 510, &[0x55, 0xAA])),
             ["an MBR partition table (0x55AA) at offset 510"]
+        );
+    }
+
+    #[test]
+    fn a_head_is_probed_from_its_start_only() {
+        // init's view of a partition: its first MiB, the end unknown. A
+        // magic where a backup GPT would sit if the head were the whole
+        // device is only unrecognised data.
+        let mut head = vec![0u8; MIB as usize];
+        assert_eq!(probe_head(&head), Contents::Blank);
+        let end = MIB - 512;
+        head[end as usize..end as usize + 8].copy_from_slice(b"EFI PART");
+        assert_eq!(probe_head(&head), Contents::Unrecognised { offset: end });
+        head[0x10040..0x10048].copy_from_slice(b"_BHRfS_M");
+        assert_eq!(
+            probe_head(&head).describe(),
+            ["a btrfs superblock at offset 65600"]
+        );
+        // A head shorter than a row's offset simply lacks it.
+        assert_eq!(
+            probe_head(&[0, 0, 0, 0, 1]),
+            Contents::Unrecognised { offset: 4 }
         );
     }
 

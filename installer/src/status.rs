@@ -5,7 +5,7 @@ use std::io::{Read, Seek, Write};
 use std::path::Path;
 
 use artifacts::fat::Fat32;
-use artifacts::gpt::{self, DiskLayout, Guid, Partition};
+use artifacts::gpt::{self, DiskLayout, Partition};
 
 use crate::bootmodel::{BootModel, Counter, Entry};
 use crate::error::{fat, gpt as gpt_err, Error, Result};
@@ -28,11 +28,6 @@ pub struct Active<'a> {
     pub slot: &'a Partition,
     pub entry: &'a Entry,
     pub why: &'static str,
-}
-
-fn root_hash_guid(hex_hash: &str) -> Option<Guid> {
-    let bytes = hex::decode(hex_hash).ok()?;
-    Guid::from_root_hash(&bytes).ok()
 }
 
 impl DiskState {
@@ -68,7 +63,7 @@ impl DiskState {
 
     /// The slot whose PARTUUID is the entry's root hash.
     pub fn slot_of(&self, e: &Entry) -> Option<&Partition> {
-        let g = root_hash_guid(e.root_hash.as_deref()?)?;
+        let g = contract::disk::slot_partuuid_of_hex(e.root_hash.as_deref()?)?;
         self.slots.iter().find(|s| s.guid == g)
     }
 

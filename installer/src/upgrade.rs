@@ -32,7 +32,7 @@ use signing::PublicKey;
 use crate::blockdev::{sync, Disk};
 use crate::bootmodel::{compare, BootModel, Counter, ENTRY_DIR, LOADER};
 use crate::bundle::{self, Bundle};
-use crate::error::{fat, gpt as gpt_err, Error, Result};
+use crate::error::{fat, Error, Result};
 use crate::install::{write_slot, TRIES};
 use crate::status::DiskState;
 use crate::table;
@@ -191,7 +191,7 @@ fn plan(
     if compare_versions(&new, &running) != Ordering::Greater && !allow_downgrade {
         return Err(Error::Downgrade { new, running });
     }
-    if active.slot.guid.to_string() == root_guid(bundle)?.to_string() {
+    if active.slot.guid == root_guid(bundle) {
         return Err(Error::SameVersion {
             version: new,
             file: format!("the rootfs already in {}", active.slot.name),
@@ -347,9 +347,9 @@ fn update_loader<D: Read + Write + Seek>(
     Ok(())
 }
 
-fn root_guid(bundle: &Bundle) -> Result<Guid> {
-    let root = hex::decode(&bundle.uki.root_hash).expect("verified as 64 hex digits");
-    Guid::from_root_hash(&root).map_err(gpt_err("deriving the slot GUID from the root hash"))
+/// The slot PARTUUID of the bundle's release (contract::disk).
+fn root_guid(bundle: &Bundle) -> Guid {
+    contract::disk::slot_partuuid_of_hex(&bundle.uki.root_hash).expect("verified as 64 hex digits")
 }
 
 fn open_esp<'d, D: Read + Write + Seek>(
@@ -439,7 +439,7 @@ pub fn upgrade_disk_with<D: Read + Write + Seek>(
     // 2. The release data, verified on the way in and read back.
     write_slot(d, bundle, &target)?;
     // 3. init finds the slot by root hash.
-    table::set_partition_guid(d, target.slot, root_guid(bundle)?)?;
+    table::set_partition_guid(d, target.slot, root_guid(bundle))?;
     // 4. + 5. The UKI appears under its loader-visible name in one write.
     let tmp = format!("{ENTRY_DIR}/{}", plan.new_uki.replace(".efi", ".tmp"));
     let uki = verified_artifact(bundle, bundle::UKI)?;

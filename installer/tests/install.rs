@@ -47,22 +47,17 @@ fn install_writes_a_disk_the_standard_tools_accept() {
     let names: Vec<_> = l.partitions.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["EFI", "BOOT-A", "BOOT-B", "STATE", "EPHEMERAL"]);
     let a = l.partition("BOOT-A").unwrap();
-    let info = tool("sgdisk", &["-i", "2", img.to_str().unwrap()]);
-    let info = String::from_utf8_lossy(&info.stdout).to_ascii_lowercase();
-    let h = &b.root_hash;
-    let want = format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
+    // Slot A's PARTUUID is the contract's rule, and its text form is what
+    // libblkid prints (partx), the form the kernel matches root=PARTUUID=.
+    let want = contract::disk::slot_partuuid_of_hex(&b.root_hash)
+        .unwrap()
+        .to_string();
+    let blkid = tool(
+        "partx",
+        &["-g", "-o", "UUID", "-n", "2", img.to_str().unwrap()],
     );
-    assert!(
-        info.contains(&format!("partition unique guid: {want}")),
-        "{info}"
-    );
-    assert_eq!(a.guid.to_string().to_ascii_lowercase(), want);
+    assert_eq!(String::from_utf8_lossy(&blkid.stdout).trim(), want);
+    assert_eq!(a.guid.to_string(), want);
     let bslot = l.partition("BOOT-B").unwrap();
     assert_ne!(bslot.guid, a.guid);
 

@@ -82,9 +82,13 @@ impl Guid {
     }
 }
 
+/// The text form in lower case: RFC 4122 ("output as lower case"), and the
+/// form Linux (`root=PARTUUID=`, /dev/disk/by-partuuid), libblkid and
+/// systemd print. sgdisk and EDK2 print upper case; input is parsed in
+/// either case, so compare parsed GUIDs (or lower-case the other text).
 impl fmt::Display for Guid {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let h = hex::encode_upper(self.0);
+        let h = hex::encode(self.0);
         write!(
             f,
             "{}-{}-{}-{}-{}",
@@ -125,7 +129,7 @@ mod tests {
             ]
         );
         assert_eq!(Guid::from_disk(&g.to_disk()), g);
-        assert_eq!(g.to_string(), "C12A7328-F81F-11D2-BA4B-00A0C93EC93B");
+        assert_eq!(g.to_string(), "c12a7328-f81f-11d2-ba4b-00a0c93ec93b");
     }
 
     #[test]
@@ -156,7 +160,7 @@ mod tests {
         let h: Vec<u8> = (0u8..32).collect();
         assert_eq!(
             Guid::from_root_hash(&h).unwrap().to_string(),
-            "00010203-0405-0607-0809-0A0B0C0D0E0F"
+            "00010203-0405-0607-0809-0a0b0c0d0e0f"
         );
         assert!(Guid::from_root_hash(&h[..8]).is_err());
     }

@@ -397,7 +397,7 @@ pub fn sparse_copy(from: &Path, to: &Path) {
 /// that PARTUUID -> the slot's data against the release's rootfs hash.
 /// Returns the version that boots, or why nothing does.
 pub fn booted_version(img: &Path, releases: &[&BundleInfo]) -> Result<String, String> {
-    use artifacts::gpt::{self, Guid};
+    use artifacts::gpt;
     use installer::bootmodel::BootModel;
     let mut f = fs::File::open(img).map_err(|e| e.to_string())?;
     let disk = gpt::read_disk(&mut f).map_err(|e| format!("GPT: {e}"))?;
@@ -411,7 +411,7 @@ pub fn booted_version(img: &Path, releases: &[&BundleInfo]) -> Result<String, St
     let model = BootModel::read(&mut vol).map_err(|e| format!("boot model: {e}"))?;
     let e = model.selected().ok_or("no boot entry")?;
     let root = e.root_hash.clone().ok_or("entry without cairn.rootfs")?;
-    let guid = Guid::from_root_hash(&hex::decode(&root).unwrap()).unwrap();
+    let guid = contract::disk::slot_partuuid_of_hex(&root).ok_or("cairn.rootfs is no root hash")?;
     let slot = disk
         .layout
         .partitions

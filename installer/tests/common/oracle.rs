@@ -25,8 +25,8 @@ use std::path::Path;
 use super::BundleInfo;
 
 const SECTOR: u64 = 512;
-/// C12A7328-F81F-11D2-BA4B-00A0C93EC93B, the ESP type.
-const ESP_TYPE: &str = "C12A7328-F81F-11D2-BA4B-00A0C93EC93B";
+/// The ESP type, in the lower-case form [`guid_string`] gives.
+const ESP_TYPE: &str = "c12a7328-f81f-11d2-ba4b-00a0c93ec93b";
 
 /// One partition of a GPT as a reader of the raw table sees it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,29 +57,16 @@ fn le64(b: &[u8], at: usize) -> u64 {
     u64::from_le_bytes(b[at..at + 8].try_into().unwrap())
 }
 
-/// GPT's mixed-endian GUID bytes as the upper-case string form.
+/// GPT's mixed-endian GUID bytes as the lower-case string form Linux
+/// prints (`%pU`, /dev/disk/by-partuuid).
 fn guid_string(b: &[u8]) -> String {
     format!(
-        "{:08X}-{:04X}-{:04X}-{}-{}",
+        "{:08x}-{:04x}-{:04x}-{}-{}",
         le32(b, 0),
         u16::from_le_bytes([b[4], b[5]]),
         u16::from_le_bytes([b[6], b[7]]),
-        hex::encode_upper(&b[8..10]),
-        hex::encode_upper(&b[10..16])
-    )
-}
-
-/// The PARTUUID a slot holding `root_hash` (hex) carries: its first 128
-/// bits taken as the UUID's string form (UAPI discoverable partitions).
-pub fn slot_uuid(root_hash: &str) -> String {
-    let h = root_hash.to_ascii_uppercase();
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
+        hex::encode(&b[8..10]),
+        hex::encode(&b[10..16])
     )
 }
 
@@ -232,7 +219,10 @@ pub fn boot(img: &Path, releases: &[&BundleInfo]) -> Result<Booted, String> {
     let force_gpt = e.cmdline.split_ascii_whitespace().any(|w| w == "gpt");
     let parts = kernel_table(img, force_gpt)
         .map_err(|why| format!("{} is chosen, and Linux sees no partitions: {why}", e.file))?;
-    let want = slot_uuid(&root);
+    // The slot PARTUUID rule is the contract's; its text is lower case.
+    let want = contract::disk::slot_partuuid_of_hex(&root)
+        .ok_or_else(|| format!("{}: cairn.rootfs={root} is no root hash", e.file))?
+        .to_string();
     let slot = parts.iter().find(|p| p.uuid == want).ok_or_else(|| {
         format!(
             "{} boots root {root}: Linux sees no partition with PARTUUID {want}",
