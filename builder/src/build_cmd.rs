@@ -181,21 +181,13 @@ pub struct SecureBootKeygenArgs {
     owner: String,
     #[arg(long, default_value_t = 2048)]
     bits: usize,
+    /// The certificates' notBefore (seconds since 1970; no wall clock).
+    #[arg(long, env = "SOURCE_DATE_EPOCH", default_value_t = 1_735_689_600)]
+    not_before: u64,
 }
 
 pub fn secureboot_keygen(a: SecureBootKeygenArgs) -> Result<()> {
-    if a.out.join("db.key").exists() {
-        bail!(
-            "{} already holds a key set: refusing to overwrite",
-            a.out.display()
-        );
-    }
-    std::fs::create_dir_all(&a.out)?;
-    let epoch = std::env::var("SOURCE_DATE_EPOCH")
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1_735_689_600);
-    signing::secureboot::SecureBootKeys::generate(&a.owner, a.bits, epoch)?.write(&a.out)?;
+    signing::secureboot::SecureBootKeys::create(&a.out, &a.owner, a.bits, a.not_before)?;
     println!(
         "wrote PK, KEK and db to {}; enroll them in the firmware and set secure_boot.keys",
         a.out.display()

@@ -8,10 +8,10 @@
 mod common;
 
 use std::fs;
-use std::io::Write;
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 
+use common::made::{iso, s, sfdisk_dos, sh, squashfs};
 use common::*;
 use installer::install::install;
 use installer::Error;
@@ -81,30 +81,6 @@ fn cases() -> Vec<Case> {
         // not looked at, so this disk counts as blank (docs/installer.md).
         c("garbage-in-the-middle-only", |i, _| poke(i, MIDDLE), None),
     ]
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
-}
-
-/// Runs a tool that must exist (ci/deps installs it); Err with its output
-/// when it fails.
-fn sh(tool: &str, args: &[&str]) -> Result<(), String> {
-    let out = Command::new(tool)
-        .args(args)
-        .env("LVM_SUPPRESS_FD_WARNINGS", "1")
-        .stdin(Stdio::null())
-        .output()
-        .unwrap_or_else(|e| panic!("{tool} is required (ci/deps installs it): {e}"));
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{tool} {args:?}: {}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
 }
 
 fn luks(img: &Path, key: &Path, kind: &str) -> Result<(), String> {
@@ -199,60 +175,6 @@ fn md(img: &Path, metadata: &str) -> Result<(), String> {
         ],
     )?;
     sh("mdadm", &["--stop", &array])
-}
-
-fn sfdisk_dos(img: &Path) -> Result<(), String> {
-    let mut child = Command::new("sfdisk")
-        .args(["-q", s(img)])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("sfdisk is required");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"label: dos\n,10M,83\n")
-        .unwrap();
-    match child.wait().unwrap().success() {
-        true => Ok(()),
-        false => Err("sfdisk failed".into()),
-    }
-}
-
-/// Copies a file made by a tool to the start of the image.
-fn put_at_start(img: &Path, made: &Path) {
-    let data = fs::read(made).unwrap();
-    fs::OpenOptions::new()
-        .write(true)
-        .open(img)
-        .unwrap()
-        .write_all(&data)
-        .unwrap();
-}
-
-fn source_tree(img: &Path) -> (PathBuf, PathBuf) {
-    let dir = img.with_extension("src");
-    fs::create_dir_all(&dir).unwrap();
-    fs::write(dir.join("f"), b"x").unwrap();
-    (dir, img.with_extension("made"))
-}
-
-fn iso(img: &Path) -> Result<(), String> {
-    let (src, out) = source_tree(img);
-    sh(
-        "xorriso",
-        &["-as", "mkisofs", "-quiet", "-o", s(&out), s(&src)],
-    )?;
-    put_at_start(img, &out);
-    Ok(())
-}
-
-fn squashfs(img: &Path) -> Result<(), String> {
-    let (src, out) = source_tree(img);
-    sh("mksquashfs", &[s(&src), s(&out), "-quiet", "-noappend"])?;
-    put_at_start(img, &out);
-    Ok(())
 }
 
 fn poke(img: &Path, at: u64) -> Result<(), String> {
@@ -380,8 +302,7 @@ fn finding_1_whole_disk_data_refused_without_wipe() {
     let fx = Fixture::new();
     let b = bundle(&fx.path("b"), "1.0.0");
     // The bundle is also the install media's payload: keys/*.pub beside it.
-    fs::create_dir(b.dir.join("keys")).unwrap();
-    fs::write(b.dir.join("keys/release.pub"), key().public().to_pem()).unwrap();
+    add_payload_keys(&b);
     let key = fx.path("luks.key");
     fs::write(&key, [b'k'; 32]).unwrap();
     let mut wrong = Vec::new();

@@ -164,8 +164,7 @@ fn first_upgrade_survives_a_cut_at_every_write() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
     let b2 = bundle_with_loader(&fx.path("b2"), "2.0.0", &[0x5a; 3000]);
-    let base = fx.image("base.img", DISK_SIZE);
-    install(&install_opts(&base, &b1.dir)).unwrap();
+    let base = installed_disk(&fx, "base.img", &b1);
     fill_state(&base);
     let bundle = installer::verify::open_verified(&b2.dir, &[key().public()]).unwrap();
     let n = every_cut(&fx, &base, &bundle, &b1, &b2);
@@ -181,8 +180,7 @@ fn second_upgrade_survives_a_cut_at_every_write() {
     let b2 = bundle_with_loader(&fx.path("b2"), "2.0.0", &[0x5a; 3000]);
     // Shorter than 2.0.0's: the replacement also shrinks the file.
     let b3 = bundle_with_loader(&fx.path("b3"), "3.0.0", b"v3");
-    let base = fx.image("base.img", DISK_SIZE);
-    install(&install_opts(&base, &b1.dir)).unwrap();
+    let base = installed_disk(&fx, "base.img", &b1);
     upgrade(&upgrade_opts(&base, &b2.dir)).unwrap();
     boot_attempt(&base);
     bless(&base, "2.0.0");
@@ -226,8 +224,7 @@ fn rollback_survives_a_cut_at_every_write() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
     let b2 = bundle(&fx.path("b2"), "2.0.0");
-    let base = fx.image("base.img", DISK_SIZE);
-    install(&install_opts(&base, &b1.dir)).unwrap();
+    let base = installed_disk(&fx, "base.img", &b1);
     upgrade(&upgrade_opts(&base, &b2.dir)).unwrap();
     for _ in 0..3 {
         boot_attempt(&base); // 2.0.0 used up its tries: 1.0.0 boots
@@ -242,8 +239,7 @@ fn rollback_with_revive_and_demote_survives_a_cut_at_every_write() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
     let b2 = bundle(&fx.path("b2"), "2.0.0");
-    let base = fx.image("base.img", DISK_SIZE);
-    install(&install_opts(&base, &b1.dir)).unwrap();
+    let base = installed_disk(&fx, "base.img", &b1);
     upgrade(&upgrade_opts(&base, &b2.dir)).unwrap();
     boot_attempt(&base);
     bless(&base, "2.0.0");
@@ -284,8 +280,7 @@ impl Scenario {
         let old = bundle(&fx.path("b1"), "1.0.0");
         let new = bundle_with_loader(&fx.path("b2"), "2.0.0", &[0x5a; 3000]);
         let next = bundle_with_loader(&fx.path("b3"), "3.0.0", b"v3");
-        let base = fx.image("base.img", DISK_SIZE);
-        install(&install_opts(&base, &old.dir)).unwrap();
+        let base = installed_disk(&fx, "base.img", &old);
         fill_state(&base);
         Scenario {
             fx,
@@ -306,8 +301,7 @@ impl Scenario {
         let old = bundle_with_loader(&fx.path("b2"), "2.0.0", &[0x5a; 3000]);
         let new = bundle_with_loader(&fx.path("b3"), "3.0.0", b"v3");
         let next = bundle_with_loader(&fx.path("b4"), "4.0.0", &[0x44; 5000]);
-        let base = fx.image("base.img", DISK_SIZE);
-        install(&install_opts(&base, &b1.dir)).unwrap();
+        let base = installed_disk(&fx, "base.img", &b1);
         upgrade(&upgrade_opts(&base, &old.dir)).unwrap();
         boot_attempt(&base);
         bless(&base, "2.0.0");
@@ -776,8 +770,7 @@ fn power_cut_oracle_independent_tools() {
         let e = oracle::tools_agree(&torn, &scratch, oracle::Benign::default()).unwrap_err();
         assert!(e.contains("Main partition table: ERROR"), "{e}");
     }
-    let img = fx.image("esp.img.base", DISK_SIZE);
-    install(&install_opts(&img, &with_gpt.dir)).unwrap();
+    let img = installed_disk(&fx, "esp.img.base", &with_gpt);
     let esp = oracle::firmware_esp(&img).unwrap();
 
     // A boot sector that differs from its backup: fsck.fat -n exits 0 and

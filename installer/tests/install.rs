@@ -308,59 +308,16 @@ fn refuses_a_disk_with_vfat_unless_wipe() {
 #[test]
 fn refuses_a_disk_with_iso9660_unless_wipe() {
     let fx = Fixture::new();
-    let src = fx.path("isosrc");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), b"x").unwrap();
-    let iso = fx.path("x.iso");
-    let o = tool(
-        "xorriso",
-        &[
-            "-as",
-            "mkisofs",
-            "-quiet",
-            "-o",
-            iso.to_str().unwrap(),
-            src.to_str().unwrap(),
-        ],
-    );
-    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     let img = fx.image("iso.img", DISK_SIZE);
-    let data = fs::read(&iso).unwrap();
-    use std::io::Write;
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .write_all(&data)
-        .unwrap();
+    common::made::iso(&img).unwrap();
     assert_refuses_then_wipes(&fx, &img, "ISO 9660");
 }
 
 #[test]
 fn refuses_a_disk_with_squashfs_unless_wipe() {
     let fx = Fixture::new();
-    let src = fx.path("sqsrc");
-    fs::create_dir_all(&src).unwrap();
-    fs::write(src.join("f"), b"x").unwrap();
-    let sq = fx.path("x.sqfs");
-    let o = tool(
-        "mksquashfs",
-        &[
-            src.to_str().unwrap(),
-            sq.to_str().unwrap(),
-            "-quiet",
-            "-noappend",
-        ],
-    );
-    assert!(o.status.success());
     let img = fx.image("sq.img", DISK_SIZE);
-    use std::io::Write;
-    fs::OpenOptions::new()
-        .write(true)
-        .open(&img)
-        .unwrap()
-        .write_all(&fs::read(&sq).unwrap())
-        .unwrap();
+    common::made::squashfs(&img).unwrap();
     assert_refuses_then_wipes(&fx, &img, "squashfs");
 }
 
@@ -368,18 +325,7 @@ fn refuses_a_disk_with_squashfs_unless_wipe() {
 fn refuses_an_mbr_disk_unless_wipe() {
     let fx = Fixture::new();
     let img = fx.image("mbr.img", DISK_SIZE);
-    let mut c = Command::new("sfdisk");
-    c.args(["-q", img.to_str().unwrap()])
-        .stdin(std::process::Stdio::piped());
-    let mut child = c.spawn().expect("sfdisk is required");
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(b"label: dos\n,10M,83\n")
-        .unwrap();
-    assert!(child.wait().unwrap().success());
+    common::made::sfdisk_dos(&img).unwrap();
     assert_refuses_then_wipes(&fx, &img, "MBR");
 }
 
@@ -648,8 +594,7 @@ fn install_payload_uses_the_payload_keys_and_machine_config() {
         installer::install::install_payload(&b.dir, &img, false),
         Err(Error::Key { .. })
     ));
-    fs::create_dir(b.dir.join("keys")).unwrap();
-    fs::write(b.dir.join("keys/release.pub"), key().public().to_pem()).unwrap();
+    add_payload_keys(&b);
     fs::write(b.dir.join("machine.toml"), "hostname = \"p\"\n").unwrap();
     installer::install::install_payload(&b.dir, &img, false).unwrap();
     assert_eq!(booted_version(&img, &[&b]), Ok("1.0.0".into()));

@@ -10,7 +10,6 @@ use std::process::Command;
 use artifacts::gpt::{self, ondisk, HeaderCopy, SECTOR};
 use artifacts::pe::PeLayout;
 use common::*;
-use installer::install::install;
 use installer::upgrade::upgrade;
 
 /// `layout.json` is swapped for another valid layout the moment the
@@ -86,8 +85,7 @@ fn swap_on_first_open(file: &Path, with: &Path) -> std::thread::JoinHandle<bool>
 fn finding_6_status_survives_utf8_file_names_in_efi_linux() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
-    let img = fx.image("d.img", DISK_SIZE);
-    install(&install_opts(&img, &b1.dir)).unwrap();
+    let img = installed_disk(&fx, "d.img", &b1);
     let odd = ["über", "€€", "naïve.efi", "日本語.EFI", "é"];
     with_esp(&img, |vol| {
         for name in odd {
@@ -225,8 +223,7 @@ fn finding_6_loader_with_a_copied_certificate_or_a_changed_body_is_kept() {
     let mut o = BundleOpts::new("1.0.0");
     o.loader_signer = Some(a);
     let b1 = make_bundle(&fx.path("1.0.0"), &o);
-    let img = fx.image("d.img", DISK_SIZE);
-    install(&install_opts(&img, &b1.dir)).unwrap();
+    let img = installed_disk(&fx, "d.img", &b1);
     let installed = esp_loader(&img);
 
     let genuine = sign(b"v2", a);
@@ -313,8 +310,7 @@ fn finding_6_slot_overlapping_the_backup_gpt_is_refused_before_any_write() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
     let b2 = bundle(&fx.path("b2"), "2.0.0");
-    let img = fx.image("d.img", DISK_SIZE);
-    install(&install_opts(&img, &b1.dir)).unwrap();
+    let img = installed_disk(&fx, "d.img", &b1);
 
     let mut layout = gpt::read_disk(&mut fs::File::open(&img).unwrap())
         .unwrap()

@@ -9,7 +9,6 @@ use std::path::Path;
 use std::process::Command;
 
 use common::*;
-use installer::install::install;
 use installer::upgrade::upgrade;
 use installer::Error;
 
@@ -38,8 +37,7 @@ fn upgrade_boots_the_new_release_and_falls_back_after_three_failures() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
     let b2 = bundle(&fx.path("b2"), "2.0.0");
-    let img = fx.image("d.img", DISK_SIZE);
-    install(&install_opts(&img, &b1.dir)).unwrap();
+    let img = installed_disk(&fx, "d.img", &b1);
     let plan = upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
     assert_eq!(
         (plan.running_slot.as_str(), plan.target_slot.as_str()),
@@ -66,8 +64,7 @@ fn second_upgrade_replaces_the_old_fallback_not_the_blessed_release() {
     let b1 = bundle(&fx.path("b1"), "1.0.0");
     let b2 = bundle(&fx.path("b2"), "2.0.0");
     let b3 = bundle(&fx.path("b3"), "3.0.0");
-    let img = fx.image("d.img", DISK_SIZE);
-    install(&install_opts(&img, &b1.dir)).unwrap();
+    let img = installed_disk(&fx, "d.img", &b1);
     upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
     boot_attempt(&img);
     bless(&img, "2.0.0");
@@ -92,8 +89,7 @@ fn upgrade_refuses_downgrades_unless_allowed() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
     let b2 = bundle(&fx.path("b2"), "2.0.0");
-    let img = fx.image("d.img", DISK_SIZE);
-    install(&install_opts(&img, &b2.dir)).unwrap();
+    let img = installed_disk(&fx, "d.img", &b2);
     let before = sha256_file(&img);
     match upgrade(&upgrade_opts(&img, &b1.dir)) {
         Err(Error::Downgrade { new, running }) => {
@@ -121,8 +117,7 @@ fn upgrade_dry_run_and_other_refusals_write_nothing() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
     let b2 = bundle(&fx.path("b2"), "2.0.0");
-    let img = fx.image("d.img", DISK_SIZE);
-    install(&install_opts(&img, &b1.dir)).unwrap();
+    let img = installed_disk(&fx, "d.img", &b1);
     let before = sha256_file(&img);
     let mut o = upgrade_opts(&img, &b2.dir);
     o.dry_run = true;
@@ -193,8 +188,7 @@ fn upgrade_replaces_a_changed_loader_and_leaves_an_equal_one_alone() {
     let b1 = bundle(&fx.path("b1"), "1.0.0");
     let b2 = bundle(&fx.path("b2"), "2.0.0");
     let b3 = bundle_with_loader(&fx.path("b3"), "3.0.0", b"a rebuilt systemd-boot");
-    let img = fx.image("d.img", DISK_SIZE);
-    install(&install_opts(&img, &b1.dir)).unwrap();
+    let img = installed_disk(&fx, "d.img", &b1);
     assert!(esp_loader(&img) == bundle_loader(&b1));
 
     // The same loader: the dry run says so, and only EFI/Linux changes
@@ -268,8 +262,7 @@ fn a_loader_signed_by_a_certificate_the_old_one_was_not_is_kept_unless_forced() 
     let b3 = signed("b3", "3.0.0", b"fix", Some(rotated));
     // Unsigned: kept (it would not start under Secure Boot).
     let b4 = signed("b4", "4.0.0", b"fix", None);
-    let img = fx.image("d.img", DISK_SIZE);
-    install(&install_opts(&img, &b1.dir)).unwrap();
+    let img = installed_disk(&fx, "d.img", &b1);
 
     let plan = upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
     assert!(plan.update_loader && plan.loader_kept.is_none(), "{plan}");
@@ -315,8 +308,7 @@ fn rollback_flips_between_the_slots() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
     let b2 = bundle(&fx.path("b2"), "2.0.0");
-    let img = fx.image("d.img", DISK_SIZE);
-    install(&install_opts(&img, &b1.dir)).unwrap();
+    let img = installed_disk(&fx, "d.img", &b1);
     // Nothing to roll back to yet.
     assert!(installer::rollback::rollback(&img).is_err());
     upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
@@ -349,8 +341,7 @@ fn status_json_reports_slots_entries_and_the_next_boot() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
     let b2 = bundle(&fx.path("b2"), "2.0.0");
-    let img = fx.image("d.img", DISK_SIZE);
-    install(&install_opts(&img, &b1.dir)).unwrap();
+    let img = installed_disk(&fx, "d.img", &b1);
     upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
     boot_attempt(&img);
     let before = sha256_file(&img);
@@ -409,8 +400,7 @@ fn status_json_reports_slots_entries_and_the_next_boot() {
 fn status_verify_rehashes_each_slot_against_its_release() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
-    let img = fx.image("d.img", DISK_SIZE);
-    install(&install_opts(&img, &b1.dir)).unwrap();
+    let img = installed_disk(&fx, "d.img", &b1);
     let run = |args: &[&str]| {
         Command::new(env!("CARGO_BIN_EXE_cairn-installer"))
             .args(["status", "--disk", img.to_str().unwrap()])
@@ -473,8 +463,7 @@ fn upgrade_is_reproducible() {
     for (fx, sub) in [(&f1, "x"), (&f2, "y/z")] {
         let b1 = bundle(&fx.path(&format!("{sub}/b1")), "1.0.0");
         let b2 = bundle(&fx.path(&format!("{sub}/b2")), "2.0.0");
-        let img = fx.image("d.img", DISK_SIZE);
-        install(&install_opts(&img, &b1.dir)).unwrap();
+        let img = installed_disk(&fx, "d.img", &b1);
         upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
         imgs.push(img);
     }
@@ -520,8 +509,7 @@ fn upgrade_works_from_the_backup_gpt_and_repairs_the_primary() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
     let b2 = bundle(&fx.path("b2"), "2.0.0");
-    let img = fx.image("d.img", DISK_SIZE);
-    install(&install_opts(&img, &b1.dir)).unwrap();
+    let img = installed_disk(&fx, "d.img", &b1);
     {
         use std::io::{Seek, SeekFrom, Write};
         let mut f = fs::OpenOptions::new().write(true).open(&img).unwrap();
@@ -544,8 +532,7 @@ fn cli_upgrade_and_rollback() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
     let b2 = bundle(&fx.path("b2"), "2.0.0");
-    let img = fx.image("d.img", DISK_SIZE);
-    install(&install_opts(&img, &b1.dir)).unwrap();
+    let img = installed_disk(&fx, "d.img", &b1);
     let bin = env!("CARGO_BIN_EXE_cairn-installer");
     let (disk, pubkey) = (img.to_str().unwrap(), fx.pubkey());
     let run = |args: &[&str]| {
@@ -604,8 +591,7 @@ fn rootfs_changed_after_verification_is_refused_before_activation() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
     let b2 = bundle(&fx.path("b2"), "2.0.0");
-    let base = fx.image("base.img", DISK_SIZE);
-    install(&install_opts(&base, &b1.dir)).unwrap();
+    let base = installed_disk(&fx, "base.img", &b1);
     let rootfs = b2.dir.join("rootfs.img");
     let signed = fs::read(&rootfs).unwrap();
     let mut flipped = signed.clone();

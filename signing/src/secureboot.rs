@@ -62,6 +62,8 @@ pub enum SecureBootError {
     BadCert { path: PathBuf, detail: String },
     #[error("{key} does not belong to the certificate {cert}")]
     KeyCertMismatch { key: PathBuf, cert: PathBuf },
+    #[error("{path} exists: refusing to overwrite a Secure Boot key set")]
+    KeySetExists { path: PathBuf },
 }
 
 /// One RSA key with its self-signed certificate.
@@ -334,6 +336,9 @@ fn sign_digest(key: &RsaPrivateKey, digest: &[u8; 32]) -> Result<Vec<u8>, Secure
         .map_err(SecureBootError::Sign)
 }
 
+/// The file stems of a key set's three keys, in enrollment order.
+pub const STEMS: [&str; 3] = ["PK", "KEK", "db"];
+
 /// The three keys UEFI Secure Boot enrolls: Platform Key, Key Exchange Key
 /// and the signature database key that signs boot binaries.
 #[derive(Debug)]
@@ -351,6 +356,28 @@ impl SecureBootKeys {
             kek: SecureBootKey::generate(&format!("{owner} KEK"), bits, not_before)?,
             db: SecureBootKey::generate(&format!("{owner} db"), bits, not_before)?,
         })
+    }
+
+    /// `cairn secureboot-keygen`: a new set, written to `dir` (created if
+    /// missing). A key of an earlier set there is never overwritten: its
+    /// certificates may be enrolled in firmware already. That is checked
+    /// before any key is generated.
+    pub fn create(
+        dir: &Path,
+        owner: &str,
+        bits: usize,
+        not_before: u64,
+    ) -> Result<Self, SecureBootError> {
+        if let Some(path) = STEMS
+            .iter()
+            .map(|stem| dir.join(format!("{stem}.key")))
+            .find(|p| p.exists())
+        {
+            return Err(SecureBootError::KeySetExists { path });
+        }
+        let set = Self::generate(owner, bits, not_before)?;
+        set.write(dir)?;
+        Ok(set)
     }
 
     /// `PK.{key,crt,der}`, `KEK.*`, `db.*` in `dir` (created if missing).
@@ -382,6 +409,28 @@ impl SecureBootKeys {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn create_refuses_a_directory_holding_any_key_of_a_set() {
+        for stem in STEMS {
+            let d = tempfile::tempdir().unwrap();
+            let key = d.path().join(format!("{stem}.key"));
+            fs::write(&key, b"enrolled").unwrap();
+            let e = SecureBootKeys::create(d.path(), "x", 2048, 0)
+                .err()
+                .expect("refused");
+            assert!(
+                matches!(&e, SecureBootError::KeySetExists { path } if *path == key),
+                "{e}"
+            );
+            assert_eq!(fs::read(&key).unwrap(), b"enrolled");
+            assert_eq!(
+                fs::read_dir(d.path()).unwrap().count(),
+                1,
+                "nothing written"
+            );
+        }
+    }
 
     #[test]
     fn x509_time_switches_to_generalized_in_2050() {

@@ -31,8 +31,8 @@ fn keys() -> &'static Keys {
     static K: OnceLock<Keys> = OnceLock::new();
     K.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
-        let set = SecureBootKeys::generate("cairn test", 2048, EPOCH).unwrap();
-        set.write(dir.path()).unwrap();
+        // What `cairn secureboot-keygen` runs.
+        let set = SecureBootKeys::create(dir.path(), "cairn test", 2048, EPOCH).unwrap();
         let other = SecureBootKey::generate("someone else", 2048, EPOCH).unwrap();
         other.write(dir.path(), "other").unwrap();
         Keys { dir, set }

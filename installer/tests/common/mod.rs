@@ -568,3 +568,22 @@ pub fn bundle_tar(b: &BundleInfo, out: &Path) {
         .collect();
     artifacts::bundle::write_tar(out, &files, EPOCH).expect("writing the bundle tar");
 }
+
+/// A sparse `DISK_SIZE` image `name` with `b` installed on it (the common
+/// start of the upgrade, rollback and power-cut tests).
+pub fn installed_disk(fx: &Fixture, name: &str, b: &BundleInfo) -> PathBuf {
+    let img = fx.image(name, DISK_SIZE);
+    installer::install::install(&install_opts(&img, &b.dir)).expect("installing the fixture");
+    img
+}
+
+/// Makes `b` an install media payload (design.md "Install media"): the
+/// trusted key as `keys/release.pub` beside the bundle's files.
+pub fn add_payload_keys(b: &BundleInfo) {
+    let keys = b.dir.join(contract::bundle::PAYLOAD_KEYS);
+    fs::create_dir_all(&keys).unwrap();
+    fs::write(keys.join("release.pub"), key().public().to_pem()).unwrap();
+}
+
+/// Whole-disk images made by the real tools, for the blank rule's tests.
+pub mod made;
