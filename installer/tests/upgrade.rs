@@ -463,7 +463,7 @@ fn upgrade_is_reproducible() {
     for (fx, sub) in [(&f1, "x"), (&f2, "y/z")] {
         let b1 = bundle(&fx.path(&format!("{sub}/b1")), "1.0.0");
         let b2 = bundle(&fx.path(&format!("{sub}/b2")), "2.0.0");
-        let img = installed_disk(&fx, "d.img", &b1);
+        let img = installed_disk(fx, "d.img", &b1);
         upgrade(&upgrade_opts(&img, &b2.dir)).unwrap();
         imgs.push(img);
     }

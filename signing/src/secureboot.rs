@@ -416,9 +416,7 @@ mod tests {
             let d = tempfile::tempdir().unwrap();
             let key = d.path().join(format!("{stem}.key"));
             fs::write(&key, b"enrolled").unwrap();
-            let e = SecureBootKeys::create(d.path(), "x", 2048, 0)
-                .err()
-                .expect("refused");
+            let e = SecureBootKeys::create(d.path(), "x", 2048, 0).expect_err("refused");
             assert!(
                 matches!(&e, SecureBootError::KeySetExists { path } if *path == key),
                 "{e}"
