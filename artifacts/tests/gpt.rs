@@ -45,6 +45,12 @@ fn run(cmd: &str, args: &[&str]) -> String {
     text
 }
 
+/// A GUID as sgdisk and sfdisk print it: upper case (ours is lower case,
+/// as Linux and libblkid print it).
+fn upper(g: Guid) -> String {
+    g.to_string().to_uppercase()
+}
+
 fn layout() -> DiskLayout {
     DiskLayout::new(
         DISK,
@@ -83,7 +89,7 @@ fn sgdisk_and_sfdisk_agree() {
     let dump = run("sfdisk", &["-d", img.to_str().unwrap()]);
     assert!(dump.contains("label: gpt"), "{dump}");
     assert!(
-        dump.contains(&format!("label-id: {}", l.disk_guid)),
+        dump.contains(&format!("label-id: {}", upper(l.disk_guid))),
         "{dump}"
     );
     for p in &l.partitions {
@@ -99,8 +105,8 @@ fn sgdisk_and_sfdisk_agree() {
             line.contains(&format!("size={:>12}", p.size_bytes() / 512)),
             "{line}"
         );
-        assert!(line.contains(&format!("type={}", p.type_guid)), "{line}");
-        assert!(line.contains(&format!("uuid={}", p.guid)), "{line}");
+        assert!(line.contains(&format!("type={}", upper(p.type_guid))), "{line}");
+        assert!(line.contains(&format!("uuid={}", upper(p.guid))), "{line}");
     }
     for (i, p) in l.partitions.iter().enumerate() {
         let info = run(
@@ -108,11 +114,11 @@ fn sgdisk_and_sfdisk_agree() {
             &["-i", &(i + 1).to_string(), img.to_str().unwrap()],
         );
         assert!(
-            info.contains(&format!("Partition unique GUID: {}", p.guid)),
+            info.contains(&format!("Partition unique GUID: {}", upper(p.guid))),
             "{info}"
         );
         assert!(
-            info.contains(&format!("Partition GUID code: {}", p.type_guid)),
+            info.contains(&format!("Partition GUID code: {}", upper(p.type_guid))),
             "{info}"
         );
         assert!(
@@ -243,7 +249,7 @@ fn update_rewrites_both_copies() {
     assert!(v.contains("No problems found"), "{v}");
     let info = run("sgdisk", &["-i", "2", img.to_str().unwrap()]);
     assert!(
-        info.contains(&format!("Partition unique GUID: {g}")),
+        info.contains(&format!("Partition unique GUID: {}", upper(g))),
         "{info}"
     );
     assert!(info.contains("Attribute flags: 0001000000000000"), "{info}");
@@ -531,7 +537,7 @@ fn explicit_layout_encodes_like_the_disk_writer() {
             format!("Partition name: '{}'", p.name),
             format!("First sector: {} ", p.first_lba),
             format!("Last sector: {} ", p.last_lba),
-            format!("Partition unique GUID: {}", p.guid),
+            format!("Partition unique GUID: {}", upper(p.guid)),
         ] {
             assert!(info.contains(&want), "{want:?} not in:\n{info}");
         }
