@@ -105,7 +105,10 @@ fn sgdisk_and_sfdisk_agree() {
             line.contains(&format!("size={:>12}", p.size_bytes() / 512)),
             "{line}"
         );
-        assert!(line.contains(&format!("type={}", upper(p.type_guid))), "{line}");
+        assert!(
+            line.contains(&format!("type={}", upper(p.type_guid))),
+            "{line}"
+        );
         assert!(line.contains(&format!("uuid={}", upper(p.guid))), "{line}");
     }
     for (i, p) in l.partitions.iter().enumerate() {

@@ -282,12 +282,18 @@ fn sgdisk_verifies_and_shows_the_esp() {
     assert_eq!(cols[2], f.summary.esp_last_lba.to_string(), "{p}");
     assert_eq!(&cols[5..], ["EF00", "EFI"], "{p}");
     assert!(
-        p.contains(&format!("Disk identifier (GUID): {}", upper(f.summary.disk_guid))),
+        p.contains(&format!(
+            "Disk identifier (GUID): {}",
+            upper(f.summary.disk_guid)
+        )),
         "{p}"
     );
     let i = run_ok("sgdisk", &["-i", "1", s(&f.img)]);
     assert!(
-        i.contains(&format!("Partition unique GUID: {}", upper(f.summary.esp_guid))),
+        i.contains(&format!(
+            "Partition unique GUID: {}",
+            upper(f.summary.esp_guid)
+        )),
         "{i}"
     );
     // Our own reader agrees and finds both header copies valid.

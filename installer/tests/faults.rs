@@ -161,32 +161,20 @@ fn every_cut(
 
 #[test]
 fn first_upgrade_survives_a_cut_at_every_write() {
-    let fx = Fixture::new();
-    let b1 = bundle(&fx.path("b1"), "1.0.0");
-    let b2 = bundle_with_loader(&fx.path("b2"), "2.0.0", &[0x5a; 3000]);
-    let base = installed_disk(&fx, "base.img", &b1);
-    fill_state(&base);
-    let bundle = installer::verify::open_verified(&b2.dir, &[key().public()]).unwrap();
-    let n = every_cut(&fx, &base, &bundle, &b1, &b2);
+    let s = Scenario::first();
+    let bundle = installer::verify::open_verified(&s.new.dir, &[key().public()]).unwrap();
+    let n = every_cut(&s.fx, &s.base, &bundle, &s.old, &s.new);
     assert!(n >= 10, "only {n} writes");
 }
 
 #[test]
 fn second_upgrade_survives_a_cut_at_every_write() {
     // Here step 1 has something to remove (1.0.0's UKI) and the target slot
-    // already holds a release whose PARTUUID the GPT update replaces.
-    let fx = Fixture::new();
-    let b1 = bundle(&fx.path("b1"), "1.0.0");
-    let b2 = bundle_with_loader(&fx.path("b2"), "2.0.0", &[0x5a; 3000]);
-    // Shorter than 2.0.0's: the replacement also shrinks the file.
-    let b3 = bundle_with_loader(&fx.path("b3"), "3.0.0", b"v3");
-    let base = installed_disk(&fx, "base.img", &b1);
-    upgrade(&upgrade_opts(&base, &b2.dir)).unwrap();
-    boot_attempt(&base);
-    bless(&base, "2.0.0");
-    fill_state(&base);
-    let bundle = installer::verify::open_verified(&b3.dir, &[key().public()]).unwrap();
-    every_cut(&fx, &base, &bundle, &b2, &b3);
+    // already holds a release whose PARTUUID the GPT update replaces; the
+    // new loader is shorter than the old, so the replacement shrinks it.
+    let s = Scenario::second();
+    let bundle = installer::verify::open_verified(&s.new.dir, &[key().public()]).unwrap();
+    every_cut(&s.fx, &s.base, &bundle, &s.old, &s.new);
 }
 
 fn rollback_every_cut(
