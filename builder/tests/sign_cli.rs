@@ -93,6 +93,23 @@ fn keygen_refuses_overwrite() {
 }
 
 #[test]
+fn secureboot_keygen_refuses_a_directory_with_a_key_set() {
+    // A db key that may be enrolled already: the library's typed refusal,
+    // printed by the CLI, before any key is generated.
+    let d = tempfile::tempdir().unwrap();
+    fs::write(d.path().join("db.key"), b"enrolled").unwrap();
+    let o = cairn(&["secureboot-keygen", "--out", s(d.path())]);
+    assert!(!o.status.success());
+    let want = format!(
+        "{} exists: refusing to overwrite a Secure Boot key set",
+        d.path().join("db.key").display()
+    );
+    assert!(stderr(&o).contains(&want), "{}", stderr(&o));
+    assert_eq!(fs::read(d.path().join("db.key")).unwrap(), b"enrolled");
+    assert_eq!(fs::read_dir(d.path()).unwrap().count(), 1);
+}
+
+#[test]
 fn same_inputs_same_bytes_in_two_dirs() {
     let (keys, a) = setup();
     let b = tempfile::tempdir().unwrap();
