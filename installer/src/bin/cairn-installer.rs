@@ -53,6 +53,8 @@ enum Cmd {
         disk: PathBuf,
         #[arg(long)]
         bundle: PathBuf,
+        /// Trusted manifest key (PEM); repeatable. Default: the running
+        /// release's set, /etc/cairn/keys/*.pub (contract::trust).
         #[arg(long = "pubkey")]
         pubkeys: Vec<PathBuf>,
         #[arg(long)]
@@ -82,11 +84,14 @@ enum Cmd {
     },
 }
 
-fn keys(paths: Vec<PathBuf>) -> Result<Vec<signing::PublicKey>> {
+/// `--pubkey`s, else the default set: the install media's for an install,
+/// the running release's (what its rootfs trusts) for an upgrade.
+fn keys(paths: Vec<PathBuf>, default_dir: &str) -> Result<Vec<signing::PublicKey>> {
     if paths.is_empty() {
-        let dir = PathBuf::from(MEDIA_KEYS);
-        return signing::keys::load_trusted_dir(&dir)
-            .with_context(|| format!("no --pubkey given; loading trusted keys from {MEDIA_KEYS}"));
+        let dir = PathBuf::from(default_dir);
+        return signing::keys::load_trusted_dir(&dir).with_context(|| {
+            format!("no --pubkey given; loading trusted keys from {default_dir}")
+        });
     }
     Ok(load_keys(&paths)?)
 }
@@ -103,7 +108,7 @@ fn run(cli: Cli) -> Result<()> {
             dry_run,
         } => {
             let opts = InstallOptions {
-                trusted: keys(pubkeys)?,
+                trusted: keys(pubkeys, MEDIA_KEYS)?,
                 disk: disk.clone(),
                 bundle: bundle.clone(),
                 machine_config: config,
@@ -134,7 +139,7 @@ fn run(cli: Cli) -> Result<()> {
             dry_run,
         } => {
             let opts = UpgradeOptions {
-                trusted: keys(pubkeys)?,
+                trusted: keys(pubkeys, contract::trust::NODE_KEYS_DIR)?,
                 disk: disk.clone(),
                 bundle: bundle.clone(),
                 allow_downgrade,
