@@ -54,6 +54,10 @@ pub struct UpgradeOptions {
     /// the new certificate was enrolled in the firmware's db).
     pub replace_loader: bool,
     pub dry_run: bool,
+    /// `disk` is the one the running system booted from: open it without
+    /// `O_EXCL` and hold the ESP and the inactive slot exclusively instead
+    /// ([`Disk::open_live`], [`Disk::claim`]).
+    pub live: bool,
 }
 
 /// What an upgrade did (or, for a dry run, would do).
@@ -120,8 +124,15 @@ impl std::fmt::Display for UpgradePlan {
 
 pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradePlan> {
     let bundle = open_verified(&opts.bundle, &opts.trusted)?;
-    let mut disk = Disk::open(&opts.disk, !opts.dry_run)?;
-    if disk.contains(&opts.bundle)? {
+    let mut disk = if opts.live && !opts.dry_run {
+        Disk::open_live(&opts.disk)?
+    } else {
+        Disk::open(&opts.disk, !opts.dry_run)?
+    };
+    // Live, the bundle may well sit on this disk (EPHEMERAL): what matters is
+    // that it is on nothing the upgrade writes, and the claims below fail if
+    // a filesystem holding it is mounted from the ESP or the inactive slot.
+    if !opts.live && disk.contains(&opts.bundle)? {
         return Err(Error::IsInstallMedia {
             disk: opts.disk.clone(),
             media: opts.bundle.clone(),
@@ -135,6 +146,11 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradePlan> {
         let step6 = loader_step(&mut ro, &state, &loader, opts.replace_loader)?;
         return plan(&state, &bundle, opts.allow_downgrade, &path, step6);
     }
+    let _claims = if opts.live {
+        claim_targets(&mut disk, &path)?
+    } else {
+        Vec::new()
+    };
     upgrade_disk_with(
         &mut disk,
         &path,
@@ -142,6 +158,27 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradePlan> {
         opts.allow_downgrade,
         opts.replace_loader,
     )
+}
+
+/// A live upgrade's exclusive holds: the ESP and the slot the running
+/// release is not in, taken before the first write, so the running slot,
+/// STATE and EPHEMERAL are never opened for writing and nothing can mount
+/// what is being written.
+fn claim_targets(disk: &mut Disk, path: &Path) -> Result<Vec<crate::blockdev::Claim>> {
+    let state = DiskState::read(&mut crate::status::ReadOnly(&mut *disk), path)?;
+    let active = state.active().ok_or_else(|| Error::Boot {
+        path: path.to_path_buf(),
+        what: "no UKI on the ESP points at BOOT-A or BOOT-B: no running release to upgrade live"
+            .into(),
+    })?;
+    let target = state.other(active.slot);
+    Ok([&state.esp, target]
+        .into_iter()
+        .map(|p| disk.claim(p))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect())
 }
 
 /// Compares release versions as semver when both parse, else as systemd-boot

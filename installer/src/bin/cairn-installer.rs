@@ -65,6 +65,10 @@ enum Cmd {
         replace_loader: bool,
         #[arg(long)]
         dry_run: bool,
+        /// DISK is the disk this system runs from: write only the ESP and
+        /// the inactive slot, each held exclusively while written.
+        #[arg(long)]
+        live: bool,
     },
     /// Make the release in the other slot the next boot.
     Rollback {
@@ -137,8 +141,10 @@ fn run(cli: Cli) -> Result<()> {
             allow_downgrade,
             replace_loader,
             dry_run,
+            live,
         } => {
             let opts = UpgradeOptions {
+                live,
                 trusted: keys(pubkeys, contract::trust::NODE_KEYS_DIR)?,
                 disk: disk.clone(),
                 bundle: bundle.clone(),
