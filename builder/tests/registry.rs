@@ -128,18 +128,26 @@ fn free_port() -> u16 {
 
 impl Registry {
     fn start() -> Registry {
-        Self::start_with(None)
+        Self::start_with(None, None)
     }
 
     /// With `Some((user, password))`, the registry requires htpasswd basic
-    /// auth for everything.
-    fn start_with(user: Option<(&str, &str)>) -> Registry {
+    /// auth for everything; with `Some(dir)` it serves HTTPS with
+    /// `dir/leaf.pem` and `dir/leaf.key`.
+    fn start_with(user: Option<(&str, &str)>, tls: Option<&Path>) -> Registry {
         let root = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut cfg = format!(
             "version: 0.1\nlog:\n  level: info\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{port}\n",
             root.path().join("store").display()
         );
+        if let Some(dir) = tls {
+            cfg.push_str(&format!(
+                "  tls:\n    certificate: {}\n    key: {}\n",
+                dir.join("leaf.pem").display(),
+                dir.join("leaf.key").display()
+            ));
+        }
         if let Some((u, p)) = user {
             let htpasswd = root.path().join("htpasswd");
             let o = Command::new("htpasswd")
@@ -244,6 +252,7 @@ fn ok(o: Output) -> String {
 fn failed(o: Output) -> String {
     let t = text(&o);
     assert!(!o.status.success(), "cairn should have failed: {t}");
+    eprintln!("(expected) {t}");
     t
 }
 
@@ -437,7 +446,7 @@ fn unreachable_registry_and_unknown_tag_are_named() {
 
 #[test]
 fn htpasswd_registry_refuses_missing_and_wrong_credentials_and_takes_right_ones() {
-    let reg = Registry::start_with(Some(("cairn", "s3cret")));
+    let reg = Registry::start_with(Some(("cairn", "s3cret")), None);
     let out = release_out();
     let reference = format!("{}/cairn:1.0.0", reg.host());
     let tmp = tempfile::tempdir().unwrap();
@@ -739,4 +748,96 @@ fn truncated_stream_is_refused_and_nothing_lands() {
         "{t}"
     );
     assert_eq!(dir_names(&dir), Vec::<String>::new(), "{t}");
+}
+
+fn openssl(dir: &Path, args: &[&str]) {
+    let o = Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl");
+    assert!(o.status.success(), "openssl {args:?}: {}", text(&o));
+}
+
+/// A test CA (`ca.pem`) and a leaf for 127.0.0.1 it signed.
+fn test_ca(dir: &Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    let mut ca = vec!["req", "-x509", "-days", "2", "-subj", "/CN=cairn test CA"];
+    ca.extend(ec);
+    ca.extend(["-keyout", "ca.key", "-out", "ca.pem"]);
+    openssl(dir, &ca);
+    let mut csr = vec!["req", "-subj", "/CN=127.0.0.1"];
+    csr.extend(ec);
+    csr.extend(["-keyout", "leaf.key", "-out", "leaf.csr"]);
+    openssl(dir, &csr);
+    fs::write(
+        dir.join("leaf.ext"),
+        "subjectAltName=IP:127.0.0.1\nbasicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "leaf.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "2",
+            "-extfile",
+            "leaf.ext",
+            "-out",
+            "leaf.pem",
+        ],
+    );
+}
+
+#[test]
+fn https_registry_is_trusted_through_the_given_ca_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    test_ca(tmp.path());
+    let reg = Registry::start_with(None, Some(tmp.path()));
+    let out = release_out();
+    let reference = format!("{}/cairn:1.0.0", reg.host());
+    let ca = tmp.path().join("ca.pem");
+    let key = release_pubkey();
+
+    // Without the CA (system roots only) the certificate is refused.
+    let t = failed(cairn(&["push", s(&out), &reference], &[]));
+    assert!(
+        t.contains(&format!("registry {}:", reg.host())) && t.contains("UnknownIssuer"),
+        "{t}"
+    );
+    ok(cairn(
+        &["push", s(&out), &reference, "--ca-file", s(&ca)],
+        &[],
+    ));
+    let dir = tmp.path().join("pulled");
+    ok(cairn(
+        &[
+            "pull",
+            &reference,
+            s(&dir),
+            "--key",
+            s(&key),
+            "--ca-file",
+            s(&ca),
+        ],
+        &[],
+    ));
+    assert_is_the_release(&dir);
+    // Plain HTTP is only spoken when asked, and then not to a TLS port.
+    let t = failed(pull(&reference, &tmp.path().join("plain"), &[]));
+    assert!(t.contains(&format!("registry {}", reg.host())), "{t}");
 }
