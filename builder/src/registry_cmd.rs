@@ -21,6 +21,9 @@ pub struct ConnArgs {
     /// else ~/.docker/config.json).
     #[arg(long)]
     docker_config: Option<PathBuf>,
+    /// Give up when the registry sends or takes nothing for this many seconds.
+    #[arg(long, default_value_t = 60)]
+    io_timeout: u64,
 }
 
 impl ConnArgs {
@@ -32,6 +35,7 @@ impl ConnArgs {
                 ca_file: self.ca_file.clone(),
                 docker_config: self.docker_config.clone(),
                 credentials: None,
+                io_timeout: Some(std::time::Duration::from_secs(self.io_timeout)),
             },
         )?)
     }

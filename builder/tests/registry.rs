@@ -645,15 +645,17 @@ fn annotation_disagreeing_with_the_signed_manifest_is_refused() {
     assert!(!dir.exists());
 }
 
-/// A loopback TCP proxy to `upstream` that closes a connection once it has
-/// passed `budget` response bytes after a request line containing `cut`.
+/// A loopback TCP proxy to `upstream` that, once it has passed `budget`
+/// response bytes after a request line containing `cut`, closes the
+/// connection, or with `stall` keeps it open and silent (a network that
+/// stopped).
 struct CuttingProxy {
     port: u16,
     stop: Arc<AtomicBool>,
 }
 
 impl CuttingProxy {
-    fn start(upstream: u16, cut: String, budget: usize) -> CuttingProxy {
+    fn start(upstream: u16, cut: String, budget: usize, stall: bool) -> CuttingProxy {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let stop = Arc::new(AtomicBool::new(false));
@@ -701,6 +703,9 @@ impl CuttingProxy {
                             break;
                         }
                         if armed.load(Ordering::SeqCst) && passed >= budget {
+                            if stall {
+                                std::thread::sleep(Duration::from_secs(30));
+                            }
                             break;
                         }
                     }
@@ -733,6 +738,7 @@ fn truncated_stream_is_refused_and_nothing_lands() {
         reg.port,
         format!("GET /v2/cairn/blobs/sha256:{rootfs_hex}"),
         64 << 10,
+        false,
     );
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("pulled");
@@ -840,4 +846,37 @@ fn https_registry_is_trusted_through_the_given_ca_only() {
     // Plain HTTP is only spoken when asked, and then not to a TLS port.
     let t = failed(pull(&reference, &tmp.path().join("plain"), &[]));
     assert!(t.contains(&format!("registry {}", reg.host())), "{t}");
+}
+
+#[test]
+fn stalled_stream_times_out_and_nothing_lands() {
+    let reg = Registry::start();
+    let out = release_out();
+    ok(push(&out, &format!("{}/cairn:1.0.0", reg.host()), &[]));
+    let files = layout_files(&out.join("oci"));
+    let rootfs_hex = &files[names::ROOTFS].0;
+    let proxy = CuttingProxy::start(
+        reg.port,
+        format!("GET /v2/cairn/blobs/sha256:{rootfs_hex}"),
+        64 << 10,
+        true,
+    );
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("pulled");
+    let started = Instant::now();
+    let t = failed(pull(
+        &format!("127.0.0.1:{}/cairn:1.0.0", proxy.port),
+        &dir,
+        &["--io-timeout", "2"],
+    ));
+    let took = started.elapsed();
+    assert!(
+        t.contains(&format!(
+            "registry 127.0.0.1:{}: blob sha256:{rootfs_hex} in cairn: truncated stream: ended after",
+            proxy.port
+        )) && t.to_lowercase().contains("time"),
+        "{t}"
+    );
+    assert!(took < Duration::from_secs(20), "{took:?}");
+    assert_eq!(dir_names(&dir), Vec::<String>::new(), "{t}");
 }

@@ -36,7 +36,13 @@ pub struct ClientOptions {
     pub docker_config: Option<PathBuf>,
     /// Explicit credentials (override the config file's).
     pub credentials: Option<Credentials>,
+    /// Longest wait for any one read or write of a connection (default
+    /// [`DEFAULT_IO_TIMEOUT`]): a network that stops mid-transfer is an
+    /// error after this long, not a hang.
+    pub io_timeout: Option<Duration>,
 }
+
+pub const DEFAULT_IO_TIMEOUT: Duration = Duration::from_secs(60);
 
 /// Which repository and object a request is about (for errors).
 #[derive(Clone, Copy)]
@@ -179,6 +185,8 @@ impl Client {
             .https_only(!opts.plain_http)
             .timeout_connect(Some(Duration::from_secs(30)))
             .timeout_recv_response(Some(Duration::from_secs(120)))
+            .timeout_per_read(Some(opts.io_timeout.unwrap_or(DEFAULT_IO_TIMEOUT)))
+            .timeout_per_write(Some(opts.io_timeout.unwrap_or(DEFAULT_IO_TIMEOUT)))
             .user_agent(concat!("cairn-registry/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls.build())
             .build()
