@@ -880,3 +880,29 @@ fn stalled_stream_times_out_and_nothing_lands() {
     assert!(took < Duration::from_secs(20), "{took:?}");
     assert_eq!(dir_names(&dir), Vec::<String>::new(), "{t}");
 }
+
+#[test]
+fn oversized_bundle_manifest_is_refused_unread() {
+    let reg = Registry::start();
+    let tmp = tempfile::tempdir().unwrap();
+    let bundle = tmp.path().join("bundle");
+    bundle_copy(&bundle);
+    // 2 MiB where the signed manifest belongs: never read, so never parsed.
+    fs::write(bundle.join(names::MANIFEST), vec![b' '; 2 << 20]).unwrap();
+    let layout = tmp.path().join("oci");
+    builder::release::oci_layout(&bundle, &layout, "1.0.0", &"0".repeat(64), 0).unwrap();
+    let reference = format!("{}/cairn:1.0.0", reg.host());
+    ok(push(&layout, &reference, &[]));
+    let big = &layout_files(&layout)[names::MANIFEST].0;
+    let t = failed(pull(&reference, &tmp.path().join("pulled"), &[]));
+    assert!(
+        t.contains(&format!(
+            "registry {}: manifest.json (blob sha256:{big}) in cairn: manifest too large: {} bytes, over the limit of {}; refused unread",
+            reg.host(),
+            2 << 20,
+            names::MAX_MANIFEST_BYTES
+        )),
+        "{t}"
+    );
+    assert_eq!(reg.blob_gets(big), 0);
+}
