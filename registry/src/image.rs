@@ -102,3 +102,67 @@ impl ImageManifest {
         Ok(out)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn layer(title: &str, media_type: &str) -> Descriptor {
+        Descriptor {
+            media_type: media_type.into(),
+            digest: format!("sha256:{}", "0".repeat(64)),
+            size: 1,
+            annotations: BTreeMap::from([(oci::ANNOTATION_TITLE.into(), title.into())]),
+        }
+    }
+
+    fn image(layers: Vec<Descriptor>) -> ImageManifest {
+        ImageManifest {
+            schema_version: 2,
+            media_type: Some(oci::MANIFEST_MEDIA_TYPE.into()),
+            artifact_type: Some(oci::ARTIFACT_TYPE.into()),
+            config: layer("x", oci::EMPTY_MEDIA_TYPE),
+            layers,
+            annotations: BTreeMap::new(),
+        }
+    }
+
+    fn bundle() -> Vec<Descriptor> {
+        bundle::FILES
+            .iter()
+            .map(|n| layer(n, oci::media_type(n).unwrap()))
+            .collect()
+    }
+
+    #[test]
+    fn accepts_a_bundle_and_refuses_what_is_not_one() {
+        assert_eq!(image(bundle()).bundle_layers().unwrap().len(), 6);
+
+        let mut i = image(bundle());
+        i.artifact_type = Some("application/vnd.other".into());
+        assert!(i
+            .bundle_layers()
+            .unwrap_err()
+            .contains("not a cairn bundle"));
+
+        let mut l = bundle();
+        l[3].media_type = oci::MEDIA_UKI.into();
+        let e = image(l).bundle_layers().unwrap_err();
+        assert!(e.contains("layer rootfs.img: mediaType"), "{e}");
+
+        let mut l = bundle();
+        l.push(layer("evil.sh", oci::MEDIA_UKI));
+        let e = image(l).bundle_layers().unwrap_err();
+        assert!(e.contains("\"evil.sh\", not a bundle file"), "{e}");
+
+        let mut l = bundle();
+        l.push(l[2].clone());
+        assert!(image(l)
+            .bundle_layers()
+            .unwrap_err()
+            .contains("appears twice"));
+
+        let e = image(bundle()[1..].to_vec()).bundle_layers().unwrap_err();
+        assert!(e.contains("no manifest.json layer"), "{e}");
+    }
+}
