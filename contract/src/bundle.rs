@@ -32,6 +32,10 @@ pub const PAYLOAD_MACHINE_CONFIG: &str = "machine.toml";
 
 /// OCI: the bundle as one artifact manifest, one layer per file.
 pub mod oci {
+    /// The OCI image-spec names the layout writer uses; registry clients
+    /// check what they fetch against the same constants.
+    pub use artifacts::oci::{ANNOTATION_TITLE, EMPTY_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+
     pub const ARTIFACT_TYPE: &str = "application/vnd.cairn.bundle.v1";
     pub const MEDIA_MANIFEST: &str = "application/vnd.cairn.manifest.v1+json";
     pub const MEDIA_SIGNATURE: &str = "application/vnd.cairn.manifest.signature.v1";
@@ -41,6 +45,10 @@ pub mod oci {
     pub const MEDIA_LAYOUT: &str = "application/vnd.cairn.layout.v1+json";
     pub const ANNOTATION_VERSION: &str = "org.opencontainers.image.version";
     pub const ANNOTATION_ROOT_HASH: &str = "dev.cairn.verity.root-hash";
+
+    /// Largest image manifest a registry client reads (the distribution
+    /// spec's recommended limit); it is fetched before anything is verified.
+    pub const MAX_IMAGE_MANIFEST_BYTES: u64 = 4 << 20;
 
     /// The media type of each bundle file.
     pub fn media_type(file: &str) -> Option<&'static str> {
