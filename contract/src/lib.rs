@@ -8,7 +8,8 @@
 //! - [`bundle`]: bundle file names, payload paths, OCI media types;
 //! - [`layout`]: `layout.json` and the disk layout it gives;
 //! - [`machine`]: the machine config (`machine.toml`) schema and validation;
-//! - [`trust`]: where a rootfs carries the keys its release trusts.
+//! - [`trust`]: where a rootfs carries the keys its release trusts;
+//! - [`update`]: `[update]`, the bad-release record and the attempt record.
 //!
 //! Formats themselves (GPT, FAT, squashfs, verity, PE) live in `artifacts`;
 //! what cairn puts in them lives here.
@@ -21,3 +22,4 @@ pub mod layout;
 pub mod machine;
 pub mod slot;
 pub mod trust;
+pub mod update;
