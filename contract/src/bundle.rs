@@ -50,6 +50,37 @@ pub mod oci {
     /// spec's recommended limit); it is fetched before anything is verified.
     pub const MAX_IMAGE_MANIFEST_BYTES: u64 = 4 << 20;
 
+    /// Writes bundle directory `bundle` as the release's OCI layout at
+    /// `out` (which must not exist): one artifact manifest tagged `version`,
+    /// one layer per bundle file in [`super::FILES`] order, annotated with
+    /// the version and the verity root hash. `cairn build` writes `oci/`
+    /// with it; tests push layouts made the same way.
+    pub fn write_release_layout(
+        bundle: &std::path::Path,
+        out: &std::path::Path,
+        version: &str,
+        root_hash: &str,
+        epoch: u64,
+    ) -> Result<artifacts::oci::OciSummary, artifacts::oci::OciError> {
+        let paths: Vec<std::path::PathBuf> = super::FILES.iter().map(|n| bundle.join(n)).collect();
+        let files: Vec<(&str, &std::path::Path, &str)> = super::FILES
+            .iter()
+            .zip(&paths)
+            .map(|(n, p)| {
+                (
+                    *n,
+                    p.as_path(),
+                    media_type(n).expect("every bundle file has one"),
+                )
+            })
+            .collect();
+        let annotations = std::collections::BTreeMap::from([
+            (ANNOTATION_VERSION.to_string(), version.to_string()),
+            (ANNOTATION_ROOT_HASH.to_string(), root_hash.to_string()),
+        ]);
+        artifacts::oci::write_layout(out, version, ARTIFACT_TYPE, &files, &annotations, epoch)
+    }
+
     /// The media type of each bundle file.
     pub fn media_type(file: &str) -> Option<&'static str> {
         Some(match file {

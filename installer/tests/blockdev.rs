@@ -3,32 +3,10 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
-use std::process::Command;
-
+use common::loopdev::{attach_partitioned, hold, partition, Loop};
 use common::*;
 use installer::install::install;
 use installer::Error;
-
-struct Loop(PathBuf);
-
-impl Loop {
-    fn attach(img: &Path) -> Loop {
-        let out = tool("losetup", &["-f", "--show", img.to_str().unwrap()]);
-        assert!(
-            out.status.success(),
-            "losetup (root and loop devices are required): {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-        Loop(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()))
-    }
-}
-
-impl Drop for Loop {
-    fn drop(&mut self) {
-        let _ = Command::new("losetup").arg("-d").arg(&self.0).status();
-    }
-}
 
 #[test]
 fn install_on_a_loop_device_equals_install_on_the_image() {
@@ -67,51 +45,6 @@ fn install_on_a_loop_device_equals_install_on_the_image() {
     install(&install_opts(&plain, &b.dir)).unwrap();
     assert_eq!(sha256_file(&backing), sha256_file(&plain));
     assert_eq!(booted_version(&backing, &[&b]), Ok("1.0.0".into()));
-}
-
-/// The loop device with its partitions as block devices (`losetup -P`,
-/// then `partx -a` where the scan did not run: some containers skip it).
-fn attach_partitioned(img: &Path) -> Loop {
-    let out = tool("losetup", &["-f", "--show", "-P", img.to_str().unwrap()]);
-    assert!(
-        out.status.success(),
-        "losetup -P: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let dev = Loop(PathBuf::from(String::from_utf8_lossy(&out.stdout).trim()));
-    let first = PathBuf::from(format!("{}p1", dev.0.display()));
-    if !first.exists() {
-        let out = tool("partx", &["-a", dev.0.to_str().unwrap()]);
-        assert!(
-            first.exists(),
-            "{} has no partition devices after partx -a: {}",
-            dev.0.display(),
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    dev
-}
-
-/// Held `O_EXCL`, as dm-verity holds the running slot and a mount holds
-/// STATE and EPHEMERAL on a running node.
-fn hold(dev: &Loop, number: u32) -> std::fs::File {
-    use std::os::unix::fs::OpenOptionsExt;
-    let p = format!("{}p{number}", dev.0.display());
-    std::fs::OpenOptions::new()
-        .read(true)
-        .custom_flags(libc::O_EXCL)
-        .open(&p)
-        .unwrap_or_else(|e| panic!("holding {p}: {e}"))
-}
-
-fn partition(img: &Path, name: &str) -> artifacts::gpt::Partition {
-    let mut f = std::fs::File::open(img).unwrap();
-    artifacts::gpt::read_disk(&mut f)
-        .unwrap()
-        .layout
-        .partition(name)
-        .unwrap_or_else(|| panic!("no {name} on {}", img.display()))
-        .clone()
 }
 
 /// Issue 13, a live upgrade: the running node's disk has its running slot,
