@@ -190,6 +190,10 @@ pub fn add_bad_release(text: &str, version: &str) -> String {
     v.iter().map(|x| format!("{x}\n")).collect()
 }
 
+/// Where a node pulls a release before writing it, under the EPHEMERAL
+/// mount (disk, not RAM).
+pub const WORK_DIR: &str = "cairn/updates";
+
 /// The last update attempt, as JSON under /run for status and the node API.
 pub const ATTEMPT_FILE: &str = "/run/cairn/update.json";
 
