@@ -38,6 +38,25 @@ pub struct Node {
     pub now: u64,
 }
 
+/// The version of the release `disk` runs (its active slot's, as
+/// [`crate::status`] judges it): what a channel's offer is compared with.
+pub fn running_version(disk: &Path) -> crate::Result<String> {
+    let mut d = crate::blockdev::Disk::open(disk, false)?;
+    let state = crate::status::DiskState::read(&mut crate::status::ReadOnly(&mut d), disk)?;
+    let active = state.active().ok_or_else(|| crate::Error::Boot {
+        path: disk.to_path_buf(),
+        what: "no UKI on the ESP points at BOOT-A or BOOT-B: no running release".into(),
+    })?;
+    active
+        .entry
+        .version
+        .clone()
+        .ok_or_else(|| crate::Error::Boot {
+            path: disk.to_path_buf(),
+            what: format!("the running entry {} names no version", active.entry.file),
+        })
+}
+
 /// `REGISTRY/REPO:TAG` of a channel.
 pub fn channel(cfg: &Update) -> String {
     format!("{}:{}", cfg.source, cfg.tag)

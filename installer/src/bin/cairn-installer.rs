@@ -70,6 +70,27 @@ enum Cmd {
         #[arg(long)]
         live: bool,
     },
+    /// Check an update channel once and install what it offers, live: the
+    /// check the node's update agent runs (verify against the running
+    /// release's keys; skip known-bad and not-newer releases).
+    Update {
+        /// The disk the running system booted from (or an installed image).
+        #[arg(long)]
+        disk: PathBuf,
+        /// A machine config whose [update] section names the channel.
+        #[arg(long)]
+        config: PathBuf,
+        /// Trusted manifest key (PEM); repeatable. Default: /etc/cairn/keys/*.pub.
+        #[arg(long = "pubkey")]
+        pubkeys: Vec<PathBuf>,
+        /// Where the release is pulled before it is written (on disk, not
+        /// tmpfs). Default: EPHEMERAL's update directory.
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// The bad-release record. Default: STATE's.
+        #[arg(long)]
+        bad_releases: Option<PathBuf>,
+    },
     /// Make the release in the other slot the next boot.
     Rollback {
         #[arg(long)]
@@ -164,6 +185,43 @@ fn run(cli: Cli) -> Result<()> {
                     "upgraded"
                 }
             );
+        }
+        Cmd::Update {
+            disk,
+            config,
+            pubkeys,
+            work,
+            bad_releases,
+        } => {
+            let cfg = contract::machine::MachineConfig::load(&config)?;
+            let upd = cfg
+                .update
+                .with_context(|| format!("{}: no [update] section", config.display()))?;
+            let bad_path = bad_releases.unwrap_or_else(|| {
+                PathBuf::from(contract::disk::STATE_MOUNT).join(contract::update::BAD_RELEASES)
+            });
+            let bad = match std::fs::read_to_string(&bad_path) {
+                Ok(t) => contract::update::parse_bad_releases(&t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(e).with_context(|| format!("reading {}", bad_path.display())),
+            };
+            let node = installer::update::Node {
+                running: installer::update::running_version(&disk)?,
+                disk,
+                trusted: keys(pubkeys, contract::trust::NODE_KEYS_DIR)?,
+                bad,
+                work: work.unwrap_or_else(|| {
+                    PathBuf::from(contract::disk::EPHEMERAL_MOUNT).join(contract::update::WORK_DIR)
+                }),
+                now: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            };
+            let a = installer::update::check_once(&upd, &node);
+            println!("{}", serde_json::to_string_pretty(&a)?);
+            if a.outcome == contract::update::Outcome::Failed {
+                anyhow::bail!("update from {} failed: {}", a.source, a.detail);
+            }
         }
         Cmd::Rollback { disk } => {
             let r = installer::rollback::rollback(&disk)
