@@ -92,7 +92,9 @@ pub const PLACEMENT_LIMIT: usize = 4 * SECTOR_SLOTS;
 /// Where step 4 puts the new entry in `EFI/Linux`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Placement {
-    /// First directory slot of the new entry set.
+    /// First directory slot of the new entry set when `atomic`; else the
+    /// slot an atomic placement would have needed, past the limit (the set
+    /// then goes in the directory's first free slots).
     pub slot: usize,
     /// Slots of the set and of the three its counting renames append.
     pub span: usize,
@@ -180,9 +182,10 @@ impl std::fmt::Display for UpgradePlan {
             )?,
             Some(p) => writeln!(
                 f,
-                "   at slot {}: warning: its counting renames ({} slots) do not fit one sector; \
-                 a power cut during one may leave it uncounted",
-                p.slot, p.span
+                "   in the first free slots: warning: its counting renames ({} slots from slot {}) \
+                 do not fit one sector within the first {PLACEMENT_LIMIT}; a power cut during one \
+                 may leave it uncounted",
+                p.span, p.slot
             )?,
         }
         writeln!(f, "5. rename it to {}", self.new_uki)?;
