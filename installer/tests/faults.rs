@@ -1078,4 +1078,41 @@ fn power_cut_images_boot_as_the_model_predicts() {
             }
         }
     }
+
+    // The placement under real EDK2: the upgraded disk's first power-on
+    // renames 2.0.0's placed entry (+3 -> +2-1) by changing exactly one
+    // 512-byte sector of EFI/Linux, the one common::edk2 predicts.
+    let model = with_esp(&walk, |v| installer::bootmodel::BootModel::read(v).unwrap());
+    let (from, to) = model.boot_rename().unwrap();
+    assert!(from.starts_with("cairn-2.0.0+3"), "{from}");
+    let predicted = common::edk2::rename_writes(&walk, &from, &to, &s.fx.path("edk2.img"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        predicted.len(),
+        1,
+        "the model writes {} sectors",
+        predicted.len()
+    );
+    let expected = predicted_power_on(&walk).unwrap();
+    let (offsets, before) = common::edk2::linux_dir_raw(&walk).unwrap();
+    let mut now = common::firmware::power_on(&s.fx, &walk);
+    now.sort();
+    assert_eq!(
+        now, expected,
+        "systemd-boot's rename differs from the model"
+    );
+    let (_, after) = common::edk2::linux_dir_raw(&walk).unwrap();
+    let changed: Vec<u64> = (0..offsets.len())
+        .filter(|&k| before[k * 512..(k + 1) * 512] != after[k * 512..(k + 1) * 512])
+        .map(|k| offsets[k])
+        .collect();
+    let k = offsets.iter().position(|o| *o == predicted[0].0).unwrap();
+    let same = after[k * 512..(k + 1) * 512] == predicted[0].1[..];
+    eprintln!(
+        "real EDK2 renamed {from} -> {to} changing EFI/Linux sectors at {changed:?}; \
+         the model predicts {}; byte-identical: {same}",
+        predicted[0].0
+    );
+    assert_eq!(changed, [predicted[0].0], "{from} -> {to} under OVMF");
 }

@@ -345,15 +345,33 @@ pub fn apply(img: &Path, writes: &[(u64, Vec<u8>)], kept: impl Fn(usize) -> bool
 /// `EFI/Linux` as slots: (slots in its clusters, first end-of-directory
 /// slot).
 pub fn linux_dir_slots(img: &Path) -> Result<(usize, usize), String> {
-    let esp = oracle::firmware_esp(img)?;
-    let mut f = fs::File::open(img).map_err(|e| e.to_string())?;
-    let mut fat = Fat32::open(&mut f, esp.offset(), esp.len()).map_err(|e| e.to_string())?;
-    let first = linux_dir_cluster(&mut fat)?;
-    drop(fat);
-    let dir = Volume::open(img, esp.offset(), esp.len())?.dir(first);
+    let (_, bytes) = linux_dir_raw(img)?;
+    let dir = RawDir {
+        chain: Vec::new(),
+        bytes,
+    };
     let slots = dir.bytes.len() / SLOT;
     let end = (0..slots)
         .find(|&i| dir.bytes[i * SLOT] == 0)
         .unwrap_or(slots);
     Ok((slots, end))
+}
+
+/// `EFI/Linux`'s raw bytes, with the disk offset of each 512-byte sector.
+pub fn linux_dir_raw(img: &Path) -> Result<(Vec<u64>, Vec<u8>), String> {
+    let esp = oracle::firmware_esp(img)?;
+    let mut f = fs::File::open(img).map_err(|e| e.to_string())?;
+    let mut fat = Fat32::open(&mut f, esp.offset(), esp.len()).map_err(|e| e.to_string())?;
+    let first = linux_dir_cluster(&mut fat)?;
+    drop(fat);
+    let vol = Volume::open(img, esp.offset(), esp.len())?;
+    let dir = vol.dir(first);
+    let cs = vol.geo.cluster_size();
+    let offsets = dir
+        .chain
+        .iter()
+        .flat_map(|&c| (0..cs / 512).map(move |k| (c, k * 512)))
+        .map(|(c, o)| vol.at(c) + o)
+        .collect();
+    Ok((offsets, dir.bytes))
 }
