@@ -79,8 +79,10 @@ use crate::verify::{open_verified, read_verified};
 use contract::esp::EntryName;
 
 /// Directory slots kept free at the end of `EFI/Linux`: each boot-counting
-/// rename appends up to 3 (two long-name entries and the short one); two
-/// releases counting down 3 tries each, with room to spare.
+/// rename appends up to 3 (two long-name entries and the short one); step
+/// 4's placement pads at most 15 before the new entry; so the new release's
+/// entry and three renames, the old one's fallback renames and the padding
+/// (15 + 12 + 12), with room to spare.
 pub const ENTRY_RESERVE: usize = 64;
 
 /// Step 4 places the new entry for atomic counting renames only while its
@@ -173,7 +175,8 @@ impl std::fmt::Display for UpgradePlan {
         match self.placement {
             None => writeln!(
                 f,
-                "   placed last in {ENTRY_DIR}, its counting renames in one sector"
+                "   placed after the live entries so that its counting renames share one sector \
+                 (decided after step 1)"
             )?,
             Some(p) if p.atomic => writeln!(
                 f,
