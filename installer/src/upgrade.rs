@@ -42,8 +42,13 @@
 //! upgrade made offline before it ever booted) cannot be made safe as well:
 //! its rename appends after the new release's three, so its own set, the new
 //! one's four and its append would have to share one sector: 18 slots > 16.
-//! The new release's renames come first (a bad release must fall back);
-//! the plan warns about the fallback. A live upgrade (init, issue 13) always
+//! Worse, placing the new entry in a later sector makes that release's own
+//! rename cross sectors while the new UKI is still a `.tmp` (a cut after
+//! step 4, then one in that rename, leaves no boot entry at all). So from
+//! a never-blessed release step 4 keeps the first free slots, right after
+//! it on a fresh install: its renames before step 5 and the new release's
+//! first two stay in one sector, the new one's third and its own fallback
+//! rename do not; the plan warns. A live upgrade (init, issue 13) always
 //! runs from a blessed release, which systemd-boot never renames.
 //!
 //! Bound. The installer never moves a live entry: a move writes the entry
@@ -53,12 +58,12 @@
 //! ([`Fat32::reserve_entries`]) and step 4 pads at most 15 slots past it.
 //! A blessed release's entry was last renamed by Linux (init's blessing),
 //! whose vfat driver takes the first free run of slots, so it sits low and
-//! the placement stays in the directory's first sectors. Only a chain of
-//! offline upgrades without a boot between them keeps each new entry after
-//! the last, moving the end up to a sector per two upgrades; past
-//! [`PLACEMENT_LIMIT`] slots step 4 falls back to the first free slots (the
-//! renames are then not atomic, and the plan says so), which puts the entry
-//! low again and lets the next upgrade place it in a low sector.
+//! the placement stays in the directory's first two sectors (an upgrade
+//! without a boot in between runs from the same blessed release and
+//! replaces the unbooted one; from a never-blessed one nothing is placed,
+//! see above). Should a live entry still sit high, past [`PLACEMENT_LIMIT`]
+//! slots step 4 falls back to the first free slots (the renames are then
+//! not atomic, and the plan says so), which puts the entry low again.
 
 use std::cmp::Ordering;
 use std::io::{Read, Seek, Write};
@@ -182,6 +187,11 @@ impl std::fmt::Display for UpgradePlan {
                 f,
                 "   at slot {}: its counting renames stay in one sector",
                 p.slot
+            )?,
+            Some(_) if self.fallback_unblessed => writeln!(
+                f,
+                "   in the first free slots, next to {}'s entry (see the warning below)",
+                self.running_version
             )?,
             Some(p) => writeln!(
                 f,
@@ -338,15 +348,20 @@ fn counting_names(base: &str) -> Vec<String> {
 }
 
 /// Step 4's placement of the entry for `base` (module docs, "Placement"
-/// and "Bound"), once step 1 has removed what it removes.
-fn placement<D: Read + Write + Seek>(esp: &mut Fat32<D>, base: &str) -> Result<Placement> {
+/// and "Bound"), once step 1 has removed what it removes. Not atomic (the
+/// first free slots, as any file) when the fallback was never blessed.
+fn placement<D: Read + Write + Seek>(
+    esp: &mut Fat32<D>,
+    base: &str,
+    fallback_unblessed: bool,
+) -> Result<Placement> {
     let names = counting_names(base);
     let set_len = entry_slots(&names[0]);
     let span: usize = names.iter().map(|n| entry_slots(n)).sum();
     let slot = esp
         .appended_slot(ENTRY_DIR, set_len, span)
         .map_err(fat(format!("reading {ENTRY_DIR}")))?;
-    let atomic = span <= SECTOR_SLOTS && slot + span <= PLACEMENT_LIMIT;
+    let atomic = !fallback_unblessed && span <= SECTOR_SLOTS && slot + span <= PLACEMENT_LIMIT;
     Ok(Placement { slot, span, atomic })
 }
 
@@ -573,7 +588,7 @@ pub fn upgrade_disk_with<D: Read + Write + Seek>(
     let mut esp = open_esp(d, &state, epoch)?;
     esp.create_dir_all(ENTRY_DIR)
         .map_err(fat(format!("creating {ENTRY_DIR}")))?;
-    let place = placement(&mut esp, &bundle.entry_base())?;
+    let place = placement(&mut esp, &bundle.entry_base(), plan.fallback_unblessed)?;
     plan.placement = Some(place);
     if place.atomic {
         esp.write_file_appended(&tmp, &uki, place.span).map(drop)
