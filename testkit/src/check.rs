@@ -162,6 +162,14 @@ mod tests {
                 .into(),
         );
         assert!(!torn.clean && !torn.main_ok && torn.backup_header_ok && torn.backup_table_ok);
+        // Each of the three signs of a bad primary counts by itself.
+        for bad in [
+            "Main header: ERROR\n",
+            "Main header: OK\nMain partition table: ERROR\n",
+            "Caution: invalid main GPT header, but valid backup\n",
+        ] {
+            assert!(!read_sgdisk(true, bad.into()).main_ok, "{bad}");
+        }
         let stale = read_sgdisk(true, "Backup partition table: ERROR\n".into());
         assert!(stale.main_ok && !stale.backup_table_ok && !stale.clean);
     }
