@@ -97,12 +97,7 @@ pub fn esp_dir(disk: &Path, dir: &str) -> Result<String> {
 pub fn ext4_cat(disk: &Path, part: &str, path: &str) -> Result<String> {
     let p = partition(disk, part)?;
     let copy = tempfile::NamedTempFile::new()?;
-    run(Command::new("dd")
-        .arg(format!("if={}", disk.display()))
-        .arg(format!("of={}", copy.path().display()))
-        .args(["bs=1M", "conv=sparse", "status=none"])
-        .arg(format!("skip={}", p.offset >> 20))
-        .arg(format!("count={}", p.size >> 20)))?;
+    testkit::check::extract(disk, p.offset, p.size, copy.path())?;
     let fsck = Command::new("e2fsck")
         .arg("-fy")
         .arg(copy.path())
