@@ -159,19 +159,25 @@ impl Machine {
     fn disk_args(&self, c: &mut Command) {
         let mut usb = false;
         for (i, d) in self.disks.iter().enumerate() {
+            // The firmware boots the disks in order; a direct kernel boot
+            // takes boot index 0 for its own loader, so none is given.
+            let boot = match self.direct_kernel {
+                None => format!(",bootindex={i}"),
+                Some(_) => String::new(),
+            };
             let ro = if d.read_only { ",readonly=on" } else { "" };
             let file = format!("file={},format={}{ro}", d.path.display(), d.format);
             match d.attach {
                 Attach::Virtio => {
                     c.arg("-drive").arg(format!("if=none,id=d{i},{file}"));
                     c.arg("-device")
-                        .arg(format!("virtio-blk-pci,drive=d{i},bootindex={i}"));
+                        .arg(format!("virtio-blk-pci,drive=d{i}{boot}"));
                 }
                 Attach::Cdrom => {
                     c.arg("-drive")
                         .arg(format!("if=none,id=d{i},media=cdrom,{file}"));
                     c.arg("-device")
-                        .arg(format!("ide-cd,drive=d{i},bus=ide.{i},bootindex={i}"));
+                        .arg(format!("ide-cd,drive=d{i},bus=ide.{i}{boot}"));
                 }
                 Attach::Usb => {
                     if !usb {
@@ -180,7 +186,7 @@ impl Machine {
                     }
                     c.arg("-drive").arg(format!("if=none,id=d{i},{file}"));
                     c.arg("-device").arg(format!(
-                        "usb-storage,bus=xhci.0,drive=d{i},bootindex={i},removable=on"
+                        "usb-storage,bus=xhci.0,drive=d{i}{boot},removable=on"
                     ));
                 }
             }
@@ -651,6 +657,40 @@ mod tests {
             .run_until(Duration::from_millis(300), every, |_| false)
             .unwrap();
         assert!(!r.exited && !r.met, "{r:?}");
+    }
+
+    /// Firmware boots name OVMF and a boot order; a direct kernel boot
+    /// names neither (QEMU refuses a disk with boot index 0 beside -kernel).
+    #[test]
+    fn direct_kernel_boots_skip_firmware_and_boot_order() {
+        let d = tempfile::tempdir().unwrap();
+        let vars = d.path().join("vars.fd");
+        fs::write(&vars, b"vars").unwrap();
+        let mut m = Machine::new("m", d.path(), Some(&vars)).unwrap();
+        m.disks.push(Disk::virtio("disk.raw"));
+        let args = |m: &Machine| -> String {
+            let c = m.command();
+            c.get_args()
+                .map(|a| a.to_string_lossy().into_owned())
+                .collect::<Vec<_>>()
+                .join(" ")
+        };
+        let fw = args(&m);
+        assert!(fw.contains(OVMF_CODE) && fw.contains("bootindex=0"), "{fw}");
+        m.direct_kernel = Some(DirectKernel {
+            kernel: "vmlinuz".into(),
+            initrd: "initrd".into(),
+            append: "console=ttyS0 gpt".into(),
+        });
+        let direct = args(&m);
+        assert!(
+            direct.contains("-kernel vmlinuz -initrd initrd -append console=ttyS0 gpt"),
+            "{direct}"
+        );
+        assert!(
+            !direct.contains("pflash") && !direct.contains("bootindex"),
+            "{direct}"
+        );
     }
 
     #[test]
