@@ -910,7 +910,7 @@ fn power_cut_oracle_independent_tools() {
     let bad = fx.path("bad-boot.img");
     sparse_copy(&img, &bad);
     flip(&bad, esp.offset() + 3);
-    oracle::extract(&bad, &esp, &scratch);
+    testkit::check::extract(&bad, esp.offset(), esp.len(), &scratch).unwrap();
     assert!(tool("fsck.fat", &["-n", scratch.to_str().unwrap()])
         .status
         .success());
@@ -934,7 +934,7 @@ fn power_cut_oracle_independent_tools() {
         let at = esp.offset() + geo.fat_offset(copy) + 4 * 5000;
         write_bytes(&leak, at, &0x0FFF_FFFFu32.to_le_bytes());
     }
-    oracle::extract(&leak, &esp, &scratch);
+    testkit::check::extract(&leak, esp.offset(), esp.len(), &scratch).unwrap();
     assert_eq!(
         tool("fsck.fat", &["-n", scratch.to_str().unwrap()])
             .status

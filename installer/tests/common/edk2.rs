@@ -227,7 +227,7 @@ fn placed_writes(
         .ok_or_else(|| format!("no directory entry for {from}"))?;
 
     // The new entry set, as the editor makes it on a copy of the ESP.
-    oracle::extract(img, &esp, scratch);
+    testkit::check::extract(img, esp.offset(), esp.len(), scratch).map_err(|e| format!("{e:#}"))?;
     let mut sf = fs::OpenOptions::new()
         .read(true)
         .write(true)
