@@ -111,7 +111,7 @@ fn resigned_layout(tmp: &Path) -> (PathBuf, PathBuf) {
 
 // ---------------------------------------------------------------- registry
 
-use registry::testing::{free_port, Registry};
+use testkit::registry::{free_port, Registry};
 
 // ---------------------------------------------------------------- running
 

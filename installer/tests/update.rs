@@ -18,7 +18,7 @@ use common::*;
 use contract::update::{Outcome, Update};
 use installer::install::install;
 use installer::update::{check_once, Node};
-use registry::testing::Registry;
+use testkit::registry::Registry;
 
 fn push(reg: &Registry, b: &BundleInfo, at: &std::path::Path, tag: &str) {
     let layout = at.join(format!("oci-{}", b.version));

@@ -20,8 +20,6 @@ pub mod image;
 pub mod push;
 pub mod reference;
 pub mod release;
-#[cfg(feature = "testing")]
-pub mod testing;
 
 pub use auth::{Credentials, DockerConfig};
 pub use blob::{BlobId, BlobReader};

@@ -1,11 +1,13 @@
 //! Test support shared by the artifacts, signing, installer and e2e tests:
 //! one QEMU/OVMF harness ([`qemu`]), one set of checks by the independent
 //! tools ([`check`]: `sgdisk -v`, `fsck.fat -n`), the boot fixtures the
-//! loader tests build ([`fixtures`]) and the small helpers every suite needs.
+//! loader tests build ([`fixtures`]), a real registry ([`registry`]) and the
+//! small helpers every suite needs.
 
 pub mod check;
 pub mod fixtures;
 pub mod qemu;
+pub mod registry;
 
 use std::fs;
 use std::io::{Read, Seek, SeekFrom, Write};

@@ -1,7 +1,7 @@
 //! A real registry for tests: Debian's `docker-registry` (distribution
 //! 2.8) on 127.0.0.1:<free port> with its own storage directory, started by
-//! the test and killed when dropped. Behind the `testing` feature: the
-//! builder's and the installer's tests share this one copy.
+//! the test and killed when dropped (the builder's push/pull tests, the
+//! installer's update test, and the e2e update scenarios).
 
 use std::fs;
 use std::net::{TcpListener, TcpStream};
