@@ -1,9 +1,6 @@
 //! Hybrid ISO writer, checked with independent tools: xorriso/osirrox,
 //! isoinfo (genisoimage), sgdisk, fsck.fat, and OVMF under QEMU.
 
-#[path = "support/boot.rs"]
-mod support;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -11,9 +8,10 @@ use std::process::Command;
 use artifacts::fat::{format_path, minimum_size, FatFile, FatSource, FormatOptions};
 use artifacts::gpt;
 use artifacts::iso::{self, IsoError, IsoOptions, IsoSummary};
+use testkit::fixtures::{self as support, SYSTEMD_BOOT};
+use testkit::qemu::{Disk, Machine};
 
 const EPOCH: u64 = 1_700_000_001; // 2023-11-14 22:13:21 UTC
-const SYSTEMD_BOOT: &str = "/usr/lib/systemd/boot/efi/systemd-bootx64.efi";
 
 fn pattern(len: usize, salt: u8) -> Vec<u8> {
     let mut x: u32 = 0x9E37_79B9 ^ salt as u32;
@@ -624,8 +622,6 @@ fn bad_inputs_are_refused_before_writing() {
 
 // --- Booting under OVMF -------------------------------------------------
 
-const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
 /// One QEMU at a time: TCG is CPU-bound and the machine is shared.
 static QEMU: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
@@ -661,69 +657,23 @@ const COUNTDOWN_END: &str = "Boot in 1 s.";
 fn boot(img: &Path, medium: Medium, until: &str) -> String {
     let _one = QEMU.lock().unwrap_or_else(|e| e.into_inner());
     let dir = img.parent().unwrap();
-    let vars = dir.join(format!("vars-{medium:?}.fd"));
-    fs::copy(OVMF_VARS, &vars).expect("OVMF vars (package ovmf)");
-    let log = dir.join(format!("serial-{medium:?}.log"));
-    let _ = fs::remove_file(&log);
-    let mut args: Vec<String> = [
-        "-machine",
-        "q35",
-        "-m",
-        "512",
-        "-nographic",
-        "-no-reboot",
-        "-monitor",
-        "none",
-        // No PXE attempts: they only delay a failing boot.
-        "-nic",
-        "none",
-    ]
-    .iter()
-    .map(|a| a.to_string())
-    .collect();
-    args.push("-drive".into());
-    args.push(format!(
-        "if=pflash,format=raw,unit=0,readonly=on,file={OVMF_CODE}"
-    ));
-    args.push("-drive".into());
-    args.push(format!("if=pflash,format=raw,unit=1,file={}", s(&vars)));
-    args.push("-serial".into());
-    args.push(format!("file:{}", s(&log)));
-    match medium {
-        Medium::Cdrom => {
-            args.push("-cdrom".into());
-            args.push(s(img).into());
-        }
-        Medium::UsbStick => {
-            args.extend(["-device".into(), "qemu-xhci".into(), "-drive".into()]);
-            args.push(format!("if=none,id=stick,format=raw,file={}", s(img)));
-            args.extend(["-device".into(), "usb-storage,drive=stick".into()]);
-        }
-    }
-    let mut child = Command::new("qemu-system-x86_64")
-        .args(&args)
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
+    let mut m = Machine::new(&format!("{medium:?}"), dir, None).expect("OVMF vars (package ovmf)");
+    m.memory_mb = 512;
+    m.disks.push(match medium {
+        Medium::Cdrom => Disk::cdrom(img),
+        Medium::UsbStick => Disk::usb(img),
+    });
+    let b = m
+        .boot()
         .expect("qemu-system-x86_64 (package qemu-system-x86)");
-    let start = std::time::Instant::now();
-    let read = || String::from_utf8_lossy(&fs::read(&log).unwrap_or_default()).into_owned();
-    loop {
-        if child.try_wait().unwrap().is_some() {
-            break;
-        }
-        let console = read();
-        // A failed load of our medium is final (what follows is network boot and the shell).
-        let done = console.contains(until) || failed_to_load(&console, medium);
-        if done || start.elapsed().as_secs() >= 90 {
-            let _ = child.kill();
-            let _ = child.wait();
-            break;
-        }
-        std::thread::sleep(std::time::Duration::from_millis(250));
-    }
-    read()
+    // A failed load of our medium is final (what follows is network boot and the shell).
+    b.run_until(
+        std::time::Duration::from_secs(90),
+        std::time::Duration::from_millis(250),
+        |console| console.contains(until) || failed_to_load(console, medium),
+    )
+    .unwrap()
+    .console
 }
 
 fn tail(console: &str) -> String {
@@ -872,8 +822,8 @@ fn path_tables_match_directories() {
 fn ovmf_boots_uki_from_iso_to_userspace() {
     let dir = tempfile::tempdir().unwrap();
     let work = dir.path();
-    let kernel = support::debian_kernel(work);
-    let initrd = support::marker_initramfs(work);
+    let kernel = support::debian_kernel(work).unwrap();
+    let initrd = support::marker_initramfs(work).unwrap();
     let uki = work.join("cairn.efi");
     artifacts::uki::Uki::build(
         &artifacts::uki::UkiInputs {

@@ -1,9 +1,6 @@
 //! UKI assembly checked with binutils (`objdump`, `objcopy`) and by booting
 //! the result under OVMF + systemd-boot in QEMU.
 
-#[path = "support/boot.rs"]
-mod boot;
-
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -12,22 +9,14 @@ use std::time::Duration;
 use artifacts::uki::{Uki, UkiError, UkiInputs};
 use sha2::{Digest, Sha256};
 
-use boot::STUB;
+use testkit::fixtures::{self as boot, STUB};
+use testkit::qemu::{Disk, Machine};
 
 const OSREL: &str = "ID=cairn\nVERSION_ID=1.2.3\nIMAGE_VERSION=1.2.3\n";
 const CMDLINE: &str = "console=ttyS0 panic=-1 cairn.rootfs=00ff";
 
 fn run(cmd: &mut Command) -> Vec<u8> {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?} failed: {}\n{}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    out.stdout
+    testkit::run_bytes(cmd).unwrap()
 }
 
 /// Deterministic filler with no long runs, so misplaced bytes show up.
@@ -362,8 +351,8 @@ fn signed_stub_is_rejected() {
 fn uki_boots_under_ovmf_and_systemd_boot() {
     let tmp = tempfile::tempdir().unwrap();
     let work = tmp.path();
-    let kernel = boot::debian_kernel(work);
-    let initrd = boot::marker_initramfs(work);
+    let kernel = boot::debian_kernel(work).unwrap();
+    let initrd = boot::marker_initramfs(work).unwrap();
     let uki = work.join("uki.efi");
     Uki::build(
         &UkiInputs {
@@ -384,13 +373,19 @@ fn uki_boots_under_ovmf_and_systemd_boot() {
             (Path::new(boot::SYSTEMD_BOOT), "EFI/BOOT/BOOTX64.EFI"),
             (&uki, "EFI/Linux/cairn-1.2.3.efi"),
         ],
-    );
-    let vars = work.join("vars.fd");
-    fs::copy(boot::OVMF_VARS, &vars).unwrap();
+    )
+    .unwrap();
+    let mut m = Machine::new("uki", work, None).unwrap();
+    m.memory_mb = 512;
+    m.disks.push(Disk::virtio(&disk));
     let timeout = Duration::from_secs(240);
-    let r = boot::boot(work, &disk, boot::OVMF_CODE, &vars, false, timeout, |t| {
-        t.contains(boot::MARKER)
-    });
+    let r = m
+        .boot()
+        .unwrap()
+        .run_until(timeout, Duration::from_millis(500), |t| {
+            t.contains(boot::MARKER)
+        })
+        .unwrap();
     eprintln!(
         "boot took {:.1} s (qemu exited by itself: {})",
         r.seconds, r.exited
@@ -399,6 +394,6 @@ fn uki_boots_under_ovmf_and_systemd_boot() {
         r.console.contains(boot::MARKER),
         "marker {} not on the serial console within {timeout:?}; last 50 lines:\n{}",
         boot::MARKER,
-        boot::tail(&r.console, 50)
+        testkit::tail(&r.console, 50)
     );
 }

@@ -60,6 +60,8 @@ pub struct MachineConfig {
     pub services: Vec<Service>,
     #[serde(default, rename = "health")]
     pub health: Vec<Health>,
+    /// Off unless present (contract::update).
+    pub update: Option<crate::update::Update>,
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -163,6 +165,9 @@ impl MachineConfig {
                     "{kind} {name:?}: exec {exec:?} must be an absolute path (there is no PATH search)"
                 )));
             }
+        }
+        if let Some(u) = &self.update {
+            u.validate().map_err(bad)?;
         }
         for h in &self.health {
             if h.timeout_s == 0 {
@@ -275,6 +280,9 @@ timeout_s = 30
         );
         assert!(inv("[[service]]\nname=\"a b\"\nexec=\"/a\"").contains("name"));
         assert!(inv("[[health]]\nname=\"h\"\nexec=\"/h\"\ntimeout_s=0").contains("timeout_s"));
+        assert!(
+            inv("[update]\nsource=\"r.example/cairn\"\ninterval_s=1").contains("update.interval_s")
+        );
     }
 
     #[test]

@@ -1,502 +1,19 @@
-//! The end-to-end harness: cold boots under QEMU (TCG) with OVMF, read
-//! through the serial console.
-//!
-//! Every boot is a fresh QEMU process with `-no-reboot`: one process is one
-//! boot attempt, so a reboot request ends the process and the next attempt
-//! is a real cold firmware boot (never kexec).
+//! The end-to-end suite's cairn-specific helpers: where the images are,
+//! the installer binary, boots that must reach `cairn: boot ok`, and the
+//! checks of a disk by the independent tools. Starting QEMU, reading its
+//! console and telling how it ended is the shared harness in `testkit`,
+//! re-exported here.
 
-use std::collections::VecDeque;
 use std::fs;
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::mpsc::{self, Receiver, RecvTimeoutError};
-use std::thread;
-use std::time::{Duration, Instant};
+use std::process::Command;
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
 
-pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
-
-/// How a disk image is attached.
-#[derive(Debug, Clone)]
-pub enum Attach {
-    /// virtio-blk, the usual VM disk.
-    Virtio,
-    /// IDE CD-ROM (El Torito boot).
-    Cdrom,
-    /// USB mass storage on an xHCI controller (a `dd`-written stick).
-    Usb,
-}
-
-#[derive(Debug, Clone)]
-pub struct Disk {
-    pub path: PathBuf,
-    pub format: &'static str,
-    pub attach: Attach,
-    pub read_only: bool,
-}
-
-impl Disk {
-    pub fn virtio(path: impl Into<PathBuf>) -> Disk {
-        Disk {
-            path: path.into(),
-            format: "raw",
-            attach: Attach::Virtio,
-            read_only: false,
-        }
-    }
-    pub fn format(mut self, f: &'static str) -> Disk {
-        self.format = f;
-        self
-    }
-    pub fn cdrom(path: impl Into<PathBuf>) -> Disk {
-        Disk {
-            path: path.into(),
-            format: "raw",
-            attach: Attach::Cdrom,
-            read_only: true,
-        }
-    }
-    pub fn usb(path: impl Into<PathBuf>) -> Disk {
-        Disk {
-            path: path.into(),
-            format: "raw",
-            attach: Attach::Usb,
-            read_only: false,
-        }
-    }
-}
-
-/// One machine: its firmware variables persist across boots like NVRAM.
-pub struct Machine {
-    pub name: String,
-    pub vars: PathBuf,
-    pub secure_boot: bool,
-    pub disks: Vec<Disk>,
-    pub memory_mb: u32,
-    pub log_dir: PathBuf,
-    boots: u32,
-}
-
-impl Machine {
-    /// A machine with a fresh copy of `vars_template` (OVMF's blank store by default).
-    pub fn new(name: &str, work: &Path, vars_template: Option<&Path>) -> Result<Machine> {
-        fs::create_dir_all(work)?;
-        let vars = work.join(format!("{name}-VARS.fd"));
-        let template = vars_template.unwrap_or(Path::new(OVMF_VARS));
-        fs::copy(template, &vars)
-            .with_context(|| format!("copying OVMF variables {}", template.display()))?;
-        Ok(Machine {
-            name: name.to_string(),
-            vars,
-            secure_boot: false,
-            disks: Vec::new(),
-            memory_mb: 1024,
-            log_dir: work.to_path_buf(),
-            boots: 0,
-        })
-    }
-
-    fn command(&self) -> Command {
-        let mut c = Command::new("qemu-system-x86_64");
-        let code = if self.secure_boot {
-            OVMF_CODE_SECBOOT
-        } else {
-            OVMF_CODE
-        };
-        let machine = if self.secure_boot {
-            "q35,smm=on,accel=tcg"
-        } else {
-            "q35,accel=tcg"
-        };
-        c.args(["-machine", machine, "-cpu", "max", "-m"])
-            .arg(self.memory_mb.to_string())
-            .args(["-smp", "1", "-nographic", "-no-reboot", "-nodefaults"])
-            .args(["-serial", "stdio", "-monitor", "none"]);
-        if self.secure_boot {
-            c.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
-        }
-        c.arg("-drive").arg(format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={code}"
-        ));
-        c.arg("-drive").arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            self.vars.display()
-        ));
-        let mut usb = false;
-        for (i, d) in self.disks.iter().enumerate() {
-            let ro = if d.read_only { ",readonly=on" } else { "" };
-            let file = format!("file={},format={}{ro}", d.path.display(), d.format);
-            match d.attach {
-                Attach::Virtio => {
-                    c.arg("-drive").arg(format!("if=none,id=d{i},{file}"));
-                    c.arg("-device")
-                        .arg(format!("virtio-blk-pci,drive=d{i},bootindex={i}"));
-                }
-                Attach::Cdrom => {
-                    c.arg("-drive")
-                        .arg(format!("if=none,id=d{i},media=cdrom,{file}"));
-                    c.arg("-device")
-                        .arg(format!("ide-cd,drive=d{i},bus=ide.{i},bootindex={i}"));
-                }
-                Attach::Usb => {
-                    if !usb {
-                        c.args(["-device", "qemu-xhci,id=xhci"]);
-                        usb = true;
-                    }
-                    c.arg("-drive").arg(format!("if=none,id=d{i},{file}"));
-                    c.arg("-device").arg(format!(
-                        "usb-storage,bus=xhci.0,drive=d{i},bootindex={i},removable=on"
-                    ));
-                }
-            }
-        }
-        c
-    }
-
-    /// Starts one cold boot.
-    pub fn boot(&mut self) -> Result<Boot> {
-        self.boots += 1;
-        let log = self
-            .log_dir
-            .join(format!("{}-boot{}.log", self.name, self.boots));
-        Boot::spawn(
-            self.command(),
-            log,
-            format!("{} boot {}", self.name, self.boots),
-        )
-    }
-}
-
-fn pump(r: impl std::io::Read, mut log: Option<fs::File>, tx: mpsc::Sender<(Instant, String)>) {
-    use std::io::Write;
-    let mut r = BufReader::new(r);
-    let mut buf = Vec::new();
-    loop {
-        buf.clear();
-        match r.read_until(b'\n', &mut buf) {
-            Ok(0) | Err(_) => return,
-            Ok(_) => {
-                if let Some(f) = log.as_mut() {
-                    let _ = f.write_all(&buf);
-                }
-                // Firmware output is full of escape sequences; keep the text.
-                let line: String = String::from_utf8_lossy(&buf)
-                    .chars()
-                    .filter(|c| !c.is_control() || *c == '\t')
-                    .collect();
-                if tx.send((Instant::now(), line)).is_err() {
-                    return;
-                }
-            }
-        }
-    }
-}
-
-/// A running boot attempt.
-pub struct Boot {
-    child: Child,
-    lines: Receiver<(Instant, String)>,
-    tail: VecDeque<String>,
-    /// Every console line with its arrival time since QEMU started.
-    pub all: Vec<(Duration, String)>,
-    pub started: Instant,
-    pub log: PathBuf,
-    label: String,
-}
-
-/// How a boot ended: the guest's own doing, told by QEMU exiting 0 after
-/// the kernel's last words (QEMU's crash or error is never an `End`).
-#[derive(Debug, PartialEq, Eq)]
-pub enum End {
-    /// The kernel said `reboot: Power down`.
-    PowerOff,
-    /// The guest asked to reset (`-no-reboot` turns that into an exit): the
-    /// kernel said `reboot: Restarting system`, or it panicked and counted
-    /// down (`Rebooting in N seconds`).
-    Reboot,
-}
-
-/// Reads how QEMU ended from its exit status and the console's last lines
-/// (QEMU's stderr included). QEMU exits 0 both for the guest and on
-/// SIGTERM/SIGINT, and prints its own errors on stderr, so status 0 alone
-/// is not a guest power-off: the kernel must have said so.
-pub fn classify_exit(status: std::process::ExitStatus, tail: &[&str]) -> Result<End, String> {
-    if !status.success() {
-        return Err(format!(
-            "QEMU itself failed ({status}): a crash or a QEMU error, not the guest powering off"
-        ));
-    }
-    // The last of the kernel's power-state lines decides.
-    for line in tail.iter().rev() {
-        if line.contains("reboot: Power down") {
-            return Ok(End::PowerOff);
-        }
-        if line.contains("reboot: Restarting system") || line.contains("Rebooting in ") {
-            return Ok(End::Reboot);
-        }
-        if line.contains("qemu-system-x86_64: terminating on signal") {
-            break;
-        }
-    }
-    Err(format!(
-        "QEMU exited ({status}) but the guest neither powered off nor rebooted (no `reboot: Power down` or `reboot: Restarting system` on the console)"
-    ))
-}
-
-impl Boot {
-    /// Starts `cmd` (QEMU, or a stand-in in this crate's tests) with its
-    /// console read line by line and logged to `log`.
-    pub fn spawn(mut cmd: Command, log: PathBuf, label: String) -> Result<Boot> {
-        cmd.stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped());
-        let started = Instant::now();
-        let mut child = cmd
-            .spawn()
-            .with_context(|| format!("starting {:?}", cmd.get_program()))?;
-        let (tx, rx) = mpsc::channel();
-        let stdout = child.stdout.take().expect("piped");
-        let stderr = child.stderr.take().expect("piped");
-        let tx2 = tx.clone();
-        let log_file = fs::File::create(&log)?;
-        thread::spawn(move || pump(stdout, Some(log_file), tx));
-        thread::spawn(move || pump(stderr, None, tx2));
-        Ok(Boot {
-            child,
-            lines: rx,
-            tail: VecDeque::new(),
-            all: Vec::new(),
-            started,
-            log,
-            label,
-        })
-    }
-
-    fn record(&mut self, at: Instant, line: String) {
-        self.all.push((at - self.started, line.clone()));
-        self.tail.push_back(line);
-        if self.tail.len() > 50 {
-            self.tail.pop_front();
-        }
-    }
-
-    /// The last 50 console lines, for failure messages.
-    pub fn tail(&self) -> String {
-        self.tail.iter().cloned().collect::<Vec<_>>().join("\n")
-    }
-
-    /// Waits for a console line containing `needle`; returns that line.
-    /// Fails (with the console tail) on timeout or if QEMU exits first.
-    pub fn expect(&mut self, needle: &str, timeout: Duration) -> Result<String> {
-        self.expect_any(&[needle], timeout).map(|(_, l)| l)
-    }
-
-    /// Waits for the first line containing any of `needles`; returns its index and the line.
-    pub fn expect_any(&mut self, needles: &[&str], timeout: Duration) -> Result<(usize, String)> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((at, line)) => {
-                    self.record(at, line.clone());
-                    if let Some(i) = needles.iter().position(|n| line.contains(n)) {
-                        return Ok((i, line));
-                    }
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.child.kill();
-                    bail!(
-                        "{}: expected a console line containing {:?} within {}s; none came.\n--- last 50 console lines ({}) ---\n{}",
-                        self.label,
-                        needles,
-                        timeout.as_secs(),
-                        self.log.display(),
-                        self.tail()
-                    );
-                }
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait()?;
-                    bail!(
-                        "{}: expected a console line containing {:?}, but QEMU exited ({status}) first.\n--- last 50 console lines ({}) ---\n{}",
-                        self.label,
-                        needles,
-                        self.log.display(),
-                        self.tail()
-                    );
-                }
-            }
-        }
-    }
-
-    /// Waits for QEMU to exit on its own, collecting output: a guest
-    /// power-off or reboot; QEMU crashing or failing is an error.
-    pub fn wait_exit(&mut self, timeout: Duration) -> Result<End> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            match self.lines.recv_timeout(left) {
-                Ok((at, line)) => self.record(at, line),
-                Err(RecvTimeoutError::Disconnected) => {
-                    let status = self.child.wait()?;
-                    let tail: Vec<&str> = self.tail.iter().map(String::as_str).collect();
-                    return classify_exit(status, &tail).map_err(|why| {
-                        anyhow::anyhow!(
-                            "{}: {why}.\n--- last 50 console lines ({}) ---\n{}",
-                            self.label,
-                            self.log.display(),
-                            self.tail()
-                        )
-                    });
-                }
-                Err(RecvTimeoutError::Timeout) => {
-                    let _ = self.child.kill();
-                    bail!(
-                        "{}: expected QEMU to exit within {}s (power-off or reboot); it did not.\n--- last 50 console lines ({}) ---\n{}",
-                        self.label,
-                        timeout.as_secs(),
-                        self.log.display(),
-                        self.tail()
-                    );
-                }
-            }
-        }
-    }
-
-    /// Stops the machine (as pulling the plug).
-    pub fn kill(mut self) -> Result<()> {
-        let _ = self.child.kill();
-        self.child.wait()?;
-        Ok(())
-    }
-
-    /// Boot-time figures from this boot's console: seconds from QEMU start to
-    /// `marker`, and from the kernel's own printk timestamps the kernel-start
-    /// -> init-start and init-start -> marker intervals.
-    pub fn timings(&self, marker: &str) -> Option<Timings> {
-        let (to_marker, _) = self.all.iter().find(|(_, l)| l.contains(marker))?;
-        let kernel_ts = |pred: &dyn Fn(&str) -> bool| -> Option<f64> {
-            self.all
-                .iter()
-                .filter(|(_, l)| pred(l))
-                .find_map(|(_, l)| printk_time(l))
-        };
-        let init_start = kernel_ts(&|l: &str| l.contains("cairn:") || l.contains("Run /init"));
-        let blessed = kernel_ts(&|l: &str| l.contains(marker));
-        Some(Timings {
-            qemu_to_marker: *to_marker,
-            kernel_to_init: init_start,
-            init_to_marker: match (init_start, blessed) {
-                (Some(a), Some(b)) => Some(b - a),
-                _ => None,
-            },
-        })
-    }
-}
-
-impl Drop for Boot {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-pub struct Timings {
-    pub qemu_to_marker: Duration,
-    /// Seconds from kernel start (printk 0.0) to the first init line.
-    pub kernel_to_init: Option<f64>,
-    pub init_to_marker: Option<f64>,
-}
-
-/// `[    1.234567] text` -> 1.234567
-pub fn printk_time(line: &str) -> Option<f64> {
-    let l = line.trim_start();
-    let rest = l.strip_prefix('[')?;
-    let end = rest.find(']')?;
-    rest[..end].trim().parse().ok()
-}
-
-/// Fails clearly when a tool the suite needs is missing (CI installs them).
-pub fn require_tools(tools: &[&str]) -> Result<()> {
-    for t in tools {
-        let ok = Command::new("sh")
-            .arg("-c")
-            .arg(format!("command -v {t}"))
-            .stdout(Stdio::null())
-            .status()
-            .map(|s| s.success())
-            .unwrap_or(false);
-        if !ok {
-            bail!("{t} is not installed: run ci/deps");
-        }
-    }
-    for f in [OVMF_CODE, OVMF_VARS] {
-        if !Path::new(f).exists() {
-            bail!("{f} is missing: install the ovmf package (ci/deps)");
-        }
-    }
-    Ok(())
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// A stand-in for QEMU: `sh -c SCRIPT`, its output read as the console.
-    fn fake_boot(script: &str) -> (tempfile::TempDir, Boot) {
-        let dir = tempfile::tempdir().unwrap();
-        let mut c = Command::new("sh");
-        c.arg("-c").arg(script);
-        let b = Boot::spawn(c, dir.path().join("console.log"), "fake".into()).unwrap();
-        (dir, b)
-    }
-
-    #[test]
-    fn a_qemu_crash_is_not_a_power_off() {
-        let wait = Duration::from_secs(30);
-        // QEMU itself dies (a signal, an error exit), whatever the guest said.
-        let (_d, mut b) = fake_boot("echo '[    1.0] reboot: Power down'; kill -SEGV $$");
-        let e = b.wait_exit(wait);
-        assert!(e.is_err(), "QEMU killed by SIGSEGV counted as {e:?}");
-        let (_d, mut b) =
-            fake_boot("echo 'qemu-system-x86_64: -drive x: Could not open' >&2; exit 1");
-        let e = b.wait_exit(wait);
-        assert!(e.is_err(), "QEMU exiting 1 counted as {e:?}");
-        // QEMU exits 0 on SIGTERM ("terminating on signal"): no guest said anything.
-        let (_d, mut b) = fake_boot(
-            "echo 'qemu-system-x86_64: terminating on signal 15 from pid 1 ()' >&2; exit 0",
-        );
-        let e = b.wait_exit(wait);
-        assert!(
-            e.is_err(),
-            "QEMU ending without a guest power-off counted as {e:?}"
-        );
-    }
-
-    #[test]
-    fn guest_power_off_and_reboot_are_told_apart() {
-        let wait = Duration::from_secs(30);
-        let (_d, mut b) = fake_boot("echo '[    2.5] reboot: Power down'");
-        assert_eq!(b.wait_exit(wait).unwrap(), End::PowerOff);
-        let (_d, mut b) =
-            fake_boot("echo 'cairn: boot failed: x'; echo '[    9.1] reboot: Restarting system'");
-        assert_eq!(b.wait_exit(wait).unwrap(), End::Reboot);
-        let (_d, mut b) = fake_boot(
-            "echo 'Kernel panic - not syncing: Attempted to kill init!'; echo 'Rebooting in 5 seconds..'",
-        );
-        assert_eq!(b.wait_exit(wait).unwrap(), End::Reboot);
-    }
-
-    #[test]
-    fn printk_timestamps() {
-        assert_eq!(printk_time("[    1.500000] cairn: hi"), Some(1.5));
-        assert_eq!(printk_time("no stamp"), None);
-    }
-}
+pub use testkit::check::{fsck_fat_at, sgdisk_verify, FsckFat, Sgdisk};
+pub use testkit::qemu::*;
+pub use testkit::{require_tools, run, sha256_file, sparse_copy, tail};
 
 /// Where `cairn build` left the images under test: `$CAIRN_E2E_OUT`, else `<repo>/out`.
 pub fn images_dir() -> Result<PathBuf> {
@@ -510,19 +27,6 @@ pub fn images_dir() -> Result<PathBuf> {
         );
     }
     Ok(dir)
-}
-
-/// A sparse copy, so every test boots its own disk.
-pub fn sparse_copy(from: &Path, to: &Path) -> Result<()> {
-    let st = Command::new("cp")
-        .arg("--sparse=always")
-        .arg(from)
-        .arg(to)
-        .status()?;
-    if !st.success() {
-        bail!("cp {} {} failed", from.display(), to.display());
-    }
-    Ok(())
 }
 
 /// A partition as `sfdisk --json` (the independent tool) reports it.
@@ -569,19 +73,6 @@ pub fn partition(disk: &Path, name: &str) -> Result<Part> {
         .with_context(|| format!("{} has no partition named {name}", disk.display()))
 }
 
-/// Runs a command and returns stdout, failing with its stderr.
-pub fn run(cmd: &mut Command) -> Result<String> {
-    let out = cmd.output().with_context(|| format!("running {cmd:?}"))?;
-    if !out.status.success() {
-        bail!(
-            "{cmd:?} failed ({}): {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
 /// An mtools command (`mdir`, `mcopy`, ...) on the disk's ESP:
 /// `TOOL -i IMAGE@@OFFSET`, the offset from sfdisk.
 fn mtools(tool: &str, disk: &Path) -> Result<Command> {
@@ -606,12 +97,7 @@ pub fn esp_dir(disk: &Path, dir: &str) -> Result<String> {
 pub fn ext4_cat(disk: &Path, part: &str, path: &str) -> Result<String> {
     let p = partition(disk, part)?;
     let copy = tempfile::NamedTempFile::new()?;
-    run(Command::new("dd")
-        .arg(format!("if={}", disk.display()))
-        .arg(format!("of={}", copy.path().display()))
-        .args(["bs=1M", "conv=sparse", "status=none"])
-        .arg(format!("skip={}", p.offset >> 20))
-        .arg(format!("count={}", p.size >> 20)))?;
+    testkit::check::extract(disk, p.offset, p.size, copy.path())?;
     let fsck = Command::new("e2fsck")
         .arg("-fy")
         .arg(copy.path())
@@ -751,15 +237,6 @@ pub fn upgrade(disk: &Path, bundle: &Path) -> Result<Ran> {
     Ok(r)
 }
 
-/// A sha256 of a file by `sha256sum`, the independent tool.
-pub fn sha256(path: &Path) -> Result<String> {
-    let out = run(Command::new("sha256sum").arg(path))?;
-    out.split_whitespace()
-        .next()
-        .map(str::to_string)
-        .with_context(|| format!("sha256sum {} printed nothing", path.display()))
-}
-
 /// A blank sparse disk image of `size` bytes.
 pub fn blank_disk(path: &Path, size: u64) -> Result<()> {
     let f = fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
@@ -877,10 +354,11 @@ pub fn boot_attempt(m: &mut Machine, label: &str) -> Result<Attempt> {
     }))
 }
 
-/// `cairn-installer status --disk DISK --json`, reduced by python3's json
-/// module (an independent parser) to `key=value` lines:
-/// `next_boot.version`, `next_boot.slot`, `active_slot`, and per entry
-/// `entry.VERSION.{slot,blessed,exhausted,tries_left}`.
+/// `cairn-installer status --disk DISK --json`, read with serde_json and
+/// reduced to `key=value` pairs: `next_boot.version`, `next_boot.slot`,
+/// `active_slot`, and per entry `entry.VERSION.{slot,blessed,exhausted,
+/// tries_left,file}`. Values are in JSON's spelling (`true`, `0`,
+/// `null`, also for a missing key), strings without their quotes.
 pub fn status_summary(disk: &Path) -> Result<(String, Vec<(String, String)>)> {
     let r = installer(&[&"status", &"--disk", &disk, &"--json"])?;
     if !r.success {
@@ -891,45 +369,42 @@ pub fn status_summary(disk: &Path) -> Result<(String, Vec<(String, String)>)> {
             r.stderr
         );
     }
-    let script = r#"
-import json, sys
-d = json.load(sys.stdin)
-nb = d.get("next_boot") or {}
-print("next_boot.version=%s" % nb.get("version"))
-print("next_boot.slot=%s" % nb.get("slot"))
-print("active_slot=%s" % d.get("active_slot"))
-for e in d.get("entries", []):
-    v = e.get("version")
-    for k in ("slot", "blessed", "exhausted", "tries_left", "file"):
-        print("entry.%s.%s=%s" % (v, k, e.get(k)))
-"#;
-    let mut child = Command::new("python3")
-        .arg("-c")
-        .arg(script)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting python3 to read the status JSON")?;
+    let d: serde_json::Value = serde_json::from_str(&r.stdout)
+        .with_context(|| format!("status --json is not valid JSON:\n{}", r.stdout))?;
+    Ok((r.stdout.clone(), summarize_status(&d)))
+}
+
+/// The pairs of [`status_summary`] from the parsed status JSON.
+fn summarize_status(d: &serde_json::Value) -> Vec<(String, String)> {
+    let text = |v: Option<&serde_json::Value>| match v {
+        None => "null".to_string(),
+        Some(serde_json::Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+    };
+    let nb = d.get("next_boot");
+    let mut pairs = vec![
+        (
+            "next_boot.version".to_string(),
+            text(nb.and_then(|n| n.get("version"))),
+        ),
+        (
+            "next_boot.slot".to_string(),
+            text(nb.and_then(|n| n.get("slot"))),
+        ),
+        ("active_slot".to_string(), text(d.get("active_slot"))),
+    ];
+    for e in d
+        .get("entries")
+        .and_then(|e| e.as_array())
+        .into_iter()
+        .flatten()
     {
-        use std::io::Write;
-        let mut stdin = child.stdin.take().context("python3 stdin")?;
-        stdin.write_all(r.stdout.as_bytes())?;
+        let v = text(e.get("version"));
+        for k in ["slot", "blessed", "exhausted", "tries_left", "file"] {
+            pairs.push((format!("entry.{v}.{k}"), text(e.get(k))));
+        }
     }
-    let out = child.wait_with_output()?;
-    if !out.status.success() {
-        bail!(
-            "status --json is not valid JSON ({}):\n{}",
-            String::from_utf8_lossy(&out.stderr),
-            r.stdout
-        );
-    }
-    let pairs = String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter_map(|l| l.split_once('='))
-        .map(|(k, v)| (k.to_string(), v.to_string()))
-        .collect();
-    Ok((r.stdout, pairs))
+    pairs
 }
 
 /// The value of `key` in a [`status_summary`].
@@ -997,28 +472,6 @@ pub fn secure_boot_keys() -> Result<PathBuf> {
     Ok(dir)
 }
 
-/// Owner GUID recorded with the enrolled certificates (any fixed value).
-const SB_OWNER: &str = "6b7f4e1a-3c2d-4f5e-9a8b-0c1d2e3f4a5b";
-
-/// OVMF variables with `keys`' PK, KEK and db enrolled and Secure Boot on,
-/// written by virt-firmware's `virt-fw-vars` (an independent tool).
-pub fn enrolled_vars(keys: &Path, out: &Path) -> Result<PathBuf> {
-    run(Command::new("virt-fw-vars")
-        .args(["-i", OVMF_VARS, "-o"])
-        .arg(out)
-        .arg("--set-pk")
-        .arg(SB_OWNER)
-        .arg(keys.join("PK.crt"))
-        .arg("--add-kek")
-        .arg(SB_OWNER)
-        .arg(keys.join("KEK.crt"))
-        .arg("--add-db")
-        .arg(SB_OWNER)
-        .arg(keys.join("db.crt"))
-        .arg("--sb"))?;
-    Ok(out.to_path_buf())
-}
-
 /// Copies `path` (e.g. `EFI/Linux/x.efi`) out of the disk's ESP with mcopy.
 pub fn esp_get(disk: &Path, path: &str, to: &Path) -> Result<()> {
     run(mtools("mcopy", disk)?
@@ -1035,4 +488,30 @@ pub fn esp_put(disk: &Path, from: &Path, path: &str) -> Result<()> {
         .arg(from)
         .arg(format!("::{path}")))?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The pairs read the way the scenarios compare them (JSON's `true`,
+    /// `false`, `null`; a missing next boot is `null`).
+    #[test]
+    fn status_json_is_summarized() {
+        let d = serde_json::json!({
+            "active_slot": "A",
+            "next_boot": {"version": "2.0.0", "slot": "B"},
+            "entries": [{"version": "2.0.0", "slot": "B", "blessed": false,
+                         "exhausted": true, "tries_left": 0, "file": "cairn-2.0.0+0-3.efi"}]
+        });
+        let p = summarize_status(&d);
+        assert_eq!(field(&p, "next_boot.version"), Some("2.0.0"));
+        assert_eq!(field(&p, "active_slot"), Some("A"));
+        assert_eq!(field(&p, "entry.2.0.0.blessed"), Some("false"));
+        assert_eq!(field(&p, "entry.2.0.0.exhausted"), Some("true"));
+        assert_eq!(field(&p, "entry.2.0.0.tries_left"), Some("0"));
+        assert_eq!(field(&p, "entry.2.0.0.file"), Some("cairn-2.0.0+0-3.efi"));
+        let none = summarize_status(&serde_json::json!({"next_boot": null}));
+        assert_eq!(field(&none, "next_boot.version"), Some("null"));
+    }
 }

@@ -70,7 +70,7 @@ fn check_failed_tries(
 
 #[test]
 fn release_without_init_falls_back_after_three_tries() -> Result<()> {
-    require_tools(&["qemu-system-x86_64", "sfdisk", "mdir", "python3"])?;
+    require_tools(&["qemu-system-x86_64", "sfdisk", "mdir"])?;
     let v2 = release_dir("v2")?;
     let v3 = release_dir("v3")?;
     let work = tempfile::tempdir()?;
@@ -100,14 +100,14 @@ fn release_without_init_falls_back_after_three_tries() -> Result<()> {
 
     let (json, s) = status_summary(&disk)?;
     ensure!(
-        field(&s, "entry.3.0.0.exhausted") == Some("True")
+        field(&s, "entry.3.0.0.exhausted") == Some("true")
             && field(&s, "entry.3.0.0.tries_left") == Some("0"),
         "status should report v3 exhausted with no tries left:\n{json}"
     );
     ensure!(
         field(&s, "next_boot.version") == Some("2.0.0")
             && field(&s, "active_slot") == Some("BOOT-B")
-            && field(&s, "entry.2.0.0.blessed") == Some("True"),
+            && field(&s, "entry.2.0.0.blessed") == Some("true"),
         "status should report v2 (BOOT-B, blessed) as the release that boots:\n{json}"
     );
     Ok(())
@@ -158,7 +158,7 @@ fn tampered_rootfs_is_refused_and_a_corrupt_slot_falls_back() -> Result<()> {
         .arg(&dir)
         .args(&names))?;
 
-    let before = sha256(&disk)?;
+    let before = sha256_file(&disk)?;
     let key = release_pubkey()?;
     let r = installer(&[
         &"upgrade",
@@ -179,7 +179,7 @@ fn tampered_rootfs_is_refused_and_a_corrupt_slot_falls_back() -> Result<()> {
         "the refusal should name rootfs.img:\n{msg}"
     );
     println!("tampered bundle refused: {}", msg.trim());
-    let after = sha256(&disk)?;
+    let after = sha256_file(&disk)?;
     ensure!(
         before == after,
         "a refused upgrade changed the disk: sha256 {before} -> {after}"

@@ -105,7 +105,7 @@ fn installer_refuses_a_disk_with_a_partition_table() -> Result<()> {
     run(Command::new("sgdisk")
         .args(["-n", "1:2048:+64M", "-c", "1:somebody-data"])
         .arg(&disk))?;
-    let before = sha256(&disk)?;
+    let before = sha256_file(&disk)?;
 
     let mut m = Machine::new("refuse", work.path(), None)?;
     m.disks.push(Disk::cdrom(images.join("installer.iso")));
@@ -127,7 +127,7 @@ fn installer_refuses_a_disk_with_a_partition_table() -> Result<()> {
         end == End::PowerOff,
         "after refusing, the installer should power off; it ended: {end:?}"
     );
-    let after = sha256(&disk)?;
+    let after = sha256_file(&disk)?;
     ensure!(
         before == after,
         "the refused disk changed: sha256 {before} -> {after}"

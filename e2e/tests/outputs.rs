@@ -137,7 +137,7 @@ fn manifest_verifies_with_the_release_key() -> Result<()> {
             .manifest
             .artifact(name)
             .with_context(|| format!("manifest.json does not list {name}"))?;
-        let hash = sha256(&out.join(name))?;
+        let hash = sha256_file(&out.join(name))?;
         ensure!(
             listed.sha256 == hash,
             "manifest.json's hash for {name} is {}, sha256sum says {hash}",
@@ -155,8 +155,8 @@ fn hex_of(b: &[u8]) -> String {
 fn disk_raw_has_our_gpt_and_a_clean_esp() -> Result<()> {
     let out = out()?;
     let disk = out.join("disk.raw");
-    let v = tool(Command::new("sgdisk").arg("-v").arg(&disk))?;
-    ensure!(v.contains("No problems found"), "sgdisk -v: {v}");
+    let v = sgdisk_verify(&disk)?;
+    ensure!(v.no_problems(), "sgdisk -v: {}", v.text);
     let parts = partitions(&disk)?;
     let names: Vec<&str> = parts.iter().map(|p| p.name.as_str()).collect();
     ensure!(
@@ -178,24 +178,14 @@ fn disk_raw_has_our_gpt_and_a_clean_esp() -> Result<()> {
         "BOOT-A PARTUUID {slot} is not the slot PARTUUID {want} of root hash {root}"
     );
     let esp = &parts[0];
-    let img = tempfile::NamedTempFile::new()?;
-    tool(
-        Command::new("dd")
-            .arg(format!("if={}", disk.display()))
-            .arg(format!("of={}", img.path().display()))
-            .arg("bs=1M")
-            .arg(format!("skip={}", esp.offset >> 20))
-            .arg(format!("count={}", esp.size >> 20))
-            .arg("status=none"),
-    )?;
-    let fsck = Command::new("fsck.fat")
-        .arg("-n")
-        .arg(img.path())
-        .output()?;
+    // fsck.fat exits 0 on some damage (a boot sector differing from its
+    // backup): a fresh ESP must have nothing but the banner and summary.
+    let fsck = fsck_fat_at(&disk, esp.offset, esp.size)?;
     ensure!(
-        fsck.status.success(),
-        "fsck.fat -n on the ESP: {}",
-        String::from_utf8_lossy(&fsck.stdout)
+        fsck.clean(),
+        "fsck.fat -n on the ESP ({}):\n{}",
+        fsck.status,
+        fsck.text
     );
     let linux = esp_dir(&disk, "/EFI/Linux")?;
     ensure!(
@@ -252,6 +242,40 @@ fn rootfs_squashfs_and_verity_check_out() -> Result<()> {
     Ok(())
 }
 
+/// Trust on the node (contract::trust): the rootfs carries exactly the
+/// release key's public half, named by its key id, for the node to verify
+/// its next release with.
+#[test]
+fn rootfs_trusts_the_release_key() -> Result<()> {
+    let out = out()?;
+    let tmp = tempfile::tempdir()?;
+    let dest = tmp.path().join("root");
+    tool(
+        Command::new("unsquashfs")
+            .arg("-d")
+            .arg(&dest)
+            .arg(out.join("rootfs.squashfs"))
+            .arg(contract::trust::KEYS_DIR),
+    )?;
+    let key = signing::PublicKey::load(&release_pubkey()?)?;
+    let dir = dest.join(contract::trust::KEYS_DIR);
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+        let e = e?;
+        found.push((
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read_to_string(e.path())?,
+        ));
+    }
+    ensure!(
+        found == vec![(contract::trust::key_file(&key.id()), key.to_pem())],
+        "rootfs {} must hold exactly the release key {}: {found:?}",
+        contract::trust::KEYS_DIR,
+        key.id()
+    );
+    Ok(())
+}
+
 #[test]
 fn uki_sections() -> Result<()> {
     let out = out()?;
@@ -286,8 +310,8 @@ fn installer_iso_is_hybrid_and_bootable() -> Result<()> {
             .args(["-report_el_torito", "plain"]),
     )?;
     ensure!(r.contains("UEFI"), "El Torito report: {r}");
-    let v = tool(Command::new("sgdisk").arg("-v").arg(&iso))?;
-    ensure!(v.contains("No problems found"), "sgdisk -v on the ISO: {v}");
+    let v = sgdisk_verify(&iso)?;
+    ensure!(v.no_problems(), "sgdisk -v on the ISO: {}", v.text);
     Ok(())
 }
 

@@ -106,7 +106,7 @@ fn kill_point(trace: &str, disk_name: &str) -> Result<KillPoint> {
     let at = lines
         .iter()
         .position(|l| l.ends_with("+++ killed by SIGKILL +++"))
-        .with_context(|| format!("strace saw no SIGKILL; trace tail:\n{}", tail(trace)))?;
+        .with_context(|| format!("strace saw no SIGKILL; trace tail:\n{}", tail(trace, 30)))?;
     let victim = pid_of(lines[at]);
     let before: Vec<&str> = lines[..at]
         .iter()
@@ -150,7 +150,7 @@ fn power_cut_during_upgrade_leaves_a_bootable_disk() -> Result<()> {
         reference.success,
         "the traced reference upgrade failed:\n{}\ntrace tail:\n{}",
         reference.output,
-        tail(&trace)
+        tail(&trace, 30)
     );
     let seen = calls(&trace, "probe-disk.raw");
     let disk_writes: Vec<usize> = (0..seen.len()).filter(|&i| seen[i].to_disk).collect();
@@ -158,12 +158,12 @@ fn power_cut_during_upgrade_leaves_a_bootable_disk() -> Result<()> {
         disk_writes.len() >= 3,
         "expected several disk writes in the upgrade, strace saw {}:\n{}",
         disk_writes.len(),
-        tail(&trace)
+        tail(&trace, 30)
     );
     let n = disk_writes.len();
     println!("upgrade v1 -> v2: {n} write syscalls to the disk image");
 
-    let v1_disk = sha256(&booted)?;
+    let v1_disk = sha256_file(&booted)?;
     for (label, k) in [("first", 0), ("middle", n / 2), ("last", n - 1)] {
         let idx = disk_writes[k];
         let name = &seen[idx].name;
@@ -199,11 +199,11 @@ fn power_cut_during_upgrade_leaves_a_bootable_disk() -> Result<()> {
         ensure!(
             kp == want,
             "the cut at {what} landed elsewhere: {kp:?}, wanted {want:?}; trace tail:\n{}",
-            tail(&cut.trace)
+            tail(&cut.trace, 30)
         );
         if k == 0 {
             ensure!(
-                sha256(&disk)? == v1_disk,
+                sha256_file(&disk)? == v1_disk,
                 "killed before its first disk write, the upgrade still changed the disk"
             );
         }
@@ -237,71 +237,33 @@ fn power_cut_during_upgrade_leaves_a_bootable_disk() -> Result<()> {
 fn predicted_version(disk: &Path) -> Result<String> {
     let (json, pairs) = status_summary(disk)?;
     field(&pairs, "next_boot.version")
-        .filter(|v| *v != "None")
+        .filter(|v| *v != "null")
         .map(str::to_string)
         .with_context(|| format!("status names no next boot:\n{json}"))
 }
 
 /// `sgdisk -v` and `fsck.fat -n` on a cut disk, their output read (both
-/// exit 0 on some real damage): sgdisk must find the primary GPT sound
-/// (Linux reads it) and may only fault the backup, which a cut between the
-/// two copies' updates leaves older; fsck.fat may only report leaked
-/// clusters, differing FATs and a stale free count (a cut's by-design
-/// leftovers, see artifacts' FAT editor docs).
+/// exit 0 on some real damage; testkit::check reads them): sgdisk must find
+/// the primary GPT sound (Linux reads it) and may only fault the backup,
+/// which a cut between the two copies' updates leaves older; fsck.fat may
+/// only report leaked clusters, differing FATs and a stale free count (a
+/// cut's by-design leftovers, see artifacts' FAT editor docs).
 fn standard_tools_accept(disk: &Path) -> Result<()> {
-    let out = Command::new("sgdisk").arg("-v").arg(disk).output()?;
-    let text = format!(
-        "{}\n{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let primary_bad = ["Main header: ERROR", "Main partition table: ERROR"]
-        .iter()
-        .any(|l| text.contains(l))
-        || text.contains("invalid main GPT header");
-    let clean = text.contains("No problems found.")
-        && !["Problem", "Warning", "Caution"]
-            .iter()
-            .any(|w| text.contains(w));
+    let v = sgdisk_verify(disk)?;
     ensure!(
-        clean || !primary_bad,
-        "sgdisk -v faults the primary GPT:\n{text}"
+        v.clean || v.main_ok,
+        "sgdisk -v faults the primary GPT:\n{}",
+        v.text
     );
     let esp = partition(disk, "EFI")?;
-    let copy = tempfile::NamedTempFile::new()?;
-    run(Command::new("dd")
-        .arg(format!("if={}", disk.display()))
-        .arg(format!("of={}", copy.path().display()))
-        .args(["bs=512", "conv=sparse", "status=none"])
-        .arg(format!("skip={}", esp.offset / 512))
-        .arg(format!("count={}", esp.size / 512)))?;
-    let out = Command::new("fsck.fat")
-        .arg("-n")
-        .arg(copy.path())
-        .output()?;
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let benign = |l: &str| {
-        l.is_empty()
-            || l.starts_with("fsck.fat ")
-            || l.starts_with("Reclaimed ") && l.contains(" unused cluster")
-            || l.starts_with("Free cluster summary wrong (")
-            || ["FATs differ but appear to be intact.", "Using first FAT."].contains(&l)
-            || ["Auto-correcting.", "Leaving filesystem unchanged."].contains(&l)
-            || l.contains(" files, ") && l.ends_with(" clusters")
-    };
-    let bad: Vec<&str> = text.lines().map(str::trim).filter(|l| !benign(l)).collect();
+    let fsck = fsck_fat_at(disk, esp.offset, esp.size)?;
     ensure!(
-        bad.is_empty() && out.status.code().is_some_and(|c| c <= 1),
-        "fsck.fat -n on the ESP ({}):\n{text}",
-        out.status
+        fsck.problems.is_empty(),
+        "fsck.fat -n on the ESP ({}):\n{}",
+        fsck.status,
+        fsck.text
     );
     Ok(())
-}
-
-fn tail(s: &str) -> String {
-    let lines: Vec<&str> = s.lines().collect();
-    lines[lines.len().saturating_sub(30)..].join("\n")
 }
 
 #[test]

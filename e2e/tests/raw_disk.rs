@@ -121,7 +121,7 @@ fn torn_disk(dir: &std::path::Path) -> Result<std::path::PathBuf> {
     let disk = dir.join("disk.raw");
     sparse_copy(&images.join("disk.raw"), &disk)?;
     flip_byte(&disk, 2 * 512 + 56)?; // entry 1's name (the ESP's)
-    let v = sgdisk_verify(&disk)?;
+    let v = sgdisk_verify(&disk)?.text;
     for want in [
         "Main header: OK",
         "Main partition table: ERROR",
@@ -131,19 +131,6 @@ fn torn_disk(dir: &std::path::Path) -> Result<std::path::PathBuf> {
         ensure!(v.contains(want), "sgdisk -v should say {want:?}:\n{v}");
     }
     Ok(disk)
-}
-
-/// `sgdisk -v`'s whole report (stdout and stderr).
-fn sgdisk_verify(disk: &std::path::Path) -> Result<String> {
-    let out = std::process::Command::new("sgdisk")
-        .arg("-v")
-        .arg(disk)
-        .output()?;
-    Ok(format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    ))
 }
 
 /// Finding 4 (issue 12) through the firmware: a torn primary GPT boots and
@@ -160,7 +147,7 @@ fn finding_4_torn_primary_gpt_boots_through_firmware() -> Result<()> {
     m.disks.push(Disk::virtio(&disk));
     let line = boot_ok(&mut m, "torn primary GPT (OVMF)", "slot=A version=1.0.0")?;
     let console = std::fs::read_to_string(work.path().join("torn-gpt-boot1.log"))?;
-    let repaired = sgdisk_verify(&disk)?.contains("No problems found");
+    let repaired = sgdisk_verify(&disk)?.no_problems();
     println!("torn primary GPT (OVMF): {line}; firmware repaired the primary: {repaired}");
     ensure!(
         repaired || console.contains("vda: primary GPT invalid"),
@@ -227,7 +214,7 @@ fn finding_4_torn_primary_gpt_boots_without_firmware_repair() -> Result<()> {
     ] {
         ensure!(console.contains(want), "console lacks {want:?}:\n{console}");
     }
-    let v = sgdisk_verify(&disk)?;
+    let v = sgdisk_verify(&disk)?.text;
     ensure!(
         v.contains("Main partition table: ERROR"),
         "nothing but firmware repairs the primary, and there was none:\n{v}"
@@ -235,10 +222,10 @@ fn finding_4_torn_primary_gpt_boots_without_firmware_repair() -> Result<()> {
     Ok(())
 }
 
-/// One boot by QEMU's direct kernel load (no UEFI firmware: the harness's
-/// `Machine` always boots through OVMF, which repairs a torn GPT itself).
-/// Returns the index of the first of `needles` seen, its line and the whole
-/// console (also saved as `direct-boot.log` in `work`); QEMU is then stopped.
+/// One boot by QEMU's direct kernel load (no UEFI firmware: OVMF repairs
+/// a torn GPT itself). Returns the index of the first of `needles` seen,
+/// its line and the whole console (saved as `direct-boot1.log` in `work`);
+/// QEMU is then stopped.
 fn direct_boot(
     work: &std::path::Path,
     kernel: &std::path::Path,
@@ -247,58 +234,16 @@ fn direct_boot(
     disk: &std::path::Path,
     needles: &[&str],
 ) -> Result<(usize, String, String)> {
-    use std::io::BufRead;
-    let mut child = std::process::Command::new("qemu-system-x86_64")
-        .args(["-machine", "q35,accel=tcg", "-cpu", "max", "-m", "1024"])
-        .args(["-smp", "1", "-nographic", "-no-reboot", "-nodefaults"])
-        .args(["-serial", "stdio", "-monitor", "none"])
-        .arg("-kernel")
-        .arg(kernel)
-        .arg("-initrd")
-        .arg(initrd)
-        .args(["-append", append])
-        .arg("-drive")
-        .arg(format!("if=none,id=d0,format=raw,file={}", disk.display()))
-        .args(["-device", "virtio-blk-pci,drive=d0"])
-        .stdin(std::process::Stdio::null())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    let (tx, rx) = std::sync::mpsc::channel();
-    let out = child.stdout.take().expect("piped");
-    std::thread::spawn(move || {
-        for l in std::io::BufReader::new(out)
-            .split(b'\n')
-            .map_while(|l| l.ok())
-        {
-            if tx.send(String::from_utf8_lossy(&l).into_owned()).is_err() {
-                return;
-            }
-        }
+    let mut m = Machine::new("direct", work, None)?;
+    m.direct_kernel = Some(DirectKernel {
+        kernel: kernel.to_path_buf(),
+        initrd: initrd.to_path_buf(),
+        append: append.to_string(),
     });
-    let deadline = std::time::Instant::now() + BOOT_TIMEOUT;
-    let mut console = String::new();
-    let found = loop {
-        let left = deadline.saturating_duration_since(std::time::Instant::now());
-        match rx.recv_timeout(left) {
-            Ok(l) => {
-                console.push_str(&l);
-                console.push('\n');
-                if let Some(i) = needles.iter().position(|n| l.contains(n)) {
-                    break Some((i, l));
-                }
-            }
-            Err(_) => break None, // timed out, or QEMU exited
-        }
-    };
-    let _ = child.kill();
-    let _ = child.wait();
-    std::fs::write(work.join("direct-boot.log"), &console)?;
-    match found {
-        Some((i, l)) => Ok((i, l, console)),
-        None => anyhow::bail!(
-            "direct boot: none of {needles:?} within {} s; console:\n{console}",
-            BOOT_TIMEOUT.as_secs()
-        ),
-    }
+    m.disks.push(Disk::virtio(disk));
+    let mut b = m.boot()?;
+    let (i, line) = b.expect_any(needles, BOOT_TIMEOUT)?;
+    let console = b.console();
+    b.kill()?;
+    Ok((i, line, console))
 }

@@ -195,7 +195,7 @@ fn signed_image_boots_and_a_changed_uki_is_refused_then_the_other_slot_boots() -
     );
     let (json, s) = status_summary(&disk)?;
     ensure!(
-        field(&s, "entry.2.0.0.exhausted") == Some("True"),
+        field(&s, "entry.2.0.0.exhausted") == Some("true"),
         "status should report the refused v2 as exhausted:\n{json}"
     );
     Ok(())

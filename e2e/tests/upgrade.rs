@@ -8,7 +8,7 @@ use e2e::*;
 
 #[test]
 fn upgrade_a_to_b_keeps_state_and_ephemeral() -> Result<()> {
-    require_tools(&["qemu-system-x86_64", "sfdisk", "mdir", "debugfs", "python3"])?;
+    require_tools(&["qemu-system-x86_64", "sfdisk", "mdir", "debugfs"])?;
     let v2 = release_dir("v2")?;
     let work = tempfile::tempdir()?;
     let (mut m, disk) = booted_v1("upgrade", work.path())?;
@@ -67,7 +67,7 @@ fn upgrade_a_to_b_keeps_state_and_ephemeral() -> Result<()> {
 
 #[test]
 fn rollback_boots_the_previous_release() -> Result<()> {
-    require_tools(&["qemu-system-x86_64", "sfdisk", "mdir", "python3"])?;
+    require_tools(&["qemu-system-x86_64", "sfdisk", "mdir"])?;
     let v2 = release_dir("v2")?;
     let work = tempfile::tempdir()?;
     let (mut m, disk) = booted_v1("rollback", work.path())?;

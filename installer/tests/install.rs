@@ -19,12 +19,7 @@ fn layout(img: &Path) -> gpt::DiskLayout {
 }
 
 fn extract(img: &Path, p: &gpt::Partition, to: &Path) {
-    let all = fs::read(img).unwrap();
-    fs::write(
-        to,
-        &all[p.offset() as usize..(p.offset() + p.size_bytes()) as usize],
-    )
-    .unwrap();
+    testkit::check::extract(img, p.offset(), p.size_bytes(), to).unwrap()
 }
 
 #[test]
@@ -40,9 +35,8 @@ fn install_writes_a_disk_the_standard_tools_accept() {
     assert!(report.written);
 
     // GPT: sgdisk verifies both copies and names the partitions.
-    let v = tool("sgdisk", &["-v", img.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&v.stdout);
-    assert!(text.contains("No problems found"), "sgdisk -v: {text}");
+    let v = testkit::check::sgdisk_verify(&img).unwrap();
+    assert!(v.clean, "sgdisk -v: {}", v.text);
     let l = layout(&img);
     let names: Vec<_> = l.partitions.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["EFI", "BOOT-A", "BOOT-B", "STATE", "EPHEMERAL"]);
@@ -93,12 +87,8 @@ fn install_writes_a_disk_the_standard_tools_accept() {
     // ESP: fsck.fat clean; mtools sees the files.
     let esp = fx.path("esp");
     extract(&img, l.partition("EFI").unwrap(), &esp);
-    let fsck = tool("fsck.fat", &["-n", esp.to_str().unwrap()]);
-    assert!(
-        fsck.status.success(),
-        "fsck.fat: {}",
-        String::from_utf8_lossy(&fsck.stdout)
-    );
+    let fsck = testkit::check::fsck_fat(&esp).unwrap();
+    assert!(fsck.clean(), "fsck.fat -n: {}", fsck.text);
     let e = esp.to_str().unwrap();
     let conf = tool("mtype", &["-i", e, "::/loader/loader.conf"]);
     assert_eq!(String::from_utf8_lossy(&conf.stdout), "timeout 0\n");

@@ -12,24 +12,14 @@ use common::*;
 use installer::upgrade::upgrade;
 use installer::Error;
 
-fn esp_clean(fx: &Fixture, img: &Path) {
+/// `fsck.fat -n` on the ESP and `sgdisk -v` on the disk find nothing.
+fn esp_clean(img: &Path) {
     let disk = artifacts::gpt::read_disk(&mut fs::File::open(img).unwrap()).unwrap();
     let p = disk.layout.partition("EFI").unwrap();
-    let all = fs::read(img).unwrap();
-    let esp = fx.path("esp.check");
-    fs::write(
-        &esp,
-        &all[p.offset() as usize..(p.offset() + p.size_bytes()) as usize],
-    )
-    .unwrap();
-    let o = tool("fsck.fat", &["-n", esp.to_str().unwrap()]);
-    assert!(
-        o.status.success(),
-        "fsck.fat: {}",
-        String::from_utf8_lossy(&o.stdout)
-    );
-    let v = tool("sgdisk", &["-v", img.to_str().unwrap()]);
-    assert!(String::from_utf8_lossy(&v.stdout).contains("No problems found"));
+    let fsck = testkit::check::fsck_fat_at(img, p.offset(), p.size_bytes()).unwrap();
+    assert!(fsck.clean(), "fsck.fat -n: {}", fsck.text);
+    let v = testkit::check::sgdisk_verify(img).unwrap();
+    assert!(v.clean, "sgdisk -v: {}", v.text);
 }
 
 #[test]
@@ -44,7 +34,7 @@ fn upgrade_boots_the_new_release_and_falls_back_after_three_failures() {
         ("BOOT-A", "BOOT-B")
     );
     assert_eq!(plan.new_uki, "cairn-2.0.0+3.efi");
-    esp_clean(&fx, &img);
+    esp_clean(&img);
     assert_eq!(booted_version(&img, &[&b1, &b2]), Ok("2.0.0".into()));
     // systemd-boot counts down 2.0.0, then boots 1.0.0 from slot A.
     for left in [
@@ -73,7 +63,7 @@ fn second_upgrade_replaces_the_old_fallback_not_the_blessed_release() {
     assert_eq!(plan.target_slot, "BOOT-A");
     assert_eq!(plan.removes, ["cairn-1.0.0+3.efi"]);
     assert_eq!(entry_files(&img), ["cairn-3.0.0+3.efi", "cairn-2.0.0.efi"]);
-    esp_clean(&fx, &img);
+    esp_clean(&img);
     assert_eq!(booted_version(&img, &[&b2, &b3]), Ok("3.0.0".into()));
     // An unblessed new release is not "running": upgrading again replaces
     // it, keeping blessed 2.0.0.
@@ -225,7 +215,7 @@ fn upgrade_replaces_a_changed_loader_and_leaves_an_equal_one_alone() {
     assert!(plan.update_loader);
     assert!(esp_loader(&img) == bundle_loader(&b3));
     assert!(bundle_loader(&b3) != bundle_loader(&b1));
-    esp_clean(&fx, &img);
+    esp_clean(&img);
     assert_eq!(booted_version(&img, &[&b2, &b3]), Ok("3.0.0".into()));
     let mut after = esp_files_except(&img, "EFI/Linux");
     let mut others = others;
@@ -285,7 +275,7 @@ fn a_loader_signed_by_a_certificate_the_old_one_was_not_is_kept_unless_forced() 
         esp_loader(&img) == bundle_loader(&b2),
         "the trusted loader stays"
     );
-    esp_clean(&fx, &img);
+    esp_clean(&img);
 
     let plan = upgrade(&upgrade_opts(&img, &b4.dir)).unwrap();
     assert!(!plan.update_loader, "{plan}");
@@ -299,7 +289,7 @@ fn a_loader_signed_by_a_certificate_the_old_one_was_not_is_kept_unless_forced() 
     let plan = upgrade(&o).unwrap();
     assert!(plan.update_loader, "{plan}");
     assert!(esp_loader(&img) == bundle_loader(&b5));
-    esp_clean(&fx, &img);
+    esp_clean(&img);
     assert_eq!(booted_version(&img, &[&b4, &b5]), Ok("5.0.0".into()));
 }
 
@@ -333,7 +323,7 @@ fn rollback_flips_between_the_slots() {
         entry_files(&img),
         ["cairn-2.0.0+3.efi", "cairn-1.0.0+3.efi"]
     );
-    esp_clean(&fx, &img);
+    esp_clean(&img);
 }
 
 #[test]
@@ -523,7 +513,7 @@ fn upgrade_works_from_the_backup_gpt_and_repairs_the_primary() {
         installer::status::status(&img).unwrap().table_copy,
         "primary"
     );
-    esp_clean(&fx, &img);
+    esp_clean(&img);
     assert_eq!(booted_version(&img, &[&b1, &b2]), Ok("2.0.0".into()));
 }
 

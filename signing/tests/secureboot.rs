@@ -8,9 +8,6 @@ use std::process::{Command, Output};
 use std::sync::OnceLock;
 use std::time::Duration;
 
-#[path = "../../artifacts/tests/support/boot.rs"]
-mod boot;
-
 use artifacts::pe::{PeLayout, DIR_SECURITY};
 use artifacts::uki::{Uki, UkiInputs};
 use signing::authenticode::{
@@ -18,7 +15,8 @@ use signing::authenticode::{
 };
 use signing::secureboot::{SecureBootError, SecureBootKey, SecureBootKeys};
 
-use boot::{STUB, SYSTEMD_BOOT};
+use testkit::fixtures::{self as boot, STUB, SYSTEMD_BOOT};
+use testkit::qemu::{enrolled_vars, Disk, Machine, Run};
 const EPOCH: u64 = 1_704_067_200; // 2024-01-01T00:00:00Z
 
 struct Keys {
@@ -429,33 +427,23 @@ fn bad_inputs_are_rejected() {
 
 // ------------------------------------------------------ Secure Boot in QEMU
 
-/// Owner GUID for the enrolled certificates (any fixed value works).
-const OWNER: &str = "6b7f4e1a-3c2d-4f5e-9a8b-0c1d2e3f4a5b";
-
-/// OVMF variables with our PK/KEK/db enrolled and Secure Boot enabled.
-fn enrolled_vars(work: &Path) -> PathBuf {
-    let vars = work.join("sbvars.fd");
-    boot::run(
-        Command::new("virt-fw-vars")
-            .args(["-i", boot::OVMF_VARS, "-o"])
-            .arg(&vars)
-            .arg("--set-pk")
-            .arg(OWNER)
-            .arg(kpath("PK.crt"))
-            .arg("--add-kek")
-            .arg(OWNER)
-            .arg(kpath("KEK.crt"))
-            .arg("--add-db")
-            .arg(OWNER)
-            .arg(kpath("db.crt"))
-            .arg("--sb"),
-    );
-    vars
+/// Boots `disk` under Secure Boot with our PK/KEK/db enrolled (by
+/// virt-fw-vars) until `stop` holds for the console, QEMU exits or 240 s pass.
+fn secure_boot(work: &Path, disk: &Path, stop: impl Fn(&str) -> bool) -> Run {
+    let vars = enrolled_vars(keys().dir.path(), &work.join("sbvars.fd")).unwrap();
+    let mut m = Machine::new("sb", work, Some(&vars)).unwrap();
+    m.secure_boot = true;
+    m.memory_mb = 512;
+    m.disks.push(Disk::virtio(disk));
+    m.boot()
+        .unwrap()
+        .run_until(Duration::from_secs(240), Duration::from_millis(500), stop)
+        .unwrap()
 }
 
 fn real_uki(work: &Path) -> PathBuf {
-    let kernel = boot::debian_kernel(work);
-    let initrd = boot::marker_initramfs(work);
+    let kernel = boot::debian_kernel(work).unwrap();
+    let initrd = boot::marker_initramfs(work).unwrap();
     let uki = work.join("uki.efi");
     Uki::build(
         &UkiInputs {
@@ -488,7 +476,6 @@ fn secure_boot_runs_signed_uki_and_refuses_altered_one() {
     sign_file(&uki, &signed_uki, &keys().set.db).unwrap();
     let signed_boot = work.join("BOOTX64.EFI");
     sign_file(Path::new(SYSTEMD_BOOT), &signed_boot, &keys().set.db).unwrap();
-    let timeout = Duration::from_secs(240);
 
     // Signed systemd-boot + signed UKI: boots to the marker.
     let disk = boot::esp_disk(
@@ -497,22 +484,14 @@ fn secure_boot_runs_signed_uki_and_refuses_altered_one() {
             (&signed_boot, "EFI/BOOT/BOOTX64.EFI"),
             (&signed_uki, "EFI/Linux/cairn-1.0.efi"),
         ],
-    );
-    let vars = enrolled_vars(work);
-    let r = boot::boot(
-        work,
-        &disk,
-        boot::OVMF_CODE_SECBOOT,
-        &vars,
-        true,
-        timeout,
-        |t| t.contains(boot::MARKER),
-    );
+    )
+    .unwrap();
+    let r = secure_boot(work, &disk, |t| t.contains(boot::MARKER));
     eprintln!("secure boot (signed) took {:.1} s", r.seconds);
     assert!(
         r.console.contains(boot::MARKER),
         "signed UKI did not boot under Secure Boot; last 50 lines:\n{}",
-        boot::tail(&r.console, 50)
+        testkit::tail(&r.console, 50)
     );
 
     // The same UKI with one byte of .cmdline changed after signing.
@@ -531,25 +510,17 @@ fn secure_boot_runs_signed_uki_and_refuses_altered_one() {
             (&signed_boot, "EFI/BOOT/BOOTX64.EFI"),
             (&altered, "EFI/Linux/cairn-1.0.efi"),
         ],
-    );
-    let vars = enrolled_vars(work);
-    let r = boot::boot(
-        work,
-        &disk,
-        boot::OVMF_CODE_SECBOOT,
-        &vars,
-        true,
-        timeout,
-        |t| t.contains(boot::MARKER) || refused(t),
-    );
+    )
+    .unwrap();
+    let r = secure_boot(work, &disk, |t| t.contains(boot::MARKER) || refused(t));
     eprintln!(
         "secure boot (altered) took {:.1} s:\n{}",
         r.seconds,
-        boot::tail(&r.console, 5)
+        testkit::tail(&r.console, 5)
     );
     assert!(
         !r.console.contains(boot::MARKER) && refused(&r.console),
         "altered UKI was not refused; last 50 lines:\n{}",
-        boot::tail(&r.console, 50)
+        testkit::tail(&r.console, 50)
     );
 }

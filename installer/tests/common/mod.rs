@@ -5,6 +5,7 @@
 pub mod cuts;
 pub mod edk2;
 pub mod firmware;
+pub mod loopdev;
 pub mod oracle;
 
 use std::collections::BTreeMap;
@@ -235,27 +236,19 @@ pub fn bundle_loader(b: &BundleInfo) -> Vec<u8> {
     fs::read(b.dir.join("systemd-bootx64.efi")).unwrap()
 }
 
-/// sha256sum's digest of a whole file (hex). The standard tool, and fast
-/// where a debug-build hasher over a 160 MiB image is not.
+/// sha256sum's digest of a whole file (hex).
 pub fn sha256_file(p: &Path) -> String {
-    let out = tool("sha256sum", &[p.to_str().unwrap()]);
-    assert!(out.status.success());
-    String::from_utf8_lossy(&out.stdout)[..64].to_string()
+    testkit::sha256_file(p).unwrap()
 }
 
+/// A command's output whatever its exit status (a missing tool fails).
 pub fn run(cmd: &mut std::process::Command) -> std::process::Output {
-    let out = cmd
-        .output()
-        .unwrap_or_else(|e| panic!("running {cmd:?}: {e}"));
-    out
+    testkit::output(cmd).unwrap()
 }
 
 /// Runs an external tool; a missing tool is a failure (CI installs it).
 pub fn tool(name: &str, args: &[&str]) -> std::process::Output {
-    std::process::Command::new(name)
-        .args(args)
-        .output()
-        .unwrap_or_else(|e| panic!("{name} is required for this test: {e}"))
+    run(std::process::Command::new(name).args(args))
 }
 
 /// How a cut write behaves.
@@ -360,36 +353,9 @@ impl std::io::Seek for FaultDisk {
     }
 }
 
-/// Copies `from` to `to` keeping holes (SEEK_DATA/SEEK_HOLE), so copying a
-/// mostly empty image costs what it holds.
+/// A copy of a disk image that keeps its holes.
 pub fn sparse_copy(from: &Path, to: &Path) {
-    use std::io::{Read, Seek, SeekFrom, Write};
-    use std::os::unix::io::AsRawFd;
-    let mut src = fs::File::open(from).unwrap();
-    let len = src.metadata().unwrap().len();
-    let mut dst = fs::File::create(to).unwrap();
-    dst.set_len(len).unwrap();
-    let fd = src.as_raw_fd();
-    let mut pos: i64 = 0;
-    let mut buf = vec![0u8; 1 << 20];
-    while (pos as u64) < len {
-        let data = unsafe { libc::lseek(fd, pos, libc::SEEK_DATA) };
-        if data < 0 {
-            break;
-        }
-        let hole = unsafe { libc::lseek(fd, data, libc::SEEK_HOLE) };
-        let end = if hole < 0 { len as i64 } else { hole };
-        src.seek(SeekFrom::Start(data as u64)).unwrap();
-        dst.seek(SeekFrom::Start(data as u64)).unwrap();
-        let mut left = (end - data) as usize;
-        while left > 0 {
-            let n = left.min(buf.len());
-            src.read_exact(&mut buf[..n]).unwrap();
-            dst.write_all(&buf[..n]).unwrap();
-            left -= n;
-        }
-        pos = end;
-    }
+    testkit::sparse_copy(from, to).unwrap()
 }
 
 /// Follows the boot chain on an image the way the machine would: GPT ->

@@ -257,45 +257,10 @@ pub struct Benign {
     pub primary_invalid: bool,
 }
 
-/// What `sgdisk -v` says about an image. It exits 0 whatever it finds,
-/// and some of its findings go to stderr only, so both are read.
-#[derive(Debug, Clone)]
-pub struct Sgdisk {
-    pub text: String,
-    /// Its per-structure verdicts (`Main header: OK` ...); absent when it
-    /// found every CRC good.
-    pub main_ok: bool,
-    pub backup_header_ok: bool,
-    pub backup_table_ok: bool,
-    /// "Main and backup partition tables differ".
-    pub differ: bool,
-    /// Nothing but "No problems found" and the free-space summary.
-    pub clean: bool,
-}
-
-pub fn sgdisk(img: &Path) -> Sgdisk {
-    let out = super::tool("sgdisk", &["-v", img.to_str().unwrap()]);
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + "\n"
-        + &String::from_utf8_lossy(&out.stderr);
-    let verdict = |what: &str| !text.contains(&format!("{what}: ERROR"));
-    let complaints = ["Problem", "Warning", "Caution", "problems!"];
-    Sgdisk {
-        main_ok: verdict("Main header") && verdict("Main partition table"),
-        backup_header_ok: verdict("Backup header"),
-        backup_table_ok: verdict("Backup partition table"),
-        differ: text.contains("Main and backup partition tables differ"),
-        clean: out.status.success()
-            && text.contains("No problems found.")
-            && !complaints.iter().any(|c| text.contains(c)),
-        text,
-    }
-}
-
 /// `sgdisk -v` against the raw reading of the same image and what a cut
 /// may leave; Err quotes sgdisk.
 pub fn sgdisk_agrees(img: &Path, benign: Benign) -> Result<(), String> {
-    let r = sgdisk(img);
+    let r = testkit::check::sgdisk_verify(img).map_err(|e| format!("{e:#}"))?;
     let (primary, _, _) = gpt_copies(img);
     if r.main_ok != primary {
         return Err(format!(
@@ -320,60 +285,19 @@ pub fn sgdisk_agrees(img: &Path, benign: Benign) -> Result<(), String> {
     Err(r.text)
 }
 
-/// Copies the ESP out of `img` (keeping holes) for fsck.fat, which takes
-/// no offset.
-pub fn extract(img: &Path, part: &Part, to: &Path) {
-    let src = fs::File::open(img).unwrap();
-    let dst = fs::File::create(to).unwrap();
-    dst.set_len(part.len()).unwrap();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0u64;
-    while done < part.len() {
-        let n = (part.len() - done).min(buf.len() as u64) as usize;
-        src.read_exact_at(&mut buf[..n], part.offset() + done)
-            .unwrap();
-        if buf[..n].iter().any(|b| *b != 0) {
-            dst.write_all_at(&buf[..n], done).unwrap();
-        }
-        done += n as u64;
-    }
-}
-
-/// fsck.fat's lines that a cut may leave by design: clusters allocated in
-/// the FAT that no file owns (a leak `fsck.fat -a` reclaims), the two FATs
-/// differing over such clusters, and a stale FSInfo free count.
-fn benign_fsck_line(l: &str) -> bool {
-    l.starts_with("fsck.fat ")
-        || l.starts_with("Reclaimed ") && l.contains(" unused cluster")
-        || l.starts_with("Free cluster summary wrong (")
-        || l == "FATs differ but appear to be intact."
-        || l == "Using first FAT."
-        || l == "Auto-correcting."
-        || l == "Leaving filesystem unchanged."
-        || l.contains(": ") && l.contains(" files, ") && l.ends_with(" clusters")
-}
-
-/// `fsck.fat -n` on the image's ESP: the lines that are not benign.
+/// `fsck.fat -n` on the image's ESP (copied to `scratch`): the lines
+/// that are not a cut's benign leftovers (testkit::check).
 pub fn fsck_problems(img: &Path, scratch: &Path) -> Vec<String> {
     let esp = match firmware_esp(img) {
         Ok(p) => p,
         Err(e) => return vec![e],
     };
-    extract(img, &esp, scratch);
-    let out = super::tool("fsck.fat", &["-n", scratch.to_str().unwrap()]);
-    let text =
-        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
-    let mut bad: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !benign_fsck_line(l))
-        .map(str::to_string)
-        .collect();
-    // 0: clean; 1: errors found (the benign ones above); more: it failed.
-    if out.status.code().is_none_or(|c| c > 1) {
-        bad.push(format!("fsck.fat -n exit status {}", out.status));
+    let r = testkit::check::extract(img, esp.offset(), esp.len(), scratch)
+        .and_then(|()| testkit::check::fsck_fat(scratch));
+    match r {
+        Ok(r) => r.problems,
+        Err(e) => vec![format!("{e:#}")],
     }
-    bad
 }
 
 /// Both tools on `img`; Err lists what they found that `benign` does not
