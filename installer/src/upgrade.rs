@@ -4,12 +4,16 @@
 //! Crash-safe order (each step ends with a barrier); after a cut at any
 //! point the disk boots the old release or the new one:
 //! 1. remove UKIs that point at the inactive slot (and stale `.tmp` files):
-//!    the loader can no longer reach the slot about to be overwritten;
-//! 2. write the inactive slot, read it back;
+//!    the loader can no longer reach the slot about to be overwritten; the
+//!    ESP is written here only if there is something to remove;
+//! 2. write the inactive slot (from the bundle, or streamed from a registry
+//!    and hashed as it arrives), read it back; a release that turns out bad
+//!    here has changed nothing but the unreferenced slot;
 //! 3. set the slot's PARTUUID to the new root hash (backup GPT, then primary);
-//! 4. write the new UKI as `EFI/Linux/cairn-<v>+3.tmp` (outside the loader's
-//!    `*.efi` pattern), its entry placed for systemd-boot's counting
-//!    renames (see "Placement" below);
+//! 4. keep room in `EFI/Linux` for systemd-boot's counting renames, then
+//!    write the new UKI as `EFI/Linux/cairn-<v>+3.tmp` (outside the loader's
+//!    `*.efi` pattern), its entry placed for those renames (see "Placement"
+//!    below);
 //! 5. rename it to `cairn-<v>+3.efi`: one directory-entry write makes it
 //!    visible, and its higher version makes it preferred;
 //! 6. if the bundle's systemd-boot differs from `EFI/BOOT/BOOTX64.EFI`,
@@ -53,8 +57,8 @@
 //!
 //! Bound. The installer never moves a live entry: a move writes the entry
 //! twice (two names sharing clusters until the old one is deleted), unless
-//! both lie in one sector, which is the case that needs no move. So step 1
-//! zeroes the deleted slots after the last live entry
+//! both lie in one sector, which is the case that needs no move. So step 4
+//! first zeroes the deleted slots after the last live entry
 //! ([`Fat32::reserve_entries`]) and step 4 pads at most 15 slots past it.
 //! A blessed release's entry was last renamed by Linux (init's blessing),
 //! whose vfat driver takes the first free run of slots, so it sits low and
@@ -230,6 +234,13 @@ impl std::fmt::Display for UpgradePlan {
 
 pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradePlan> {
     let bundle = open_verified(&opts.bundle, &opts.trusted)?;
+    upgrade_verified(opts, &bundle)
+}
+
+/// [`upgrade`] with a bundle verified already: one whose rootfs streams in
+/// ([`crate::verify::open_streamed`]); `opts.bundle` and `opts.trusted` are
+/// not read again.
+pub fn upgrade_verified(opts: &UpgradeOptions, bundle: &Bundle) -> Result<UpgradePlan> {
     let mut disk = if opts.live && !opts.dry_run {
         Disk::open_live(&opts.disk)?
     } else {
@@ -248,9 +259,9 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradePlan> {
     if opts.dry_run {
         let mut ro = crate::status::ReadOnly(&mut disk);
         let state = DiskState::read(&mut ro, &path)?;
-        let loader = verified_artifact(&bundle, bundle::BOOTLOADER)?;
+        let loader = verified_artifact(bundle, bundle::BOOTLOADER)?;
         let step6 = loader_step(&mut ro, &state, &loader, opts.replace_loader)?;
-        return plan(&state, &bundle, opts.allow_downgrade, &path, step6);
+        return plan(&state, bundle, opts.allow_downgrade, &path, step6);
     }
     let _claims = if opts.live {
         claim_targets(&mut disk, &path)?
@@ -260,7 +271,7 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradePlan> {
     upgrade_disk_with(
         &mut disk,
         &path,
-        &bundle,
+        bundle,
         opts.allow_downgrade,
         opts.replace_loader,
     )
@@ -606,14 +617,12 @@ pub fn upgrade_disk_with<D: Read + Write + Seek>(
             esp.remove_file(&format!("{ENTRY_DIR}/{name}"))
                 .map_err(fat(format!("removing {ENTRY_DIR}/{name}")))?;
         }
-        // Room for systemd-boot's counting renames until the next upgrade:
-        // the firmware appends each renamed entry and must never grow the
-        // directory itself (see Fat32::reserve_entries).
-        esp.reserve_entries(ENTRY_DIR, ENTRY_RESERVE)
-            .map_err(fat(format!("reserving entries in {ENTRY_DIR}")))?;
         esp.flush()
             .map_err(fat("syncing the ESP after removing stale UKIs"))?;
     }
+    // Nothing else touches the ESP before the slot holds the verified
+    // release: a rootfs streamed from a registry is only known good once
+    // written, and a bad one must leave the ESP as it was.
     // 2. The release data, verified on the way in and read back.
     write_slot(d, bundle, &target)?;
     // 3. init finds the slot by root hash.
@@ -625,6 +634,14 @@ pub fn upgrade_disk_with<D: Read + Write + Seek>(
     let mut esp = open_esp(d, &state, epoch)?;
     esp.create_dir_all(ENTRY_DIR)
         .map_err(fat(format!("creating {ENTRY_DIR}")))?;
+    // Room for systemd-boot's counting renames until the next upgrade: the
+    // firmware appends each renamed entry and must never grow the directory
+    // itself (see Fat32::reserve_entries); this also zeroes the deleted
+    // slots after the last live entry, where placement starts.
+    esp.reserve_entries(ENTRY_DIR, ENTRY_RESERVE)
+        .map_err(fat(format!("reserving entries in {ENTRY_DIR}")))?;
+    esp.flush()
+        .map_err(fat(format!("syncing {ENTRY_DIR} after reserving entries")))?;
     let place = placement(&mut esp, &bundle.entry_base(), plan.fallback_unblessed)?;
     plan.placement = Some(place);
     if place.atomic {

@@ -6,12 +6,17 @@
 //!
 //! Bad input first (unknown key, known-bad release, tampered blob, registry
 //! down): each ends in a `Failed`/`SkippedBad` attempt that names the cause,
-//! and not one byte of the disk changes. Then the good release installs,
-//! boots next, and the partitions in use are untouched.
+//! and nothing the loader reads changes (a tampered rootfs may have partly
+//! written the inactive slot, which nothing points at). Then the good
+//! release installs, boots next, and the partitions in use are untouched.
+//! The work directory is a 3 MiB tmpfs and the rootfs 6 MiB: the rootfs
+//! can only have streamed from the registry into the slot.
 
 mod common;
 
 use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::loopdev::{attach_partitioned, hold, partition};
 use common::*;
@@ -19,6 +24,29 @@ use contract::update::{Outcome, Update};
 use installer::install::install;
 use installer::update::{check_once, Node};
 use testkit::registry::Registry;
+
+/// A size-limited tmpfs, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs at {} (root needed)", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
 
 fn push(reg: &Registry, b: &BundleInfo, at: &std::path::Path, tag: &str) {
     let layout = at.join(format!("oci-{}", b.version));
@@ -40,7 +68,13 @@ fn push(reg: &Registry, b: &BundleInfo, at: &std::path::Path, tag: &str) {
 fn node_installs_its_channel_live_and_refuses_bad_input_writing_nothing() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
-    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let b2 = make_bundle(
+        &fx.path("b2"),
+        &BundleOpts {
+            rootfs_len: 6 << 20,
+            ..BundleOpts::new("2.0.0")
+        },
+    );
     let img = fx.image("node.img", DISK_SIZE);
     install(&install_opts(&img, &b1.dir)).unwrap();
     bless(&img, "1.0.0");
@@ -64,17 +98,30 @@ fn node_installs_its_channel_live_and_refuses_bad_input_writing_nothing() {
         .iter()
         .map(|n| hold(&dev, partition(&img, n).slot + 1))
         .collect();
+    let work = Tmpfs::mount(&fx.path("work"), "3m");
     let node = Node {
         disk: dev.0.clone(),
         running: "1.0.0".into(),
         trusted: vec![key().public()],
         bad: Vec::new(),
-        work: fx.path("work"),
+        work: work.0.clone(),
         now: 1_800_000_000,
     };
     let untouched = sha256_file(&img);
     let unchanged =
         |what: &str| assert_eq!(sha256_file(&img), untouched, "{what} wrote to the disk");
+    // Everything but the inactive slot: the GPT areas and every other
+    // partition.
+    let loader_view = || {
+        let b = partition(&img, contract::disk::BOOT_B);
+        let end = b.offset() + b.size_bytes();
+        let len = fs::metadata(&img).unwrap().len();
+        [
+            range_sha256(&img, 0, b.offset()),
+            range_sha256(&img, end, len - end),
+        ]
+    };
+    let seen_by_loader = loader_view();
 
     // Signed by a key the running release does not trust.
     let a = check_once(
@@ -132,7 +179,12 @@ fn node_installs_its_channel_live_and_refuses_bad_input_writing_nothing() {
         "a tampered blob must be named with its registry: {}",
         a.detail
     );
-    unchanged("a tampered release");
+    assert_eq!(
+        loader_view(),
+        seen_by_loader,
+        "a tampered release changed more than the inactive slot"
+    );
+    assert_eq!(booted_version(&img, &[&b1, &b2]), Ok("1.0.0".into()));
     assert!(
         !node.work.join("2.0.0").exists(),
         "a failed pull left its work directory"
