@@ -4,16 +4,16 @@
 //! Crash-safe order (each step ends with a barrier); after a cut at any
 //! point the disk boots the old release or the new one:
 //! 1. remove UKIs that point at the inactive slot (and stale `.tmp` files):
-//!    the loader can no longer reach the slot about to be overwritten; the
-//!    ESP is written here only if there is something to remove;
-//! 2. write the inactive slot (from the bundle, or streamed from a registry
-//!    and hashed as it arrives), read it back; a release that turns out bad
-//!    here has changed nothing but the unreferenced slot;
+//!    the loader can no longer reach the slot about to be overwritten;
+//! 2. write the inactive slot, read it back. A rootfs streamed from a
+//!    registry (hashed as it arrives) is known good only once written:
+//!    when all that points at the slot is a last-resort fallback (blessed,
+//!    older than the running release), step 2 comes before step 1, so a
+//!    refused stream leaves the ESP and the GPT as they were;
 //! 3. set the slot's PARTUUID to the new root hash (backup GPT, then primary);
-//! 4. keep room in `EFI/Linux` for systemd-boot's counting renames, then
-//!    write the new UKI as `EFI/Linux/cairn-<v>+3.tmp` (outside the loader's
-//!    `*.efi` pattern), its entry placed for those renames (see "Placement"
-//!    below);
+//! 4. write the new UKI as `EFI/Linux/cairn-<v>+3.tmp` (outside the loader's
+//!    `*.efi` pattern), its entry placed for systemd-boot's counting
+//!    renames (see "Placement" below);
 //! 5. rename it to `cairn-<v>+3.efi`: one directory-entry write makes it
 //!    visible, and its higher version makes it preferred;
 //! 6. if the bundle's systemd-boot differs from `EFI/BOOT/BOOTX64.EFI`,
@@ -57,8 +57,8 @@
 //!
 //! Bound. The installer never moves a live entry: a move writes the entry
 //! twice (two names sharing clusters until the old one is deleted), unless
-//! both lie in one sector, which is the case that needs no move. So step 4
-//! first zeroes the deleted slots after the last live entry
+//! both lie in one sector, which is the case that needs no move. So step 1
+//! zeroes the deleted slots after the last live entry
 //! ([`Fat32::reserve_entries`]) and step 4 pads at most 15 slots past it.
 //! A blessed release's entry was last renamed by Linux (init's blessing),
 //! whose vfat driver takes the first free run of slots, so it sits low and
@@ -275,6 +275,31 @@ pub fn upgrade_verified(opts: &UpgradeOptions, bundle: &Bundle) -> Result<Upgrad
         opts.allow_downgrade,
         opts.replace_loader,
     )
+}
+
+/// Whether step 2 may come before step 1: only for a rootfs that streams in
+/// (a bundle's was verified before any write, and keeps the proven order),
+/// and only when every entry pointing at the target slot is a last resort:
+/// blessed (systemd-boot never counts it down) and older than the running
+/// release (never preferred over it). Such an entry is reached only when
+/// the running release's UKI cannot even be loaded; a cut during the slot
+/// write then leaves it pointing at a slot dm-verity refuses, which is no
+/// worse than removing it first (the slot is being replaced either way).
+/// An entry that could be chosen first (counted, or newer) is removed
+/// first, as always.
+fn slot_first(state: &DiskState, plan: &UpgradePlan, bundle: &Bundle) -> bool {
+    bundle.rootfs_stream.is_some()
+        && state
+            .model
+            .entries
+            .iter()
+            .filter(|e| plan.removes.contains(&e.file))
+            .all(|e| {
+                e.blessed()
+                    && e.version.as_deref().is_some_and(|v| {
+                        compare_versions(v, &plan.running_version) == Ordering::Less
+                    })
+            })
 }
 
 /// A live upgrade's exclusive holds: the ESP and the slot the running
@@ -604,7 +629,7 @@ pub fn upgrade_disk_with<D: Read + Write + Seek>(
         .clone();
 
     // 1. Nothing the loader can reach may point at the slot we overwrite.
-    {
+    let step1 = |d: &mut D| -> Result<()> {
         let mut esp = open_esp(d, &state, epoch)?;
         let stale_tmp: Vec<String> = esp
             .list(ENTRY_DIR)
@@ -617,14 +642,28 @@ pub fn upgrade_disk_with<D: Read + Write + Seek>(
             esp.remove_file(&format!("{ENTRY_DIR}/{name}"))
                 .map_err(fat(format!("removing {ENTRY_DIR}/{name}")))?;
         }
+        // Room for systemd-boot's counting renames until the next upgrade:
+        // the firmware appends each renamed entry and must never grow the
+        // directory itself (see Fat32::reserve_entries).
+        esp.reserve_entries(ENTRY_DIR, ENTRY_RESERVE)
+            .map_err(fat(format!("reserving entries in {ENTRY_DIR}")))?;
         esp.flush()
             .map_err(fat("syncing the ESP after removing stale UKIs"))?;
+        Ok(())
+    };
+    // 2. The release data, verified on the way in and read back. A rootfs
+    // streamed from a registry is known good only once written: when all
+    // the target slot holds is a last-resort fallback, the slot is written
+    // first, so a refused stream leaves the ESP and the GPT as they were
+    // (see `slot_first`).
+    let slot_first = slot_first(&state, &plan, bundle);
+    if !slot_first {
+        step1(d)?;
     }
-    // Nothing else touches the ESP before the slot holds the verified
-    // release: a rootfs streamed from a registry is only known good once
-    // written, and a bad one must leave the ESP as it was.
-    // 2. The release data, verified on the way in and read back.
     write_slot(d, bundle, &target)?;
+    if slot_first {
+        step1(d)?;
+    }
     // 3. init finds the slot by root hash.
     table::set_partition_guid(d, target.slot, root_guid(bundle)?)?;
     // 4. + 5. The UKI appears under its loader-visible name in one write.
@@ -634,14 +673,6 @@ pub fn upgrade_disk_with<D: Read + Write + Seek>(
     let mut esp = open_esp(d, &state, epoch)?;
     esp.create_dir_all(ENTRY_DIR)
         .map_err(fat(format!("creating {ENTRY_DIR}")))?;
-    // Room for systemd-boot's counting renames until the next upgrade: the
-    // firmware appends each renamed entry and must never grow the directory
-    // itself (see Fat32::reserve_entries); this also zeroes the deleted
-    // slots after the last live entry, where placement starts.
-    esp.reserve_entries(ENTRY_DIR, ENTRY_RESERVE)
-        .map_err(fat(format!("reserving entries in {ENTRY_DIR}")))?;
-    esp.flush()
-        .map_err(fat(format!("syncing {ENTRY_DIR} after reserving entries")))?;
     let place = placement(&mut esp, &bundle.entry_base(), plan.fallback_unblessed)?;
     plan.placement = Some(place);
     if place.atomic {

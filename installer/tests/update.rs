@@ -94,7 +94,7 @@ fn node_installs_its_channel_live_and_refuses_bad_input_writing_nothing() {
         contract::disk::STATE,
         contract::disk::EPHEMERAL,
     ];
-    let running: Vec<fs::File> = in_use
+    let mut running: Vec<fs::File> = in_use
         .iter()
         .map(|n| hold(&dev, partition(&img, n).slot + 1))
         .collect();
@@ -200,6 +200,67 @@ fn node_installs_its_channel_live_and_refuses_bad_input_writing_nothing() {
     );
     assert!(a.detail.contains(contract::disk::BOOT_B), "{}", a.detail);
 
+    // 2.0.0 boots and is blessed; 1.0.0 in BOOT-A is now its last-resort
+    // fallback. A tampered 3.0.0 streams into BOOT-A before anything else
+    // is written, so its refusal leaves the ESP and the GPT (and the
+    // fallback's entry) as they were.
+    bless(&img, "2.0.0");
+    // Now 2.0.0 runs from BOOT-B: that slot is the one dm-verity holds.
+    running.clear();
+    running = [
+        contract::disk::BOOT_B,
+        contract::disk::STATE,
+        contract::disk::EPHEMERAL,
+    ]
+    .iter()
+    .map(|n| hold(&dev, partition(&img, n).slot + 1))
+    .collect();
+    // bless wrote the image file: drop what the loop device cached of it.
+    assert!(Command::new("blockdev")
+        .arg("--flushbufs")
+        .arg(&dev.0)
+        .status()
+        .unwrap()
+        .success());
+    let b3 = bundle(&fx.path("b3"), "3.0.0");
+    push(&reg, &b3, &fx.path(""), "stable");
+    let data3 = reg.blob_data(&hex::encode(b3.rootfs_sha256));
+    let mut bad3 = fs::read(&data3).unwrap();
+    let mid = bad3.len() / 2;
+    bad3[mid] ^= 1;
+    fs::write(&data3, &bad3).unwrap();
+    let a_slot = partition(&img, contract::disk::BOOT_A);
+    let outside_a = || {
+        let end = a_slot.offset() + a_slot.size_bytes();
+        let len = fs::metadata(&img).unwrap().len();
+        [
+            range_sha256(&img, 0, a_slot.offset()),
+            range_sha256(&img, end, len - end),
+        ]
+    };
+    let before = outside_a();
+    let on_v2 = Node {
+        running: "2.0.0".into(),
+        ..node.clone()
+    };
+    let a = check_once(&cfg, &on_v2);
+    assert_eq!(a.outcome, Outcome::Failed, "{a:?}");
+    assert!(
+        a.detail.contains(&hex::encode(b3.rootfs_sha256)),
+        "{}",
+        a.detail
+    );
+    assert_eq!(
+        outside_a(),
+        before,
+        "a refused stream over a last-resort fallback wrote outside its slot"
+    );
+    assert!(
+        entry_files(&img).contains(&"cairn-1.0.0.efi".to_string()),
+        "the fallback's entry went: {:?}",
+        entry_files(&img)
+    );
+
     // Registry down: named, nothing written (the disk now holds 2.0.0).
     let host = reg.host();
     reg.stop();
@@ -219,5 +280,5 @@ fn node_installs_its_channel_live_and_refuses_bad_input_writing_nothing() {
 
     drop(running);
     drop(dev);
-    assert_eq!(booted_version(&img, &[&b1, &b2]), Ok("2.0.0".into()));
+    assert_eq!(booted_version(&img, &[&b1, &b2, &b3]), Ok("2.0.0".into()));
 }
