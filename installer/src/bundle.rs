@@ -40,6 +40,29 @@ pub struct UkiFacts {
     pub data_blocks: u64,
 }
 
+/// A rootfs that is not in the bundle directory but arrives as a stream (a
+/// registry blob): read once, straight into the slot, hashed as it goes
+/// (the reader fails on a wrong size or digest) and read back from the
+/// slot before anything points at it. Nothing holds the whole image.
+pub struct RootfsStream(std::sync::Mutex<Option<Box<dyn Read + Send>>>);
+
+impl RootfsStream {
+    pub fn new(r: Box<dyn Read + Send>) -> RootfsStream {
+        RootfsStream(std::sync::Mutex::new(Some(r)))
+    }
+
+    /// The stream, once: a second write of the slot has nothing to read.
+    pub(crate) fn take(&self) -> Option<Box<dyn Read + Send>> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take()
+    }
+}
+
+impl std::fmt::Debug for RootfsStream {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("RootfsStream")
+    }
+}
+
 /// A verified bundle (see [`crate::verify::open_verified`]): the signature,
 /// every artifact hash and the cross-checks between them all passed.
 #[derive(Debug)]
@@ -52,6 +75,9 @@ pub struct Bundle {
     pub manifest_bytes: Vec<u8>,
     pub layout: LayoutSpec,
     pub uki: UkiFacts,
+    /// Set when rootfs.img streams in rather than sitting in `dir`
+    /// ([`crate::verify::open_streamed`]).
+    pub rootfs_stream: Option<RootfsStream>,
     pub(crate) _unpacked: Option<tempfile::TempDir>,
 }
 
@@ -162,12 +188,24 @@ fn too_big(bundle: &Path, name: &str, size: u64) -> Error {
 }
 
 fn open_dir(dir: &Path, trusted: &[PublicKey]) -> Result<Opened> {
+    open_dir_except(dir, trusted, &[])
+}
+
+/// A bundle directory whose artifacts named in `elsewhere` are not in it
+/// (they stream in, see [`RootfsStream`]): every other listed artifact is
+/// checked as [`open`] checks it.
+pub(crate) fn open_dir_except(
+    dir: &Path,
+    trusted: &[PublicKey],
+    elsewhere: &[&str],
+) -> Result<Opened> {
     let manifest_bytes = read_small(dir, MANIFEST_FILE)?;
     let sig = read_small(dir, SIGNATURE_FILE)?;
     let manifest = verify(dir, &manifest_bytes, &sig, trusted)?;
     let problems: Vec<ArtifactProblem> = manifest
         .artifacts
         .iter()
+        .filter(|a| !elsewhere.contains(&a.name.as_str()))
         .filter_map(|a| signing::verify::check_artifact(dir, a))
         .collect();
     if !problems.is_empty() {

@@ -368,16 +368,28 @@ pub(crate) fn write_slot<D: Read + Write + Seek>(
         });
     }
     let path = bundle.path(bundle::ROOTFS);
+    let streamed = bundle.rootfs_stream.as_ref();
+    let source_name = match streamed {
+        Some(_) => PathBuf::from(format!("{} (streamed)", path.display())),
+        None => path.clone(),
+    };
     let read_err = |source| Error::File {
         what: "reading",
-        path: path.clone(),
+        path: source_name.clone(),
         source,
     };
-    let mut src = std::fs::File::open(&path).map_err(|source| Error::File {
-        what: "opening",
-        path: path.clone(),
-        source,
-    })?;
+    // A streamed rootfs (a registry blob) is read once, straight into the
+    // slot; its reader fails on a wrong size or digest.
+    let mut src: Box<dyn Read + Send> = match streamed {
+        Some(s) => s
+            .take()
+            .ok_or_else(|| changed(bundle, "its stream was already read".into()))?,
+        None => Box::new(std::fs::File::open(&path).map_err(|source| Error::File {
+            what: "opening",
+            path: path.clone(),
+            source,
+        })?),
+    };
     let mut buf = vec![0u8; WRITE_CHUNK];
     let mut done = 0u64;
     while done < art.size {
@@ -411,9 +423,11 @@ pub(crate) fn write_slot<D: Read + Write + Seek>(
         &format!("{} (read-back)", part.name),
     )?;
     if back != art.digest() {
-        if let Ok((size, now)) = signing::hash_file(&path) {
-            if (size, now) != (art.size, art.digest()) {
-                return Err(changed(bundle, format!("its sha256 is now {now}")));
+        if streamed.is_none() {
+            if let Ok((size, now)) = signing::hash_file(&path) {
+                if (size, now) != (art.size, art.digest()) {
+                    return Err(changed(bundle, format!("its sha256 is now {now}")));
+                }
             }
         }
         return Err(Error::ReadBack {
@@ -423,6 +437,22 @@ pub(crate) fn write_slot<D: Read + Write + Seek>(
             expected: art.digest().to_hex(),
             actual: back.to_hex(),
         });
+    }
+    if streamed.is_some() {
+        // open_verified checks this in the file; a stream is checked in the
+        // slot, now that the slot holds exactly the signed bytes.
+        let sb = crate::verify::superblock_offset(&bundle.uki);
+        let mut magic = [0u8; 8];
+        crate::blockdev::read_at(d, part.offset() + sb, &mut magic, &part.name)?;
+        if &magic != b"verity\0\0" {
+            return Err(Error::Bundle {
+                path: bundle.origin.clone(),
+                what: format!(
+                    "rootfs.img has no verity superblock at offset {sb} (after {} data blocks)",
+                    bundle.uki.data_blocks
+                ),
+            });
+        }
     }
     Ok(())
 }

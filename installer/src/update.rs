@@ -5,10 +5,14 @@
 //!    the registry (tag, annotations, image manifest) counts before that;
 //! 2. skip it when it is not newer than the running release, or when it
 //!    failed to bless on this machine before (STATE's bad-release record);
-//! 3. pull its artifacts into a work directory on disk (EPHEMERAL), each
-//!    streamed with its signed size and sha256 checked;
+//! 3. pull its small artifacts (UKI, boot loader, layout) into a work
+//!    directory on disk (EPHEMERAL), each with its signed size and sha256
+//!    checked;
 //! 4. upgrade live: the ESP and the inactive slot, held exclusively, in the
-//!    crash-safe order of [`crate::upgrade`].
+//!    crash-safe order of [`crate::upgrade`], the rootfs streamed from the
+//!    registry straight into the slot, hashed as it arrives and read back
+//!    before anything points at the slot: no copy of it on disk or in
+//!    memory, so memory stays flat as releases grow.
 //!
 //! Every check ends in a [`contract::update::Attempt`], also on failure, so
 //! status and the console can say what happened, when, and why.
@@ -18,7 +22,8 @@ use std::path::{Path, PathBuf};
 use contract::update::{Attempt, Outcome, Update};
 use signing::PublicKey;
 
-use crate::upgrade::{upgrade, UpgradeOptions};
+use crate::upgrade::{upgrade_verified, UpgradeOptions};
+use crate::verify::open_streamed;
 
 /// What a check needs to know of the node it runs on.
 #[derive(Debug, Clone)]
@@ -117,15 +122,23 @@ fn check(cfg: &Update, node: &Node, attempt: &mut Attempt) -> Result<(Outcome, S
     // A leftover from an interrupted pull is never trusted: start afresh.
     remove_dir(&dir)?;
     let result = (|| {
-        release.pull_to_dir(&dir).map_err(|e| e.to_string())?;
-        let plan = upgrade(&UpgradeOptions {
+        release
+            .pull_to_dir_except(&dir, &[contract::bundle::ROOTFS])
+            .map_err(|e| e.to_string())?;
+        let rootfs = release
+            .artifact(contract::bundle::ROOTFS)
+            .map_err(|e| e.to_string())?;
+        let bundle = open_streamed(&dir, &node.trusted, Box::new(rootfs))
+            .map_err(|e| format!("checking {offered}: {e}"))?;
+        let opts = UpgradeOptions {
             disk: node.disk.clone(),
             bundle: dir.clone(),
             trusted: node.trusted.clone(),
             live: true,
             ..Default::default()
-        })
-        .map_err(|e| format!("installing {offered}: {e}"))?;
+        };
+        let plan =
+            upgrade_verified(&opts, &bundle).map_err(|e| format!("installing {offered}: {e:#}"))?;
         Ok((
             Outcome::Installed,
             format!(

@@ -5,7 +5,11 @@
 //! point the disk boots the old release or the new one:
 //! 1. remove UKIs that point at the inactive slot (and stale `.tmp` files):
 //!    the loader can no longer reach the slot about to be overwritten;
-//! 2. write the inactive slot, read it back;
+//! 2. write the inactive slot, read it back. A rootfs streamed from a
+//!    registry (hashed as it arrives) is known good only once written:
+//!    when all that points at the slot is a last-resort fallback (blessed,
+//!    older than the running release), step 2 comes before step 1, so a
+//!    refused stream leaves the ESP and the GPT as they were;
 //! 3. set the slot's PARTUUID to the new root hash (backup GPT, then primary);
 //! 4. write the new UKI as `EFI/Linux/cairn-<v>+3.tmp` (outside the loader's
 //!    `*.efi` pattern), its entry placed for systemd-boot's counting
@@ -230,6 +234,13 @@ impl std::fmt::Display for UpgradePlan {
 
 pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradePlan> {
     let bundle = open_verified(&opts.bundle, &opts.trusted)?;
+    upgrade_verified(opts, &bundle)
+}
+
+/// [`upgrade`] with a bundle verified already: one whose rootfs streams in
+/// ([`crate::verify::open_streamed`]); `opts.bundle` and `opts.trusted` are
+/// not read again.
+pub fn upgrade_verified(opts: &UpgradeOptions, bundle: &Bundle) -> Result<UpgradePlan> {
     let mut disk = if opts.live && !opts.dry_run {
         Disk::open_live(&opts.disk)?
     } else {
@@ -248,9 +259,9 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradePlan> {
     if opts.dry_run {
         let mut ro = crate::status::ReadOnly(&mut disk);
         let state = DiskState::read(&mut ro, &path)?;
-        let loader = verified_artifact(&bundle, bundle::BOOTLOADER)?;
+        let loader = verified_artifact(bundle, bundle::BOOTLOADER)?;
         let step6 = loader_step(&mut ro, &state, &loader, opts.replace_loader)?;
-        return plan(&state, &bundle, opts.allow_downgrade, &path, step6);
+        return plan(&state, bundle, opts.allow_downgrade, &path, step6);
     }
     let _claims = if opts.live {
         claim_targets(&mut disk, &path)?
@@ -260,10 +271,35 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradePlan> {
     upgrade_disk_with(
         &mut disk,
         &path,
-        &bundle,
+        bundle,
         opts.allow_downgrade,
         opts.replace_loader,
     )
+}
+
+/// Whether step 2 may come before step 1: only for a rootfs that streams in
+/// (a bundle's was verified before any write, and keeps the proven order),
+/// and only when every entry pointing at the target slot is a last resort:
+/// blessed (systemd-boot never counts it down) and older than the running
+/// release (never preferred over it). Such an entry is reached only when
+/// the running release's UKI cannot even be loaded; a cut during the slot
+/// write then leaves it pointing at a slot dm-verity refuses, which is no
+/// worse than removing it first (the slot is being replaced either way).
+/// An entry that could be chosen first (counted, or newer) is removed
+/// first, as always.
+fn slot_first(state: &DiskState, plan: &UpgradePlan, bundle: &Bundle) -> bool {
+    bundle.rootfs_stream.is_some()
+        && state
+            .model
+            .entries
+            .iter()
+            .filter(|e| plan.removes.contains(&e.file))
+            .all(|e| {
+                e.blessed()
+                    && e.version.as_deref().is_some_and(|v| {
+                        compare_versions(v, &plan.running_version) == Ordering::Less
+                    })
+            })
 }
 
 /// A live upgrade's exclusive holds: the ESP and the slot the running
@@ -593,7 +629,7 @@ pub fn upgrade_disk_with<D: Read + Write + Seek>(
         .clone();
 
     // 1. Nothing the loader can reach may point at the slot we overwrite.
-    {
+    let step1 = |d: &mut D| -> Result<()> {
         let mut esp = open_esp(d, &state, epoch)?;
         let stale_tmp: Vec<String> = esp
             .list(ENTRY_DIR)
@@ -613,9 +649,21 @@ pub fn upgrade_disk_with<D: Read + Write + Seek>(
             .map_err(fat(format!("reserving entries in {ENTRY_DIR}")))?;
         esp.flush()
             .map_err(fat("syncing the ESP after removing stale UKIs"))?;
+        Ok(())
+    };
+    // 2. The release data, verified on the way in and read back. A rootfs
+    // streamed from a registry is known good only once written: when all
+    // the target slot holds is a last-resort fallback, the slot is written
+    // first, so a refused stream leaves the ESP and the GPT as they were
+    // (see `slot_first`).
+    let slot_first = slot_first(&state, &plan, bundle);
+    if !slot_first {
+        step1(d)?;
     }
-    // 2. The release data, verified on the way in and read back.
     write_slot(d, bundle, &target)?;
+    if slot_first {
+        step1(d)?;
+    }
     // 3. init finds the slot by root hash.
     table::set_partition_guid(d, target.slot, root_guid(bundle))?;
     // 4. + 5. The UKI appears under its loader-visible name in one write.

@@ -32,18 +32,41 @@ pub fn load_keys(paths: &[std::path::PathBuf]) -> Result<Vec<PublicKey>> {
 
 /// Opens a bundle directory or `.tar` and verifies it completely.
 pub fn open_verified(path: &Path, trusted: &[PublicKey]) -> Result<Bundle> {
+    // Signature first, then every listed artifact's size and sha256 (for a
+    // tar, while it is unpacked); see bundle::open.
+    checked(bundle::open(path, trusted)?, path, None)
+}
+
+/// A bundle directory holding everything but rootfs.img, which `rootfs`
+/// streams (a registry blob that checks its own size and digest): the
+/// signature and every other artifact are verified now, the same
+/// cross-checks made; the rootfs is written to the slot straight from the
+/// stream and its verity superblock checked there, after the read-back and
+/// before anything points at the slot.
+pub fn open_streamed(
+    dir: &Path,
+    trusted: &[PublicKey],
+    rootfs: Box<dyn std::io::Read + Send>,
+) -> Result<Bundle> {
+    let opened = bundle::open_dir_except(dir, trusted, &[bundle::ROOTFS])?;
+    checked(opened, dir, Some(bundle::RootfsStream::new(rootfs)))
+}
+
+fn checked(
+    opened: bundle::Opened,
+    path: &Path,
+    rootfs_stream: Option<bundle::RootfsStream>,
+) -> Result<Bundle> {
     let bad = |what: String| Error::Bundle {
         path: path.to_path_buf(),
         what,
     };
-    // Signature first, then every listed artifact's size and sha256 (for a
-    // tar, while it is unpacked); see bundle::open.
     let bundle::Opened {
         dir,
         unpacked,
         manifest,
         manifest_bytes,
-    } = bundle::open(path, trusted)?;
+    } = opened;
     for name in bundle::REQUIRED {
         if manifest.artifact(name).is_none() {
             return Err(bad(format!("the signed manifest does not list {name}")));
@@ -96,8 +119,17 @@ pub fn open_verified(path: &Path, trusted: &[PublicKey]) -> Result<Bundle> {
             )))
         }
     }
-    check_rootfs(&dir.join(bundle::ROOTFS), &uki, path)?;
     let rootfs = manifest.artifact(bundle::ROOTFS).expect("checked above");
+    if rootfs_stream.is_none() {
+        check_rootfs(&dir.join(bundle::ROOTFS), &uki, path)?;
+    } else if rootfs.size < superblock_offset(&uki) + artifacts::verity::BLOCK {
+        return Err(bad(format!(
+            "rootfs.img is {} bytes in the signed manifest; the UKI's {} data blocks need a verity superblock at {}",
+            rootfs.size,
+            uki.data_blocks,
+            superblock_offset(&uki)
+        )));
+    }
     if rootfs.size > layout.boot {
         return Err(Error::DoesNotFit {
             what: format!("rootfs.img ({} bytes)", rootfs.size),
@@ -113,8 +145,15 @@ pub fn open_verified(path: &Path, trusted: &[PublicKey]) -> Result<Bundle> {
         manifest_bytes,
         layout,
         uki,
+        rootfs_stream,
         _unpacked: unpacked,
     })
+}
+
+/// Where the verity superblock sits in a slot: right after the data blocks
+/// the UKI names (design.md "Slot content").
+pub(crate) fn superblock_offset(uki: &UkiFacts) -> u64 {
+    uki.data_blocks * artifacts::verity::BLOCK
 }
 
 /// `layout.json` is three numbers; anything near this size is not one.
@@ -249,7 +288,7 @@ fn check_rootfs(path: &Path, uki: &UkiFacts, origin: &Path) -> Result<()> {
         source,
     })?;
     let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-    let sb = uki.data_blocks * artifacts::verity::BLOCK;
+    let sb = superblock_offset(uki);
     if len < sb + artifacts::verity::BLOCK {
         return Err(bad(format!(
             "rootfs.img is {len} bytes; the UKI's {} data blocks need a verity superblock at {sb}",

@@ -6,12 +6,17 @@
 //!
 //! Bad input first (unknown key, known-bad release, tampered blob, registry
 //! down): each ends in a `Failed`/`SkippedBad` attempt that names the cause,
-//! and not one byte of the disk changes. Then the good release installs,
-//! boots next, and the partitions in use are untouched.
+//! and nothing the loader reads changes (a tampered rootfs may have partly
+//! written the inactive slot, which nothing points at). Then the good
+//! release installs, boots next, and the partitions in use are untouched.
+//! The work directory is a 3 MiB tmpfs and the rootfs 6 MiB: the rootfs
+//! can only have streamed from the registry into the slot.
 
 mod common;
 
 use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
 
 use common::loopdev::{attach_partitioned, hold, partition};
 use common::*;
@@ -19,6 +24,29 @@ use contract::update::{Outcome, Update};
 use installer::install::install;
 use installer::update::{check_once, Node};
 use testkit::registry::Registry;
+
+/// A size-limited tmpfs, unmounted on drop.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Tmpfs {
+        fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "mounting a tmpfs at {} (root needed)", at.display());
+        Tmpfs(at.to_path_buf())
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg(&self.0).status();
+    }
+}
 
 fn push(reg: &Registry, b: &BundleInfo, at: &std::path::Path, tag: &str) {
     let layout = at.join(format!("oci-{}", b.version));
@@ -40,7 +68,13 @@ fn push(reg: &Registry, b: &BundleInfo, at: &std::path::Path, tag: &str) {
 fn node_installs_its_channel_live_and_refuses_bad_input_writing_nothing() {
     let fx = Fixture::new();
     let b1 = bundle(&fx.path("b1"), "1.0.0");
-    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let b2 = make_bundle(
+        &fx.path("b2"),
+        &BundleOpts {
+            rootfs_len: 6 << 20,
+            ..BundleOpts::new("2.0.0")
+        },
+    );
     let img = fx.image("node.img", DISK_SIZE);
     install(&install_opts(&img, &b1.dir)).unwrap();
     bless(&img, "1.0.0");
@@ -60,21 +94,34 @@ fn node_installs_its_channel_live_and_refuses_bad_input_writing_nothing() {
         contract::disk::STATE,
         contract::disk::EPHEMERAL,
     ];
-    let running: Vec<fs::File> = in_use
+    let mut running: Vec<fs::File> = in_use
         .iter()
         .map(|n| hold(&dev, partition(&img, n).slot + 1))
         .collect();
+    let work = Tmpfs::mount(&fx.path("work"), "3m");
     let node = Node {
         disk: dev.0.clone(),
         running: "1.0.0".into(),
         trusted: vec![key().public()],
         bad: Vec::new(),
-        work: fx.path("work"),
+        work: work.0.clone(),
         now: 1_800_000_000,
     };
     let untouched = sha256_file(&img);
     let unchanged =
         |what: &str| assert_eq!(sha256_file(&img), untouched, "{what} wrote to the disk");
+    // Everything but the inactive slot: the GPT areas and every other
+    // partition.
+    let loader_view = || {
+        let b = partition(&img, contract::disk::BOOT_B);
+        let end = b.offset() + b.size_bytes();
+        let len = fs::metadata(&img).unwrap().len();
+        [
+            range_sha256(&img, 0, b.offset()),
+            range_sha256(&img, end, len - end),
+        ]
+    };
+    let seen_by_loader = loader_view();
 
     // Signed by a key the running release does not trust.
     let a = check_once(
@@ -132,7 +179,12 @@ fn node_installs_its_channel_live_and_refuses_bad_input_writing_nothing() {
         "a tampered blob must be named with its registry: {}",
         a.detail
     );
-    unchanged("a tampered release");
+    assert_eq!(
+        loader_view(),
+        seen_by_loader,
+        "a tampered release changed more than the inactive slot"
+    );
+    assert_eq!(booted_version(&img, &[&b1, &b2]), Ok("1.0.0".into()));
     assert!(
         !node.work.join("2.0.0").exists(),
         "a failed pull left its work directory"
@@ -147,6 +199,67 @@ fn node_installs_its_channel_live_and_refuses_bad_input_writing_nothing() {
         "{a:?}"
     );
     assert!(a.detail.contains(contract::disk::BOOT_B), "{}", a.detail);
+
+    // 2.0.0 boots and is blessed; 1.0.0 in BOOT-A is now its last-resort
+    // fallback. A tampered 3.0.0 streams into BOOT-A before anything else
+    // is written, so its refusal leaves the ESP and the GPT (and the
+    // fallback's entry) as they were.
+    bless(&img, "2.0.0");
+    // Now 2.0.0 runs from BOOT-B: that slot is the one dm-verity holds.
+    running.clear();
+    running = [
+        contract::disk::BOOT_B,
+        contract::disk::STATE,
+        contract::disk::EPHEMERAL,
+    ]
+    .iter()
+    .map(|n| hold(&dev, partition(&img, n).slot + 1))
+    .collect();
+    // bless wrote the image file: drop what the loop device cached of it.
+    assert!(Command::new("blockdev")
+        .arg("--flushbufs")
+        .arg(&dev.0)
+        .status()
+        .unwrap()
+        .success());
+    let b3 = bundle(&fx.path("b3"), "3.0.0");
+    push(&reg, &b3, &fx.path(""), "stable");
+    let data3 = reg.blob_data(&hex::encode(b3.rootfs_sha256));
+    let mut bad3 = fs::read(&data3).unwrap();
+    let mid = bad3.len() / 2;
+    bad3[mid] ^= 1;
+    fs::write(&data3, &bad3).unwrap();
+    let a_slot = partition(&img, contract::disk::BOOT_A);
+    let outside_a = || {
+        let end = a_slot.offset() + a_slot.size_bytes();
+        let len = fs::metadata(&img).unwrap().len();
+        [
+            range_sha256(&img, 0, a_slot.offset()),
+            range_sha256(&img, end, len - end),
+        ]
+    };
+    let before = outside_a();
+    let on_v2 = Node {
+        running: "2.0.0".into(),
+        ..node.clone()
+    };
+    let a = check_once(&cfg, &on_v2);
+    assert_eq!(a.outcome, Outcome::Failed, "{a:?}");
+    assert!(
+        a.detail.contains(&hex::encode(b3.rootfs_sha256)),
+        "{}",
+        a.detail
+    );
+    assert_eq!(
+        outside_a(),
+        before,
+        "a refused stream over a last-resort fallback wrote outside its slot"
+    );
+    assert!(
+        entry_files(&img).contains(&"cairn-1.0.0.efi".to_string()),
+        "the fallback's entry went: {:?}",
+        entry_files(&img)
+    );
 
     // Registry down: named, nothing written (the disk now holds 2.0.0).
     let host = reg.host();
@@ -167,5 +280,5 @@ fn node_installs_its_channel_live_and_refuses_bad_input_writing_nothing() {
 
     drop(running);
     drop(dev);
-    assert_eq!(booted_version(&img, &[&b1, &b2]), Ok("2.0.0".into()));
+    assert_eq!(booted_version(&img, &[&b1, &b2, &b3]), Ok("2.0.0".into()));
 }

@@ -212,6 +212,13 @@ impl VerifiedRelease {
     /// artifact has verified; `manifest.json` and its signature come last.
     /// On error, the `.partial` files are removed and nothing was renamed.
     pub fn pull_to_dir(&self, dir: &Path) -> Result<u64> {
+        self.pull_to_dir_except(dir, &[])
+    }
+
+    /// [`Self::pull_to_dir`] without the artifacts named in `elsewhere`: a
+    /// live upgrade streams rootfs.img straight into the slot
+    /// ([`Self::artifact`]) instead of keeping a copy on disk.
+    pub fn pull_to_dir_except(&self, dir: &Path, elsewhere: &[&str]) -> Result<u64> {
         let local = |what: &'static str, path: &Path| {
             let path = path.to_path_buf();
             move |source| Error::Local { what, path, source }
@@ -222,6 +229,9 @@ impl VerifiedRelease {
             let mut buf = vec![0u8; COPY_BUF];
             let mut total = 0;
             for a in &self.manifest.artifacts {
+                if elsewhere.contains(&a.name.as_str()) {
+                    continue;
+                }
                 let fin = dir.join(&a.name);
                 let tmp = dir.join(format!("{}.partial", a.name));
                 partials.push((tmp.clone(), fin));
