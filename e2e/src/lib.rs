@@ -78,6 +78,8 @@ pub struct Machine {
     pub disks: Vec<Disk>,
     pub memory_mb: u32,
     pub log_dir: PathBuf,
+    /// Appended to QEMU's command line (e.g. a NIC: `-nodefaults` has none).
+    pub extra_args: Vec<String>,
     boots: u32,
 }
 
@@ -96,6 +98,7 @@ impl Machine {
             disks: Vec::new(),
             memory_mb: 1024,
             log_dir: work.to_path_buf(),
+            extra_args: Vec::new(),
             boots: 0,
         })
     }
@@ -154,6 +157,7 @@ impl Machine {
                 }
             }
         }
+        c.args(&self.extra_args);
         c
     }
 
