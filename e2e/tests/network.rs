@@ -2,6 +2,11 @@
 //! network gets slirp's lease and writes resolv.conf; a node whose NIC
 //! reaches no DHCP server says so, backs off, and still boots and blesses.
 //! Health never waits for the network.
+//!
+//! slirp with `restrict=on` (the only way a test may run a guest) leaves
+//! the router and DNS options out of its DHCP replies (libslirp's
+//! bootp.c), so the lease is `10.0.2.15/24` without a gateway, and the
+//! name server comes from the machine config's `[network] dns`.
 
 use std::path::Path;
 
@@ -25,9 +30,18 @@ fn wait_all(b: &mut Boot, needles: &[&str]) -> Result<Vec<String>> {
     Ok(found.into_iter().flatten().collect())
 }
 
-fn machine(name: &str, work: &Path, net: &[&str]) -> Result<Machine> {
+fn machine(name: &str, work: &Path, net: &[&str], config: Option<&str>) -> Result<Machine> {
     let disk = work.join(format!("{name}.raw"));
     sparse_copy(&images_dir()?.join("disk.raw"), &disk)?;
+    if let Some(extra) = config {
+        // The image's machine config with a section added, as an operator
+        // would write it; imported from the ESP on first boot.
+        let cfg = work.join(format!("{name}-machine.toml"));
+        esp_get(&disk, "cairn/machine.toml", &cfg)?;
+        let text = std::fs::read_to_string(&cfg)? + extra;
+        std::fs::write(&cfg, text)?;
+        esp_put(&disk, &cfg, "cairn/machine.toml")?;
+    }
     let mut m = Machine::new(name, work, None)?;
     m.disks.push(Disk::virtio(&disk));
     m.extra_args = net.iter().map(|s| s.to_string()).collect();
@@ -56,6 +70,7 @@ fn dhcp_lease_from_qemu_user_network() -> Result<()> {
             "-device",
             "virtio-net-pci,netdev=n0",
         ],
+        Some("\n[network]\ndns = [\"10.0.2.3\"]\n"),
     )?;
     let mut b = m.boot()?;
     let lines = wait_all(
@@ -67,7 +82,7 @@ fn dhcp_lease_from_qemu_user_network() -> Result<()> {
         ],
     )?;
     assert!(
-        lines[0].ends_with("cairn: network up eth0 10.0.2.15/24 gw 10.0.2.2"),
+        lines[0].ends_with("cairn: network up eth0 10.0.2.15/24"),
         "{}",
         lines[0]
     );
@@ -104,6 +119,7 @@ fn no_dhcp_server_retries_and_still_blesses() -> Result<()> {
             "-device",
             "virtio-net-pci,netdev=n0",
         ],
+        Some("\n[network]\ndns = [\"10.0.2.3\"]\n"),
     )?;
     let mut b = m.boot()?;
     let lines = wait_all(
@@ -134,5 +150,47 @@ fn no_dhcp_server_retries_and_still_blesses() -> Result<()> {
         at(&b, "no DHCP answer").unwrap_or(f64::NAN),
         at(&b, "cairn: boot ok").unwrap_or(f64::NAN)
     );
+    b.kill()
+}
+
+#[test]
+fn static_address_and_gateway_from_machine_config() -> Result<()> {
+    require_tools(&["qemu-system-x86_64"])?;
+    let work = tempfile::tempdir()?;
+    let mut m = machine(
+        "net-static",
+        work.path(),
+        &[
+            "-netdev",
+            "user,id=n0,restrict=on",
+            "-device",
+            "virtio-net-pci,netdev=n0",
+        ],
+        Some(
+            "\n[network]\ndns = [\"10.0.2.3\"]\n[[network.link]]\nname = \"eth0\"\naddresses = [\"10.0.2.20/24\"]\ngateway = \"10.0.2.2\"\n",
+        ),
+    )?;
+    let mut b = m.boot()?;
+    let lines = wait_all(
+        &mut b,
+        &[
+            "cairn: network up eth0",
+            "cairn: resolv.conf: nameserver",
+            "cairn: boot ok",
+        ],
+    )?;
+    assert!(
+        lines[0].ends_with("cairn: network up eth0 10.0.2.20/24 gw 10.0.2.2"),
+        "{}",
+        lines[0]
+    );
+    assert!(lines[1].ends_with("nameserver 10.0.2.3"), "{}", lines[1]);
+    assert!(
+        !b.all
+            .iter()
+            .any(|(_, l)| l.contains("DHCP") || l.contains("default route")),
+        "a static link runs no DHCP, and its route was accepted"
+    );
+    print_timings("net-static", &b, "cairn: boot ok");
     b.kill()
 }
