@@ -8,7 +8,8 @@ use std::path::Path;
 use std::process::Command;
 
 use artifacts::fat::{
-    format, format_path, minimum_size, Fat32, FatError, FatFile, FatSource, FormatOptions,
+    entry_slots, format, format_path, minimum_size, Fat32, FatError, FatFile, FatSource,
+    FormatOptions, SECTOR_SLOTS,
 };
 
 const MIB: u64 = 1 << 20;
@@ -1073,4 +1074,66 @@ fn mcopy_dir_raw(img: &Path, path: &str) -> Vec<u8> {
             & 0x0FFF_FFFF;
     }
     out
+}
+
+/// `write_file_appended`: the set goes after the last live entry, moved to
+/// the next sector when the span would cross one, the skipped slots
+/// deleted (0xE5) and everything after the set zeroed; mtools lists
+/// exactly the live files and fsck.fat finds nothing.
+#[test]
+fn write_file_appended_keeps_the_span_in_one_sector() {
+    let d = tempfile::tempdir().unwrap();
+    let img = d.path().join("esp.img");
+    format_path(&img, &opts(64 * MIB), &[]).unwrap();
+    let mut fat = open_rw(&img);
+    fat.create_dir_all("EFI/Linux").unwrap();
+    let name = "cairn-2.0.0+3.tmp";
+    assert_eq!(entry_slots(name), 3);
+    assert_eq!(entry_slots("BOOTX64.EFI"), 1);
+    assert_eq!(SECTOR_SLOTS, 16);
+    // Slots 2-4 live, 5-7 deleted: the set would start at 5, and 5..17
+    // crosses into the second sector.
+    fat.write_file("EFI/Linux/cairn-1.0.0.efi", &pattern(700, 1))
+        .unwrap();
+    fat.write_file("EFI/Linux/gone.efi.x", &pattern(10, 2))
+        .unwrap();
+    fat.remove_file("EFI/Linux/gone.efi.x").unwrap();
+    assert_eq!(fat.appended_slot("EFI/Linux", 3, 12).unwrap(), 16);
+    assert_eq!(fat.appended_slot("EFI/Linux", 3, 11).unwrap(), 5);
+    let at = fat
+        .write_file_appended(&format!("EFI/Linux/{name}"), &pattern(900, 3), 12)
+        .unwrap();
+    assert_eq!(at, 16);
+    // Two slots (one long-name entry), fit after it in sector 1: no padding.
+    let at = fat
+        .write_file_appended("EFI/Linux/x.y.tmp", &pattern(5, 4), 3)
+        .unwrap();
+    assert_eq!(at, 19);
+    // A span larger than a sector cannot be helped: right after the last.
+    assert_eq!(fat.appended_slot("EFI/Linux", 3, 17).unwrap(), 21);
+    assert_eq!(
+        fat.read_file(&format!("EFI/Linux/{name}")).unwrap(),
+        pattern(900, 3)
+    );
+    drop(fat);
+    let dir = mcopy_dir_raw(&img, "EFI/Linux");
+    for slot in 5..16 {
+        assert_eq!(dir[slot * 32], 0xE5, "padding slot {slot}");
+    }
+    assert_ne!(dir[16 * 32], 0xE5);
+    assert!(
+        dir[21 * 32..].iter().all(|b| *b == 0),
+        "the directory ends after the set"
+    );
+    assert_eq!(
+        sorted(
+            &mdir_names(&img, "/EFI/Linux")
+                .iter()
+                .map(|s| s.as_str())
+                .collect::<Vec<_>>()
+        ),
+        sorted(&["cairn-1.0.0.efi", name, "x.y.tmp"])
+    );
+    assert_eq!(mcopy(&img, &format!("EFI/Linux/{name}")), pattern(900, 3));
+    fsck_clean(&img);
 }

@@ -1,6 +1,7 @@
 use clap::{Parser, Subcommand};
 
 mod build_cmd;
+mod registry_cmd;
 mod sign_cmd;
 
 /// cairn: build reproducible, signed, immutable OS images.
@@ -23,6 +24,10 @@ enum Command {
     Pkg(builder::pkgs::cli::PkgArgs),
     #[command(flatten)]
     Sign(sign_cmd::SignCommand),
+    /// Push a build's OCI artifact (OUT_DIR/oci) to REGISTRY/REPO:TAG.
+    Push(registry_cmd::PushArgs),
+    /// Fetch a release from a registry into DIR, verified against --key.
+    Pull(registry_cmd::PullArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,5 +44,7 @@ fn main() -> anyhow::Result<()> {
         Command::SecurebootKeygen(args) => build_cmd::secureboot_keygen(args),
         Command::Pkg(args) => builder::pkgs::cli::run(args),
         Command::Sign(cmd) => sign_cmd::run(cmd),
+        Command::Push(args) => registry_cmd::push(args),
+        Command::Pull(args) => registry_cmd::pull(args),
     }
 }

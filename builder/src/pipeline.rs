@@ -71,9 +71,13 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     let profile = load_profile(opts)?;
     let mut run = Run::new(opts, &profile)?;
 
+    // The release key first: the rootfs carries the keys this release trusts.
+    let key = ReleaseKey::load(opts.key.as_deref(), profile.signing_key.as_deref())?;
+    let trusted = keys::trusted_set(&profile, &key)?;
+
     // What boots: packages, the rootfs they make, the UKI bound to it.
     let packages = packages::build(&mut run, &profile)?;
-    let tree = rootfs_tree::stage(&mut run, &profile, &packages)?;
+    let tree = rootfs_tree::stage(&mut run, &profile, &packages, &trusted)?;
     let rootfs = rootfs_image::build(&mut run, &tree)?;
     let boot = boot::build(&mut run, &profile, &packages, &tree, &rootfs)?;
 
@@ -82,7 +86,6 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     let mut out = outputs::OutputDir::open(&opts.out)?;
     boot::publish(&mut run, &mut out, &boot)?;
     rootfs_image::publish(&mut run, &mut out, &rootfs)?;
-    let key = ReleaseKey::load(opts.key.as_deref(), profile.signing_key.as_deref())?;
     let release = bundle::build(&mut run, &profile, &packages, &rootfs, &boot, &key)?;
     disk::build(&mut run, &mut out, &profile, &release, &key)?;
     updates::build(&mut run, &mut out, &profile, &release)?;

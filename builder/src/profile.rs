@@ -175,7 +175,12 @@ partial!(SecureBootPart {
     enabled: bool,
     keys: PathBuf,
 });
-partial!(SigningPart { key: PathBuf });
+// `trust`: public keys the release trusts to sign its successors (written
+// into the rootfs, contract::trust); unset: the release key's own.
+partial!(SigningPart {
+    key: PathBuf,
+    trust: Vec<PathBuf>,
+});
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -235,6 +240,9 @@ pub struct Profile {
     pub disk: DiskSizes,
     pub secure_boot: Option<PathBuf>,
     pub signing_key: Option<PathBuf>,
+    /// `signing.trust`: the keys this release trusts to sign the next one;
+    /// empty means the release key's public half.
+    pub trust: Vec<PathBuf>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -337,6 +345,10 @@ impl Profile {
             }
             if let Some(s) = file.signing.as_mut() {
                 s.key = s.key.take().map(|k| dir.join(k));
+                s.trust = s
+                    .trust
+                    .take()
+                    .map(|t| t.into_iter().map(|k| dir.join(k)).collect());
             }
             chain.push((canon, file));
         }
@@ -442,7 +454,8 @@ impl Profile {
             files: rootfs.files.unwrap_or_default(),
             disk: sizes,
             secure_boot,
-            signing_key: f.signing.and_then(|s| s.key),
+            signing_key: f.signing.as_ref().and_then(|s| s.key.clone()),
+            trust: f.signing.and_then(|s| s.trust).unwrap_or_default(),
         })
     }
 

@@ -2,14 +2,13 @@
 //! made from it. `disk.raw` is literally an install of the bundle into a
 //! sparse image, so a built disk and an installed disk cannot drift apart.
 
-use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result};
 use artifacts::cpio::{Content, Extra};
 use artifacts::fat::{self, FatFile, FatSource, FormatOptions};
-use artifacts::{bundle, iso, oci};
+use artifacts::{bundle, iso};
 use contract::bundle::{self as names, PAYLOAD_DIR, PAYLOAD_KEYS, PAYLOAD_MACHINE_CONFIG};
 use contract::esp;
 use contract::layout::LayoutSpec;
@@ -106,31 +105,8 @@ pub fn oci_layout(
     if out.exists() {
         fs::remove_dir_all(out).with_context(|| format!("removing old {}", out.display()))?;
     }
-    let files = bundle_files(bundle);
-    let mut refs = Vec::new();
-    for (n, p) in &files {
-        let mt = names::oci::media_type(n).with_context(|| format!("no media type for {n}"))?;
-        refs.push((*n, p.as_path(), mt));
-    }
-    let annotations = BTreeMap::from([
-        (
-            names::oci::ANNOTATION_VERSION.to_string(),
-            version.to_string(),
-        ),
-        (
-            names::oci::ANNOTATION_ROOT_HASH.to_string(),
-            root_hash.to_string(),
-        ),
-    ]);
-    oci::write_layout(
-        out,
-        version,
-        names::oci::ARTIFACT_TYPE,
-        &refs,
-        &annotations,
-        epoch,
-    )
-    .context("writing the OCI layout")?;
+    names::oci::write_release_layout(bundle, out, version, root_hash, epoch)
+        .context("writing the OCI layout")?;
     Ok(())
 }
 

@@ -52,9 +52,20 @@ pub struct Staged {
 
 /// Stages the rootfs for `profile` into `dir` (which must be empty).
 /// `packages` maps each of the profile's rootfs packages to its built output.
-pub fn stage(profile: &Profile, packages: &[(String, PathBuf)], dir: &Path) -> Result<Staged> {
+pub fn stage(
+    profile: &Profile,
+    packages: &[(String, PathBuf)],
+    trusted: &[signing::PublicKey],
+    dir: &Path,
+) -> Result<Staged> {
     for d in DIRS {
         fs::create_dir_all(dir.join(d))?;
+    }
+    // The keys this release trusts to sign the next one (contract::trust).
+    let keys = dir.join(contract::trust::KEYS_DIR);
+    fs::create_dir_all(&keys)?;
+    for k in contract::trust::key_set(trusted.iter().cloned()) {
+        put(&keys.join(contract::trust::key_file(&k.id())), &k.to_pem())?;
     }
     put(&dir.join("usr/lib/os-release"), &os_release(profile))?;
     symlink("../usr/lib/os-release", dir.join("etc/os-release"))?;

@@ -32,6 +32,10 @@ pub const PAYLOAD_MACHINE_CONFIG: &str = "machine.toml";
 
 /// OCI: the bundle as one artifact manifest, one layer per file.
 pub mod oci {
+    /// The OCI image-spec names the layout writer uses; registry clients
+    /// check what they fetch against the same constants.
+    pub use artifacts::oci::{ANNOTATION_TITLE, EMPTY_MEDIA_TYPE, MANIFEST_MEDIA_TYPE};
+
     pub const ARTIFACT_TYPE: &str = "application/vnd.cairn.bundle.v1";
     pub const MEDIA_MANIFEST: &str = "application/vnd.cairn.manifest.v1+json";
     pub const MEDIA_SIGNATURE: &str = "application/vnd.cairn.manifest.signature.v1";
@@ -41,6 +45,41 @@ pub mod oci {
     pub const MEDIA_LAYOUT: &str = "application/vnd.cairn.layout.v1+json";
     pub const ANNOTATION_VERSION: &str = "org.opencontainers.image.version";
     pub const ANNOTATION_ROOT_HASH: &str = "dev.cairn.verity.root-hash";
+
+    /// Largest image manifest a registry client reads (the distribution
+    /// spec's recommended limit); it is fetched before anything is verified.
+    pub const MAX_IMAGE_MANIFEST_BYTES: u64 = 4 << 20;
+
+    /// Writes bundle directory `bundle` as the release's OCI layout at
+    /// `out` (which must not exist): one artifact manifest tagged `version`,
+    /// one layer per bundle file in [`super::FILES`] order, annotated with
+    /// the version and the verity root hash. `cairn build` writes `oci/`
+    /// with it; tests push layouts made the same way.
+    pub fn write_release_layout(
+        bundle: &std::path::Path,
+        out: &std::path::Path,
+        version: &str,
+        root_hash: &str,
+        epoch: u64,
+    ) -> Result<artifacts::oci::OciSummary, artifacts::oci::OciError> {
+        let paths: Vec<std::path::PathBuf> = super::FILES.iter().map(|n| bundle.join(n)).collect();
+        let files: Vec<(&str, &std::path::Path, &str)> = super::FILES
+            .iter()
+            .zip(&paths)
+            .map(|(n, p)| {
+                (
+                    *n,
+                    p.as_path(),
+                    media_type(n).expect("every bundle file has one"),
+                )
+            })
+            .collect();
+        let annotations = std::collections::BTreeMap::from([
+            (ANNOTATION_VERSION.to_string(), version.to_string()),
+            (ANNOTATION_ROOT_HASH.to_string(), root_hash.to_string()),
+        ]);
+        artifacts::oci::write_layout(out, version, ARTIFACT_TYPE, &files, &annotations, epoch)
+    }
 
     /// The media type of each bundle file.
     pub fn media_type(file: &str) -> Option<&'static str> {

@@ -7,7 +7,9 @@
 //! - [`esp`]: ESP paths, loader.conf, UKI entry names and boot counters;
 //! - [`bundle`]: bundle file names, payload paths, OCI media types;
 //! - [`layout`]: `layout.json` and the disk layout it gives;
-//! - [`machine`]: the machine config (`machine.toml`) schema and validation.
+//! - [`machine`]: the machine config (`machine.toml`) schema and validation;
+//! - [`trust`]: where a rootfs carries the keys its release trusts;
+//! - [`update`]: `[update]`, the bad-release record and the attempt record.
 //!
 //! Formats themselves (GPT, FAT, squashfs, verity, PE) live in `artifacts`;
 //! what cairn puts in them lives here.
@@ -19,3 +21,5 @@ pub mod esp;
 pub mod layout;
 pub mod machine;
 pub mod slot;
+pub mod trust;
+pub mod update;

@@ -66,6 +66,8 @@ pub struct MachineConfig {
     pub network: Network,
     #[serde(default)]
     pub time: Time,
+    /// Off unless present (contract::update).
+    pub update: Option<crate::update::Update>,
 }
 
 /// Where init writes the resolver configuration; the rootfs's
@@ -366,6 +368,9 @@ impl MachineConfig {
                 )));
             }
         }
+        if let Some(u) = &self.update {
+            u.validate().map_err(bad)?;
+        }
         for h in &self.health {
             if h.timeout_s == 0 {
                 return Err(bad(format!(
@@ -477,6 +482,9 @@ timeout_s = 30
         );
         assert!(inv("[[service]]\nname=\"a b\"\nexec=\"/a\"").contains("name"));
         assert!(inv("[[health]]\nname=\"h\"\nexec=\"/h\"\ntimeout_s=0").contains("timeout_s"));
+        assert!(
+            inv("[update]\nsource=\"r.example/cairn\"\ninterval_s=1").contains("update.interval_s")
+        );
     }
 
     #[test]

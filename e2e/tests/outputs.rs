@@ -250,6 +250,40 @@ fn rootfs_squashfs_and_verity_check_out() -> Result<()> {
     Ok(())
 }
 
+/// Trust on the node (contract::trust): the rootfs carries exactly the
+/// release key's public half, named by its key id, for the node to verify
+/// its next release with.
+#[test]
+fn rootfs_trusts_the_release_key() -> Result<()> {
+    let out = out()?;
+    let tmp = tempfile::tempdir()?;
+    let dest = tmp.path().join("root");
+    tool(
+        Command::new("unsquashfs")
+            .arg("-d")
+            .arg(&dest)
+            .arg(out.join("rootfs.squashfs"))
+            .arg(contract::trust::KEYS_DIR),
+    )?;
+    let key = signing::PublicKey::load(&release_pubkey()?)?;
+    let dir = dest.join(contract::trust::KEYS_DIR);
+    let mut found = Vec::new();
+    for e in std::fs::read_dir(&dir).with_context(|| format!("{}", dir.display()))? {
+        let e = e?;
+        found.push((
+            e.file_name().to_string_lossy().into_owned(),
+            std::fs::read_to_string(e.path())?,
+        ));
+    }
+    ensure!(
+        found == vec![(contract::trust::key_file(&key.id()), key.to_pem())],
+        "rootfs {} must hold exactly the release key {}: {found:?}",
+        contract::trust::KEYS_DIR,
+        key.id()
+    );
+    Ok(())
+}
+
 #[test]
 fn uki_sections() -> Result<()> {
     let out = out()?;

@@ -21,3 +21,4 @@ pub mod stage1;
 pub mod stage2;
 pub mod supervisor;
 pub mod sys;
+pub mod update;

@@ -391,6 +391,9 @@ pub fn run() -> Result<Shutdown, BootError> {
     health::run_checks(&mut sup, &cfg.health, health::RETRY).map_err(BootError::Stop)?;
 
     let blessed = bless_boot(&esp, Path::new(EFIVARS))?;
+    if let Err(e) = crate::update::record_failed_releases(&esp, Path::new(STATE_DIR), &version) {
+        say!("recording failed releases in STATE: {e}");
+    }
     let result = if blessed { "ok" } else { "ok (not blessed)" };
     PENDING.lock().unwrap_or_else(|e| e.into_inner()).take();
     append_boot_line(&record::boot_line(number, hand.slot(), &version, result))
@@ -407,6 +410,17 @@ pub fn run() -> Result<Shutdown, BootError> {
             "boot healthy but not blessed slot={} version={version}",
             hand.slot()
         );
+    }
+
+    if let Some(u) = cfg.update.clone() {
+        crate::update::Agent {
+            cfg: u,
+            disk: PathBuf::from(&hand.disk),
+            running: version.clone(),
+            state: PathBuf::from(STATE_DIR),
+            work: Path::new(contract::disk::EPHEMERAL_MOUNT).join(contract::update::WORK_DIR),
+        }
+        .spawn();
     }
 
     let how = loop {

@@ -8,7 +8,10 @@
 //! fixed seed (a benchmark key, never a release key); its public half goes
 //! to PUBKEY_OUT. With TAR_OUT, the bundle is also archived there as
 //! `cairn build` writes `update.tar` (manifest and signature first). Needs
-//! systemd-boot-efi (the stub and systemd-bootx64.efi).
+//! systemd-boot-efi (the stub and systemd-bootx64.efi). With
+//! `BENCH_OCI_OUT=DIR` in the environment, the bundle is also written there
+//! as the release's OCI layout, as `cairn build` writes `oci/` (for
+//! `cairn push`: `ci/bench netupgrade`).
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -132,6 +135,20 @@ fn run() -> Res<()> {
         let refs: Vec<(&str, &Path)> = files.iter().map(|(n, p)| (*n, p.as_path())).collect();
         let s = artifacts::bundle::write_tar(&tar, &refs, EPOCH)?;
         println!("{} {} bytes", tar.display(), s.size);
+    }
+    if let Some(oci) = std::env::var_os("BENCH_OCI_OUT") {
+        let oci = PathBuf::from(oci);
+        if oci.exists() {
+            fs::remove_dir_all(&oci)?;
+        }
+        contract::bundle::oci::write_release_layout(
+            &out,
+            &oci,
+            &version,
+            &verity.root_hash_hex(),
+            EPOCH,
+        )?;
+        println!("{} (OCI layout)", oci.display());
     }
     println!(
         "rootfs.img {} bytes, root hash {}",

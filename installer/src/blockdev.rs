@@ -84,6 +84,65 @@ impl Disk {
         })
     }
 
+    /// Opens the disk the running system booted from, for a live upgrade.
+    ///
+    /// Not `O_EXCL`: the running slot (held by dm-verity), STATE and
+    /// EPHEMERAL (mounted) are in use and stay so. Nothing is written outside
+    /// the GPT areas and the partitions [`Disk::claim`] holds exclusively, so
+    /// the running system's partitions are never opened for writing.
+    pub fn open_live(path: &Path) -> Result<Disk> {
+        let identity = Identity::of(path)?;
+        let mut file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(|source| Error::File {
+                what: "opening disk",
+                path: path.to_path_buf(),
+                source,
+            })?;
+        let size = file
+            .seek(SeekFrom::End(0))
+            .map_err(disk_io("finding the disk size", 0, 0))?;
+        Ok(Disk {
+            file,
+            path: path.to_path_buf(),
+            size,
+            identity,
+        })
+    }
+
+    /// Holds partition `part` of this disk exclusively until the claim is
+    /// dropped: the kernel refuses the claim while the partition is mounted
+    /// or held (dm, md, swap), and refuses any mount of it while the claim
+    /// lasts. A live upgrade claims exactly what it writes (the ESP and the
+    /// inactive slot) before its first write. An image file has nothing to
+    /// claim.
+    pub fn claim(&self, part: &artifacts::gpt::Partition) -> Result<Option<Claim>> {
+        let Identity::Block { rdev } = self.identity else {
+            return Ok(None);
+        };
+        let number = part.slot + 1;
+        let device = partition_device(rdev, number).ok_or_else(|| Error::NoPartitionDevice {
+            disk: self.path.clone(),
+            number,
+            name: part.name.clone(),
+        })?;
+        use std::os::unix::fs::OpenOptionsExt;
+        let file = OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&device)
+            .map_err(|source| Error::PartitionInUse {
+                disk: self.path.clone(),
+                device: device.clone(),
+                number,
+                name: part.name.clone(),
+                source,
+            })?;
+        Ok(Some(Claim { file, device }))
+    }
+
     /// True when `other` is this disk, or (for a block device) lives on it:
     /// a partition of it, a device stacked on it (dm, md: followed through
     /// sysfs `slaves`), a file on a filesystem on any of those, or the
@@ -136,6 +195,44 @@ fn on_disk(dev: u64, disk: u64, depth: u32) -> bool {
         .flatten()
         .filter_map(|s| dev_of(&std::fs::canonicalize(s.path()).ok()?))
         .any(|s| on_disk(s, disk, depth + 1))
+}
+
+/// An exclusive hold on one partition of a live disk (see [`Disk::claim`]).
+#[derive(Debug)]
+pub struct Claim {
+    file: File,
+    pub device: PathBuf,
+}
+
+impl Drop for Claim {
+    /// The upgrade wrote through the whole-disk device, whose page cache is
+    /// not the partition's: drop the partition's cached blocks so a later
+    /// reader of the partition device (init blessing the ESP) sees the disk.
+    fn drop(&mut self) {
+        use std::os::fd::AsRawFd;
+        // BLKFLSBUF = _IO(0x12, 97); failure only leaves a cache to expire.
+        unsafe { libc::ioctl(self.file.as_raw_fd(), 0x1261 as _) };
+    }
+}
+
+/// The device node of partition `number` of whole disk `disk`, from sysfs
+/// (`/sys/dev/block/M:m/<child>/partition`), checked against `/dev/<child>`.
+fn partition_device(disk: u64, number: u32) -> Option<PathBuf> {
+    let dir = sysfs_dir(disk)?;
+    for child in std::fs::read_dir(&dir).ok()?.flatten() {
+        let p = child.path();
+        let Ok(n) = std::fs::read_to_string(p.join("partition")) else {
+            continue;
+        };
+        if n.trim().parse::<u32>().ok() != Some(number) {
+            continue;
+        }
+        let dev = dev_of(&p)?;
+        let node = Path::new("/dev").join(child.file_name());
+        let m = std::fs::metadata(&node).ok()?;
+        return (m.file_type().is_block_device() && m.rdev() == dev).then_some(node);
+    }
+    None
 }
 
 /// The file behind loop device `disk`, if it is one.

@@ -16,6 +16,21 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    #[error("partition {number} ({name}) of {disk} ({device}) is in use (mounted, or held by another device); a live upgrade writes only partitions nothing holds: {source}")]
+    PartitionInUse {
+        disk: PathBuf,
+        device: PathBuf,
+        number: u32,
+        name: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{disk}: partition {number} ({name}) has no device node the kernel lists (is the partition table the kernel read older than the disk's?)")]
+    NoPartitionDevice {
+        disk: PathBuf,
+        number: u32,
+        name: String,
+    },
     #[error("{what} at disk offset {offset} ({len} bytes): {source}")]
     DiskIo {
         what: String,

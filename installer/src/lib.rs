@@ -11,6 +11,8 @@ pub mod probe;
 pub mod rollback;
 pub mod status;
 pub mod table;
+#[cfg(feature = "update")]
+pub mod update;
 pub mod upgrade;
 pub mod verify;
 

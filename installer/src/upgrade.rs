@@ -8,7 +8,8 @@
 //! 2. write the inactive slot, read it back;
 //! 3. set the slot's PARTUUID to the new root hash (backup GPT, then primary);
 //! 4. write the new UKI as `EFI/Linux/cairn-<v>+3.tmp` (outside the loader's
-//!    `*.efi` pattern);
+//!    `*.efi` pattern), its entry placed for systemd-boot's counting
+//!    renames (see "Placement" below);
 //! 5. rename it to `cairn-<v>+3.efi`: one directory-entry write makes it
 //!    visible, and its higher version makes it preferred;
 //! 6. if the bundle's systemd-boot differs from `EFI/BOOT/BOOTX64.EFI`,
@@ -20,12 +21,55 @@
 //!    so the loader changes only once the release it must boot is in place;
 //!    either loader boots either UKI. A re-run after a cut here finds the
 //!    release installed and finishes just this step.
+//!
+//! Placement. systemd-boot counts a try by renaming `cairn-<v>+3.efi` to
+//! `+2-1`, `+1-2`, `+0-3`; EDK2's FAT driver makes each rename by marking
+//! the old entry set deleted and writing the new one at the directory's end
+//! (after the last used or deleted slot), through a write-back cache, so a
+//! power cut may keep either write without the other: the file under two
+//! names (systemd-boot's next rename is refused and the release boots
+//! uncounted for ever: a bad one never falls back) or under none. A device
+//! writes a 512-byte sector (16 slots) whole or not at all, so a rename
+//! whose deletion and append share one sector cannot split. Step 4
+//! therefore puts the new entry set last in `EFI/Linux`, at the first slot
+//! after the live entries from which it and the three sets its renames will
+//! append (12 slots for a version of up to 12 characters, up to 16 for 25)
+//! lie in one sector, the slots skipped written as deleted entries, which
+//! EDK2 steps over ([`Fat32::write_file_appended`]). The `.tmp` -> `.efi`
+//! rename keeps the set in place (same length).
+//!
+//! A never-blessed running release kept as fallback (counter still on: an
+//! upgrade made offline before it ever booted) cannot be made safe as well:
+//! its rename appends after the new release's three, so its own set, the new
+//! one's four and its append would have to share one sector: 18 slots > 16.
+//! Worse, placing the new entry in a later sector makes that release's own
+//! rename cross sectors while the new UKI is still a `.tmp` (a cut after
+//! step 4, then one in that rename, leaves no boot entry at all). So from
+//! a never-blessed release step 4 keeps the first free slots, right after
+//! it on a fresh install: its renames before step 5 and the new release's
+//! first two stay in one sector, the new one's third and its own fallback
+//! rename do not; the plan warns. A live upgrade (init, issue 13) always
+//! runs from a blessed release, which systemd-boot never renames.
+//!
+//! Bound. The installer never moves a live entry: a move writes the entry
+//! twice (two names sharing clusters until the old one is deleted), unless
+//! both lie in one sector, which is the case that needs no move. So step 1
+//! zeroes the deleted slots after the last live entry
+//! ([`Fat32::reserve_entries`]) and step 4 pads at most 15 slots past it.
+//! A blessed release's entry was last renamed by Linux (init's blessing),
+//! whose vfat driver takes the first free run of slots, so it sits low and
+//! the placement stays in the directory's first two sectors (an upgrade
+//! without a boot in between runs from the same blessed release and
+//! replaces the unbooted one; from a never-blessed one nothing is placed,
+//! see above). Should a live entry still sit high, past [`PLACEMENT_LIMIT`]
+//! slots step 4 falls back to the first free slots (the renames are then
+//! not atomic, and the plan says so), which puts the entry low again.
 
 use std::cmp::Ordering;
 use std::io::{Read, Seek, Write};
 use std::path::{Path, PathBuf};
 
-use artifacts::fat::Fat32;
+use artifacts::fat::{entry_slots, Fat32, SECTOR_SLOTS};
 use artifacts::gpt::Guid;
 use signing::PublicKey;
 
@@ -40,9 +84,31 @@ use crate::verify::{open_verified, read_verified};
 use contract::esp::EntryName;
 
 /// Directory slots kept free at the end of `EFI/Linux`: each boot-counting
-/// rename appends up to 3 (two long-name entries and the short one); two
-/// releases counting down 3 tries each, with room to spare.
+/// rename appends up to 3 (two long-name entries and the short one); step
+/// 4's placement pads at most 15 before the new entry; so the new release's
+/// entry and three renames, the old one's fallback renames and the padding
+/// (15 + 12 + 12), with room to spare.
 pub const ENTRY_RESERVE: usize = 64;
+
+/// Step 4 places the new entry for atomic counting renames only while its
+/// renames end within this many slots of `EFI/Linux` (see the module docs'
+/// "Bound"): 4 sectors, so with [`ENTRY_RESERVE`] the directory never
+/// needs more than 128 slots (4 KiB).
+pub const PLACEMENT_LIMIT: usize = 4 * SECTOR_SLOTS;
+
+/// Where step 4 puts the new entry in `EFI/Linux`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Placement {
+    /// First directory slot of the new entry set when `atomic`; else the
+    /// slot an atomic placement would have needed, past the limit (the set
+    /// then goes in the directory's first free slots).
+    pub slot: usize,
+    /// Slots of the set and of the three its counting renames append.
+    pub span: usize,
+    /// All of them lie in one 512-byte sector: no counting rename can be
+    /// split by a power cut.
+    pub atomic: bool,
+}
 
 #[derive(Debug, Clone, Default)]
 pub struct UpgradeOptions {
@@ -54,6 +120,10 @@ pub struct UpgradeOptions {
     /// the new certificate was enrolled in the firmware's db).
     pub replace_loader: bool,
     pub dry_run: bool,
+    /// `disk` is the one the running system booted from: open it without
+    /// `O_EXCL` and hold the ESP and the inactive slot exclusively instead
+    /// ([`Disk::open_live`], [`Disk::claim`]).
+    pub live: bool,
 }
 
 /// What an upgrade did (or, for a dry run, would do).
@@ -71,6 +141,13 @@ pub struct UpgradePlan {
     /// Step 6: why a differing systemd-boot is kept (a Secure Boot signer
     /// change the firmware may not trust).
     pub loader_kept: Option<String>,
+    /// Step 4's placement of the new entry; None until step 1 has run (a
+    /// dry run): step 1's removals decide where the live entries end.
+    pub placement: Option<Placement>,
+    /// The running release stays as fallback with its boot counter still
+    /// on (it never booted to a blessing): its first fallback boot's
+    /// rename can be split by a power cut (module docs, "Placement").
+    pub fallback_unblessed: bool,
 }
 
 impl std::fmt::Display for UpgradePlan {
@@ -104,24 +181,64 @@ impl std::fmt::Display for UpgradePlan {
             "4. write {ENTRY_DIR}/{}",
             self.new_uki.replace(".efi", ".tmp")
         )?;
+        match self.placement {
+            None => writeln!(
+                f,
+                "   placed after the live entries so that its counting renames share one sector \
+                 (decided after step 1)"
+            )?,
+            Some(p) if p.atomic => writeln!(
+                f,
+                "   at slot {}: its counting renames stay in one sector",
+                p.slot
+            )?,
+            Some(_) if self.fallback_unblessed => writeln!(
+                f,
+                "   in the first free slots, next to {}'s entry (see the warning below)",
+                self.running_version
+            )?,
+            Some(p) => writeln!(
+                f,
+                "   in the first free slots: warning: its counting renames ({} slots from slot {}) \
+                 do not fit one sector within the first {PLACEMENT_LIMIT}; a power cut during one \
+                 may leave it uncounted",
+                p.span, p.slot
+            )?,
+        }
         writeln!(f, "5. rename it to {}", self.new_uki)?;
         if self.update_loader {
-            writeln!(f, "6. replace {LOADER} with the bundle's systemd-boot")
+            writeln!(f, "6. replace {LOADER} with the bundle's systemd-boot")?;
         } else if let Some(why) = &self.loader_kept {
-            writeln!(f, "6. keep {LOADER}: {why}")
+            writeln!(f, "6. keep {LOADER}: {why}")?;
         } else {
             writeln!(
                 f,
                 "6. keep {LOADER}: it already is the bundle's systemd-boot"
-            )
+            )?;
         }
+        if self.fallback_unblessed {
+            writeln!(
+                f,
+                "warning: {} never booted to a blessing; it stays as the fallback, but a power cut \
+                 during its first fallback boot may leave it unbootable. Boot it once first if you can",
+                self.running_version
+            )?;
+        }
+        Ok(())
     }
 }
 
 pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradePlan> {
     let bundle = open_verified(&opts.bundle, &opts.trusted)?;
-    let mut disk = Disk::open(&opts.disk, !opts.dry_run)?;
-    if disk.contains(&opts.bundle)? {
+    let mut disk = if opts.live && !opts.dry_run {
+        Disk::open_live(&opts.disk)?
+    } else {
+        Disk::open(&opts.disk, !opts.dry_run)?
+    };
+    // Live, the bundle may well sit on this disk (EPHEMERAL): what matters is
+    // that it is on nothing the upgrade writes, and the claims below fail if
+    // a filesystem holding it is mounted from the ESP or the inactive slot.
+    if !opts.live && disk.contains(&opts.bundle)? {
         return Err(Error::IsInstallMedia {
             disk: opts.disk.clone(),
             media: opts.bundle.clone(),
@@ -135,6 +252,11 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradePlan> {
         let step6 = loader_step(&mut ro, &state, &loader, opts.replace_loader)?;
         return plan(&state, &bundle, opts.allow_downgrade, &path, step6);
     }
+    let _claims = if opts.live {
+        claim_targets(&mut disk, &path)?
+    } else {
+        Vec::new()
+    };
     upgrade_disk_with(
         &mut disk,
         &path,
@@ -142,6 +264,27 @@ pub fn upgrade(opts: &UpgradeOptions) -> Result<UpgradePlan> {
         opts.allow_downgrade,
         opts.replace_loader,
     )
+}
+
+/// A live upgrade's exclusive holds: the ESP and the slot the running
+/// release is not in, taken before the first write, so the running slot,
+/// STATE and EPHEMERAL are never opened for writing and nothing can mount
+/// what is being written.
+fn claim_targets(disk: &mut Disk, path: &Path) -> Result<Vec<crate::blockdev::Claim>> {
+    let state = DiskState::read(&mut crate::status::ReadOnly(&mut *disk), path)?;
+    let active = state.active().ok_or_else(|| Error::Boot {
+        path: path.to_path_buf(),
+        what: "no UKI on the ESP points at BOOT-A or BOOT-B: no running release to upgrade live"
+            .into(),
+    })?;
+    let target = state.other(active.slot);
+    Ok([&state.esp, target]
+        .into_iter()
+        .map(|p| disk.claim(p))
+        .collect::<Result<Vec<_>>>()?
+        .into_iter()
+        .flatten()
+        .collect())
 }
 
 /// Compares release versions as semver when both parse, else as systemd-boot
@@ -221,7 +364,42 @@ fn plan(
         .file_name(),
         update_loader,
         loader_kept,
+        placement: None,
+        fallback_unblessed: active.entry.counter.is_some(),
     })
+}
+
+/// The names systemd-boot gives a new entry `base` as it counts its tries:
+/// `+3`, `+2-1`, `+1-2`, `+0-3`.
+fn counting_names(base: &str) -> Vec<String> {
+    let mut c = Counter {
+        left: TRIES,
+        done: 0,
+    };
+    let mut out = vec![EntryName::new(base, Some(c)).file_name()];
+    while !c.exhausted() {
+        c = c.after_attempt();
+        out.push(EntryName::new(base, Some(c)).file_name());
+    }
+    out
+}
+
+/// Step 4's placement of the entry for `base` (module docs, "Placement"
+/// and "Bound"), once step 1 has removed what it removes. Not atomic (the
+/// first free slots, as any file) when the fallback was never blessed.
+fn placement<D: Read + Write + Seek>(
+    esp: &mut Fat32<D>,
+    base: &str,
+    fallback_unblessed: bool,
+) -> Result<Placement> {
+    let names = counting_names(base);
+    let set_len = entry_slots(&names[0]);
+    let span: usize = names.iter().map(|n| entry_slots(n)).sum();
+    let slot = esp
+        .appended_slot(ENTRY_DIR, set_len, span)
+        .map_err(fat(format!("reading {ENTRY_DIR}")))?;
+    let atomic = !fallback_unblessed && span <= SECTOR_SLOTS && slot + span <= PLACEMENT_LIMIT;
+    Ok(Placement { slot, span, atomic })
 }
 
 /// An artifact's bytes, checked again against the verified manifest: the
@@ -388,7 +566,7 @@ pub fn upgrade_disk_with<D: Read + Write + Seek>(
     let loader = verified_artifact(bundle, bundle::BOOTLOADER)?;
     let step6 = loader_step(d, &state, &loader, replace_loader)?;
     let differs = step6.0;
-    let plan = match plan(&state, bundle, allow_downgrade, path, step6) {
+    let mut plan = match plan(&state, bundle, allow_downgrade, path, step6) {
         // This release's UKI is on the ESP, so an earlier run got past
         // step 5; a cut in step 6 is the one thing it may have left undone.
         Err(e @ Error::SameVersion { .. })
@@ -447,8 +625,14 @@ pub fn upgrade_disk_with<D: Read + Write + Seek>(
     let mut esp = open_esp(d, &state, epoch)?;
     esp.create_dir_all(ENTRY_DIR)
         .map_err(fat(format!("creating {ENTRY_DIR}")))?;
-    esp.write_file(&tmp, &uki)
-        .map_err(fat(format!("writing {tmp}")))?;
+    let place = placement(&mut esp, &bundle.entry_base(), plan.fallback_unblessed)?;
+    plan.placement = Some(place);
+    if place.atomic {
+        esp.write_file_appended(&tmp, &uki, place.span).map(drop)
+    } else {
+        esp.write_file(&tmp, &uki)
+    }
+    .map_err(fat(format!("writing {tmp}")))?;
     esp.flush().map_err(fat(format!("syncing {tmp}")))?;
     let back = esp
         .read_file(&tmp)

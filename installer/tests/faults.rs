@@ -649,6 +649,7 @@ fn edk2_rename_after_cuts(s: &Scenario, fails: &mut Failures) {
     let next = s.verified(&s.next);
     sparse_copy(&s.base, &start);
     let (mut renames, mut leftovers, mut lost_fallback) = (0, 0, 0);
+    let mut new_renames = 0;
     let epochs = cuts::epochs(&log);
     // Every barrier state of the upgrade; then, from the finished one, the
     // power-ons of a new release that never comes up, each counting rename
@@ -672,6 +673,34 @@ fn edk2_rename_after_cuts(s: &Scenario, fails: &mut Failures) {
         let writes = common::edk2::rename_writes(&start, &from, &to, &scratch)
             .unwrap()
             .expect("a clean ESP has no entry named like the counted one");
+        // From a blessed release the upgrade places the new release's
+        // entry so that each of its three counting renames deletes and
+        // appends within one sector (installer::upgrade, "Placement"):
+        // EDK2 writes one sector, which lands whole or not at all. What
+        // remains: from a never-blessed release nothing is placed (its own
+        // renames cannot share the new release's sector, 18 slots > 16, and
+        // a later sector would split them while the new UKI is a `.tmp`),
+        // and an exhausted new release is renamed again (+0-3 -> +0-4)
+        // only once the old one is exhausted too.
+        let selected = model.selected().unwrap();
+        let new_entry = s.old_blessed
+            && selected.version.as_deref() == Some(&s.new.version)
+            && !selected.exhausted();
+        if new_entry {
+            new_renames += 1;
+            let n = writes.len();
+            fails.add(
+                &start,
+                &format!("{from} -> {to} after {e} states"),
+                if n == 1 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "the new release's counting rename spans {n} sectors"
+                    ))
+                },
+            );
+        }
         for mask in 0u32..1 << writes.len() {
             renames += 1;
             sparse_copy(&start, &work);
@@ -692,20 +721,24 @@ fn edk2_rename_after_cuts(s: &Scenario, fails: &mut Failures) {
                 }
             };
             // What EDK2 itself leaves (a file under two names sharing its
-            // clusters, an orphaned long-name part) is counted, not failed:
-            // the installer cannot order the firmware's writes.
-            if oracle::tools_agree(&work, &fsck_scratch, benign(&work, &booted)).is_err() {
-                leftovers += 1;
+            // clusters, an orphaned long-name part) is counted, not failed,
+            // where the placement cannot help (above): the installer cannot
+            // order the firmware's writes.
+            let tools = oracle::tools_agree(&work, &fsck_scratch, benign(&work, &booted));
+            match tools {
+                Err(_) if !new_entry => leftovers += 1,
+                r => fails.add(&work, &why, r),
             }
             // A bad new release must still be given up on. systemd-boot
             // never renames a blessed entry, so a blessed old release
             // cannot lose its name to a cut; a never-booted one can (EDK2
-            // keeps the deletion, not the new entry), and then only the
-            // exhausted new release is left: counted, not failed.
+            // keeps the deletion, not the new entry: its rename cannot
+            // share a sector with the new release's, see above), and then
+            // only the exhausted new release is left: counted, not failed.
             let probe = s.fx.path("edk2-probe.img");
             sparse_copy(&work, &probe);
             match falls_back(s, &probe, &scratch) {
-                Err(_) if !s.old_blessed => lost_fallback += 1,
+                Err(_) if !s.old_blessed && !new_entry => lost_fallback += 1,
                 r => fails.add(&work, &why, r),
             }
             // And the machine can still be upgraded.
@@ -728,10 +761,14 @@ fn edk2_rename_after_cuts(s: &Scenario, fails: &mut Failures) {
         }
     }
     eprintln!(
-        "{} -> {}: {renames} EDK2 rename cuts; {leftovers} leave what fsck.fat reports \
-         (EDK2's own leftovers); {lost_fallback} lose the never-booted old release's name",
+        "{} -> {}: {renames} EDK2 rename cuts ({new_renames} placed renames of the new release, \
+         each one sector); {leftovers} leave what fsck.fat reports (EDK2's own leftovers); \
+         {lost_fallback} lose the never-booted old release's name",
         s.old.version, s.new.version
     );
+    if s.old_blessed {
+        assert!(new_renames >= installer::install::TRIES as usize);
+    }
 }
 
 #[test]
@@ -740,6 +777,94 @@ fn finding_7_edk2_rename() {
         "systemd-boot's rename cut as EDK2 makes it",
         edk2_rename_after_cuts,
     );
+}
+
+/// The placement's bound (installer::upgrade, "Bound"): across many
+/// upgrades `EFI/Linux` stays small. Offline upgrades from a fresh install
+/// that never boots (no blessed release: each runs from the last,
+/// never-booted one) are not placed (first free slots, and the plan says
+/// why). Releases that boot (EDK2's counting rename, each checked to write
+/// one sector) and are blessed (Linux's vfat rename: first free slots), or
+/// fail three times and fall back, or are replaced by an offline upgrade
+/// before they boot, are placed atomically every time, in the first two
+/// sectors.
+#[test]
+fn placement_stays_bounded_over_many_upgrades() {
+    use installer::upgrade::{ENTRY_RESERVE, PLACEMENT_LIMIT};
+    let fx = Fixture::new();
+    let img = fx.image("disk.img", DISK_SIZE);
+    let scratch = fx.path("edk2-esp.img");
+    let first = bundle(&fx.path("b1"), "1.0.0");
+    install(&install_opts(&img, &first.dir)).unwrap();
+    let mut log = Vec::new();
+    for i in 2..=17u32 {
+        let v = format!("{i}.0.0");
+        let b = bundle(&fx.path(&format!("b{i}")), &v);
+        let plan = upgrade(&upgrade_opts(&img, &b.dir)).unwrap();
+        let place = plan.placement.expect("a real upgrade places its entry");
+        let (slots, end) = common::edk2::linux_dir_slots(&img).unwrap();
+        let atomic = if place.atomic { "" } else { "!" };
+        log.push(format!("{v}@{}{atomic}/{end}/{slots}", place.slot));
+        assert!(slots <= ENTRY_RESERVE + 2 * 16, "{}", log.join(", "));
+        assert!(
+            end <= 2 * 16 && place.slot + place.span <= PLACEMENT_LIMIT,
+            "{}",
+            log.join(", ")
+        );
+        if i <= 5 {
+            // Offline, never booted: the next upgrade runs from it.
+            assert!(plan.fallback_unblessed && !place.atomic, "{plan}");
+            if i == 5 {
+                boot_counted(&img, &scratch);
+                common::edk2::linux_rename(
+                    &img,
+                    "cairn-5.0.0+2-1.efi",
+                    "cairn-5.0.0.efi",
+                    &scratch,
+                )
+                .unwrap();
+            }
+            continue;
+        }
+        assert!(!plan.fallback_unblessed, "{plan}");
+        assert!(place.atomic, "{v}: {}", log.join(", "));
+        if i % 5 == 0 {
+            // Replaced before it boots: the next upgrade runs from the
+            // blessed release again.
+        } else if i % 4 == 0 {
+            // A bad release: three counted tries, then the old one boots.
+            for _ in 0..installer::install::TRIES {
+                assert!(boot_counted(&img, &scratch).starts_with(&format!("cairn-{v}+")));
+            }
+            assert!(!boot_counted(&img, &scratch).contains(&v));
+        } else {
+            assert_eq!(boot_counted(&img, &scratch), format!("cairn-{v}+3.efi"));
+            let (from, to) = (format!("cairn-{v}+2-1.efi"), format!("cairn-{v}.efi"));
+            common::edk2::linux_rename(&img, &from, &to, &scratch).unwrap();
+        }
+    }
+    eprintln!(
+        "placements (version@slot, ! = first free slots / directory end / slots): {}",
+        log.join(", ")
+    );
+}
+
+/// [`edk2_power_on`], checking that a counted entry's rename writes one
+/// sector and is made.
+fn boot_counted(img: &Path, scratch: &Path) -> String {
+    let model = with_esp(img, |vol| {
+        installer::bootmodel::BootModel::read(vol).unwrap()
+    });
+    let counted = model.boot_rename().is_some();
+    if let Some((from, to)) = model.boot_rename() {
+        let w = common::edk2::rename_writes(img, &from, &to, scratch)
+            .unwrap()
+            .unwrap();
+        assert_eq!(w.len(), 1, "{from} -> {to} writes {} sectors", w.len());
+    }
+    let (entry, made) = edk2_power_on(img, scratch).unwrap();
+    assert_eq!(made, counted, "{entry}");
+    entry
 }
 
 /// The oracle's own checks can fail: each is shown a disk it must refuse.
@@ -956,4 +1081,48 @@ fn power_cut_images_boot_as_the_model_predicts() {
             }
         }
     }
+
+    // The placement under real EDK2: after an upgrade from a blessed
+    // release (2.0.0 -> 3.0.0, which places 3.0.0's entry in the next
+    // sector), the first power-on renames it (+3 -> +2-1) by changing
+    // exactly one 512-byte sector of EFI/Linux, the one common::edk2
+    // predicts.
+    let s = Scenario::second();
+    let log = s.record();
+    let walk = s.fx.path("placed.img");
+    sparse_copy(&s.base, &walk);
+    cuts::apply_epochs(&log, &walk, 0, cuts::epochs(&log));
+    let model = with_esp(&walk, |v| installer::bootmodel::BootModel::read(v).unwrap());
+    let (from, to) = model.boot_rename().unwrap();
+    assert!(from.starts_with("cairn-3.0.0+3"), "{from}");
+    let predicted = common::edk2::rename_writes(&walk, &from, &to, &s.fx.path("edk2.img"))
+        .unwrap()
+        .unwrap();
+    assert_eq!(
+        predicted.len(),
+        1,
+        "the model writes {} sectors",
+        predicted.len()
+    );
+    let expected = predicted_power_on(&walk).unwrap();
+    let (offsets, before) = common::edk2::linux_dir_raw(&walk).unwrap();
+    let mut now = common::firmware::power_on(&s.fx, &walk);
+    now.sort();
+    assert_eq!(
+        now, expected,
+        "systemd-boot's rename differs from the model"
+    );
+    let (_, after) = common::edk2::linux_dir_raw(&walk).unwrap();
+    let changed: Vec<u64> = (0..offsets.len())
+        .filter(|&k| before[k * 512..(k + 1) * 512] != after[k * 512..(k + 1) * 512])
+        .map(|k| offsets[k])
+        .collect();
+    let k = offsets.iter().position(|o| *o == predicted[0].0).unwrap();
+    let same = after[k * 512..(k + 1) * 512] == predicted[0].1[..];
+    eprintln!(
+        "real EDK2 renamed {from} -> {to} changing EFI/Linux sectors at {changed:?}; \
+         the model predicts {}; byte-identical: {same}",
+        predicted[0].0
+    );
+    assert_eq!(changed, [predicted[0].0], "{from} -> {to} under OVMF");
 }

@@ -216,6 +216,57 @@ impl<R: Read + Write + Seek> Fat32<R> {
         src: &mut dyn Read,
         len: u64,
     ) -> Result<(), FatError> {
+        self.create_file(path, src, len, None).map(|_| ())
+    }
+
+    /// [`Fat32::write_file`], placing the new entry set for a writer that
+    /// only ever appends at the directory's end (UEFI firmware: EDK2's FAT
+    /// driver renames a file by deleting its entry set and writing the new
+    /// one after the last used or deleted slot). The set goes after the
+    /// directory's last live entry, at the first slot from which `span`
+    /// slots (the set and the sets later appended after it; at least the
+    /// set) lie in one 512-byte sector; the slots skipped are written as
+    /// deleted entries, which such a writer steps over, and every slot
+    /// after the set is zeroed, so the directory ends right after it. A
+    /// device writes a sector whole or not at all, so each append whose
+    /// deletion and new set share that sector lands whole.
+    ///
+    /// When `span` exceeds a sector's 16 slots no placement can make it
+    /// atomic: the set then simply goes after the last live entry. Returns
+    /// the set's first slot (see [`Fat32::appended_slot`]).
+    ///
+    /// Write order as `write_file`'s; the zeroing lies past every live
+    /// entry and goes before the barrier, the padding in the same sector
+    /// writes as the set (a cut keeping the set without an earlier padding
+    /// sector leaves an end marker before it: the file is simply not there).
+    pub fn write_file_appended(
+        &mut self,
+        path: &str,
+        data: &[u8],
+        span: usize,
+    ) -> Result<usize, FatError> {
+        self.create_file(path, &mut &data[..], data.len() as u64, Some(span))
+    }
+
+    /// The slot [`Fat32::write_file_appended`] would give a set of
+    /// `set_len` slots with this `span` in the directory at `path`.
+    pub fn appended_slot(
+        &mut self,
+        path: &str,
+        set_len: usize,
+        span: usize,
+    ) -> Result<usize, FatError> {
+        let dir = self.open_dir(&split(path), path)?;
+        Ok(append_at(&dir, set_len, span))
+    }
+
+    fn create_file(
+        &mut self,
+        path: &str,
+        src: &mut dyn Read,
+        len: u64,
+        span: Option<usize>,
+    ) -> Result<usize, FatError> {
         if len > u32::MAX as u64 {
             return Err(FatError::FileTooLarge {
                 path: path.into(),
@@ -228,7 +279,14 @@ impl<R: Read + Write + Seek> Fat32<R> {
         let (short, lfn) = pick_short(&dir, &name, None);
         let tail = dirent::short_entry(&short, 0, 0, len as u32, self.stamp);
         let set_len = dirent::entry_set(&name, &short, lfn, &tail).len();
-        let (start, grow) = plan_slots(&dir, set_len, cs);
+        let (start, grow) = match span {
+            None => plan_slots(&dir, set_len, cs),
+            Some(span) => {
+                let start = append_at(&dir, set_len, span);
+                let need = ((start + set_len) * 32).saturating_sub(dir.bytes.len()) as u64;
+                (start, need.div_ceil(cs) as u32)
+            }
+        };
         if n + grow > self.free {
             return Err(FatError::NoSpace {
                 path: path.into(),
@@ -243,13 +301,28 @@ impl<R: Read + Write + Seek> Fat32<R> {
         }
         self.grow_dir(&mut dir, grow, path)?;
         self.write_fat(&clusters)?;
+        let mut lead = 0;
+        if span.is_some() {
+            // Past every live entry: invisible whether or not it lands.
+            let live_end = live_end(&dir);
+            lead = start - live_end;
+            let total = dir.bytes.len() / 32;
+            let stale: Vec<usize> = (start + set_len..total)
+                .filter(|&i| dir.bytes[i * 32..i * 32 + 32] != [0u8; 32])
+                .collect();
+            if let (Some(&a), Some(&b)) = (stale.first(), stale.last()) {
+                self.write_slots(&mut dir, a, &vec![[0u8; 32]; b + 1 - a], false, path)?;
+            }
+        }
         // The entry must not reach the disk before the chain it names.
         self.barrier(path)?;
         let first = clusters.first().copied().unwrap_or(0);
         let tail = dirent::short_entry(&short, 0, first, len as u32, self.stamp);
-        let set = dirent::entry_set(&name, &short, lfn, &tail);
-        self.write_slots(&mut dir, start, &set, false, path)?;
-        self.write_fsinfo()
+        let mut set = vec![deleted_slot(); lead];
+        set.extend(dirent::entry_set(&name, &short, lfn, &tail));
+        self.write_slots(&mut dir, start - lead, &set, false, path)?;
+        self.write_fsinfo()?;
+        Ok(start)
     }
 
     /// Creates one directory (its parent must exist).
@@ -531,13 +604,7 @@ impl<R: Read + Write + Seek> Fat32<R> {
         let total = dir.bytes.len() / 32;
         // Readers stop at the first end-of-directory slot: whatever lies
         // past it (a cut's half-written set) is no entry, and goes too.
-        let end = (0..total)
-            .find(|&i| dir.bytes[i * 32] == 0)
-            .unwrap_or(total);
-        let live_end = (0..end)
-            .rev()
-            .find(|&i| dir.bytes[i * 32] != DELETED)
-            .map_or(0, |i| i + 1);
+        let live_end = live_end(&dir);
         let stale: Vec<usize> = (live_end..total)
             .filter(|&i| dir.bytes[i * 32] != 0 || dir.bytes[i * 32..i * 32 + 32] != [0u8; 32])
             .collect();
@@ -916,6 +983,48 @@ fn plan_slots(dir: &Dir, n: usize, cs: u64) -> (usize, u32) {
     }
     let missing = (n - run) as u64 * 32;
     (total - run, missing.div_ceil(cs) as u32)
+}
+
+/// Slots per 512-byte sector: what one atomic device write holds.
+pub const SECTOR_SLOTS: usize = ATOMIC / 32;
+
+/// The directory slots an entry set for `name` takes when its 8.3 form is
+/// free: the short entry, plus 13 UTF-16 units per long-name entry unless
+/// `name` is a valid upper-case 8.3 name.
+pub fn entry_slots(name: &str) -> usize {
+    match names::as_short(name) {
+        Some(_) => 1,
+        None => 1 + name.encode_utf16().count().div_ceil(13),
+    }
+}
+
+/// One past the last live slot (before the first end-of-directory slot).
+fn live_end(dir: &Dir) -> usize {
+    let total = dir.bytes.len() / 32;
+    let end = (0..total)
+        .find(|&i| dir.bytes[i * 32] == 0)
+        .unwrap_or(total);
+    (0..end)
+        .rev()
+        .find(|&i| dir.bytes[i * 32] != DELETED)
+        .map_or(0, |i| i + 1)
+}
+
+/// See [`Fat32::write_file_appended`].
+fn append_at(dir: &Dir, set_len: usize, span: usize) -> usize {
+    let start = live_end(dir);
+    let span = span.max(set_len);
+    if span > SECTOR_SLOTS || start / SECTOR_SLOTS == (start + span - 1) / SECTOR_SLOTS {
+        start
+    } else {
+        start.next_multiple_of(SECTOR_SLOTS)
+    }
+}
+
+fn deleted_slot() -> [u8; 32] {
+    let mut e = [0u8; 32];
+    e[0] = DELETED;
+    e
 }
 
 /// (first cluster, length) of each contiguous run in a chain.

@@ -18,7 +18,7 @@ mod names;
 mod writer;
 
 pub use dirent::DosTime;
-pub use editor::{EntryInfo, Fat32};
+pub use editor::{entry_slots, EntryInfo, Fat32, SECTOR_SLOTS};
 pub use geometry::{minimum_size, Geometry, MAXIMUM_SIZE};
 pub use writer::{format, format_path, FatFile, FatSource, FormatOptions, FormatSummary};
 

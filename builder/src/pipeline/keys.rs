@@ -31,6 +31,42 @@ impl ReleaseKey {
     }
 }
 
+/// The keys this release trusts to sign its successors (contract::trust):
+/// the profile's `signing.trust`, else the release key's public half. A set
+/// without the release key is a rotation: this release is still accepted by
+/// nodes trusting the old key, and from its first boot on only the new set
+/// signs what follows.
+pub fn trusted_set(
+    profile: &crate::profile::Profile,
+    key: &ReleaseKey,
+) -> Result<Vec<signing::PublicKey>> {
+    if profile.trust.is_empty() {
+        return Ok(vec![key.public.clone()]);
+    }
+    let mut keys = Vec::new();
+    for path in &profile.trust {
+        keys.push(signing::PublicKey::load(path).with_context(|| {
+            format!(
+                "profile {}: signing.trust entry {}",
+                profile.path.display(),
+                path.display()
+            )
+        })?);
+    }
+    let set = contract::trust::key_set(keys);
+    if !set.iter().any(|k| k.id() == key.public.id()) {
+        tracing::info!(
+            "release key {} is not in signing.trust: this release rotates trust to {}",
+            key.public.id(),
+            set.iter()
+                .map(|k| k.id().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        );
+    }
+    Ok(set)
+}
+
 /// The manifest key: `--key`, else the profile's, else a development key
 /// created once in the user's data directory (loudly).
 pub fn signing_key(cli: Option<&Path>, profile: Option<&Path>) -> Result<(PathBuf, bool)> {

@@ -28,9 +28,14 @@ pub(super) struct RootfsTree {
 /// binaries without being walked again.
 const BINARIES: &str = "binaries.txt";
 
-pub(super) fn stage(run: &mut Run, profile: &Profile, packages: &Packages) -> Result<RootfsTree> {
+pub(super) fn stage(
+    run: &mut Run,
+    profile: &Profile,
+    packages: &Packages,
+    trusted: &[signing::PublicKey],
+) -> Result<RootfsTree> {
     let osrel = rootfs::os_release(profile);
-    let tree_key = key(profile, &osrel, packages)?;
+    let tree_key = key(profile, &osrel, packages, trusted)?;
     let inputs: Vec<(String, PathBuf)> = profile
         .packages
         .iter()
@@ -39,7 +44,7 @@ pub(super) fn stage(run: &mut Run, profile: &Profile, packages: &Packages) -> Re
     let stages = &mut run.stages;
     let dir = run.progress.step("rootfs tree", || {
         stages.run("rootfs-tree", &tree_key, |out| {
-            let staged = rootfs::stage(profile, &inputs, &out.join("tree"))?;
+            let staged = rootfs::stage(profile, &inputs, trusted, &out.join("tree"))?;
             let list: Vec<String> = staged
                 .binaries
                 .iter()
@@ -65,9 +70,17 @@ pub(super) fn stage(run: &mut Run, profile: &Profile, packages: &Packages) -> Re
 /// What goes in is a function of the rootfs packages and the profile, so
 /// that is the key: the kernel and the boot loader are not in the tree, and
 /// a new kernel must not restage it.
-fn key(profile: &Profile, osrel: &str, packages: &Packages) -> Result<String> {
+fn key(
+    profile: &Profile,
+    osrel: &str,
+    packages: &Packages,
+    trusted: &[signing::PublicKey],
+) -> Result<String> {
     let mut k = KeyBuilder::new("rootfs-tree");
     k.str("osrel", osrel);
+    for t in trusted {
+        k.str("trust", &t.to_pem());
+    }
     for name in &profile.packages {
         k.str(name, packages.key(name));
     }
@@ -99,14 +112,19 @@ mod tests {
         let t = tempfile::tempdir().unwrap();
         let (p, motd) = profile(t.path(), &["init", "e2fsprogs"]);
         let osrel = rootfs::os_release(&p);
-        let base = key(&p, &osrel, &packages("k1")).unwrap();
-        assert_eq!(base, key(&p, &osrel, &packages("k2")).unwrap());
+        let k1 = [signing::PrivateKey::from_seed(&[1; 32]).public()];
+        let base = key(&p, &osrel, &packages("k1"), &k1).unwrap();
+        assert_eq!(base, key(&p, &osrel, &packages("k2"), &k1).unwrap());
 
         let mut other_pkg = packages("k1");
         other_pkg.keys.insert("e2fsprogs".into(), "e2".into());
-        assert_ne!(base, key(&p, &osrel, &other_pkg).unwrap());
+        assert_ne!(base, key(&p, &osrel, &other_pkg, &k1).unwrap());
+
+        // A rotated trust set is a different rootfs.
+        let k2 = [signing::PrivateKey::from_seed(&[2; 32]).public()];
+        assert_ne!(base, key(&p, &osrel, &packages("k1"), &k2).unwrap());
 
         fs::write(&motd, "changed\n").unwrap();
-        assert_ne!(base, key(&p, &osrel, &packages("k1")).unwrap());
+        assert_ne!(base, key(&p, &osrel, &packages("k1"), &k1).unwrap());
     }
 }

@@ -53,6 +53,8 @@ enum Cmd {
         disk: PathBuf,
         #[arg(long)]
         bundle: PathBuf,
+        /// Trusted manifest key (PEM); repeatable. Default: the running
+        /// release's set, /etc/cairn/keys/*.pub (contract::trust).
         #[arg(long = "pubkey")]
         pubkeys: Vec<PathBuf>,
         #[arg(long)]
@@ -63,6 +65,31 @@ enum Cmd {
         replace_loader: bool,
         #[arg(long)]
         dry_run: bool,
+        /// DISK is the disk this system runs from: write only the ESP and
+        /// the inactive slot, each held exclusively while written.
+        #[arg(long)]
+        live: bool,
+    },
+    /// Check an update channel once and install what it offers, live: the
+    /// check the node's update agent runs (verify against the running
+    /// release's keys; skip known-bad and not-newer releases).
+    Update {
+        /// The disk the running system booted from (or an installed image).
+        #[arg(long)]
+        disk: PathBuf,
+        /// A machine config whose [update] section names the channel.
+        #[arg(long)]
+        config: PathBuf,
+        /// Trusted manifest key (PEM); repeatable. Default: /etc/cairn/keys/*.pub.
+        #[arg(long = "pubkey")]
+        pubkeys: Vec<PathBuf>,
+        /// Where the release is pulled before it is written (on disk, not
+        /// tmpfs). Default: EPHEMERAL's update directory.
+        #[arg(long)]
+        work: Option<PathBuf>,
+        /// The bad-release record. Default: STATE's.
+        #[arg(long)]
+        bad_releases: Option<PathBuf>,
     },
     /// Make the release in the other slot the next boot.
     Rollback {
@@ -82,11 +109,14 @@ enum Cmd {
     },
 }
 
-fn keys(paths: Vec<PathBuf>) -> Result<Vec<signing::PublicKey>> {
+/// `--pubkey`s, else the default set: the install media's for an install,
+/// the running release's (what its rootfs trusts) for an upgrade.
+fn keys(paths: Vec<PathBuf>, default_dir: &str) -> Result<Vec<signing::PublicKey>> {
     if paths.is_empty() {
-        let dir = PathBuf::from(MEDIA_KEYS);
-        return signing::keys::load_trusted_dir(&dir)
-            .with_context(|| format!("no --pubkey given; loading trusted keys from {MEDIA_KEYS}"));
+        let dir = PathBuf::from(default_dir);
+        return signing::keys::load_trusted_dir(&dir).with_context(|| {
+            format!("no --pubkey given; loading trusted keys from {default_dir}")
+        });
     }
     Ok(load_keys(&paths)?)
 }
@@ -103,7 +133,7 @@ fn run(cli: Cli) -> Result<()> {
             dry_run,
         } => {
             let opts = InstallOptions {
-                trusted: keys(pubkeys)?,
+                trusted: keys(pubkeys, MEDIA_KEYS)?,
                 disk: disk.clone(),
                 bundle: bundle.clone(),
                 machine_config: config,
@@ -132,9 +162,11 @@ fn run(cli: Cli) -> Result<()> {
             allow_downgrade,
             replace_loader,
             dry_run,
+            live,
         } => {
             let opts = UpgradeOptions {
-                trusted: keys(pubkeys)?,
+                live,
+                trusted: keys(pubkeys, contract::trust::NODE_KEYS_DIR)?,
                 disk: disk.clone(),
                 bundle: bundle.clone(),
                 allow_downgrade,
@@ -153,6 +185,43 @@ fn run(cli: Cli) -> Result<()> {
                     "upgraded"
                 }
             );
+        }
+        Cmd::Update {
+            disk,
+            config,
+            pubkeys,
+            work,
+            bad_releases,
+        } => {
+            let cfg = contract::machine::MachineConfig::load(&config)?;
+            let upd = cfg
+                .update
+                .with_context(|| format!("{}: no [update] section", config.display()))?;
+            let bad_path = bad_releases.unwrap_or_else(|| {
+                PathBuf::from(contract::disk::STATE_MOUNT).join(contract::update::BAD_RELEASES)
+            });
+            let bad = match std::fs::read_to_string(&bad_path) {
+                Ok(t) => contract::update::parse_bad_releases(&t),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+                Err(e) => return Err(e).with_context(|| format!("reading {}", bad_path.display())),
+            };
+            let node = installer::update::Node {
+                running: installer::update::running_version(&disk)?,
+                disk,
+                trusted: keys(pubkeys, contract::trust::NODE_KEYS_DIR)?,
+                bad,
+                work: work.unwrap_or_else(|| {
+                    PathBuf::from(contract::disk::EPHEMERAL_MOUNT).join(contract::update::WORK_DIR)
+                }),
+                now: std::time::SystemTime::now()
+                    .duration_since(std::time::UNIX_EPOCH)
+                    .map_or(0, |d| d.as_secs()),
+            };
+            let a = installer::update::check_once(&upd, &node);
+            println!("{}", serde_json::to_string_pretty(&a)?);
+            if a.outcome == contract::update::Outcome::Failed {
+                anyhow::bail!("update from {} failed: {}", a.source, a.detail);
+            }
         }
         Cmd::Rollback { disk } => {
             let r = installer::rollback::rollback(&disk)

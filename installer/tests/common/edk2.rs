@@ -178,6 +178,16 @@ pub fn rename_writes(
     Ok(entry_writes(img, from, to, scratch)?.map(|(_, w)| sectors(img, &w)))
 }
 
+/// Renames `EFI/Linux/{from}` to `{to}` uncut as Linux's vfat driver does
+/// (init's blessing): the new entry set in the first run of free (deleted
+/// or end) slots, found before the old set is deleted.
+pub fn linux_rename(img: &Path, from: &str, to: &str, scratch: &Path) -> Result<(), String> {
+    let (_, w) = placed_writes(img, from, to, scratch, true)?
+        .ok_or_else(|| format!("EFI/Linux/{to} exists"))?;
+    apply(img, &w, |_| true);
+    Ok(())
+}
+
 /// [`rename_writes`] before merging into sectors: the old entry's deletion
 /// (the first `.0` writes), then the new entry (and any directory growth).
 pub type EntryWrites = (usize, Writes);
@@ -187,6 +197,16 @@ pub fn entry_writes(
     from: &str,
     to: &str,
     scratch: &Path,
+) -> Result<Option<EntryWrites>, String> {
+    placed_writes(img, from, to, scratch, false)
+}
+
+fn placed_writes(
+    img: &Path,
+    from: &str,
+    to: &str,
+    scratch: &Path,
+    first_fit: bool,
 ) -> Result<Option<EntryWrites>, String> {
     let esp = oracle::firmware_esp(img)?;
     let mut f = fs::File::open(img).map_err(|e| e.to_string())?;
@@ -238,10 +258,17 @@ pub fn entry_writes(
         e[0] = DELETED;
     }
     let slots = dir.bytes.len() / SLOT;
-    let end = (0..slots)
-        .find(|&i| dir.bytes[i * SLOT] == 0)
-        .unwrap_or(slots);
     let n = set.len() / SLOT;
+    let free = |i: usize| matches!(dir.bytes[i * SLOT], 0 | DELETED);
+    let end = if first_fit {
+        (0..slots)
+            .find(|&i| (i..i + n).all(|j| j >= slots || free(j)))
+            .unwrap_or(slots)
+    } else {
+        (0..slots)
+            .find(|&i| dir.bytes[i * SLOT] == 0)
+            .unwrap_or(slots)
+    };
     let mut writes = vol.slot_writes(&dir, first, &deletion);
     let deletions = writes.len();
     if end + n <= slots {
@@ -313,4 +340,38 @@ pub fn apply(img: &Path, writes: &[(u64, Vec<u8>)], kept: impl Fn(usize) -> bool
             f.write_all_at(data, *at).unwrap();
         }
     }
+}
+
+/// `EFI/Linux` as slots: (slots in its clusters, first end-of-directory
+/// slot).
+pub fn linux_dir_slots(img: &Path) -> Result<(usize, usize), String> {
+    let (_, bytes) = linux_dir_raw(img)?;
+    let dir = RawDir {
+        chain: Vec::new(),
+        bytes,
+    };
+    let slots = dir.bytes.len() / SLOT;
+    let end = (0..slots)
+        .find(|&i| dir.bytes[i * SLOT] == 0)
+        .unwrap_or(slots);
+    Ok((slots, end))
+}
+
+/// `EFI/Linux`'s raw bytes, with the disk offset of each 512-byte sector.
+pub fn linux_dir_raw(img: &Path) -> Result<(Vec<u64>, Vec<u8>), String> {
+    let esp = oracle::firmware_esp(img)?;
+    let mut f = fs::File::open(img).map_err(|e| e.to_string())?;
+    let mut fat = Fat32::open(&mut f, esp.offset(), esp.len()).map_err(|e| e.to_string())?;
+    let first = linux_dir_cluster(&mut fat)?;
+    drop(fat);
+    let vol = Volume::open(img, esp.offset(), esp.len())?;
+    let dir = vol.dir(first);
+    let cs = vol.geo.cluster_size();
+    let offsets = dir
+        .chain
+        .iter()
+        .flat_map(|&c| (0..cs / 512).map(move |k| (c, k * 512)))
+        .map(|(c, o)| vol.at(c) + o)
+        .collect();
+    Ok((offsets, dir.bytes))
 }

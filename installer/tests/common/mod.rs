@@ -5,6 +5,7 @@
 pub mod cuts;
 pub mod edk2;
 pub mod firmware;
+pub mod loopdev;
 pub mod oracle;
 
 use std::collections::BTreeMap;

@@ -1,0 +1,241 @@
+//! Updates on the running node: the releases that failed to bless here are
+//! recorded in STATE at every boot, and with `[update]` in the machine
+//! config an agent thread checks the channel every `interval_s`
+//! (installer::update::check_once: verify against this release's keys, skip
+//! known-bad and not-newer, pull to EPHEMERAL, upgrade live), records each
+//! attempt on the console and in /run/cairn/update.json, and reboots into an
+//! installed release as the reboot policy says.
+//!
+//! Nothing here is needed for the boot to be healthy: the agent starts after
+//! blessing, and a registry or network that is down only gives failed
+//! attempts and retries.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use contract::esp::{version_of, EntryName};
+use contract::update::{Attempt, Outcome, Reboot, Update};
+
+use crate::say;
+
+/// Versions of the `EFI/Linux` entries whose tries are used up: systemd-boot
+/// fell back from them. The running release is never one of them (it is
+/// booting fine, whatever its counter says).
+pub fn failed_releases<'a>(files: impl IntoIterator<Item = &'a str>, running: &str) -> Vec<String> {
+    let mut v: Vec<String> = files
+        .into_iter()
+        .filter_map(EntryName::parse)
+        .filter(|e| e.exhausted())
+        .filter_map(|e| version_of(&e.base).map(String::from))
+        .filter(|v| v != running)
+        .collect();
+    v.sort();
+    v.dedup();
+    v
+}
+
+/// Adds what [`failed_releases`] finds on the mounted ESP to STATE's
+/// bad-release record (contract::update::BAD_RELEASES), with a console line
+/// for each release recorded the first time.
+pub fn record_failed_releases(esp: &Path, state: &Path, running: &str) -> std::io::Result<()> {
+    let names: Vec<String> = match fs::read_dir(esp.join(contract::esp::ENTRY_DIR)) {
+        Ok(d) => d
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect(),
+        Err(_) => return Ok(()),
+    };
+    let failed = failed_releases(names.iter().map(String::as_str), running);
+    if failed.is_empty() {
+        return Ok(());
+    }
+    let path = state.join(contract::update::BAD_RELEASES);
+    let old = fs::read_to_string(&path).unwrap_or_default();
+    let known = contract::update::parse_bad_releases(&old);
+    let mut text = old.clone();
+    for v in &failed {
+        if !known.contains(v) {
+            say!("release {v} failed to boot and was fallen back from: marked bad, never installed again automatically");
+            text = contract::update::add_bad_release(&text, v);
+        }
+    }
+    if text != old {
+        if let Some(dir) = path.parent() {
+            fs::create_dir_all(dir)?;
+        }
+        write_atomic(&path, text.as_bytes())?;
+    }
+    Ok(())
+}
+
+/// Write to a temporary name, sync, rename: a cut leaves the old or the new.
+fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    use std::io::Write;
+    let tmp = path.with_extension("tmp");
+    let mut f = fs::File::create(&tmp)?;
+    f.write_all(bytes)?;
+    f.sync_all()?;
+    fs::rename(&tmp, path)?;
+    if let Some(dir) = path.parent() {
+        fs::File::open(dir)?.sync_all()?;
+    }
+    Ok(())
+}
+
+/// What the agent knows of this node.
+pub struct Agent {
+    pub cfg: Update,
+    /// Whole-disk device the running system booted from.
+    pub disk: PathBuf,
+    pub running: String,
+    /// The STATE mount (for the bad-release record).
+    pub state: PathBuf,
+    /// Where releases are pulled to (on EPHEMERAL).
+    pub work: PathBuf,
+}
+
+/// The first retry after a failed check; doubled per failure, up to the
+/// check interval.
+const FIRST_RETRY: Duration = Duration::from_secs(10);
+
+impl Agent {
+    /// Runs the agent on its own thread (signals stay blocked there, as on
+    /// every thread of PID 1: the main loop takes them).
+    pub fn spawn(self) {
+        let r = std::thread::Builder::new()
+            .name("update".into())
+            .spawn(move || self.run());
+        if let Err(e) = r {
+            say!("update: cannot start the agent thread: {e}");
+        }
+    }
+
+    fn run(self) {
+        let trusted = match signing::load_trusted_dir(Path::new(contract::trust::NODE_KEYS_DIR)) {
+            Ok(k) => k,
+            Err(e) => {
+                say!("update: off: this release trusts no key to sign the next ({e})");
+                return;
+            }
+        };
+        say!(
+            "update: following {} every {} s",
+            installer::update::channel(&self.cfg),
+            self.cfg.interval_s
+        );
+        let interval = Duration::from_secs(self.cfg.interval_s);
+        let mut retry = FIRST_RETRY.min(interval);
+        loop {
+            let bad = fs::read_to_string(self.state.join(contract::update::BAD_RELEASES))
+                .map(|t| contract::update::parse_bad_releases(&t))
+                .unwrap_or_default();
+            let node = installer::update::Node {
+                disk: self.disk.clone(),
+                running: self.running.clone(),
+                trusted: trusted.clone(),
+                bad,
+                work: self.work.clone(),
+                now: unix_now(),
+            };
+            let a = installer::update::check_once(&self.cfg, &node);
+            record(&a);
+            let wait = match a.outcome {
+                Outcome::Installed => return self.reboot(&a),
+                Outcome::Failed => {
+                    let w = retry;
+                    retry = (retry * 2).min(interval);
+                    say!("update: retrying in {} s", w.as_secs());
+                    w
+                }
+                Outcome::UpToDate | Outcome::SkippedBad => {
+                    retry = FIRST_RETRY.min(interval);
+                    interval
+                }
+            };
+            std::thread::sleep(wait);
+        }
+    }
+
+    /// Asks the main loop for a reboot (SIGTERM to PID 1: services stop,
+    /// filesystems unmount), now or when the window opens.
+    fn reboot(&self, a: &Attempt) {
+        let offered = a.offered.as_deref().unwrap_or("the new release");
+        if let (Reboot::Window, Some(w)) = (self.cfg.reboot, self.cfg.window()) {
+            let wait = w.wait_s(unix_now());
+            if wait > 0 {
+                say!(
+                    "update: {offered} installed; rebooting in the window {} (in {wait} s)",
+                    self.cfg.window.as_deref().unwrap_or("")
+                );
+                std::thread::sleep(Duration::from_secs(wait));
+            }
+        }
+        say!("update: rebooting into {offered}");
+        // SAFETY: kill(2) with a constant pid and signal has no memory effects.
+        unsafe { libc::kill(1, libc::SIGTERM) };
+    }
+}
+
+fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
+}
+
+/// One console line per attempt, and the last attempt as JSON for status
+/// and the node API.
+fn record(a: &Attempt) {
+    let outcome = match a.outcome {
+        Outcome::UpToDate => "up to date",
+        Outcome::SkippedBad => "skipped (known bad)",
+        Outcome::Installed => "installed",
+        Outcome::Failed => "failed",
+    };
+    say!("update: {} {outcome}: {}", a.source, a.detail);
+    let path = Path::new(contract::update::ATTEMPT_FILE);
+    let json = serde_json::to_vec_pretty(a).unwrap_or_default();
+    let r = path
+        .parent()
+        .map_or(Ok(()), fs::create_dir_all)
+        .and_then(|_| write_atomic(path, &json));
+    if let Err(e) = r {
+        say!("update: writing {}: {e}", path.display());
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn exhausted_entries_are_failed_releases_but_never_the_running_one() {
+        let files = [
+            "cairn-1.0.0.efi",
+            "cairn-3.0.0+0-3.efi",
+            "cairn-2.0.0+0-3.efi",
+            "cairn-4.0.0+2-1.efi",
+            "cairn-5.0.0+0-3.EFI",
+            "cairn-3.0.0+0-3.tmp",
+            "BOOTX64.EFI",
+        ];
+        assert_eq!(failed_releases(files, "2.0.0"), ["3.0.0", "5.0.0"]);
+        assert!(failed_releases(["cairn-2.0.0+3.efi"], "1.0.0").is_empty());
+    }
+
+    #[test]
+    fn recording_is_idempotent_and_keeps_earlier_entries() {
+        let t = tempfile::tempdir().unwrap();
+        let (esp, state) = (t.path().join("esp"), t.path().join("state"));
+        fs::create_dir_all(esp.join(contract::esp::ENTRY_DIR)).unwrap();
+        fs::write(esp.join("EFI/Linux/cairn-3.0.0+0-3.efi"), b"").unwrap();
+        fs::create_dir_all(state.join("cairn")).unwrap();
+        fs::write(state.join(contract::update::BAD_RELEASES), "0.9.0\n").unwrap();
+        record_failed_releases(&esp, &state, "2.0.0").unwrap();
+        record_failed_releases(&esp, &state, "2.0.0").unwrap();
+        assert_eq!(
+            fs::read_to_string(state.join(contract::update::BAD_RELEASES)).unwrap(),
+            "0.9.0\n3.0.0\n"
+        );
+    }
+}

@@ -1,0 +1,171 @@
+//! Issue 13: a node's update check against a real registry (Debian's
+//! `docker-registry`, started per test on loopback) writing the node's own
+//! disk live. The disk is a loop device with partitions whose running slot,
+//! STATE and EPHEMERAL are held `O_EXCL` as dm-verity and mounts hold them
+//! on a node. Needs root and `losetup`.
+//!
+//! Bad input first (unknown key, known-bad release, tampered blob, registry
+//! down): each ends in a `Failed`/`SkippedBad` attempt that names the cause,
+//! and not one byte of the disk changes. Then the good release installs,
+//! boots next, and the partitions in use are untouched.
+
+mod common;
+
+use std::fs;
+
+use common::loopdev::{attach_partitioned, hold, partition};
+use common::*;
+use contract::update::{Outcome, Update};
+use installer::install::install;
+use installer::update::{check_once, Node};
+use registry::testing::Registry;
+
+fn push(reg: &Registry, b: &BundleInfo, at: &std::path::Path, tag: &str) {
+    let layout = at.join(format!("oci-{}", b.version));
+    contract::bundle::oci::write_release_layout(&b.dir, &layout, &b.version, &b.root_hash, 0)
+        .unwrap();
+    let reference = registry::Reference::parse(&format!("{}/cairn:{tag}", reg.host())).unwrap();
+    let client = registry::Client::for_reference(
+        &reference,
+        &registry::ClientOptions {
+            plain_http: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    registry::push_layout(&client, &layout, "cairn", tag, registry::Upload::Monolithic).unwrap();
+}
+
+#[test]
+fn node_installs_its_channel_live_and_refuses_bad_input_writing_nothing() {
+    let fx = Fixture::new();
+    let b1 = bundle(&fx.path("b1"), "1.0.0");
+    let b2 = bundle(&fx.path("b2"), "2.0.0");
+    let img = fx.image("node.img", DISK_SIZE);
+    install(&install_opts(&img, &b1.dir)).unwrap();
+    bless(&img, "1.0.0");
+
+    let mut reg = Registry::start();
+    push(&reg, &b2, &fx.path(""), "stable");
+    let cfg: Update = toml::from_str(&format!(
+        "source = \"{}/cairn\"\ntag = \"stable\"\nplain_http = true\n",
+        reg.host()
+    ))
+    .unwrap();
+    cfg.validate().unwrap();
+
+    let dev = attach_partitioned(&img);
+    let in_use = [
+        contract::disk::BOOT_A,
+        contract::disk::STATE,
+        contract::disk::EPHEMERAL,
+    ];
+    let running: Vec<fs::File> = in_use
+        .iter()
+        .map(|n| hold(&dev, partition(&img, n).slot + 1))
+        .collect();
+    let node = Node {
+        disk: dev.0.clone(),
+        running: "1.0.0".into(),
+        trusted: vec![key().public()],
+        bad: Vec::new(),
+        work: fx.path("work"),
+        now: 1_800_000_000,
+    };
+    let untouched = sha256_file(&img);
+    let unchanged =
+        |what: &str| assert_eq!(sha256_file(&img), untouched, "{what} wrote to the disk");
+
+    // Signed by a key the running release does not trust.
+    let a = check_once(
+        &cfg,
+        &Node {
+            trusted: vec![other_key().public()],
+            ..node.clone()
+        },
+    );
+    assert_eq!(
+        (a.outcome, a.offered.as_deref()),
+        (Outcome::Failed, None),
+        "{a:?}"
+    );
+    assert!(a.detail.contains("key"), "unknown key: {}", a.detail);
+    unchanged("an untrusted release");
+
+    // Failed to bless here before: skipped, though newer and signed.
+    let a = check_once(
+        &cfg,
+        &Node {
+            bad: vec!["2.0.0".into()],
+            ..node.clone()
+        },
+    );
+    assert_eq!(
+        (a.outcome, a.offered.as_deref()),
+        (Outcome::SkippedBad, Some("2.0.0")),
+        "{a:?}"
+    );
+    unchanged("a known-bad release");
+
+    // Not newer.
+    let a = check_once(
+        &cfg,
+        &Node {
+            running: "2.0.0".into(),
+            ..node.clone()
+        },
+    );
+    assert_eq!(a.outcome, Outcome::UpToDate, "{a:?}");
+    unchanged("an up-to-date check");
+
+    // The rootfs blob changed in the registry's storage after the push.
+    let rootfs_hex = hex::encode(b2.rootfs_sha256);
+    let data = reg.blob_data(&rootfs_hex);
+    let good = fs::read(&data).unwrap();
+    let mut bad = good.clone();
+    bad[good.len() / 2] ^= 1;
+    fs::write(&data, &bad).unwrap();
+    let a = check_once(&cfg, &node);
+    assert_eq!(a.outcome, Outcome::Failed, "{a:?}");
+    assert!(
+        a.detail.contains(&rootfs_hex) && a.detail.contains(&reg.host()),
+        "a tampered blob must be named with its registry: {}",
+        a.detail
+    );
+    unchanged("a tampered release");
+    assert!(
+        !node.work.join("2.0.0").exists(),
+        "a failed pull left its work directory"
+    );
+    fs::write(&data, &good).unwrap();
+
+    // The channel installs: written live, boots next.
+    let a = check_once(&cfg, &node);
+    assert_eq!(
+        (a.outcome, a.offered.as_deref()),
+        (Outcome::Installed, Some("2.0.0")),
+        "{a:?}"
+    );
+    assert!(a.detail.contains(contract::disk::BOOT_B), "{}", a.detail);
+
+    // Registry down: named, nothing written (the disk now holds 2.0.0).
+    let host = reg.host();
+    reg.stop();
+    let after = sha256_file(&img);
+    let a = check_once(&cfg, &node);
+    assert_eq!(a.outcome, Outcome::Failed, "{a:?}");
+    assert!(
+        a.detail.contains(&host) && a.detail.contains("unreachable"),
+        "{}",
+        a.detail
+    );
+    assert_eq!(
+        sha256_file(&img),
+        after,
+        "a check against a stopped registry wrote"
+    );
+
+    drop(running);
+    drop(dev);
+    assert_eq!(booted_version(&img, &[&b1, &b2]), Ok("2.0.0".into()));
+}
