@@ -69,6 +69,11 @@ pub fn stage(
     }
     put(&dir.join("usr/lib/os-release"), &os_release(profile))?;
     symlink("../usr/lib/os-release", dir.join("etc/os-release"))?;
+    // The root is read-only: init writes the resolver config on /run.
+    symlink(
+        format!("..{}", contract::machine::RESOLV_CONF),
+        dir.join("etc/resolv.conf"),
+    )?;
     put(&dir.join("etc/hostname"), "cairn\n")?;
     // An empty machine-id: a read-only root cannot get one later.
     put(&dir.join("etc/machine-id"), "")?;

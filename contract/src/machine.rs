@@ -2,7 +2,8 @@
 //! writes. Parsing is strict (unknown keys are errors) so a typo fails the
 //! boot loudly instead of silently dropping a service.
 
-use serde::Deserialize;
+use serde::{Deserialize, Deserializer};
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use thiserror::Error;
 
@@ -60,8 +61,126 @@ pub struct MachineConfig {
     pub services: Vec<Service>,
     #[serde(default, rename = "health")]
     pub health: Vec<Health>,
+    /// Absent: DHCPv4 on every link with carrier (see [`Network`]).
+    #[serde(default)]
+    pub network: Network,
+    #[serde(default)]
+    pub time: Time,
     /// Off unless present (contract::update).
     pub update: Option<crate::update::Update>,
+}
+
+/// Where init writes the resolver configuration; the rootfs's
+/// `/etc/resolv.conf` is a symlink here (the root is read-only).
+pub const RESOLV_CONF: &str = "/run/cairn/resolv.conf";
+/// The network state init keeps for a status reader, as JSON.
+pub const NETWORK_STATE: &str = "/run/cairn/network.json";
+
+/// An IPv4 address with its prefix length, written `10.0.2.20/24`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Ipv4Cidr {
+    pub addr: Ipv4Addr,
+    pub prefix: u8,
+}
+
+impl Ipv4Cidr {
+    pub fn netmask(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::MAX.checked_shl(32 - self.prefix as u32).unwrap_or(0))
+    }
+    pub fn network(&self) -> Ipv4Addr {
+        Ipv4Addr::from(u32::from(self.addr) & u32::from(self.netmask()))
+    }
+    pub fn contains(&self, ip: Ipv4Addr) -> bool {
+        u32::from(ip) & u32::from(self.netmask()) == u32::from(self.network())
+    }
+    /// The prefix length of a contiguous netmask (`None` for e.g. 255.0.255.0).
+    pub fn prefix_of(mask: Ipv4Addr) -> Option<u8> {
+        let m = u32::from(mask);
+        let p = m.leading_ones();
+        (m.checked_shl(p).unwrap_or(0) == 0).then_some(p as u8)
+    }
+}
+
+impl std::fmt::Display for Ipv4Cidr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}/{}", self.addr, self.prefix)
+    }
+}
+
+impl std::str::FromStr for Ipv4Cidr {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let (a, p) = s
+            .split_once('/')
+            .ok_or_else(|| format!("{s:?}: expected ADDRESS/PREFIX, e.g. 10.0.2.20/24"))?;
+        let addr: Ipv4Addr = a
+            .parse()
+            .map_err(|_| format!("{s:?}: {a:?} is not an IPv4 address"))?;
+        let prefix: u8 = p
+            .parse()
+            .ok()
+            .filter(|p| *p <= 32)
+            .ok_or_else(|| format!("{s:?}: prefix {p:?} is not 0..=32"))?;
+        Ok(Ipv4Cidr { addr, prefix })
+    }
+}
+
+/// Parsed from a string so a bad value is reported at its line and column.
+impl<'de> Deserialize<'de> for Ipv4Cidr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// `[network]`. With no `[[network.link]]`, every link but loopback that
+/// has carrier runs DHCPv4; with links named, only those are configured.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    #[serde(default, rename = "link")]
+    pub links: Vec<Link>,
+    #[serde(default, rename = "route")]
+    pub routes: Vec<Route>,
+    /// Name servers for /etc/resolv.conf, ahead of any DHCP gave.
+    #[serde(default)]
+    pub dns: Vec<IpAddr>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Link {
+    pub name: String,
+    /// Default: DHCP when no `addresses` are given.
+    pub dhcp: Option<bool>,
+    #[serde(default)]
+    pub addresses: Vec<Ipv4Cidr>,
+    pub gateway: Option<Ipv4Addr>,
+}
+
+impl Link {
+    pub fn uses_dhcp(&self) -> bool {
+        self.dhcp.unwrap_or(self.addresses.is_empty())
+    }
+}
+
+/// `[[network.route]]`: `to = "10.9.0.0/16"`, `via = "10.0.2.1"`, and
+/// optionally the `link` it leaves by.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Route {
+    pub to: Ipv4Cidr,
+    pub via: Ipv4Addr,
+    pub link: Option<String>,
+}
+
+/// `[time]`: SNTP servers (IPv4 addresses or host names), queried once the
+/// network is up. None: the clock is left as the firmware set it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
+#[serde(deny_unknown_fields)]
+pub struct Time {
+    #[serde(default)]
+    pub servers: Vec<String>,
 }
 
 /// 1-based line and column (in characters) of a byte offset.
@@ -101,6 +220,81 @@ fn valid_hostname(h: &str) -> bool {
                 && !l.ends_with('-')
                 && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
         })
+}
+
+/// A kernel interface name: 1-15 bytes, no '/', ':' or whitespace.
+fn valid_ifname(n: &str) -> bool {
+    !n.is_empty()
+        && n.len() < 16
+        && n != "."
+        && n != ".."
+        && n.bytes()
+            .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':')
+}
+
+impl Network {
+    fn validate(&self) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for l in &self.links {
+            let n = &l.name;
+            if !valid_ifname(n) {
+                return Err(format!(
+                    "network.link {n:?}: an interface name is 1-15 printable bytes without '/' or ':'"
+                ));
+            }
+            if !seen.insert(n.as_str()) {
+                return Err(format!("network.link {n:?} is defined twice"));
+            }
+            if l.dhcp == Some(true) && !l.addresses.is_empty() {
+                return Err(format!(
+                    "network.link {n:?}: dhcp = true and static addresses: choose one"
+                ));
+            }
+            if l.dhcp == Some(false) && l.addresses.is_empty() {
+                return Err(format!(
+                    "network.link {n:?}: dhcp = false needs static addresses"
+                ));
+            }
+            for a in &l.addresses {
+                if a.prefix == 0 || a.addr.is_unspecified() || a.addr.is_broadcast() {
+                    return Err(format!(
+                        "network.link {n:?}: address {a} is not a host address"
+                    ));
+                }
+            }
+            if let Some(g) = l.gateway {
+                if l.addresses.is_empty() {
+                    return Err(format!(
+                        "network.link {n:?}: gateway {g} without static addresses (DHCP supplies the gateway)"
+                    ));
+                }
+                if !l.addresses.iter().any(|a| a.contains(g)) {
+                    return Err(format!(
+                        "network.link {n:?}: gateway {g} is in none of the link's subnets"
+                    ));
+                }
+            }
+        }
+        for r in &self.routes {
+            if r.to.addr != r.to.network() {
+                return Err(format!(
+                    "network.route to {}: host bits set (the network is {}/{})",
+                    r.to,
+                    r.to.network(),
+                    r.to.prefix
+                ));
+            }
+            if let Some(l) = &r.link {
+                if !self.links.is_empty() && !seen.contains(l.as_str()) {
+                    return Err(format!(
+                        "network.route to {}: link {l:?} is not a configured network.link",
+                        r.to
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
 }
 
 impl MachineConfig {
@@ -163,6 +357,14 @@ impl MachineConfig {
             if !exec.starts_with('/') {
                 return Err(bad(format!(
                     "{kind} {name:?}: exec {exec:?} must be an absolute path (there is no PATH search)"
+                )));
+            }
+        }
+        self.network.validate().map_err(&bad)?;
+        for t in &self.time.servers {
+            if t.parse::<IpAddr>().is_err() && !valid_hostname(t) {
+                return Err(bad(format!(
+                    "time server {t:?}: not an IP address or host name"
                 )));
             }
         }
@@ -283,6 +485,110 @@ timeout_s = 30
         assert!(
             inv("[update]\nsource=\"r.example/cairn\"\ninterval_s=1").contains("update.interval_s")
         );
+    }
+
+    #[test]
+    fn network_absent_means_dhcp_everywhere() {
+        let c = MachineConfig::parse("hostname = \"n\"", "m.toml").unwrap();
+        assert!(c.network.links.is_empty());
+        assert!(c.network.dns.is_empty() && c.time.servers.is_empty());
+    }
+
+    #[test]
+    fn network_parses_links_routes_dns_time() {
+        let c = MachineConfig::parse(
+            r#"
+[network]
+dns = ["10.0.2.3", "2001:db8::53"]
+[[network.link]]
+name = "eth0"
+[[network.link]]
+name = "eth1"
+addresses = ["10.0.3.20/24", "192.168.7.1/30"]
+gateway = "10.0.3.1"
+[[network.route]]
+to = "10.9.0.0/16"
+via = "10.0.3.254"
+link = "eth1"
+[time]
+servers = ["10.0.2.3", "pool.ntp.example"]
+"#,
+            "m.toml",
+        )
+        .unwrap();
+        let n = &c.network;
+        assert!(n.links[0].uses_dhcp());
+        assert!(!n.links[1].uses_dhcp());
+        let a = n.links[1].addresses[0];
+        assert_eq!((a.addr, a.prefix), (Ipv4Addr::new(10, 0, 3, 20), 24));
+        assert_eq!(a.to_string(), "10.0.3.20/24");
+        assert_eq!(a.netmask(), Ipv4Addr::new(255, 255, 255, 0));
+        assert_eq!(
+            n.links[1].addresses[1].netmask(),
+            Ipv4Addr::new(255, 255, 255, 252)
+        );
+        assert_eq!(n.routes[0].to.to_string(), "10.9.0.0/16");
+        assert_eq!(n.dns.len(), 2);
+        assert_eq!(c.time.servers[1], "pool.ntp.example");
+        assert_eq!(
+            Ipv4Cidr::prefix_of(Ipv4Addr::new(255, 255, 255, 0)),
+            Some(24)
+        );
+        assert_eq!(Ipv4Cidr::prefix_of(Ipv4Addr::new(0, 0, 0, 0)), Some(0));
+        assert_eq!(Ipv4Cidr::prefix_of(Ipv4Addr::new(255, 0, 255, 0)), None);
+    }
+
+    #[test]
+    fn bad_addresses_are_located_at_their_value() {
+        let src = "[[network.link]]\nname = \"eth0\"\naddresses = [\"10.0.2.20/33\"]\n";
+        let (l, c, m) = syntax(src);
+        assert_eq!((l, c), (3, 13), "{m}"); // the array holding it
+        assert!(m.contains("prefix \"33\""), "{m}");
+        let (l, _, m) = syntax("[[network.link]]\nname = \"eth0\"\naddresses = [\"10.0.2/24\"]\n");
+        assert_eq!(l, 3);
+        assert!(m.contains("not an IPv4 address"), "{m}");
+        let (l, _, m) = syntax("[[network.link]]\nname = \"e\"\naddresses = [\"10.0.2.9\"]\n");
+        assert_eq!(l, 3);
+        assert!(m.contains("ADDRESS/PREFIX"), "{m}");
+        let (l, _, _) = syntax("[network]\ndns = [\"10.0.2\"]\n");
+        assert_eq!(l, 2);
+        let (l, _, m) = syntax("[network]\n[[network.link]]\nname = \"e\"\nmtu = 9000\n");
+        assert_eq!(l, 4);
+        assert!(m.contains("mtu"), "{m}");
+        let (l, _, _) = syntax("[[network.link]]\nname = \"e\"\naddresses = [\"10.0.0.2/8\"]\ngateway = \"10.0.0.256\"\n");
+        assert_eq!(l, 4);
+    }
+
+    #[test]
+    fn network_semantic_errors_name_the_link() {
+        let inv = |src: &str| match MachineConfig::parse(src, "m.toml") {
+            Err(ConfigError::Invalid { what, .. }) => what,
+            other => panic!("expected invalid, got {other:?}"),
+        };
+        let l = "[[network.link]]\nname = ";
+        assert!(inv(&format!("{l}\"eth0/x\"")).contains("interface name"));
+        assert!(inv(&format!("{l}\"a-very-long-ifname\"")).contains("interface name"));
+        assert!(inv(&format!("{l}\"e\"\n{l}\"e\"")).contains("defined twice"));
+        assert!(inv(&format!(
+            "{l}\"e\"\ndhcp = true\naddresses = [\"10.0.0.2/8\"]"
+        ))
+        .contains("choose one"));
+        assert!(inv(&format!("{l}\"e\"\ndhcp = false")).contains("needs static"));
+        assert!(inv(&format!(
+            "{l}\"e\"\naddresses = [\"10.0.0.2/8\"]\ngateway = \"11.0.0.1\""
+        ))
+        .contains("none of the link's subnets"));
+        assert!(inv(&format!("{l}\"e\"\ngateway = \"11.0.0.1\"")).contains("without static"));
+        assert!(inv(&format!("{l}\"e\"\naddresses = [\"0.0.0.0/8\"]")).contains("not a host"));
+        assert!(
+            inv("[[network.route]]\nto = \"10.9.1.0/16\"\nvia = \"10.0.0.1\"")
+                .contains("host bits")
+        );
+        assert!(inv(&format!(
+            "{l}\"e\"\n[[network.route]]\nto = \"10.9.0.0/16\"\nvia = \"10.0.0.1\"\nlink = \"f\""
+        ))
+        .contains("not a configured"));
+        assert!(inv("[time]\nservers = [\"bad host\"]").contains("time server"));
     }
 
     #[test]

@@ -490,6 +490,52 @@ pub fn esp_put(disk: &Path, from: &Path, path: &str) -> Result<()> {
     Ok(())
 }
 
+// ---- Networked machines (issue 13). ----
+
+/// Waits until every one of `needles` has been seen (in any order) and
+/// returns the lines; `cairn: boot failed` ends the wait with an error.
+pub fn wait_all(b: &mut Boot, needles: &[&str]) -> Result<Vec<String>> {
+    let mut found: Vec<Option<String>> = vec![None; needles.len()];
+    while found.iter().any(Option::is_none) {
+        let mut ask: Vec<&str> = vec!["cairn: boot failed"];
+        let open: Vec<usize> = (0..needles.len()).filter(|i| found[*i].is_none()).collect();
+        ask.extend(open.iter().map(|i| needles[*i]));
+        let (i, line) = b.expect_any(&ask, BOOT_TIMEOUT)?;
+        if i == 0 {
+            bail!("boot failed: {line}\n{}", b.tail());
+        }
+        found[open[i - 1]] = Some(line);
+    }
+    Ok(found.into_iter().flatten().collect())
+}
+
+/// A v1 disk (a sparse copy of `disk.raw` in `work`) with the QEMU
+/// arguments `net` (a NIC on user networking with `restrict=on`), and
+/// `config` appended to the image's machine config on the ESP (imported at
+/// first boot), as an operator would add a section.
+pub fn machine_with(
+    name: &str,
+    work: &Path,
+    net: &[&str],
+    config: Option<&str>,
+) -> Result<Machine> {
+    let disk = work.join(format!("{name}.raw"));
+    sparse_copy(&images_dir()?.join("disk.raw"), &disk)?;
+    if let Some(extra) = config {
+        // The image's machine config with a section added, as an operator
+        // would write it; imported from the ESP on first boot.
+        let cfg = work.join(format!("{name}-machine.toml"));
+        esp_get(&disk, "cairn/machine.toml", &cfg)?;
+        let text = std::fs::read_to_string(&cfg)? + extra;
+        std::fs::write(&cfg, text)?;
+        esp_put(&disk, &cfg, "cairn/machine.toml")?;
+    }
+    let mut m = Machine::new(name, work, None)?;
+    m.disks.push(Disk::virtio(&disk));
+    m.extra_args = net.iter().map(|s| s.to_string()).collect();
+    Ok(m)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

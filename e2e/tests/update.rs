@@ -90,13 +90,17 @@ fn node_follows_its_channel_and_falls_back_from_a_bad_release() -> Result<()> {
     let work = tempfile::tempdir()?;
     let mut reg = Registry::start();
     publish(&reg, &v2)?;
-    let mut m = networked_machine(
+    // The registry is the only thing the guest can reach: restrict=on, and
+    // one guestfwd from 10.0.2.100:5000 to the test's registry.
+    let netdev = format!(
+        "user,id=n0,restrict=on,guestfwd=tcp:10.0.2.100:5000-tcp:127.0.0.1:{}",
+        reg.port
+    );
+    let mut m = machine_with(
         "update",
         work.path(),
-        &format!("guestfwd=tcp:10.0.2.100:5000-tcp:127.0.0.1:{}", reg.port),
-        &format!(
-            "\n[update]\nsource = \"10.0.2.100:5000/cairn\"\ntag = \"stable\"\ninterval_s = 10\nplain_http = true\n"
-        ),
+        &["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"],
+        Some("\n[update]\nsource = \"10.0.2.100:5000/cairn\"\ntag = \"stable\"\ninterval_s = 10\nplain_http = true\n"),
     )?;
     let disk = m.disks[0].path.clone();
 

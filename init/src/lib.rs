@@ -14,6 +14,7 @@ pub mod error;
 pub mod fsprobe;
 pub mod health;
 pub mod install;
+pub mod net;
 pub mod record;
 pub mod slot;
 pub mod stage1;

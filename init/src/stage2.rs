@@ -363,13 +363,24 @@ pub fn run() -> Result<Shutdown, BootError> {
     mounted.push(esp.clone());
 
     let cfg = load_config(Path::new(CONFIG), &esp.join(contract::esp::MACHINE_CONFIG))?;
-    if let Some(h) = &cfg.hostname {
+    // The image's /etc/hostname names the node until the config does.
+    let hostname = cfg.hostname.clone().or_else(|| {
+        fs::read_to_string("/etc/hostname")
+            .ok()
+            .map(|t| t.trim().to_string())
+            .filter(|h| !h.is_empty())
+    });
+    if let Some(h) = &hostname {
         sys::sethostname(h).ctx(|| format!("setting hostname {h:?}"))?;
     }
     if let Some(l) = cfg.console_loglevel {
         fs::write("/proc/sys/kernel/printk", format!("{l}\n"))
             .ctx(|| "setting console_loglevel".into())?;
     }
+
+    // Beside the supervisor, never in its way: health and blessing do not
+    // wait for a lease.
+    crate::net::spawn(&cfg);
 
     let mut sup = Supervisor::new(
         cfg.services.clone(),

@@ -90,6 +90,9 @@ pub struct Machine {
     pub log_dir: PathBuf,
     /// Boot this kernel directly, with no OVMF at all.
     pub direct_kernel: Option<DirectKernel>,
+    /// More QEMU arguments, e.g. a NIC on user networking (`-netdev
+    /// user,restrict=on,...`): tests never give a guest more than that.
+    pub extra_args: Vec<String>,
     boots: u32,
 }
 
@@ -110,6 +113,7 @@ impl Machine {
             memory_mb: 1024,
             log_dir: work.to_path_buf(),
             direct_kernel: None,
+            extra_args: Vec::new(),
             boots: 0,
         })
     }
@@ -135,6 +139,7 @@ impl Machine {
             None => self.firmware_args(&mut c),
         }
         self.disk_args(&mut c);
+        c.args(&self.extra_args);
         c
     }
 
