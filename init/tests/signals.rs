@@ -9,12 +9,13 @@ use std::time::{Duration, Instant};
 fn main() {
     block_signals();
 
-    // nothing pending: returns after the timeout, not before, not much after
+    // nothing pending: returns after the timeout, not before, and by itself
+    // (the upper bound is loose: a loaded CI machine may be slow to wake it)
     let t = Instant::now();
     assert_eq!(wait_signal(Duration::from_millis(300)), None);
     let e = t.elapsed();
     assert!(
-        e >= Duration::from_millis(290) && e < Duration::from_secs(2),
+        e >= Duration::from_millis(290) && e < Duration::from_secs(20),
         "{e:?}"
     );
 

@@ -234,8 +234,11 @@ fn stop_terms_then_kills() {
     let t = Instant::now();
     let ev = s.stop_all(Duration::from_millis(500));
     let took = t.elapsed();
+    // The grace period is waited out; the upper bound only has to stay
+    // well under the services' 30 s sleep (they were killed, not waited
+    // for) and loose enough for a loaded CI machine.
     assert!(
-        took >= Duration::from_millis(500) && took < Duration::from_secs(3),
+        took >= Duration::from_millis(500) && took < Duration::from_secs(20),
         "{took:?}"
     );
     let exit = |n: &str| {
@@ -314,6 +317,7 @@ fn health_checks_pass_when_service_is_ready_and_time_out_otherwise() {
     )
     .unwrap_err();
     assert!(e.contains("still running at the deadline"), "{e}");
-    assert!(t.elapsed() < Duration::from_secs(4), "{:?}", t.elapsed());
+    // Under the hung check's 30 s sleep: the deadline ended the wait.
+    assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
     s.stop_all(Duration::from_millis(500));
 }
