@@ -242,30 +242,6 @@ fn predicted_version(disk: &Path) -> Result<String> {
         .with_context(|| format!("status names no next boot:\n{json}"))
 }
 
-/// `sgdisk -v` and `fsck.fat -n` on a cut disk, their output read (both
-/// exit 0 on some real damage; testkit::check reads them): sgdisk must find
-/// the primary GPT sound (Linux reads it) and may only fault the backup,
-/// which a cut between the two copies' updates leaves older; fsck.fat may
-/// only report leaked clusters, differing FATs and a stale free count (a
-/// cut's by-design leftovers, see artifacts' FAT editor docs).
-fn standard_tools_accept(disk: &Path) -> Result<()> {
-    let v = sgdisk_verify(disk)?;
-    ensure!(
-        v.clean || v.main_ok,
-        "sgdisk -v faults the primary GPT:\n{}",
-        v.text
-    );
-    let esp = partition(disk, "EFI")?;
-    let fsck = fsck_fat_at(disk, esp.offset, esp.size)?;
-    ensure!(
-        fsck.problems.is_empty(),
-        "fsck.fat -n on the ESP ({}):\n{}",
-        fsck.status,
-        fsck.text
-    );
-    Ok(())
-}
-
 #[test]
 fn the_kill_point_is_read_from_the_trace() {
     let trace = "7 pwrite64(3</w/cut-disk.raw>, \"\"..., 512, 0) = 512\n\

@@ -137,6 +137,7 @@ impl Agent {
                 bad,
                 work: self.work.clone(),
                 now: unix_now(),
+                progress: |m| say!("update: {m}"),
             };
             let a = installer::update::check_once(&self.cfg, &node);
             record(&a);

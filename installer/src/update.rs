@@ -41,7 +41,13 @@ pub struct Node {
     pub work: PathBuf,
     /// Seconds since the epoch, for the record.
     pub now: u64,
+    /// Told what is being done once the release is accepted (init: a
+    /// console line), for a check that may take a while.
+    pub progress: fn(&str),
 }
+
+/// A [`Node::progress`] that says nothing.
+pub fn quiet(_: &str) {}
 
 /// The version of the release `disk` runs (its active slot's, as
 /// [`crate::status`] judges it): what a channel's offer is compared with.
@@ -118,6 +124,9 @@ fn check(cfg: &Update, node: &Node, attempt: &mut Attempt) -> Result<(Outcome, S
         ));
     }
 
+    (node.progress)(&format!(
+        "{offered} verified against this release's keys; writing it live"
+    ));
     let dir = node.work.join(&offered);
     // A leftover from an interrupted pull is never trusted: start afresh.
     remove_dir(&dir)?;

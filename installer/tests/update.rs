@@ -106,6 +106,7 @@ fn node_installs_its_channel_live_and_refuses_bad_input_writing_nothing() {
         bad: Vec::new(),
         work: work.0.clone(),
         now: 1_800_000_000,
+        progress: installer::update::quiet,
     };
     let untouched = sha256_file(&img);
     let unchanged =

@@ -216,6 +216,7 @@ fn run(cli: Cli) -> Result<()> {
                 now: std::time::SystemTime::now()
                     .duration_since(std::time::UNIX_EPOCH)
                     .map_or(0, |d| d.as_secs()),
+                progress: |m| eprintln!("{m}"),
             };
             let a = installer::update::check_once(&upd, &node);
             println!("{}", serde_json::to_string_pretty(&a)?);
