@@ -75,6 +75,11 @@ pub struct MachineConfig {
 pub const RESOLV_CONF: &str = "/run/cairn/resolv.conf";
 /// The network state init keeps for a status reader, as JSON.
 pub const NETWORK_STATE: &str = "/run/cairn/network.json";
+/// The whole node's status as one JSON document (booted release, disk as
+/// `cairn-installer status --json` shows it, network, last update attempt,
+/// releases marked bad), rewritten by init whenever a part changes; the
+/// shape is in docs/updates.md ("Status on the node").
+pub const NODE_STATUS: &str = "/run/cairn/status.json";
 
 /// An IPv4 address with its prefix length, written `10.0.2.20/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

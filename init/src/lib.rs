@@ -19,6 +19,7 @@ pub mod record;
 pub mod slot;
 pub mod stage1;
 pub mod stage2;
+pub mod status;
 pub mod supervisor;
 pub mod sys;
 pub mod update;

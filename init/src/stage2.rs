@@ -403,6 +403,13 @@ pub fn run() -> Result<Shutdown, BootError> {
     if sys::umount(&esp).is_ok() {
         mounted.pop();
     }
+    crate::status::start(crate::status::Node::booted(
+        &version,
+        hand.slot(),
+        blessed,
+        Path::new(&hand.disk),
+        Path::new(STATE_DIR),
+    ));
     if blessed {
         say!("boot ok slot={} version={version}", hand.slot());
     } else {

@@ -98,6 +98,8 @@ pub struct Agent {
 /// The first retry after a failed check; doubled per failure, up to the
 /// check interval.
 const FIRST_RETRY: Duration = Duration::from_secs(10);
+/// How long the first check waits for an address.
+const NETWORK_WAIT: Duration = Duration::from_secs(60);
 
 impl Agent {
     /// Runs the agent on its own thread (signals stay blocked there, as on
@@ -124,6 +126,16 @@ impl Agent {
             installer::update::channel(&self.cfg),
             self.cfg.interval_s
         );
+        // A check before any link has an address can only fail: give the
+        // network its first lease (DHCP's first tries take seconds), then
+        // check anyway and let the retries say what is wrong.
+        if !crate::net::wait_up(Duration::from_secs(0)) {
+            say!(
+                "update: waiting for the network (at most {} s)",
+                NETWORK_WAIT.as_secs()
+            );
+            crate::net::wait_up(NETWORK_WAIT);
+        }
         let interval = Duration::from_secs(self.cfg.interval_s);
         let mut retry = FIRST_RETRY.min(interval);
         loop {
@@ -202,6 +214,11 @@ fn record(a: &Attempt) {
         .and_then(|_| write_atomic(path, &json));
     if let Err(e) = r {
         say!("update: writing {}: {e}", path.display());
+    }
+    if a.outcome == Outcome::Installed {
+        crate::status::disk_changed();
+    } else {
+        crate::status::refresh();
     }
 }
 

@@ -27,6 +27,7 @@ use std::io;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4, UdpSocket};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
+use std::sync::{Condvar, Mutex};
 use std::time::{Duration, Instant};
 
 /// What the config says to do with a link.
@@ -190,6 +191,25 @@ struct Manager {
     time_status: TimeStatus,
     time_due: Option<Duration>,
     time_retry: Duration,
+}
+
+/// Whether some link has an address: the update agent waits for it before
+/// its first check, which could only fail without one.
+static UP: Mutex<bool> = Mutex::new(false);
+static UP_CHANGED: Condvar = Condvar::new();
+
+fn mark_up() {
+    *UP.lock().unwrap_or_else(|e| e.into_inner()) = true;
+    UP_CHANGED.notify_all();
+}
+
+/// Waits until some link has an address, at most `timeout`; whether it has.
+pub fn wait_up(timeout: Duration) -> bool {
+    let guard = UP.lock().unwrap_or_else(|e| e.into_inner());
+    let (guard, _) = UP_CHANGED
+        .wait_timeout_while(guard, timeout, |up| !*up)
+        .unwrap_or_else(|e| e.into_inner());
+    *guard
 }
 
 /// Starts the manager thread. Returns at once; failures are logged.
@@ -517,6 +537,7 @@ impl Manager {
 
     /// Called when an address was configured: first time sync due.
     fn network_up(&mut self) {
+        mark_up();
         if !self.time.servers.is_empty() && self.time_due.is_none() {
             self.time_due = Some(self.now());
         }
@@ -595,6 +616,7 @@ impl Manager {
                 say!("network: writing {}: {e}", contract::machine::NETWORK_STATE);
             }
             self.status = Some(json);
+            crate::status::refresh();
         }
     }
 }
