@@ -207,12 +207,17 @@ fn node_follows_its_channel_and_falls_back_from_a_bad_release() -> Result<()> {
             line.contains("slot=B version=2.0.0") && failed == 3,
             "after 3 failed tries of 3.0.0 the fallback should be 2.0.0 in B: {line} after {failed}"
         );
-        wait_all(
-            &mut b,
-            &[
-                "cairn: release 3.0.0 failed to boot and was fallen back from: marked bad",
-                &format!("cairn: update: {CHANNEL} skipped (known bad)"),
-            ],
+        // Recorded while the boot is judged, before "boot ok".
+        ensure!(
+            b.console().contains(
+                "cairn: release 3.0.0 failed to boot and was fallen back from: marked bad"
+            ),
+            "the fallback boot did not mark 3.0.0 bad:\n{}",
+            b.tail()
+        );
+        b.expect(
+            &format!("cairn: update: {CHANNEL} skipped (known bad)"),
+            Duration::from_secs(90),
         )?;
         // ...and again at the next check: never installed again.
         b.expect(
