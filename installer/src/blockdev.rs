@@ -54,34 +54,9 @@ impl Identity {
 impl Disk {
     /// Opens `path` read-write (or read-only for `status`/`--dry-run`).
     pub fn open(path: &Path, write: bool) -> Result<Disk> {
-        let identity = Identity::of(path)?;
-        let mut opts = OpenOptions::new();
-        opts.read(true).write(write);
-        if write && matches!(identity, Identity::Block { .. }) {
-            // Exclusive open of a block device fails with EBUSY while it or
-            // a partition of it is mounted or held (dm, md, swap).
-            use std::os::unix::fs::OpenOptionsExt;
-            opts.custom_flags(libc::O_EXCL);
-        }
-        let mut file = opts.open(path).map_err(|source| Error::File {
-            what: if source.raw_os_error() == Some(libc::EBUSY) {
-                "disk is in use (mounted, or held by another device); refusing to open"
-            } else {
-                "opening disk"
-            },
-            path: path.to_path_buf(),
-            source,
-        })?;
-        // A block device reports length 0 in metadata; its end is its size.
-        let size = file
-            .seek(SeekFrom::End(0))
-            .map_err(disk_io("finding the disk size", 0, 0))?;
-        Ok(Disk {
-            file,
-            path: path.to_path_buf(),
-            size,
-            identity,
-        })
+        // Exclusive open of a block device fails with EBUSY while it or a
+        // partition of it is mounted or held (dm, md, swap).
+        Disk::open_with(path, write, write)
     }
 
     /// Opens the disk the running system booted from, for a live upgrade.
@@ -91,16 +66,27 @@ impl Disk {
     /// the GPT areas and the partitions [`Disk::claim`] holds exclusively, so
     /// the running system's partitions are never opened for writing.
     pub fn open_live(path: &Path) -> Result<Disk> {
+        Disk::open_with(path, true, false)
+    }
+
+    fn open_with(path: &Path, write: bool, exclusive: bool) -> Result<Disk> {
         let identity = Identity::of(path)?;
-        let mut file = OpenOptions::new()
-            .read(true)
-            .write(true)
-            .open(path)
-            .map_err(|source| Error::File {
-                what: "opening disk",
-                path: path.to_path_buf(),
-                source,
-            })?;
+        let mut opts = OpenOptions::new();
+        opts.read(true).write(write);
+        if exclusive && matches!(identity, Identity::Block { .. }) {
+            use std::os::unix::fs::OpenOptionsExt;
+            opts.custom_flags(libc::O_EXCL);
+        }
+        let mut file = opts.open(path).map_err(|source| Error::File {
+            what: if exclusive && source.raw_os_error() == Some(libc::EBUSY) {
+                "disk is in use (mounted, or held by another device); refusing to open"
+            } else {
+                "opening disk"
+            },
+            path: path.to_path_buf(),
+            source,
+        })?;
+        // A block device reports length 0 in metadata; its end is its size.
         let size = file
             .seek(SeekFrom::End(0))
             .map_err(disk_io("finding the disk size", 0, 0))?;
