@@ -226,16 +226,14 @@ fn node_follows_its_channel_and_falls_back_from_a_bad_release() -> Result<()> {
         )?;
 
         // (d) the registry goes away: failed, retried, the node stays up.
+        // Behind the guestfwd the request is taken and never answered: the
+        // client gives up after its I/O timeout (registry::DEFAULT_IO_TIMEOUT,
+        // 60 s), then the check is retried.
         reg.stop();
-        b.expect(
-            &format!("cairn: update: {CHANNEL} failed:"),
-            Duration::from_secs(60),
-        )?;
+        let patience = Duration::from_secs(60 + 40);
+        b.expect(&format!("cairn: update: {CHANNEL} failed:"), patience)?;
         b.expect("cairn: update: retrying in", Duration::from_secs(10))?;
-        b.expect(
-            &format!("cairn: update: {CHANNEL} failed:"),
-            Duration::from_secs(60),
-        )?;
+        b.expect(&format!("cairn: update: {CHANNEL} failed:"), patience)?;
         if b.console().contains("rebooting into") {
             bail!("the node rebooted after a failed check:\n{}", b.tail());
         }

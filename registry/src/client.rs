@@ -36,9 +36,11 @@ pub struct ClientOptions {
     pub docker_config: Option<PathBuf>,
     /// Explicit credentials (override the config file's).
     pub credentials: Option<Credentials>,
-    /// Longest wait for any one read or write of a connection (default
-    /// [`DEFAULT_IO_TIMEOUT`]): a network that stops mid-transfer is an
-    /// error after this long, not a hang.
+    /// Longest wait for any one read or write of a connection, and for a
+    /// response to start (default [`DEFAULT_IO_TIMEOUT`]): a network that
+    /// stops mid-transfer, or a peer that takes a request and never answers
+    /// (a registry gone behind a proxy or port forward), is an error after
+    /// this long, not a hang.
     pub io_timeout: Option<Duration>,
 }
 
@@ -180,13 +182,14 @@ impl Client {
             };
             tls = tls.root_certs(RootCerts::Specific(Arc::new(load_roots(&ca)?)));
         }
+        let io_timeout = opts.io_timeout.unwrap_or(DEFAULT_IO_TIMEOUT);
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .http_status_as_error(false)
             .https_only(!opts.plain_http)
             .timeout_connect(Some(Duration::from_secs(30)))
-            .timeout_recv_response(Some(Duration::from_secs(120)))
-            .timeout_per_read(Some(opts.io_timeout.unwrap_or(DEFAULT_IO_TIMEOUT)))
-            .timeout_per_write(Some(opts.io_timeout.unwrap_or(DEFAULT_IO_TIMEOUT)))
+            .timeout_recv_response(Some(io_timeout))
+            .timeout_per_read(Some(io_timeout))
+            .timeout_per_write(Some(io_timeout))
             .user_agent(concat!("cairn-registry/", env!("CARGO_PKG_VERSION")))
             .tls_config(tls.build())
             .build()
