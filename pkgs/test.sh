@@ -98,10 +98,20 @@ print("\n".join(sorted(s["spec"] for s in r["source"] if s["kind"]=="path")))' "
   bash "$v" "$tmp/frag" "$tmp/good.config" >/dev/null || fail "verify-config rejected a matching config"
   printf 'CONFIG_S="x y"\nCONFIG_B=y\nCONFIG_N=0\n' >"$tmp/bad.config"
   expect_fail '3 of 4 option' bash "$v" "$tmp/frag" "$tmp/bad.config"
-  grep -q 'CONFIG_A=y (config has: absent)' "$tmp/err" || fail "verify-config did not name the absent CONFIG_A"
-  grep -q '# CONFIG_B is not set (config has: CONFIG_B=y)' "$tmp/err" || fail "verify-config did not name CONFIG_B=y"
-  grep -q 'CONFIG_N=-1 (config has: CONFIG_N=0)' "$tmp/err" || fail "verify-config did not name CONFIG_N"
-  ok "kernel verify-config lists each option that did not land, with the value found"
+  grep -q 'CONFIG_A: fragment wants CONFIG_A=y; bad.config has: absent' "$tmp/err" || fail "verify-config did not name the absent CONFIG_A"
+  grep -q 'CONFIG_B: fragment wants it not set; bad.config has: CONFIG_B=y' "$tmp/err" || fail "verify-config did not name CONFIG_B=y"
+  grep -q 'CONFIG_N: fragment wants CONFIG_N=-1; bad.config has: CONFIG_N=0' "$tmp/err" || fail "verify-config did not name CONFIG_N"
+  # a line it cannot read, or an option given twice with different values,
+  # is an error of the fragment itself
+  printf 'CONFIG_A=y
+CONFIG_A=n
+' >"$tmp/twice"
+  expect_fail 'CONFIG_A' bash "$v" "$tmp/twice" "$tmp/good.config"
+  printf 'CONFIG_A=y
+CONFIG_ oops
+' >"$tmp/garbled"
+  expect_fail 'oops' bash "$v" "$tmp/garbled" "$tmp/good.config"
+  ok "kernel verify-config lists each option that did not land, with the value found, and refuses a garbled or contradictory fragment"
   # every option in the real fragment must be written as Kconfig prints it,
   # or verify-config could never match it
   local bad_lines
