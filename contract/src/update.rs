@@ -181,6 +181,17 @@ pub fn parse_bad_releases(text: &str) -> Vec<String> {
         .collect()
 }
 
+/// The versions of the bad-release file at `path` (BAD_RELEASES under the
+/// STATE mount on a node); none when it does not exist (nothing has failed
+/// here yet).
+pub fn read_bad_releases(path: &std::path::Path) -> std::io::Result<Vec<String>> {
+    match std::fs::read_to_string(path) {
+        Ok(t) => Ok(parse_bad_releases(&t)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Vec::new()),
+        Err(e) => Err(e),
+    }
+}
+
 /// `text` with `version` added (once).
 pub fn add_bad_release(text: &str, version: &str) -> String {
     let mut v = parse_bad_releases(text);

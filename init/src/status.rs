@@ -118,8 +118,7 @@ fn read_disk(disk: &Path) -> Result<installer::status::Status, String> {
 /// missing is null; one that does not parse is kept as a string with the
 /// error, so a reader sees that something is wrong and where.
 pub fn compose(node: &Node, disk: &Result<installer::status::Status, String>) -> NodeStatus {
-    let bad = fs::read_to_string(node.state.join(contract::update::BAD_RELEASES))
-        .map(|t| contract::update::parse_bad_releases(&t))
+    let bad = contract::update::read_bad_releases(&node.state.join(contract::update::BAD_RELEASES))
         .unwrap_or_default();
     NodeStatus {
         version: node.version.clone(),

@@ -17,6 +17,7 @@ use std::time::Duration;
 use contract::esp::{version_of, EntryName};
 use contract::update::{Attempt, Outcome, Reboot, Update};
 
+use crate::net::status::write_atomic;
 use crate::say;
 
 /// Versions of the `EFI/Linux` entries whose tries are used up: systemd-boot
@@ -61,24 +62,7 @@ pub fn record_failed_releases(esp: &Path, state: &Path, running: &str) -> std::i
         }
     }
     if text != old {
-        if let Some(dir) = path.parent() {
-            fs::create_dir_all(dir)?;
-        }
-        write_atomic(&path, text.as_bytes())?;
-    }
-    Ok(())
-}
-
-/// Write to a temporary name, sync, rename: a cut leaves the old or the new.
-fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    use std::io::Write;
-    let tmp = path.with_extension("tmp");
-    let mut f = fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    fs::rename(&tmp, path)?;
-    if let Some(dir) = path.parent() {
-        fs::File::open(dir)?.sync_all()?;
+        write_atomic(&path, text)?;
     }
     Ok(())
 }
@@ -139,9 +123,10 @@ impl Agent {
         let interval = Duration::from_secs(self.cfg.interval_s);
         let mut retry = FIRST_RETRY.min(interval);
         loop {
-            let bad = fs::read_to_string(self.state.join(contract::update::BAD_RELEASES))
-                .map(|t| contract::update::parse_bad_releases(&t))
-                .unwrap_or_default();
+            let bad = contract::update::read_bad_releases(
+                &self.state.join(contract::update::BAD_RELEASES),
+            )
+            .unwrap_or_default();
             let node = installer::update::Node {
                 disk: self.disk.clone(),
                 running: self.running.clone(),
@@ -208,11 +193,7 @@ fn record(a: &Attempt) {
     say!("update: {} {outcome}: {}", a.source, a.detail);
     let path = Path::new(contract::update::ATTEMPT_FILE);
     let json = serde_json::to_vec_pretty(a).unwrap_or_default();
-    let r = path
-        .parent()
-        .map_or(Ok(()), fs::create_dir_all)
-        .and_then(|_| write_atomic(path, &json));
-    if let Err(e) = r {
+    if let Err(e) = write_atomic(path, &json) {
         say!("update: writing {}: {e}", path.display());
     }
     if a.outcome == Outcome::Installed {

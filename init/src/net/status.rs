@@ -70,17 +70,25 @@ pub fn resolv_conf(servers: &[IpAddr]) -> String {
     s
 }
 
-/// Writes `text` to `path` through a temporary file and a rename, so a
-/// reader sees the old or the new content, never a part.
-pub fn write_atomic(path: &Path, text: &str) -> std::io::Result<()> {
-    if let Some(d) = path.parent() {
+/// Writes `bytes` to `path` through a temporary file, a sync and a rename,
+/// so a reader (or a power cut, for STATE) sees the old or the new content,
+/// never a part. Init's one atomic writer: /run's status files and STATE's
+/// bad-release record (on tmpfs the syncs cost nothing).
+pub fn write_atomic(path: &Path, bytes: impl AsRef<[u8]>) -> std::io::Result<()> {
+    let dir = path.parent();
+    if let Some(d) = dir {
         std::fs::create_dir_all(d)?;
     }
     let tmp = path.with_extension("new");
     let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(text.as_bytes())?;
+    f.write_all(bytes.as_ref())?;
+    f.sync_all()?;
     drop(f);
-    std::fs::rename(&tmp, path)
+    std::fs::rename(&tmp, path)?;
+    if let Some(d) = dir {
+        std::fs::File::open(d)?.sync_all()?;
+    }
+    Ok(())
 }
 
 #[cfg(test)]

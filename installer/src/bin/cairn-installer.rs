@@ -200,11 +200,8 @@ fn run(cli: Cli) -> Result<()> {
             let bad_path = bad_releases.unwrap_or_else(|| {
                 PathBuf::from(contract::disk::STATE_MOUNT).join(contract::update::BAD_RELEASES)
             });
-            let bad = match std::fs::read_to_string(&bad_path) {
-                Ok(t) => contract::update::parse_bad_releases(&t),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
-                Err(e) => return Err(e).with_context(|| format!("reading {}", bad_path.display())),
-            };
+            let bad = contract::update::read_bad_releases(&bad_path)
+                .with_context(|| format!("reading {}", bad_path.display()))?;
             let node = installer::update::Node {
                 running: installer::update::running_version(&disk)?,
                 disk,
