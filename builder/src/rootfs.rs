@@ -77,8 +77,13 @@ pub fn stage(
     put(&dir.join("etc/hostname"), "cairn\n")?;
     // An empty machine-id: a read-only root cannot get one later.
     put(&dir.join("etc/machine-id"), "")?;
-    put(&dir.join("etc/passwd"), "root:x:0:0:root:/:/sbin/nologin\n")?;
-    put(&dir.join("etc/group"), "root:x:0:\n")?;
+    // nobody (65534) is what a [[service]] runs as unless it says otherwise
+    // (contract::machine); no account has a shell or a password.
+    put(
+        &dir.join("etc/passwd"),
+        "root:x:0:0:root:/:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n",
+    )?;
+    put(&dir.join("etc/group"), "root:x:0:\nnobody:x:65534:\n")?;
 
     for (name, out) in packages {
         if name == "init" {
@@ -126,6 +131,7 @@ pub fn stage(
     // Directories get their modes here, not from the builder's umask.
     fix_dir_modes(dir)?;
     fs::set_permissions(dir.join("tmp"), fs::Permissions::from_mode(0o1777))?;
+    refuse_login_surface(dir, dir)?;
     let mut binaries = Vec::new();
     find_elf(dir, dir, &mut binaries)?;
     binaries.sort();
@@ -175,6 +181,36 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
             symlink(fs::read_link(&s)?, &d)?;
         } else {
             copy_file(&s, &d, None)?;
+        }
+    }
+    Ok(())
+}
+
+/// Names that would give someone a way to log in or a shell to type into.
+/// A cairn node is managed only through its API, so a package or a
+/// profile file that brings one of these fails the build instead of
+/// quietly widening every node built from it.
+const LOGIN_SURFACE: &[&str] = &[
+    "sh", "ash", "bash", "dash", "ksh", "mksh", "zsh", "csh", "tcsh", "fish", "busybox",
+    "toybox", "login", "getty", "agetty", "mingetty", "sulogin", "su", "sudo", "doas", "sshd",
+    "ssh", "dropbear", "telnetd", "rshd", "rlogind",
+];
+
+fn refuse_login_surface(root: &Path, dir: &Path) -> Result<()> {
+    let mut entries = fs::read_dir(dir)?.collect::<Result<Vec<_>, _>>()?;
+    entries.sort_by_key(|e| e.file_name());
+    for e in entries {
+        let name = e.file_name();
+        if LOGIN_SURFACE.iter().any(|l| name == *l) {
+            bail!(
+                "rootfs: /{} is a shell or login program; cairn images have none \
+                 (nodes are managed through the API only): remove it from the package \
+                 or the profile's rootfs.files",
+                e.path().strip_prefix(root)?.display()
+            );
+        }
+        if e.file_type()?.is_dir() {
+            refuse_login_surface(root, &e.path())?;
         }
     }
     Ok(())

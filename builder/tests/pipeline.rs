@@ -129,3 +129,23 @@ fn finding_3_profile_machine_config_checked_before_any_work() {
     assert!(!marker.exists(), "a package was built before the check");
     assert!(!out.join("disk.raw").exists());
 }
+
+/// Issue 16: nothing to log in with. A profile file (or a package) that
+/// puts a shell or a login program into the rootfs fails the build, and the
+/// error names the path; no disk is written.
+#[test]
+fn a_shell_in_the_rootfs_fails_the_build() {
+    let t = tempfile::tempdir().unwrap();
+    let (repo, cache, out) = (t.path().join("r"), t.path().join("c"), t.path().join("o"));
+    fake_repo(&repo);
+    let p = repo.join("profiles/p.toml");
+    let text = fs::read_to_string(&p).unwrap().replace(
+        "files = [{ src = \"files/motd\", dst = \"/etc/motd\", mode = \"0644\" }]",
+        "files = [{ src = \"files/motd\", dst = \"/usr/bin/sh\", mode = \"0755\" }]",
+    );
+    fs::write(&p, text).unwrap();
+    let err = build(&options(&repo, &cache, &out, None)).unwrap_err();
+    let msg = format!("{err:#}");
+    assert!(msg.contains("/usr/bin/sh is a shell or login program"), "{msg}");
+    assert!(!out.join("disk.raw").exists());
+}
