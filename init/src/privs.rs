@@ -55,6 +55,22 @@ impl Privileges {
     }
 }
 
+/// Makes every mount in init's namespace shared, once, before the first
+/// child: the kernel leaves them private, and a private mount is copied
+/// into a child's namespace with no link back. Shared here (and slave in
+/// the child), init's later mounts and unmounts reach every child: the
+/// ESP unmounted after blessing, /var and STATE unmounted at shutdown are
+/// then gone everywhere, not kept alive in a service's namespace.
+pub fn share_mounts() -> io::Result<()> {
+    crate::sys::mount(
+        "none",
+        std::path::Path::new("/"),
+        None,
+        libc::MS_REC | libc::MS_SHARED,
+        None,
+    )
+}
+
 /// The steps of the hook, in order; the child records the one it is at so
 /// a failure names it (the parent only receives errno from std).
 const STEPS: [&str; 11] = [

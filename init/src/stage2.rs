@@ -327,6 +327,8 @@ pub fn run() -> Result<Shutdown, BootError> {
     sys::block_signals();
     say!("stage 2 (cairn-init {})", env!("CARGO_PKG_VERSION"));
     mount_extras();
+    crate::privs::share_mounts()
+        .ctx(|| "making mounts shared (for services' namespaces)".into())?;
     let hand_text = fs::read_to_string("/run/cairn/boot")
         .ctx(|| "reading /run/cairn/boot (written by stage 1)".into())?;
     let hand = Handover::parse(&hand_text)
