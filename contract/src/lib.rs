@@ -7,6 +7,7 @@
 //! - [`esp`]: ESP paths, loader.conf, UKI entry names and boot counters;
 //! - [`bundle`]: bundle file names, payload paths, OCI media types;
 //! - [`layout`]: `layout.json` and the disk layout it gives;
+//! - [`caps`]: capability names and numbers, and the set a service may hold;
 //! - [`machine`]: the machine config (`machine.toml`) schema and validation;
 //! - [`trust`]: where a rootfs carries the keys its release trusts;
 //! - [`update`]: `[update]`, the bad-release record and the attempt record.
@@ -15,6 +16,7 @@
 //! what cairn puts in them lives here.
 
 pub mod bundle;
+pub mod caps;
 pub mod cmdline;
 pub mod disk;
 pub mod esp;

@@ -40,6 +40,15 @@ pub struct Service {
     pub args: Vec<String>,
     #[serde(default)]
     pub restart: Restart,
+    /// Numeric uid it runs as (`user = 0` only when written).
+    #[serde(default = "nobody")]
+    pub user: u32,
+    /// Numeric gid it runs as; it has no supplementary groups.
+    #[serde(default = "nobody")]
+    pub group: u32,
+    /// Capability names (contract::caps::ALLOWED); none by default.
+    #[serde(default)]
+    pub capabilities: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
@@ -50,6 +59,42 @@ pub struct Health {
     #[serde(default)]
     pub args: Vec<String>,
     pub timeout_s: u32,
+    /// As for a service: a check runs as nobody unless told otherwise.
+    #[serde(default = "nobody")]
+    pub user: u32,
+    #[serde(default = "nobody")]
+    pub group: u32,
+    #[serde(default)]
+    pub capabilities: Vec<String>,
+}
+
+/// The uid and gid a service or health check runs as unless its table
+/// names one: the kernel's overflow id, owning nothing on the image.
+pub const NOBODY: u32 = 65534;
+
+fn nobody() -> u32 {
+    NOBODY
+}
+
+/// `user`, `group` and `capabilities` of one service or health check.
+fn validate_privileges(
+    kind: &str,
+    name: &str,
+    user: u32,
+    group: u32,
+    caps: &[String],
+) -> Result<(), String> {
+    // u32::MAX is -1 to setresuid/setresgid: "leave unchanged", i.e. root.
+    for (field, id) in [("user", user), ("group", group)] {
+        if id == u32::MAX {
+            return Err(format!(
+                "{kind} {name:?}: {field}: {id} is not an id (it means \"unchanged\" to the kernel)"
+            ));
+        }
+    }
+    crate::caps::mask(caps)
+        .map(|_| ())
+        .map_err(|e| format!("{kind} {name:?}: capabilities: {e}"))
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize, Default)]
@@ -345,11 +390,17 @@ impl MachineConfig {
             }
         }
         let mut seen = std::collections::BTreeSet::new();
-        for (kind, name, exec) in self
+        for (kind, name, exec, (user, group, caps)) in self
             .services
             .iter()
-            .map(|s| ("service", &s.name, &s.exec))
-            .chain(self.health.iter().map(|h| ("health", &h.name, &h.exec)))
+            .map(|s| {
+                let p = (s.user, s.group, &s.capabilities);
+                ("service", &s.name, &s.exec, p)
+            })
+            .chain(self.health.iter().map(|h| {
+                let p = (h.user, h.group, &h.capabilities);
+                ("health", &h.name, &h.exec, p)
+            }))
         {
             if !valid_name(name) {
                 return Err(bad(format!(
@@ -364,6 +415,7 @@ impl MachineConfig {
                     "{kind} {name:?}: exec {exec:?} must be an absolute path (there is no PATH search)"
                 )));
             }
+            validate_privileges(kind, name, user, group, caps).map_err(&bad)?;
         }
         self.network.validate().map_err(&bad)?;
         for t in &self.time.servers {
@@ -490,6 +542,85 @@ timeout_s = 30
         assert!(
             inv("[update]\nsource=\"r.example/cairn\"\ninterval_s=1").contains("update.interval_s")
         );
+    }
+
+    #[test]
+    fn privileges_default_to_nobody_without_capabilities() {
+        let c = MachineConfig::parse(GOOD, "m.toml").unwrap();
+        for (u, g, caps) in c
+            .services
+            .iter()
+            .map(|s| (s.user, s.group, &s.capabilities))
+            .chain(c.health.iter().map(|h| (h.user, h.group, &h.capabilities)))
+        {
+            assert_eq!((u, g), (NOBODY, 65534));
+            assert!(caps.is_empty());
+        }
+        let c = MachineConfig::parse(
+            r#"
+[[service]]
+name = "web"
+exec = "/usr/bin/web"
+user = 0
+group = 33
+capabilities = ["CAP_NET_BIND_SERVICE", "CAP_NET_RAW"]
+[[health]]
+name = "ping"
+exec = "/usr/bin/ping"
+timeout_s = 5
+user = 1000
+capabilities = ["CAP_NET_RAW"]
+"#,
+            "m.toml",
+        )
+        .unwrap();
+        let s = &c.services[0];
+        assert_eq!((s.user, s.group), (0, 33));
+        assert_eq!(s.capabilities, ["CAP_NET_BIND_SERVICE", "CAP_NET_RAW"]);
+        let h = &c.health[0];
+        assert_eq!((h.user, h.group), (1000, NOBODY));
+        assert_eq!(h.capabilities, ["CAP_NET_RAW"]);
+    }
+
+    #[test]
+    fn refused_privileges_name_the_table_and_field() {
+        let inv = |src: &str| match MachineConfig::parse(src, "m.toml") {
+            Err(ConfigError::Invalid { what, .. }) => what,
+            other => panic!("expected invalid, got {other:?}"),
+        };
+        let svc = "[[service]]\nname = \"web\"\nexec = \"/w\"\n";
+        let e = inv(&format!("{svc}capabilities = [\"CAP_SYS_ADMIN\"]"));
+        assert!(
+            e.starts_with(
+                "service \"web\": capabilities: CAP_SYS_ADMIN is not in the set a service may hold (CAP_CHOWN, "
+            ),
+            "{e}"
+        );
+        assert!(e.ends_with("CAP_IPC_LOCK)"), "{e}");
+        let e = inv(&format!("{svc}capabilities = [\"CAP_KILL\", \"CAP_KILL\"]"));
+        assert_eq!(e, "service \"web\": capabilities: CAP_KILL is listed twice");
+        let e = inv(&format!("{svc}capabilities = [\"NET_ADMIN\"]"));
+        assert!(
+            e.starts_with("service \"web\": capabilities: NET_ADMIN is not a Linux capability"),
+            "{e}"
+        );
+        let e = inv(&format!("{svc}user = 4294967295"));
+        assert!(e.starts_with("service \"web\": user: 4294967295"), "{e}");
+        let e = inv(&format!("{svc}group = 4294967295"));
+        assert!(e.starts_with("service \"web\": group:"), "{e}");
+        let chk = "[[health]]\nname = \"h\"\nexec = \"/h\"\ntimeout_s = 1\n";
+        let e = inv(&format!("{chk}capabilities = [\"CAP_SETPCAP\"]"));
+        assert!(
+            e.starts_with("health \"h\": capabilities: CAP_SETPCAP is not in the set"),
+            "{e}"
+        );
+        // types are syntax errors, located at the value
+        let (l, _, _) = syntax(&format!("{svc}user = -1"));
+        assert_eq!(l, 4);
+        let (l, _, _) = syntax(&format!("{svc}user = \"nobody\""));
+        assert_eq!(l, 4);
+        let (l, _, _) = syntax(&format!("{svc}capabilities = \"CAP_KILL\""));
+        assert_eq!(l, 4);
     }
 
     #[test]

@@ -22,7 +22,12 @@ pub fn run_checks(sup: &mut Supervisor, checks: &[Health], retry: Duration) -> R
         let mut attempts = 0u32;
         loop {
             attempts += 1;
-            let last = match sup.spawn_oneshot(&format!("health/{}", h.name), &h.exec, &h.args) {
+            let spawned = crate::privs::Privileges::of_health(h)
+                .map_err(|e| std::io::Error::other(format!("capabilities: {e}")))
+                .and_then(|p| {
+                    sup.spawn_oneshot(&format!("health/{}", h.name), &h.exec, &h.args, p)
+                });
+            let last = match spawned {
                 Err(e) => format!("cannot start {}: {e}", h.exec),
                 Ok(pid) => {
                     let exit = loop {

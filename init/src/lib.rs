@@ -15,6 +15,7 @@ pub mod fsprobe;
 pub mod health;
 pub mod install;
 pub mod net;
+pub mod privs;
 pub mod record;
 pub mod slot;
 pub mod stage1;

@@ -30,7 +30,7 @@ fn run() -> Result<(), BootError> {
     let argv0 = std::env::args().next().unwrap_or_default();
     if sys::getpid() != 1 {
         return Err(BootError::Stop(format!(
-            "{argv0} must run as PID 1 (only --version works otherwise)"
+            "{argv0} must run as PID 1 (only --version and --self-report work otherwise)"
         )));
     }
     // The kernel starts the initramfs's /init; stage 1 execs /sbin/init.
@@ -46,9 +46,20 @@ fn run() -> Result<(), BootError> {
 }
 
 fn main() {
-    if std::env::args().nth(1).as_deref() == Some("--version") {
-        println!("cairn-init {}", env!("CARGO_PKG_VERSION"));
-        return;
+    match std::env::args().nth(1).as_deref() {
+        Some("--version") => {
+            println!("cairn-init {}", env!("CARGO_PKG_VERSION"));
+            return;
+        }
+        // Run by a health check: reports the confinement it was started in.
+        Some("--self-report") => {
+            if let Err(e) = cairn_init::privs::self_report(&mut std::io::stdout().lock()) {
+                eprintln!("self-report: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        _ => {}
     }
     // panic=abort in the init profile: the hook is the last code that runs.
     std::panic::set_hook(Box::new(|info| fail(&format!("init panicked: {info}"))));

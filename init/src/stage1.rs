@@ -30,12 +30,9 @@ pub fn mount_api_filesystems() -> Result<(), BootError> {
         ("proc", "/proc", nosuid, None),
         ("sysfs", "/sys", nosuid, None),
         ("devtmpfs", "/dev", libc::MS_NOSUID, Some("mode=0755")),
-        (
-            "tmpfs",
-            "/run",
-            libc::MS_NOSUID | libc::MS_NODEV,
-            Some("mode=0755"),
-        ),
+        // Runtime state (handover, status, resolv.conf, the ESP mount
+        // point); nothing runs from it.
+        ("tmpfs", "/run", nosuid, Some("mode=0755")),
     ];
     for (fs, target, flags, data) in mounts {
         let _ = fs::create_dir_all(target);

@@ -141,11 +141,15 @@ fn prepare(
     prepare_fs(&dev, label)?;
     let ds = dev.to_string_lossy();
     fs::create_dir_all(mountpoint).ctx(|| format!("creating {mountpoint}"))?;
+    // Data only: nothing runs from STATE or /var (mke2fs and e2fsck come
+    // from the rootfs, the update agent writes images, never runs them),
+    // so a file planted there can be neither executed nor set-id nor a
+    // device node.
     sys::mount(
         &ds,
         Path::new(mountpoint),
         Some("ext4"),
-        libc::MS_NOSUID | libc::MS_NODEV,
+        libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
         None,
     )
     .ctx(|| format!("mounting {label} ({ds}) at {mountpoint}"))?;
@@ -280,6 +284,8 @@ pub fn mount_extras() {
             }
         }
     }
+    // nosuid and nodev, but not noexec: with the root read-only for
+    // services, /tmp is where one may unpack and run a helper.
     if Path::new("/tmp").is_dir() {
         let _ = sys::mount(
             "tmpfs",
@@ -321,6 +327,8 @@ pub fn run() -> Result<Shutdown, BootError> {
     sys::block_signals();
     say!("stage 2 (cairn-init {})", env!("CARGO_PKG_VERSION"));
     mount_extras();
+    crate::privs::share_mounts()
+        .ctx(|| "making mounts shared (for services' namespaces)".into())?;
     let hand_text = fs::read_to_string("/run/cairn/boot")
         .ctx(|| "reading /run/cairn/boot (written by stage 1)".into())?;
     let hand = Handover::parse(&hand_text)
@@ -460,7 +468,15 @@ pub fn run() -> Result<Shutdown, BootError> {
     for m in mounted.iter().rev() {
         if let Err(e) = sys::umount(m) {
             say!("unmounting {}: {e}; remounting read-only", m.display());
-            let _ = sys::mount("none", m, None, libc::MS_REMOUNT | libc::MS_RDONLY, None);
+            // A remount sets the per-mount flags anew: keep the data-only ones.
+            let data_only = libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC;
+            let _ = sys::mount(
+                "none",
+                m,
+                None,
+                libc::MS_REMOUNT | libc::MS_RDONLY | data_only,
+                None,
+            );
         }
     }
     sys::sync();

@@ -2,9 +2,13 @@
 //! capped exponential backoff, reaps every child (as PID 1 it also inherits
 //! orphans), and forwards their output to the console line by line.
 //!
+//! Every child is confined to its configured uid, gid and capabilities in
+//! its own mount namespace (`privs`).
+//!
 //! Time is passed in (`now`) so scheduling is deterministic under test; the
 //! caller decides how to sleep (signals in PID 1, polling in tests).
 
+use crate::privs::Privileges;
 use contract::machine::{Restart, Service};
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
@@ -185,14 +189,19 @@ impl Supervisor {
         let spec = self.slots[i].spec.clone();
         self.slots[i].starts += 1;
         self.slots[i].restart_at = None;
-        let child = crate::sys::command(&spec.exec)
-            .args(&spec.args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            // Own process group, so stopping a service also stops its children.
-            .process_group(0)
-            .spawn();
+        let child = Privileges::of_service(&spec)
+            .map_err(|e| std::io::Error::other(format!("capabilities: {e}")))
+            .and_then(|p| {
+                let mut cmd = crate::sys::command(&spec.exec);
+                cmd.args(&spec.args)
+                    .stdin(Stdio::null())
+                    .stdout(Stdio::piped())
+                    .stderr(Stdio::piped())
+                    // Own process group, so stopping a service also stops its children.
+                    .process_group(0);
+                let confined = crate::privs::confine(&mut cmd, p)?;
+                cmd.spawn().map_err(|e| confined.explain(e))
+            });
         match child {
             Ok(mut c) => {
                 let pid = c.id() as i32;
@@ -287,21 +296,24 @@ impl Supervisor {
         events
     }
 
-    /// Starts a command that is not a service (a health check); its exit is
-    /// collected by [`Supervisor::reap`] and read with [`Supervisor::take_oneshot`].
+    /// Starts a command that is not a service (a health check), confined to
+    /// `privs` as services are; its exit is collected by [`Supervisor::reap`]
+    /// and read with [`Supervisor::take_oneshot`].
     pub fn spawn_oneshot(
         &mut self,
         label: &str,
         exec: &str,
         args: &[String],
+        privs: Privileges,
     ) -> std::io::Result<i32> {
-        let mut c = crate::sys::command(exec)
-            .args(args)
+        let mut cmd = crate::sys::command(exec);
+        cmd.args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
-            .process_group(0)
-            .spawn()?;
+            .process_group(0);
+        let confined = crate::privs::confine(&mut cmd, privs)?;
+        let mut c = cmd.spawn().map_err(|e| confined.explain(e))?;
         let pid = c.id() as i32;
         if let Some(o) = c.stdout.take() {
             forward(label.to_string(), o, self.console.clone());

@@ -25,3 +25,40 @@ fn refuses_to_run_unless_pid_1() {
         "{err}"
     );
 }
+
+#[test]
+fn self_report_prints_the_privileges_it_runs_with() {
+    let o = Command::new(env!("CARGO_BIN_EXE_init"))
+        .arg("--self-report")
+        .output()
+        .unwrap();
+    assert!(o.status.success());
+    let out = String::from_utf8(o.stdout).unwrap();
+    let lines: Vec<&str> = out.lines().collect();
+    assert_eq!(lines.len(), 10, "{out}");
+    // SAFETY: no arguments.
+    let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
+    assert_eq!(lines[0], format!("self-report uid={uid} gid={gid}"));
+    let keys = [
+        "CapInh:",
+        "CapPrm:",
+        "CapEff:",
+        "CapBnd:",
+        "CapAmb:",
+        "NoNewPrivs:",
+        "Seccomp:",
+    ];
+    for (l, k) in lines[1..8].iter().zip(keys) {
+        assert!(l.starts_with(k), "{l} ({k})");
+    }
+    assert!(
+        lines[8] == "self-report root=ro" || lines[8] == "self-report root=rw",
+        "{}",
+        lines[8]
+    );
+    assert!(
+        lines[9].starts_with("self-report mountns=mnt:["),
+        "{}",
+        lines[9]
+    );
+}

@@ -71,6 +71,9 @@ fn main() {
         exec: "/bin/sleep".into(),
         args: vec!["30".into()],
         restart: Restart::Always,
+        user: contract::machine::NOBODY,
+        group: contract::machine::NOBODY,
+        capabilities: vec![],
     };
     let mut sup = Supervisor::new(vec![svc], Backoff::default(), console);
     sup.start_all(Instant::now());

@@ -2,7 +2,7 @@
 //! Every test reaps with waitpid(-1), so they run one at a time.
 
 use cairn_init::supervisor::{Backoff, Console, Event, Exit, Supervisor};
-use contract::machine::{Restart, Service};
+use contract::machine::{Restart, Service, NOBODY};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -18,6 +18,9 @@ fn sh(name: &str, script: &str, restart: Restart) -> Service {
         exec: "/bin/sh".into(),
         args: vec!["-c".into(), script.into()],
         restart,
+        user: NOBODY,
+        group: NOBODY,
+        capabilities: vec![],
     }
 }
 
@@ -157,6 +160,9 @@ fn missing_executable_is_a_failure_not_a_crash() {
         exec: "/nonexistent/bin".into(),
         args: vec![],
         restart: Restart::OnFailure,
+        user: NOBODY,
+        group: NOBODY,
+        capabilities: vec![],
     };
     let mut s = Supervisor::new(vec![svc], fast(), con);
     let ev = s.start_all(Instant::now());
@@ -265,7 +271,14 @@ fn health_checks_pass_when_service_is_ready_and_time_out_otherwise() {
     use cairn_init::health::run_checks;
     use contract::machine::Health;
     let _g = serial();
-    let dir = tempfile::tempdir().unwrap();
+    // Services see a read-only root and run as nobody: the marker goes
+    // on a separate, world-writable tmpfs.
+    let dir = tempfile::tempdir_in("/dev/shm").unwrap();
+    std::fs::set_permissions(
+        dir.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o777),
+    )
+    .unwrap();
     let ready = dir.path().join("ready");
     let (con, _out) = console();
     let mut s = Supervisor::new(
@@ -283,6 +296,9 @@ fn health_checks_pass_when_service_is_ready_and_time_out_otherwise() {
         exec: "/bin/sh".into(),
         args: vec!["-c".into(), script],
         timeout_s,
+        user: NOBODY,
+        group: NOBODY,
+        capabilities: vec![],
     };
     let t = Instant::now();
     run_checks(
