@@ -8,6 +8,7 @@
 //! - [`bundle`]: bundle file names, payload paths, OCI media types;
 //! - [`layout`]: `layout.json` and the disk layout it gives;
 //! - [`machine`]: the machine config (`machine.toml`) schema and validation;
+//! - [`sysctl`]: the sysctls init sets and the subset `[sysctl]` may change;
 //! - [`trust`]: where a rootfs carries the keys its release trusts;
 //! - [`update`]: `[update]`, the bad-release record and the attempt record.
 //!
@@ -21,5 +22,6 @@ pub mod esp;
 pub mod layout;
 pub mod machine;
 pub mod slot;
+pub mod sysctl;
 pub mod trust;
 pub mod update;

@@ -7,6 +7,7 @@ use crate::error::{BootError, Context};
 use crate::fsprobe::{self, Action, PROBE_LEN};
 use crate::record::{self, Handover};
 use crate::supervisor::{Backoff, Supervisor};
+use crate::sysctl::{self, Sysctls};
 use crate::{disks, health, say, sys};
 use artifacts::gpt::DiskLayout;
 use contract::esp::{decode_efivar_string, LOADER_VENDOR_GUID};
@@ -280,6 +281,21 @@ pub fn mount_extras() {
             }
         }
     }
+    // The lockdown level and the LSM list live here (crate::lsm). The
+    // directory exists only when the kernel has securityfs.
+    if Path::new(crate::lsm::SECURITYFS).is_dir() {
+        if let Err(e) = sys::mount(
+            "securityfs",
+            Path::new(crate::lsm::SECURITYFS),
+            Some("securityfs"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        ) {
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                say!("securityfs not mounted: {e}");
+            }
+        }
+    }
     if Path::new("/tmp").is_dir() {
         let _ = sys::mount(
             "tmpfs",
@@ -321,6 +337,15 @@ pub fn run() -> Result<Shutdown, BootError> {
     sys::block_signals();
     say!("stage 2 (cairn-init {})", env!("CARGO_PKG_VERSION"));
     mount_extras();
+    for line in crate::lsm::report(Path::new(crate::lsm::SECURITYFS)) {
+        say!("{line}");
+    }
+    // The hardening defaults go in before any disk is read; the machine
+    // config's overrides once it is loaded.
+    let mut sysctls = Sysctls::new(Path::new(sysctl::PROC_SYS));
+    for m in sysctls.apply(contract::sysctl::defaults()) {
+        say!("{m}");
+    }
     let hand_text = fs::read_to_string("/run/cairn/boot")
         .ctx(|| "reading /run/cairn/boot (written by stage 1)".into())?;
     let hand = Handover::parse(&hand_text)
@@ -377,6 +402,19 @@ pub fn run() -> Result<Shutdown, BootError> {
         fs::write("/proc/sys/kernel/printk", format!("{l}\n"))
             .ctx(|| "setting console_loglevel".into())?;
     }
+    // Before the network, services and health checks: what they run under.
+    let effective = contract::sysctl::effective(&cfg.sysctl);
+    let overrides = effective
+        .iter()
+        .filter(|(n, _)| cfg.sysctl.contains_key(*n))
+        .map(|(n, v)| (*n, v.as_str()));
+    for m in sysctls.apply(overrides) {
+        say!("{m}");
+    }
+    say!(
+        "sysctl {}",
+        sysctls.read_back(effective.iter().map(|(n, _)| *n))
+    );
 
     // Beside the supervisor, never in its way: health and blessing do not
     // wait for a lease.
