@@ -435,6 +435,14 @@ impl Profile {
             })?),
             _ => None,
         };
+        // Every UKI runs locked down: the profile may choose the level, not
+        // turn it off (contract::cmdline::lockdown).
+        let mut cmdline = kernel.cmdline.unwrap_or_default();
+        if let Some(p) = contract::cmdline::lockdown(&cmdline.join(" "), secure_boot.is_some())
+            .map_err(|e| invalid("kernel.cmdline", e.to_string()))?
+        {
+            cmdline.push(p);
+        }
         let mut outputs = f.outputs.ok_or_else(|| missing("outputs"))?;
         outputs.sort();
         outputs.dedup();
@@ -448,7 +456,7 @@ impl Profile {
             source_date_epoch: os
                 .source_date_epoch
                 .ok_or_else(|| missing("os.source_date_epoch"))?,
-            cmdline: kernel.cmdline.unwrap_or_default(),
+            cmdline,
             console: kernel.console.unwrap_or_else(|| "ttyS0".into()),
             packages: rootfs.packages.unwrap_or_default(),
             files: rootfs.files.unwrap_or_default(),
@@ -503,6 +511,76 @@ state = "64MiB"
             let p = Profile::load(&dir.join(format!("{name}.toml"))).unwrap();
             assert_eq!(p.name, name);
         }
+    }
+
+    /// A profile's `kernel.cmdline` replaces the one it extends: each
+    /// shipped profile repeats default.toml's KSPP parameters.
+    #[test]
+    fn shipped_profiles_carry_the_hardening_parameters() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+        let keys = Path::new("/keys/sb");
+        let kspp = [
+            "init_on_alloc=1",
+            "init_on_free=1",
+            "slab_nomerge",
+            "page_alloc.shuffle=1",
+            "randomize_kstack_offset=on",
+            "vsyscall=none",
+            "pti=on",
+            "oops=panic",
+            "intel_iommu=on",
+            "iommu.strict=1",
+            "iommu.passthrough=0",
+        ];
+        for (name, lockdown) in [
+            ("default", "lockdown=integrity"),
+            ("aws", "lockdown=integrity"),
+            ("gcp", "lockdown=integrity"),
+            ("azure", "lockdown=integrity"),
+            ("vmware", "lockdown=integrity"),
+            ("test/v2", "lockdown=integrity"),
+            ("test/v3", "lockdown=integrity"),
+            ("test/secureboot", "lockdown=confidentiality"),
+        ] {
+            let p = Profile::load_with(
+                &dir.join(format!("{name}.toml")),
+                name.ends_with("secureboot").then_some(keys),
+            )
+            .unwrap();
+            for k in kspp {
+                assert!(p.cmdline.iter().any(|w| w == k), "{name}: no {k}");
+            }
+            let l: Vec<_> = p
+                .cmdline
+                .iter()
+                .filter(|w| w.starts_with("lockdown="))
+                .collect();
+            assert_eq!(l, [lockdown], "{name}");
+        }
+    }
+
+    #[test]
+    fn lockdown_none_is_refused_and_a_given_level_kept() {
+        let d = tempfile::tempdir().unwrap();
+        let none = BASE.replace(
+            "[\"console=ttyS0\"]",
+            "[\"console=ttyS0\", \"lockdown=none\"]",
+        );
+        let p = write(d.path(), "p.toml", &none);
+        let e = Profile::load(&p).unwrap_err().to_string();
+        assert!(e.contains("`kernel.cmdline`: lockdown=none: "), "{e}");
+        let given = BASE.replace(
+            "[\"console=ttyS0\"]",
+            "[\"console=ttyS0\", \"lockdown=confidentiality\"]",
+        );
+        let p = write(d.path(), "p.toml", &given);
+        assert_eq!(
+            Profile::load(&p).unwrap().cmdline,
+            ["console=ttyS0", "lockdown=confidentiality"]
+        );
+        let p = write(d.path(), "p.toml", BASE);
+        let sb = Profile::load_with(&p, Some(Path::new("/k"))).unwrap();
+        assert_eq!(sb.cmdline, ["console=ttyS0", "lockdown=confidentiality"]);
     }
 
     #[test]

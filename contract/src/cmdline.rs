@@ -25,6 +25,13 @@ pub enum CmdlineError {
     UnknownMode { value: String },
     #[error("cairn.install.disk={value}: expected an absolute /dev path")]
     InstallDisk { value: String },
+    #[error(
+        "lockdown=none: cairn kernels are always locked down (integrity; confidentiality \
+         with Secure Boot), and the kernel forces integrity anyway: remove it"
+    )]
+    LockdownNone,
+    #[error("lockdown={value}: unknown level (known: integrity, confidentiality)")]
+    LockdownUnknown { value: String },
     #[error("{param} is given twice ({first:?} and {second:?})")]
     Duplicate {
         param: &'static str,
@@ -252,6 +259,50 @@ pub fn installed(profile: &str, binding: &str) -> String {
     words.join(" ")
 }
 
+/// The kernel's lockdown level parameter (security/lockdown).
+pub const LOCKDOWN: &str = "lockdown";
+
+/// The `lockdown=` a UKI's command line gets on top of `profile` (the
+/// profile's parameters): `None` when the profile already names a level
+/// (it may only name one, and not `none`), else `lockdown=confidentiality`
+/// for a Secure Boot image (nothing reads kernel memory either: the keys
+/// and the measured state are worth protecting once the boot chain is
+/// verified) and `lockdown=integrity` otherwise (what the kernel's
+/// LOCK_DOWN_KERNEL_FORCE_INTEGRITY already enforces, stated on the line).
+pub fn lockdown(profile: &str, secure_boot: bool) -> Result<Option<String>, CmdlineError> {
+    let mut given: Option<String> = None;
+    for w in words(profile) {
+        let Some(value) = w.strip_prefix("lockdown=") else {
+            continue;
+        };
+        match value {
+            "none" => return Err(CmdlineError::LockdownNone),
+            "integrity" | "confidentiality" => {}
+            _ => {
+                return Err(CmdlineError::LockdownUnknown {
+                    value: value.into(),
+                })
+            }
+        }
+        if let Some(first) = &given {
+            return Err(CmdlineError::Duplicate {
+                param: LOCKDOWN,
+                first: first.clone(),
+                second: value.into(),
+            });
+        }
+        given = Some(value.into());
+    }
+    Ok(given.is_none().then(|| {
+        let level = if secure_boot {
+            "confidentiality"
+        } else {
+            "integrity"
+        };
+        format!("{LOCKDOWN}={level}")
+    }))
+}
+
 /// The parameter that makes a UKI the installer's.
 pub const INSTALL_MODE: &str = "cairn.mode=install";
 
@@ -382,6 +433,39 @@ mod tests {
             "gpt console=ttyS0 cairn.rootfs=ab cairn.verity=1,cd"
         );
         assert_eq!(installed("", b), "gpt cairn.rootfs=ab cairn.verity=1,cd");
+    }
+
+    #[test]
+    fn lockdown_is_added_unless_given() {
+        assert_eq!(
+            lockdown("console=ttyS0 panic=5", false),
+            Ok(Some("lockdown=integrity".into()))
+        );
+        assert_eq!(
+            lockdown("console=ttyS0", true),
+            Ok(Some("lockdown=confidentiality".into()))
+        );
+        assert_eq!(lockdown("lockdown=confidentiality", false), Ok(None));
+        assert_eq!(lockdown("a lockdown=integrity b", true), Ok(None));
+        let e = lockdown("console=ttyS0 lockdown=none", false).unwrap_err();
+        assert_eq!(e, CmdlineError::LockdownNone);
+        assert!(e.to_string().starts_with("lockdown=none: "), "{e}");
+        assert!(matches!(
+            lockdown("lockdown=max", false),
+            Err(CmdlineError::LockdownUnknown { .. })
+        ));
+        assert!(matches!(
+            lockdown("lockdown=integrity lockdown=confidentiality", false),
+            Err(CmdlineError::Duplicate {
+                param: "lockdown",
+                ..
+            })
+        ));
+        // a parameter that only ends in lockdown= is someone else's
+        assert_eq!(
+            lockdown("x.lockdown=none", false),
+            Ok(Some("lockdown=integrity".into()))
+        );
     }
 
     #[test]

@@ -9,6 +9,7 @@
 //! - [`layout`]: `layout.json` and the disk layout it gives;
 //! - [`caps`]: capability names and numbers, and the set a service may hold;
 //! - [`machine`]: the machine config (`machine.toml`) schema and validation;
+//! - [`sysctl`]: the sysctls init sets and the subset `[sysctl]` may change;
 //! - [`trust`]: where a rootfs carries the keys its release trusts;
 //! - [`update`]: `[update]`, the bad-release record and the attempt record.
 //!
@@ -23,5 +24,6 @@ pub mod esp;
 pub mod layout;
 pub mod machine;
 pub mod slot;
+pub mod sysctl;
 pub mod trust;
 pub mod update;

@@ -3,6 +3,7 @@
 //! boot loudly instead of silently dropping a service.
 
 use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr};
 use std::path::Path;
 use thiserror::Error;
@@ -113,6 +114,16 @@ pub struct MachineConfig {
     pub time: Time,
     /// Off unless present (contract::update).
     pub update: Option<crate::update::Update>,
+    /// `[sysctl]`: overrides of the subset contract::sysctl allows, by
+    /// dotted name.
+    #[serde(default, deserialize_with = "sysctl_table")]
+    pub sysctl: BTreeMap<String, crate::sysctl::Value>,
+}
+
+fn sysctl_table<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, crate::sysctl::Value>, D::Error> {
+    crate::sysctl::from_toml(&toml::Table::deserialize(d)?).map_err(serde::de::Error::custom)
 }
 
 /// Where init writes the resolver configuration; the rootfs's
@@ -428,6 +439,9 @@ impl MachineConfig {
         if let Some(u) = &self.update {
             u.validate().map_err(bad)?;
         }
+        for (name, value) in &self.sysctl {
+            crate::sysctl::check_override(name, value).map_err(&bad)?;
+        }
         for h in &self.health {
             if h.timeout_s == 0 {
                 return Err(bad(format!(
@@ -725,6 +739,50 @@ servers = ["10.0.2.3", "pool.ntp.example"]
         ))
         .contains("not a configured"));
         assert!(inv("[time]\nservers = [\"bad host\"]").contains("time server"));
+    }
+
+    #[test]
+    fn sysctl_overrides_parse_and_are_checked() {
+        let c = MachineConfig::parse(
+            "[sysctl]\nnet.ipv4.ip_forward = 1\n\"kernel.yama.ptrace_scope\" = 3\n\"net.ipv4.tcp_rmem\" = \"4096 131072 6291456\"\n",
+            "m.toml",
+        )
+        .unwrap();
+        let got: Vec<(&str, &str)> = c
+            .sysctl
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("kernel.yama.ptrace_scope", "3"),
+                ("net.ipv4.ip_forward", "1"),
+                ("net.ipv4.tcp_rmem", "4096 131072 6291456")
+            ]
+        );
+        let inv = |src: &str| match MachineConfig::parse(src, "m.toml") {
+            Err(ConfigError::Invalid { what, .. }) => what,
+            other => panic!("expected invalid, got {other:?}"),
+        };
+        let e = inv("[sysctl]\n\"kernel.kptr_restrict\" = 0\n");
+        assert!(
+            e.starts_with(
+                "sysctl.\"kernel.kptr_restrict\": not in the set machine config may change ("
+            ) && e.contains("net.ipv4.ip_forward"),
+            "{e}"
+        );
+        assert!(inv("[sysctl]\nkernel.modprobe = 1\n").contains("sysctl.\"kernel.modprobe\""));
+        assert!(inv("[sysctl]\nkernel.yama.ptrace_scope = 0\n").contains("outside 2..=3"));
+        // a bad value is a syntax error at the table, with the field named
+        let (l, _, m) = syntax("hostname = \"n\"\n[sysctl]\nvm.swappiness = \"10; reboot\"\n");
+        assert_eq!(l, 2, "{m}");
+        assert!(
+            m.contains("sysctl.\"vm.swappiness\"") && m.contains("';'"),
+            "{m}"
+        );
+        let (_, _, m) = syntax("[sysctl]\nvm.swappiness = true\n");
+        assert!(m.contains("a boolean"), "{m}");
     }
 
     #[test]

@@ -7,6 +7,7 @@ use crate::error::{BootError, Context};
 use crate::fsprobe::{self, Action, PROBE_LEN};
 use crate::record::{self, Handover};
 use crate::supervisor::{Backoff, Supervisor};
+use crate::sysctl::{self, Sysctls};
 use crate::{disks, health, say, sys};
 use artifacts::gpt::DiskLayout;
 use contract::esp::{decode_efivar_string, LOADER_VENDOR_GUID};
@@ -284,6 +285,21 @@ pub fn mount_extras() {
             }
         }
     }
+    // The lockdown level and the LSM list live here (crate::lsm). The
+    // directory exists only when the kernel has securityfs.
+    if Path::new(crate::lsm::SECURITYFS).is_dir() {
+        if let Err(e) = sys::mount(
+            "securityfs",
+            Path::new(crate::lsm::SECURITYFS),
+            Some("securityfs"),
+            libc::MS_NOSUID | libc::MS_NODEV | libc::MS_NOEXEC,
+            None,
+        ) {
+            if e.raw_os_error() != Some(libc::EBUSY) {
+                say!("securityfs not mounted: {e}");
+            }
+        }
+    }
     // nosuid and nodev, but not noexec: with the root read-only for
     // services, /tmp is where one may unpack and run a helper.
     if Path::new("/tmp").is_dir() {
@@ -327,6 +343,20 @@ pub fn run() -> Result<Shutdown, BootError> {
     sys::block_signals();
     say!("stage 2 (cairn-init {})", env!("CARGO_PKG_VERSION"));
     mount_extras();
+    for line in crate::lsm::report(Path::new(crate::lsm::SECURITYFS)) {
+        say!("{line}");
+    }
+    // The command line the kernel booted with (signed inside the UKI): the
+    // hardening parameters in it are checked from the console by e2e.
+    if let Ok(c) = fs::read_to_string("/proc/cmdline") {
+        say!("cmdline {}", c.trim());
+    }
+    // The hardening defaults go in before any disk is read; the machine
+    // config's overrides once it is loaded.
+    let mut sysctls = Sysctls::new(Path::new(sysctl::PROC_SYS));
+    for m in sysctls.apply(contract::sysctl::defaults()) {
+        say!("{m}");
+    }
     crate::privs::share_mounts()
         .ctx(|| "making mounts shared (for services' namespaces)".into())?;
     let hand_text = fs::read_to_string("/run/cairn/boot")
@@ -385,6 +415,19 @@ pub fn run() -> Result<Shutdown, BootError> {
         fs::write("/proc/sys/kernel/printk", format!("{l}\n"))
             .ctx(|| "setting console_loglevel".into())?;
     }
+    // Before the network, services and health checks: what they run under.
+    let effective = contract::sysctl::effective(&cfg.sysctl);
+    let overrides = effective
+        .iter()
+        .filter(|(n, _)| cfg.sysctl.contains_key(*n))
+        .map(|(n, v)| (*n, v.as_str()));
+    for m in sysctls.apply(overrides) {
+        say!("{m}");
+    }
+    say!(
+        "sysctl {}",
+        sysctls.read_back(effective.iter().map(|(n, _)| *n))
+    );
 
     // Beside the supervisor, never in its way: health and blessing do not
     // wait for a lease.
