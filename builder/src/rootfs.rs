@@ -191,9 +191,9 @@ fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
 /// profile file that brings one of these fails the build instead of
 /// quietly widening every node built from it.
 const LOGIN_SURFACE: &[&str] = &[
-    "sh", "ash", "bash", "dash", "ksh", "mksh", "zsh", "csh", "tcsh", "fish", "busybox",
-    "toybox", "login", "getty", "agetty", "mingetty", "sulogin", "su", "sudo", "doas", "sshd",
-    "ssh", "dropbear", "telnetd", "rshd", "rlogind",
+    "sh", "ash", "bash", "dash", "ksh", "mksh", "zsh", "csh", "tcsh", "fish", "busybox", "toybox",
+    "login", "getty", "agetty", "mingetty", "sulogin", "su", "sudo", "doas", "sshd", "ssh",
+    "dropbear", "telnetd", "rshd", "rlogind",
 ];
 
 fn refuse_login_surface(root: &Path, dir: &Path) -> Result<()> {

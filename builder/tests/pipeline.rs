@@ -146,6 +146,9 @@ fn a_shell_in_the_rootfs_fails_the_build() {
     fs::write(&p, text).unwrap();
     let err = build(&options(&repo, &cache, &out, None)).unwrap_err();
     let msg = format!("{err:#}");
-    assert!(msg.contains("/usr/bin/sh is a shell or login program"), "{msg}");
+    assert!(
+        msg.contains("/usr/bin/sh is a shell or login program"),
+        "{msg}"
+    );
     assert!(!out.join("disk.raw").exists());
 }
