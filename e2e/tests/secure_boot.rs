@@ -111,7 +111,16 @@ fn signed_image_boots_and_a_changed_uki_is_refused_then_the_other_slot_boots() -
         b.tail()
     );
     print_timings("secure-boot: signed v1", &b, "cairn: boot ok");
+    // Issue 16: under Secure Boot the builder signs lockdown=confidentiality
+    // into the UKI, and the kernel enforces it.
+    let console = b.console();
     b.kill()?;
+    ensure!(
+        console
+            .lines()
+            .any(|l| l.trim_end().ends_with("cairn: lockdown confidentiality")),
+        "a Secure Boot node should report `cairn: lockdown confidentiality`; console:\n{console}"
+    );
 
     // v2 (signed with the same db key) into slot B, then one byte of its
     // UKI changed on the ESP: inside .linux, so systemd-boot still parses it.

@@ -340,6 +340,24 @@ pub fn self_report(out: &mut impl std::io::Write) -> io::Result<()> {
     writeln!(out, "self-report root={root}")?;
     let ns = std::fs::read_link("/proc/self/ns/mnt")?;
     writeln!(out, "self-report mountns={}", ns.display())?;
+    // The per-mount options (mountinfo field 6) of the writable places,
+    // as this child sees them: nosuid,nodev,noexec is checked by e2e.
+    let info = std::fs::read_to_string("/proc/self/mountinfo")?;
+    for dir in [
+        contract::disk::STATE_MOUNT,
+        contract::disk::EPHEMERAL_MOUNT,
+        "/run",
+    ] {
+        let opts = info.lines().rev().find_map(|l| {
+            let f: Vec<&str> = l.split(' ').collect();
+            (f.get(4) == Some(&dir)).then(|| f.get(5).copied().unwrap_or("?"))
+        });
+        writeln!(
+            out,
+            "self-report mount {dir} {}",
+            opts.unwrap_or("(not mounted)")
+        )?;
+    }
     out.flush()
 }
 

@@ -359,6 +359,10 @@ pub fn run() -> Result<Shutdown, BootError> {
     }
     crate::privs::share_mounts()
         .ctx(|| "making mounts shared (for services' namespaces)".into())?;
+    // Each child gets its own; a service's self-report shows a different one.
+    if let Ok(ns) = fs::read_link("/proc/self/ns/mnt") {
+        say!("mount namespace {}", ns.display());
+    }
     let hand_text = fs::read_to_string("/run/cairn/boot")
         .ctx(|| "reading /run/cairn/boot (written by stage 1)".into())?;
     let hand = Handover::parse(&hand_text)
