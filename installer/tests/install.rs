@@ -359,6 +359,18 @@ fn finding_3_machine_config_refused_at_install_as_init_would() {
             "hostname = \"not a hostname\"\n",
             "hostname",
         ),
+        // issue 16: a sysctl outside the set machine config may change
+        (
+            "sysctl.toml",
+            "[sysctl]\n\"kernel.kptr_restrict\" = 0\n",
+            "sysctl.\"kernel.kptr_restrict\": not in the set machine config may change",
+        ),
+        // issue 16: a capability beyond the documented set
+        (
+            "caps.toml",
+            "[[service]]\nname = \"web\"\nexec = \"/usr/bin/web\"\ncapabilities = [\"CAP_SYS_ADMIN\"]\n",
+            "CAP_SYS_ADMIN is not in the set a service may hold",
+        ),
     ] {
         let cfg = fx.path(name);
         fs::write(&cfg, text).unwrap();
