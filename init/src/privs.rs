@@ -340,6 +340,12 @@ pub fn self_report(out: &mut impl std::io::Write) -> io::Result<()> {
     writeln!(out, "self-report root={root}")?;
     let ns = std::fs::read_link("/proc/self/ns/mnt")?;
     writeln!(out, "self-report mountns={}", ns.display())?;
+    // Names only: init gives a child PATH alone (sys::command).
+    let mut names: Vec<String> = std::env::vars_os()
+        .map(|(k, _)| k.to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    writeln!(out, "self-report env={}", names.join(","))?;
     // The per-mount options (mountinfo field 6) of the writable places,
     // as this child sees them: nosuid,nodev,noexec is checked by e2e.
     let info = std::fs::read_to_string("/proc/self/mountinfo")?;

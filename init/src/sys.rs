@@ -145,11 +145,19 @@ pub fn wait_signal(timeout: Duration) -> Option<libc::c_int> {
     (r > 0).then_some(r)
 }
 
-/// A Command whose child starts with an empty signal mask: without this,
-/// services would inherit PID 1's blocked SIGTERM and ignore a stop request.
+/// The only variable a child of init gets.
+pub const CHILD_PATH: &str = "/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// A Command whose child starts with an empty signal mask (without this,
+/// services would inherit PID 1's blocked SIGTERM and ignore a stop
+/// request) and an environment of PATH alone.
 pub fn command(prog: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
     use std::os::unix::process::CommandExt;
     let mut c = std::process::Command::new(prog);
+    // A clean environment: the kernel hands PID 1 every command-line word it
+    // does not know as a variable (cairn.rootfs=, cairn.verity=, pti=on...),
+    // and nothing a service, a check or e2fsck runs should inherit that.
+    c.env_clear().env("PATH", CHILD_PATH);
     // SAFETY: only async-signal-safe calls (sigemptyset, pthread_sigmask)
     // between fork and exec.
     unsafe {

@@ -35,7 +35,7 @@ fn self_report_prints_the_privileges_it_runs_with() {
     assert!(o.status.success());
     let out = String::from_utf8(o.stdout).unwrap();
     let lines: Vec<&str> = out.lines().collect();
-    assert_eq!(lines.len(), 10, "{out}");
+    assert_eq!(lines.len(), 14, "{out}");
     // SAFETY: no arguments.
     let (uid, gid) = unsafe { (libc::getuid(), libc::getgid()) };
     assert_eq!(lines[0], format!("self-report uid={uid} gid={gid}"));
@@ -61,4 +61,13 @@ fn self_report_prints_the_privileges_it_runs_with() {
         "{}",
         lines[9]
     );
+    // Run by the test harness, not by init: the caller's environment shows.
+    assert!(
+        lines[10].starts_with("self-report env=") && lines[10].contains("PATH"),
+        "{}",
+        lines[10]
+    );
+    for (l, dir) in lines[11..].iter().zip(["/system/state", "/var", "/run"]) {
+        assert!(l.starts_with(&format!("self-report mount {dir} ")), "{l}");
+    }
 }

@@ -96,7 +96,7 @@ fn self_report(p: Privileges) -> Option<BTreeMap<String, String>> {
         assert!(Instant::now() < end, "self-report did not exit");
         std::thread::sleep(Duration::from_millis(10));
     };
-    wait_for(&out, "mountns=");
+    wait_for(&out, "self-report mount /run ");
     let text = String::from_utf8_lossy(&out.lock().unwrap()).into_owned();
     assert_eq!(exit, Exit::Code(0), "{text}");
     Some(report(&out, "p"))
@@ -128,6 +128,8 @@ fn nobody_with_net_bind_service_holds_exactly_that() {
     assert_eq!(r["NoNewPrivs"], "1", "{r:?}");
     assert_eq!(r["root"], "ro", "{r:?}");
     assert_ne!(r["mountns"], own_mount_ns(), "{r:?}");
+    // The test runner's environment (HOME, CARGO_*...) does not reach it.
+    assert_eq!(r["env"], "PATH", "{r:?}");
 }
 
 #[test]
@@ -176,7 +178,7 @@ fn services_are_confined_as_configured() {
         return;
     }
     assert_eq!(s.last_exit("svc"), Some(Exit::Code(0)), "{text}");
-    wait_for(&out, "mountns=");
+    wait_for(&out, "self-report mount /run ");
     let r = report(&out, "svc");
     assert_eq!((r["uid"].as_str(), r["gid"].as_str()), ("1000", "1001"));
     // CAP_KILL (5) and CAP_NET_RAW (13)
