@@ -166,22 +166,22 @@ pub const TABLE: &[Sysctl] = &[
         "the x86_64 maximum of mmap randomisation (Kconfig's value, enforced)",
     ),
     // --- network: a host, not a router ---
-    Sysctl {
-        change: Between(0, 2),
-        ..set(
-            "net.ipv4.conf.all.rp_filter",
-            "1",
-            "strict reverse-path filter: drops spoofed sources (2: loose, for asymmetric routing)",
-        )
-    },
-    Sysctl {
-        change: Between(0, 2),
-        ..set(
-            "net.ipv4.conf.default.rp_filter",
-            "1",
-            "the same for each interface",
-        )
-    },
+    // rp_filter is left at the kernel's 0 unless machine config sets it:
+    // init's DHCP client takes its offers on a UDP socket before the link
+    // has an address, and with any reverse-path filter on, the kernel drops
+    // them (there is no route back to the server yet). A node with a
+    // static address may set 1 (strict) or 2 (loose) in [sysctl]; a DHCP
+    // client on raw sockets would let this be a default (issue 16 residual).
+    tunable(
+        "net.ipv4.conf.all.rp_filter",
+        Between(0, 2),
+        "reverse-path filter: 1 strict (drops spoofed sources), 2 loose; not set by default (DHCP)",
+    ),
+    tunable(
+        "net.ipv4.conf.default.rp_filter",
+        Between(0, 2),
+        "the same for interfaces created later",
+    ),
     set(
         "net.ipv4.conf.all.accept_redirects",
         "0",

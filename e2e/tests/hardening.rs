@@ -24,7 +24,6 @@ const SYSCTLS: &[(&str, &str)] = &[
     ("fs.suid_dumpable", "0"),
     ("kernel.randomize_va_space", "2"),
     ("vm.mmap_rnd_bits", "32"),
-    ("net.ipv4.conf.all.rp_filter", "1"),
     ("net.ipv4.conf.all.accept_redirects", "0"),
     ("net.ipv4.conf.all.send_redirects", "0"),
     ("net.ipv4.conf.all.accept_source_route", "0"),
