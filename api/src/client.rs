@@ -101,7 +101,14 @@ impl Client {
         let url = format!("https://{endpoint}{path}");
         let result = match (method, body) {
             (Method::Get, _) => self.agent.get(&url).call(),
-            (Method::Post, Some(b)) => self.agent.post(&url).send_json(b),
+            // Expect: 100-continue lets the node refuse (403, 413) before
+            // the body is sent; otherwise a refusal mid-upload would reach
+            // us as a broken pipe instead of the node's answer.
+            (Method::Post, Some(b)) => self
+                .agent
+                .post(&url)
+                .header("expect", "100-continue")
+                .send_json(b),
             (Method::Post, None) => self.agent.post(&url).send_empty(),
         };
         let mut resp = result.map_err(|e| classify(endpoint, e))?;

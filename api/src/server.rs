@@ -163,9 +163,21 @@ async fn blocking<N: Node, T: Send + 'static>(
         .map_err(ApiError::Node)
 }
 
-/// Reads at most [`MAX_BODY`] bytes of a body.
-async fn read_body(body: Body) -> Result<axum::body::Bytes, ApiError> {
+/// Reads at most [`MAX_BODY`] bytes of a body. A declared length over the
+/// limit is refused before any byte is read: with `Expect: 100-continue`
+/// (which our client sends) the upload never starts.
+async fn read_body(
+    headers: &axum::http::HeaderMap,
+    body: Body,
+) -> Result<axum::body::Bytes, ApiError> {
     use http_body_util::BodyExt;
+    let declared = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > MAX_BODY as u64) {
+        return Err(ApiError::TooLarge);
+    }
     match http_body_util::Limited::new(body, MAX_BODY).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge),
@@ -225,11 +237,12 @@ async fn config_get<N: Node>(State(n): State<Arc<N>>, Extension(p): Peer_) -> Re
 async fn config_apply<N: Node>(
     State(n): State<Arc<N>>,
     Extension(p): Peer_,
+    headers: axum::http::HeaderMap,
     body: Body,
 ) -> Response {
     let r = async {
         check(&p, Operation::ConfigApply)?;
-        let bytes = read_body(body).await?;
+        let bytes = read_body(&headers, body).await?;
         let req: ApplyRequest = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("malformed request: {e}")))?;
         blocking(&n, move |n| n.config_apply(&req.config, req.dry_run)).await
