@@ -101,8 +101,9 @@ impl Operation {
     pub fn needs(self) -> Role {
         use Operation::*;
         match self {
-            // Reading the machine config is a read: it holds no secret the
-            // reader could not see in status (the API keys are not in it).
+            // Reading the machine config is a read. Once the API's server
+            // key travels in the machine config (issue 14, PKI), config_get
+            // must redact it for non-admins, as Talos does for os:reader.
             Version | Status | Logs | Dmesg | Events | Health | ConfigGet => Role::Reader,
             Reboot | Shutdown | Upgrade | Rollback => Role::Operator,
             ConfigApply | RotateCerts => Role::Admin,
