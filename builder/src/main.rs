@@ -1,6 +1,7 @@
 use clap::{Parser, Subcommand};
 
 mod build_cmd;
+mod gen_cmd;
 mod registry_cmd;
 mod sign_cmd;
 
@@ -28,6 +29,9 @@ enum Command {
     Push(registry_cmd::PushArgs),
     /// Fetch a release from a registry into DIR, verified against --key.
     Pull(registry_cmd::PullArgs),
+    /// Generate node API secrets and client configs.
+    #[command(subcommand)]
+    Gen(gen_cmd::GenCommand),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,5 +50,6 @@ fn main() -> anyhow::Result<()> {
         Command::Sign(cmd) => sign_cmd::run(cmd),
         Command::Push(args) => registry_cmd::push(args),
         Command::Pull(args) => registry_cmd::pull(args),
+        Command::Gen(cmd) => gen_cmd::run(cmd),
     }
 }

@@ -1,0 +1,71 @@
+//! cairnd: the node API (issue 14). Serves the API over mutual TLS from the
+//! identity in `--secrets` (ca.crt, server.crt, server.key).
+
+use api::file_node::FileNode;
+use api::pki::NodeSecrets;
+use clap::Parser;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+/// The cairn node API: HTTP/JSON over TLS 1.3, client certificates required.
+#[derive(Parser)]
+#[command(name = "cairnd", version)]
+struct Args {
+    /// Address to listen on.
+    #[arg(long, default_value = "0.0.0.0:50000")]
+    listen: String,
+    /// Directory with ca.crt, server.crt and server.key (ca.key is not needed).
+    #[arg(long)]
+    secrets: PathBuf,
+    #[arg(long, default_value = "/etc/os-release", hide = true)]
+    os_release: PathBuf,
+    #[arg(long, default_value = contract::machine::NODE_STATUS, hide = true)]
+    status: PathBuf,
+    #[arg(long, default_value = "/system/state/config/machine.toml", hide = true)]
+    machine_config: PathBuf,
+}
+
+fn main() -> std::process::ExitCode {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        // Colours only on a terminal: on the node this goes to the console log.
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .init();
+    let args = Args::parse();
+    match run(args) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("cairnd: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
+    let secrets = NodeSecrets::load(&args.secrets)?;
+    let tls = api::server::tls_config(&secrets)?;
+    let node = Arc::new(FileNode {
+        os_release: args.os_release,
+        status: args.status,
+        machine_config: args.machine_config,
+    });
+    // Two workers: the API is light and shares the node with its services.
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .max_blocking_threads(4)
+        .enable_all()
+        .build()?;
+    rt.block_on(async move {
+        let listener = tokio::net::TcpListener::bind(&args.listen)
+            .await
+            .map_err(|e| format!("listening on {}: {e}", args.listen))?;
+        // Tests pass 127.0.0.1:0 and read the port from this line.
+        tracing::info!("cairnd listening on {}", listener.local_addr()?);
+        api::server::serve(listener, tls, node).await;
+        Ok(())
+    })
+}
