@@ -10,7 +10,7 @@ pub struct FileNode {
     pub os_release: PathBuf,
     /// [`contract::machine::NODE_STATUS`].
     pub status: PathBuf,
-    /// The stored machine config (init's `/system/state/config/machine.toml`).
+    /// The stored machine config (`contract::machine::STORED_CONFIG`).
     pub machine_config: PathBuf,
 }
 

@@ -136,6 +136,9 @@ pub const NETWORK_STATE: &str = "/run/cairn/network.json";
 /// releases marked bad), rewritten by init whenever a part changes; the
 /// shape is in docs/updates.md ("Status on the node").
 pub const NODE_STATUS: &str = "/run/cairn/status.json";
+/// The machine config a node boots with: init imports it from the ESP
+/// into STATE, the node API reads and replaces it there.
+pub const STORED_CONFIG: &str = "/system/state/config/machine.toml";
 
 /// An IPv4 address with its prefix length, written `10.0.2.20/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]

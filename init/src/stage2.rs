@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 pub const STATE_DIR: &str = contract::disk::STATE_MOUNT;
-pub const CONFIG: &str = "/system/state/config/machine.toml";
+pub const CONFIG: &str = contract::machine::STORED_CONFIG;
 pub const BOOTS_LOG: &str = "/system/state/boots.log";
 const ESP_DIR: &str = "/run/cairn/esp";
 const EFIVARS: &str = "/sys/firmware/efi/efivars";

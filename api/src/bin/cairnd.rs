@@ -21,7 +21,7 @@ struct Args {
     os_release: PathBuf,
     #[arg(long, default_value = contract::machine::NODE_STATUS, hide = true)]
     status: PathBuf,
-    #[arg(long, default_value = "/system/state/config/machine.toml", hide = true)]
+    #[arg(long, default_value = contract::machine::STORED_CONFIG, hide = true)]
     machine_config: PathBuf,
 }
 
