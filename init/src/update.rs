@@ -123,10 +123,19 @@ impl Agent {
         let interval = Duration::from_secs(self.cfg.interval_s);
         let mut retry = FIRST_RETRY.min(interval);
         loop {
-            let bad = contract::update::read_bad_releases(
-                &self.state.join(contract::update::BAD_RELEASES),
-            )
-            .unwrap_or_default();
+            let bad = match known_bad(&self.state) {
+                Ok(b) => b,
+                Err(why) => {
+                    // Checking without the list could reinstall a release
+                    // that already failed its boots on this node.
+                    say!("update: not checking: {why}");
+                    let w = retry;
+                    retry = (retry * 2).min(interval);
+                    say!("update: retrying in {} s", w.as_secs());
+                    std::thread::sleep(w);
+                    continue;
+                }
+            };
             let node = installer::update::Node {
                 disk: self.disk.clone(),
                 running: self.running.clone(),
@@ -173,6 +182,19 @@ impl Agent {
         // SAFETY: kill(2) with a constant pid and signal has no memory effects.
         unsafe { libc::kill(1, libc::SIGTERM) };
     }
+}
+
+/// The releases this node must not install again (STATE's record). An
+/// absent file is an empty list; an unreadable one is an error, not an
+/// empty list.
+fn known_bad(state: &Path) -> Result<Vec<String>, String> {
+    let path = state.join(contract::update::BAD_RELEASES);
+    contract::update::read_bad_releases(&path).map_err(|e| {
+        format!(
+            "the bad-release list {} cannot be read: {e}",
+            path.display()
+        )
+    })
 }
 
 fn unix_now() -> u64 {
@@ -236,5 +258,20 @@ mod tests {
             fs::read_to_string(state.join(contract::update::BAD_RELEASES)).unwrap(),
             "0.9.0\n3.0.0\n"
         );
+    }
+
+    /// Missing: nothing is bad yet. Unreadable (here a directory where the
+    /// file should be): an error naming the file, never an empty list the
+    /// agent would check against.
+    #[test]
+    fn bad_list_missing_is_empty_but_unreadable_is_an_error() {
+        let t = tempfile::tempdir().unwrap();
+        assert_eq!(known_bad(t.path()).unwrap(), Vec::<String>::new());
+        fs::create_dir_all(t.path().join(contract::update::BAD_RELEASES)).unwrap();
+        let e = known_bad(t.path()).unwrap_err();
+        assert!(e.contains("cairn/bad-releases cannot be read"), "{e}");
+        fs::remove_dir(t.path().join(contract::update::BAD_RELEASES)).unwrap();
+        fs::write(t.path().join(contract::update::BAD_RELEASES), "3.0.0\n").unwrap();
+        assert_eq!(known_bad(t.path()).unwrap(), ["3.0.0"]);
     }
 }
