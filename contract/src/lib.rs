@@ -5,6 +5,8 @@
 //! - [`slot`]: what a slot holds and the verity superblock check;
 //! - [`cmdline`]: the `cairn.*` kernel command line (parse and format);
 //! - [`esp`]: ESP paths, loader.conf, UKI entry names and boot counters;
+//! - [`api`]: `[api]` (the node API's identity) and cairnd's names on the node;
+//! - [`control`]: the control socket between cairnd and init;
 //! - [`bundle`]: bundle file names, payload paths, OCI media types;
 //! - [`layout`]: `layout.json` and the disk layout it gives;
 //! - [`caps`]: capability names and numbers, and the set a service may hold;
@@ -16,9 +18,11 @@
 //! Formats themselves (GPT, FAT, squashfs, verity, PE) live in `artifacts`;
 //! what cairn puts in them lives here.
 
+pub mod api;
 pub mod bundle;
 pub mod caps;
 pub mod cmdline;
+pub mod control;
 pub mod disk;
 pub mod esp;
 pub mod layout;

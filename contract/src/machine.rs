@@ -118,6 +118,8 @@ pub struct MachineConfig {
     /// dotted name.
     #[serde(default, deserialize_with = "sysctl_table")]
     pub sysctl: BTreeMap<String, crate::sysctl::Value>,
+    /// `[api]`: the node API's identity; no API without it (contract::api).
+    pub api: Option<crate::api::Api>,
 }
 
 fn sysctl_table<'de, D: Deserializer<'de>>(
@@ -441,6 +443,19 @@ impl MachineConfig {
         }
         if let Some(u) = &self.update {
             u.validate().map_err(bad)?;
+        }
+        if let Some(a) = &self.api {
+            a.validate().map_err(&bad)?;
+            if self
+                .services
+                .iter()
+                .any(|s| s.name == crate::api::SERVICE_NAME)
+            {
+                return Err(bad(format!(
+                    "service {:?}: the name is the node API's (from [api])",
+                    crate::api::SERVICE_NAME
+                )));
+            }
         }
         for (name, value) in &self.sysctl {
             crate::sysctl::check_override(name, value).map_err(&bad)?;
