@@ -18,18 +18,7 @@ fn read(p: &std::path::Path) -> Result<String, NodeError> {
     std::fs::read_to_string(p).map_err(|e| NodeError::Failed(format!("{}: {e}", p.display())))
 }
 
-/// A line diff good enough to review a config change: lines only in the
-/// old text with `-`, only in the new with `+`, in their order.
-pub fn line_diff(old: &str, new: &str) -> String {
-    let mut out = String::new();
-    for l in old.lines().filter(|l| !new.lines().any(|n| n == *l)) {
-        out.push_str(&format!("-{l}\n"));
-    }
-    for l in new.lines().filter(|l| !old.lines().any(|o| o == *l)) {
-        out.push_str(&format!("+{l}\n"));
-    }
-    out
-}
+pub use contract::machine::line_diff;
 
 impl Node for FileNode {
     fn version(&self) -> Result<Version, NodeError> {

@@ -153,15 +153,41 @@ pub enum Reply {
     /// Refused or failed; `field` names what was wrong in a config.
     Error {
         error: String,
+        #[serde(default)]
+        kind: ErrorKind,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         field: Option<String>,
     },
+}
+
+/// Why a request failed: cairnd maps it to an HTTP status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorKind {
+    /// It ran and failed (500).
+    #[default]
+    Failed,
+    /// The input is wrong: a config that does not parse or validate, an
+    /// image reference that is not one (422).
+    Invalid,
+    /// Something that excludes it is running: a second upgrade (409).
+    Busy,
+    /// What it names does not exist: a log source (404).
+    NotFound,
 }
 
 impl Reply {
     pub fn error(e: impl Into<String>) -> Reply {
         Reply::Error {
             error: e.into(),
+            kind: ErrorKind::Failed,
+            field: None,
+        }
+    }
+    pub fn refused(kind: ErrorKind, e: impl Into<String>) -> Reply {
+        Reply::Error {
+            error: e.into(),
+            kind,
             field: None,
         }
     }

@@ -142,6 +142,20 @@ pub const NODE_STATUS: &str = "/run/cairn/status.json";
 /// into STATE, the node API reads and replaces it there.
 pub const STORED_CONFIG: &str = "/system/state/config/machine.toml";
 
+/// A line diff good enough to review a config change: lines only in the
+/// old text with `-`, only in the new with `+`, each in its order. What
+/// `config apply --dry-run` answers.
+pub fn line_diff(old: &str, new: &str) -> String {
+    let mut out = String::new();
+    for l in old.lines().filter(|l| !new.lines().any(|n| n == *l)) {
+        out.push_str(&format!("-{l}\n"));
+    }
+    for l in new.lines().filter(|l| !old.lines().any(|o| o == *l)) {
+        out.push_str(&format!("+{l}\n"));
+    }
+    out
+}
+
 /// An IPv4 address with its prefix length, written `10.0.2.20/24`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct Ipv4Cidr {
