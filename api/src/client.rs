@@ -34,6 +34,17 @@ pub enum ClientError {
     },
     #[error("{endpoint}: cannot connect: {reason}")]
     Transport { endpoint: String, reason: String },
+    /// A stream (logs, events, upgrade) ended with the node's error line.
+    #[error("{endpoint}: {message}")]
+    StreamFailed {
+        endpoint: String,
+        message: String,
+        field: Option<String>,
+    },
+    /// The connection broke in the middle of a stream: the node went away
+    /// (rebooted, say).
+    #[error("{endpoint}: connection lost: {reason}")]
+    Lost { endpoint: String, reason: String },
 }
 
 impl ClientError {
@@ -44,6 +55,7 @@ impl ClientError {
             self,
             ClientError::Handshake { .. }
                 | ClientError::Transport { .. }
+                | ClientError::Lost { .. }
                 | ClientError::Credentials(_)
         )
     }
@@ -97,34 +109,98 @@ impl Client {
         op: Operation,
         body: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value, ClientError> {
-        let (method, path) = route(op);
-        let url = format!("https://{endpoint}{path}");
-        let result = match (method, body) {
-            (Method::Get, _) => self.agent.get(&url).call(),
-            // Expect: 100-continue lets the node refuse (403, 413) before
-            // the body is sent; otherwise a refusal mid-upload would reach
-            // us as a broken pipe instead of the node's answer.
-            (Method::Post, Some(b)) => self
-                .agent
-                .post(&url)
-                .header("expect", "100-continue")
-                .send_json(b),
-            (Method::Post, None) => self.agent.post(&url).send_empty(),
-        };
-        let mut resp = result.map_err(|e| classify(endpoint, e))?;
+        self.call_with(endpoint, op, &[], body)
+    }
+
+    /// [`Client::call`] with query parameters.
+    pub fn call_with(
+        &self,
+        endpoint: &str,
+        op: Operation,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let mut resp = self.send(endpoint, op, query, body, false)?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
             .read_to_string()
             .map_err(|e| classify(endpoint, e))?;
+        serde_json::from_str(&text).map_err(|e| ClientError::Node {
+            endpoint: endpoint.to_string(),
+            status,
+            message: format!("answer is not JSON: {e}"),
+            field: None,
+        })
+    }
+
+    /// Calls a streaming operation (logs with a source, events, upgrade):
+    /// its NDJSON lines as they arrive. No overall timeout: a follow lasts
+    /// until the caller stops reading or the node goes away.
+    pub fn stream(
+        &self,
+        endpoint: &str,
+        op: Operation,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+    ) -> Result<Lines, ClientError> {
+        let resp = self.send(endpoint, op, query, body, true)?;
+        Ok(Lines {
+            reader: std::io::BufReader::new(resp.into_body().into_reader()),
+            endpoint: endpoint.to_string(),
+            over: false,
+        })
+    }
+
+    /// Sends the request; a non-2xx answer becomes the error it says.
+    fn send(
+        &self,
+        endpoint: &str,
+        op: Operation,
+        query: &[(&str, String)],
+        body: Option<&serde_json::Value>,
+        streaming: bool,
+    ) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
+        let (method, path) = route(op);
+        let url = format!("https://{endpoint}{path}");
+        let result = match method {
+            Method::Get => {
+                let mut r = self.agent.get(&url);
+                for (k, v) in query {
+                    r = r.query(*k, v);
+                }
+                if streaming {
+                    r = r.config().timeout_global(None).build();
+                }
+                r.call()
+            }
+            Method::Post => {
+                let mut r = self.agent.post(&url);
+                for (k, v) in query {
+                    r = r.query(*k, v);
+                }
+                if streaming {
+                    r = r.config().timeout_global(None).build();
+                }
+                match body {
+                    // Expect: 100-continue lets the node refuse (403, 413)
+                    // before the body is sent; otherwise a refusal
+                    // mid-upload would reach us as a broken pipe instead of
+                    // the node's answer.
+                    Some(b) => r.header("expect", "100-continue").send_json(b),
+                    None => r.send_empty(),
+                }
+            }
+        };
+        let mut resp = result.map_err(|e| classify(endpoint, e))?;
+        let status = resp.status().as_u16();
         if (200..300).contains(&status) {
-            return serde_json::from_str(&text).map_err(|e| ClientError::Node {
-                endpoint: endpoint.to_string(),
-                status,
-                message: format!("answer is not JSON: {e}"),
-                field: None,
-            });
+            return Ok(resp);
         }
+        let text = resp
+            .body_mut()
+            .read_to_string()
+            .map_err(|e| classify(endpoint, e))?;
         let (message, field) = match serde_json::from_str::<ErrorBody>(&text) {
             Ok(b) => (b.error, b.field),
             Err(_) => (text.trim().to_string(), None),
@@ -141,6 +217,65 @@ impl Client {
             message,
             field,
         })
+    }
+}
+
+/// The lines of a stream. An `{"error": ...}` line (the node's failure)
+/// is yielded as [`ClientError::StreamFailed`] and ends it.
+pub struct Lines {
+    reader: std::io::BufReader<ureq::BodyReader<'static>>,
+    endpoint: String,
+    over: bool,
+}
+
+impl std::fmt::Debug for Lines {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lines")
+            .field("endpoint", &self.endpoint)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Iterator for Lines {
+    type Item = Result<serde_json::Value, ClientError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        use std::io::BufRead;
+        if self.over {
+            return None;
+        }
+        let mut line = String::new();
+        let r = match self.reader.read_line(&mut line) {
+            Ok(0) => {
+                self.over = true;
+                return None;
+            }
+            Ok(_) => match serde_json::from_str::<serde_json::Value>(&line) {
+                Ok(v) if v.get("error").is_some() => {
+                    let b: ErrorBody = serde_json::from_value(v).unwrap_or(ErrorBody {
+                        error: line.trim().to_string(),
+                        field: None,
+                    });
+                    Err(ClientError::StreamFailed {
+                        endpoint: self.endpoint.clone(),
+                        message: b.error,
+                        field: b.field,
+                    })
+                }
+                Ok(v) => Ok(v),
+                Err(e) => Err(ClientError::StreamFailed {
+                    endpoint: self.endpoint.clone(),
+                    message: format!("a stream line is not JSON: {e}"),
+                    field: None,
+                }),
+            },
+            Err(e) => Err(ClientError::Lost {
+                endpoint: self.endpoint.clone(),
+                reason: e.to_string(),
+            }),
+        };
+        self.over = r.is_err();
+        Some(r)
     }
 }
 

@@ -12,6 +12,8 @@ pub mod routes;
 #[cfg(feature = "net")]
 pub mod client;
 #[cfg(feature = "net")]
-pub mod file_node;
+pub mod control;
+#[cfg(feature = "net")]
+pub mod node;
 #[cfg(feature = "net")]
 pub mod server;

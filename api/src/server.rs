@@ -26,8 +26,8 @@ use serde::{Deserialize, Serialize};
 use std::sync::Arc;
 use std::time::Duration;
 
-/// The largest request body (a machine config; bundles for upgrade will
-/// get their own streaming route).
+/// The largest request body (a machine config; an upgrade names its image,
+/// which init pulls from the registry itself).
 pub const MAX_BODY: usize = 1024 * 1024;
 /// A client that has not finished its handshake by then is dropped.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -73,30 +73,128 @@ pub struct ErrorBody {
     pub field: Option<String>,
 }
 
-/// What a node operation can fail with.
+/// `POST /v1/upgrade` request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpgradeRequest {
+    /// `REGISTRY/REPO:TAG`.
+    pub image: String,
+    /// The registry speaks plain HTTP (the manifest is verified anyway).
+    #[serde(default)]
+    pub insecure: bool,
+}
+
+/// What a node operation can fail with; each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
+    /// 501.
     #[error("{0} is not implemented yet")]
     NotImplemented(&'static str),
-    /// A config that does not parse or validate (HTTP 422).
-    #[error("{field}: {reason}")]
-    Invalid { field: String, reason: String },
+    /// The input is wrong: a config that does not parse or validate, an
+    /// image reference that is not one (422, with the config field).
+    #[error("{}", invalid_message(field, reason))]
+    Invalid {
+        field: Option<String>,
+        reason: String,
+    },
+    /// Something excluding it is running: a second upgrade (409).
+    #[error("{0}")]
+    Busy(String),
+    /// What it names does not exist: a log source (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// init cannot be asked: its control socket is absent or refuses (503).
+    #[error("{0}")]
+    Unavailable(String),
+    /// It ran and failed (500).
     #[error("{0}")]
     Failed(String),
 }
 
+/// The reason, led by the field unless the reason already names it.
+fn invalid_message(field: &Option<String>, reason: &str) -> String {
+    match field {
+        Some(f) if !reason.contains(f.as_str()) => format!("{f}: {reason}"),
+        _ => reason.to_string(),
+    }
+}
+
+impl NodeError {
+    pub fn status(&self) -> StatusCode {
+        match self {
+            NodeError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
+            NodeError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
+            NodeError::Busy(_) => StatusCode::CONFLICT,
+            NodeError::NotFound(_) => StatusCode::NOT_FOUND,
+            NodeError::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
+            NodeError::Failed(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn body(&self) -> ErrorBody {
+        ErrorBody {
+            error: self.to_string(),
+            field: match self {
+                NodeError::Invalid { field, .. } => field.clone(),
+                _ => None,
+            },
+        }
+    }
+}
+
+/// A stream of JSON lines from the node (logs, events, an upgrade's
+/// progress). `items` blocks; the server reads it on a thread of its own
+/// and calls `cancel` from another thread when the HTTP client goes away,
+/// which must wake a blocked `items` (it closes the connection to init).
+pub struct NodeStream {
+    pub items: Box<dyn Iterator<Item = Result<serde_json::Value, NodeError>> + Send>,
+    pub cancel: Box<dyn FnOnce() + Send>,
+}
+
+impl NodeStream {
+    /// A stream with nothing to cancel (tests).
+    pub fn of(
+        items: impl Iterator<Item = Result<serde_json::Value, NodeError>> + Send + 'static,
+    ) -> Self {
+        NodeStream {
+            items: Box::new(items),
+            cancel: Box::new(|| ()),
+        }
+    }
+}
+
 /// The node the API manages. Methods block (files, init); the server runs
-/// them off the async workers. Tests implement it with a recording fake.
+/// them off the async workers. `by` is the client certificate's subject,
+/// which init logs with every change. Tests implement it with a recording
+/// fake; cairnd with [`crate::node::InitNode`].
 pub trait Node: Send + Sync + 'static {
     fn version(&self) -> Result<Version, NodeError>;
     /// The node status document (docs/updates.md, "Status on the node").
     fn status(&self) -> Result<serde_json::Value, NodeError>;
-    fn reboot(&self) -> Result<(), NodeError>;
-    fn shutdown(&self) -> Result<(), NodeError>;
+    /// The log sources that have lines.
+    fn log_sources(&self) -> Result<Vec<String>, NodeError>;
+    /// [`contract::control::LogLine`]s.
+    fn logs(
+        &self,
+        source: &str,
+        tail: Option<usize>,
+        follow: bool,
+    ) -> Result<NodeStream, NodeError>;
+    /// [`contract::control::Event`]s.
+    fn events(&self, follow: bool) -> Result<NodeStream, NodeError>;
+    fn dmesg(&self) -> Result<String, NodeError>;
+    /// Runs the health checks; answers their results.
+    fn health(&self) -> Result<serde_json::Value, NodeError>;
+    fn reboot(&self, by: &str) -> Result<(), NodeError>;
+    fn shutdown(&self, by: &str) -> Result<(), NodeError>;
     /// Makes the other slot boot next; answers what boots next.
-    fn rollback(&self) -> Result<serde_json::Value, NodeError>;
+    fn rollback(&self, by: &str) -> Result<serde_json::Value, NodeError>;
+    /// The upgrade's [`contract::control::Event`]s, then `{"result": ...}`
+    /// (a failure is the stream's error).
+    fn upgrade(&self, by: &str, image: &str, insecure: bool) -> Result<NodeStream, NodeError>;
+    /// The stored config, key redacted.
     fn config_get(&self) -> Result<String, NodeError>;
-    fn config_apply(&self, text: &str, dry_run: bool) -> Result<ApplyOutcome, NodeError>;
+    fn config_apply(&self, by: &str, text: &str, dry_run: bool) -> Result<ApplyOutcome, NodeError>;
 }
 
 /// An error answer: status code and JSON body.
@@ -110,25 +208,31 @@ pub enum ApiError {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let (code, error, field) = match self {
-            ApiError::Refused(r) => (StatusCode::FORBIDDEN, r.to_string(), None),
-            ApiError::BadRequest(m) => (StatusCode::BAD_REQUEST, m, None),
+        let (code, body) = match self {
+            ApiError::Refused(r) => (
+                StatusCode::FORBIDDEN,
+                ErrorBody {
+                    error: r.to_string(),
+                    field: None,
+                },
+            ),
+            ApiError::BadRequest(m) => (
+                StatusCode::BAD_REQUEST,
+                ErrorBody {
+                    error: m,
+                    field: None,
+                },
+            ),
             ApiError::TooLarge => (
                 StatusCode::PAYLOAD_TOO_LARGE,
-                format!("request body over the {MAX_BODY} byte limit"),
-                None,
+                ErrorBody {
+                    error: format!("request body over the {MAX_BODY} byte limit"),
+                    field: None,
+                },
             ),
-            ApiError::Node(e @ NodeError::NotImplemented(_)) => {
-                (StatusCode::NOT_IMPLEMENTED, e.to_string(), None)
-            }
-            ApiError::Node(NodeError::Invalid { field, reason }) => (
-                StatusCode::UNPROCESSABLE_ENTITY,
-                format!("{field}: {reason}"),
-                Some(field),
-            ),
-            ApiError::Node(NodeError::Failed(m)) => (StatusCode::INTERNAL_SERVER_ERROR, m, None),
+            ApiError::Node(e) => (e.status(), e.body()),
         };
-        (code, Json(ErrorBody { error, field })).into_response()
+        (code, Json(body)).into_response()
     }
 }
 
@@ -205,9 +309,10 @@ async fn status<N: Node>(State(n): State<Arc<N>>, Extension(p): Peer_) -> Respon
 async fn power<N: Node>(n: Arc<N>, p: Arc<Peer>, op: Operation) -> Response {
     let r = async {
         check(&p, op)?;
+        let by = p.subject.clone();
         blocking(&n, move |n| match op {
-            Operation::Reboot => n.reboot(),
-            _ => n.shutdown(),
+            Operation::Reboot => n.reboot(&by),
+            _ => n.shutdown(&by),
         })
         .await
     };
@@ -219,7 +324,26 @@ async fn power<N: Node>(n: Arc<N>, p: Arc<Peer>, op: Operation) -> Response {
 async fn rollback<N: Node>(State(n): State<Arc<N>>, Extension(p): Peer_) -> Response {
     let r = async {
         check(&p, Operation::Rollback)?;
-        blocking(&n, |n| n.rollback()).await
+        let by = p.subject.clone();
+        blocking(&n, move |n| n.rollback(&by)).await
+    };
+    r.await.map(Json).into_response()
+}
+
+async fn dmesg<N: Node>(State(n): State<Arc<N>>, Extension(p): Peer_) -> Response {
+    let r = async {
+        check(&p, Operation::Dmesg)?;
+        blocking(&n, |n| n.dmesg()).await
+    };
+    r.await
+        .map(|text| Json(serde_json::json!({ "dmesg": text })))
+        .into_response()
+}
+
+async fn health<N: Node>(State(n): State<Arc<N>>, Extension(p): Peer_) -> Response {
+    let r = async {
+        check(&p, Operation::Health)?;
+        blocking(&n, |n| n.health()).await
     };
     r.await.map(Json).into_response()
 }
@@ -245,13 +369,217 @@ async fn config_apply<N: Node>(
         let bytes = read_body(&headers, body).await?;
         let req: ApplyRequest = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("malformed request: {e}")))?;
-        blocking(&n, move |n| n.config_apply(&req.config, req.dry_run)).await
+        let by = p.subject.clone();
+        blocking(&n, move |n| n.config_apply(&by, &req.config, req.dry_run)).await
     };
     r.await.map(Json).into_response()
 }
 
-/// Operations of the issue not built yet: authorized like the others, then
-/// answered 501, so the role matrix is enforced from the first slice.
+/// `GET /v1/logs` and `/v1/events` query parameters.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct StreamQuery {
+    source: Option<String>,
+    tail: Option<usize>,
+    follow: bool,
+}
+
+fn stream_query(uri: &axum::http::Uri, allowed: &[&str]) -> Result<StreamQuery, ApiError> {
+    let mut q = StreamQuery::default();
+    let bad = |m: String| ApiError::BadRequest(m);
+    for (k, v) in form_urlencoded::parse(uri.query().unwrap_or("").as_bytes()) {
+        if !allowed.contains(&k.as_ref()) {
+            return Err(bad(format!(
+                "unknown query parameter {k:?} (expected {})",
+                allowed.join(", ")
+            )));
+        }
+        match k.as_ref() {
+            "source" => q.source = Some(v.into_owned()),
+            "tail" => {
+                q.tail = Some(
+                    v.parse()
+                        .map_err(|_| bad(format!("tail={v:?}: expected a number of lines")))?,
+                )
+            }
+            _ => {
+                q.follow = match v.as_ref() {
+                    "" | "true" | "1" => true,
+                    "false" | "0" => false,
+                    _ => return Err(bad(format!("follow={v:?}: expected true or false"))),
+                }
+            }
+        }
+    }
+    Ok(q)
+}
+
+async fn logs<N: Node>(
+    State(n): State<Arc<N>>,
+    Extension(p): Peer_,
+    uri: axum::http::Uri,
+) -> Response {
+    let r = async {
+        check(&p, Operation::Logs)?;
+        let q = stream_query(&uri, &["source", "tail", "follow"])?;
+        match q.source {
+            None => {
+                let sources = blocking(&n, |n| n.log_sources()).await?;
+                Ok(Json(serde_json::json!({ "sources": sources })).into_response())
+            }
+            Some(source) => ndjson(&n, move |n| n.logs(&source, q.tail, q.follow)).await,
+        }
+    };
+    r.await.into_response()
+}
+
+async fn events<N: Node>(
+    State(n): State<Arc<N>>,
+    Extension(p): Peer_,
+    uri: axum::http::Uri,
+) -> Response {
+    let r = async {
+        check(&p, Operation::Events)?;
+        let q = stream_query(&uri, &["follow"])?;
+        ndjson(&n, move |n| n.events(q.follow)).await
+    };
+    r.await.into_response()
+}
+
+async fn upgrade<N: Node>(
+    State(n): State<Arc<N>>,
+    Extension(p): Peer_,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        check(&p, Operation::Upgrade)?;
+        let bytes = read_body(&headers, body).await?;
+        let req: UpgradeRequest = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("malformed request: {e}")))?;
+        let by = p.subject.clone();
+        ndjson(&n, move |n| n.upgrade(&by, &req.image, req.insecure)).await
+    };
+    r.await.into_response()
+}
+
+/// How long a stream's answer waits for its first line: init refuses at
+/// once (an unknown source, a second upgrade), and that refusal should be
+/// the HTTP status; a stream with nothing to say yet starts anyway.
+const FIRST_LINE_WAIT: Duration = Duration::from_secs(2);
+/// Lines buffered between the reading thread and the HTTP connection.
+const STREAM_BUFFER: usize = 64;
+
+/// Answers a [`NodeStream`] as an NDJSON body: one JSON value per line; an
+/// error after the first line ends the body with `{"error": ...}`.
+async fn ndjson<N: Node>(
+    node: &Arc<N>,
+    open: impl FnOnce(&N) -> Result<NodeStream, NodeError> + Send + 'static,
+) -> Result<Response, ApiError> {
+    let NodeStream { items, cancel } = blocking(node, open).await?;
+    let (tx, mut rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+    // A thread, not spawn_blocking: a follow lasts as long as the client
+    // and would hold one of the few blocking workers all that time.
+    let spawned = std::thread::Builder::new()
+        .name("api-stream".into())
+        .spawn(move || {
+            for item in items {
+                if tx.blocking_send(item).is_err() {
+                    break; // The client went away.
+                }
+            }
+        });
+    if let Err(e) = spawned {
+        cancel();
+        return Err(ApiError::Node(NodeError::Failed(format!(
+            "starting a stream: {e}"
+        ))));
+    }
+    let mut body = Ndjson {
+        first: None,
+        rx: None,
+        cancel: Some(cancel),
+        over: false,
+    };
+    match tokio::time::timeout(FIRST_LINE_WAIT, rx.recv()).await {
+        // Dropping `body` cancels: init's connection is closed.
+        Ok(Some(Err(e))) => return Err(ApiError::Node(e)),
+        Ok(Some(Ok(v))) => body.first = Some(v),
+        Ok(None) => body.over = true,
+        Err(_) => {}
+    }
+    body.rx = Some(rx);
+    Ok((
+        [(axum::http::header::CONTENT_TYPE, "application/x-ndjson")],
+        Body::new(body),
+    )
+        .into_response())
+}
+
+/// The body of [`ndjson`]. Dropped (the stream ended, or hyper gave up on
+/// a client that went away) it cancels the node stream.
+struct Ndjson {
+    first: Option<serde_json::Value>,
+    rx: Option<tokio::sync::mpsc::Receiver<Result<serde_json::Value, NodeError>>>,
+    cancel: Option<Box<dyn FnOnce() + Send>>,
+    over: bool,
+}
+
+impl Drop for Ndjson {
+    fn drop(&mut self) {
+        if let Some(c) = self.cancel.take() {
+            c();
+        }
+    }
+}
+
+fn json_line(v: &impl Serialize) -> axum::body::Bytes {
+    let mut b = serde_json::to_vec(v)
+        .unwrap_or_else(|e| format!("{{\"error\":\"encoding a line: {e}\"}}").into_bytes());
+    b.push(b'\n');
+    b.into()
+}
+
+impl hyper::body::Body for Ndjson {
+    type Data = axum::body::Bytes;
+    type Error = std::convert::Infallible;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.over {
+            return Poll::Ready(None);
+        }
+        if let Some(v) = this.first.take() {
+            return Poll::Ready(Some(Ok(hyper::body::Frame::data(json_line(&v)))));
+        }
+        let Some(rx) = this.rx.as_mut() else {
+            return Poll::Ready(None);
+        };
+        let line = match rx.poll_recv(cx) {
+            Poll::Pending => return Poll::Pending,
+            Poll::Ready(None) => {
+                this.over = true;
+                return Poll::Ready(None);
+            }
+            Poll::Ready(Some(Ok(v))) => json_line(&v),
+            Poll::Ready(Some(Err(e))) => {
+                this.over = true;
+                json_line(&e.body())
+            }
+        };
+        Poll::Ready(Some(Ok(hyper::body::Frame::data(line))))
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.over
+    }
+}
+
+/// Operations not built yet: authorized like the others, then answered
+/// 501, so the role matrix is enforced from the start.
 fn not_yet<N: Node>(op: Operation) -> MethodRouter<Arc<N>> {
     let h = move |Extension(p): Peer_| async move {
         let r: Result<(), ApiError> = match check(&p, op) {
@@ -282,6 +610,10 @@ pub fn router<N: Node>(node: Arc<N>) -> Router {
     Router::new()
         .route(p(Version), on(Version, version::<N>))
         .route(p(Status), on(Status, status::<N>))
+        .route(p(Logs), on(Logs, logs::<N>))
+        .route(p(Events), on(Events, events::<N>))
+        .route(p(Dmesg), on(Dmesg, dmesg::<N>))
+        .route(p(Health), on(Health, health::<N>))
         .route(
             p(Reboot),
             on(Reboot, |State(n): State<Arc<N>>, Extension(p): Peer_| {
@@ -295,13 +627,9 @@ pub fn router<N: Node>(node: Arc<N>) -> Router {
             }),
         )
         .route(p(Rollback), on(Rollback, rollback::<N>))
+        .route(p(Upgrade), on(Upgrade, upgrade::<N>))
         .route(p(ConfigGet), on(ConfigGet, config_get::<N>))
         .route(p(ConfigApply), on(ConfigApply, config_apply::<N>))
-        .route(p(Logs), not_yet::<N>(Logs))
-        .route(p(Dmesg), not_yet::<N>(Dmesg))
-        .route(p(Events), not_yet::<N>(Events))
-        .route(p(Health), not_yet::<N>(Health))
-        .route(p(Upgrade), not_yet::<N>(Upgrade))
         .route(p(RotateCerts), not_yet::<N>(RotateCerts))
         .fallback(|| async {
             (

@@ -2,6 +2,10 @@
 //! gen` makes them (the api::gen functions it calls), a real cairnd
 //! serving them, cairnctl's output and exit codes.
 
+mod common;
+use common::fake_init::{done, event, log, FakeInit, Step};
+use contract::control::{ErrorKind, EventKind, Reply, Request};
+use serde_json::json;
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -21,10 +25,9 @@ impl Drop for Cairnd {
     }
 }
 
-fn start_cairnd(secrets: &Path, dir: &Path) -> Cairnd {
+fn start_cairnd(secrets: &Path, dir: &Path, control: &Path) -> Cairnd {
     std::fs::write(dir.join("os-release"), "NAME=\"cairn\"\nVERSION_ID=1.0.0\n").unwrap();
     std::fs::write(dir.join("status.json"), r#"{"booted":"1.0.0","next":"a"}"#).unwrap();
-    std::fs::write(dir.join("machine.toml"), "hostname = \"n1\"\n").unwrap();
     let mut child = Command::new(env!("CARGO_BIN_EXE_cairnd"))
         .args(["--listen", "127.0.0.1:0", "--secrets"])
         .arg(secrets)
@@ -32,8 +35,8 @@ fn start_cairnd(secrets: &Path, dir: &Path) -> Cairnd {
         .arg(dir.join("os-release"))
         .arg("--status")
         .arg(dir.join("status.json"))
-        .arg("--machine-config")
-        .arg(dir.join("machine.toml"))
+        .arg("--control")
+        .arg(control)
         .env("NO_COLOR", "1")
         .stderr(Stdio::piped())
         .spawn()
@@ -67,14 +70,17 @@ struct Out {
     stderr: String,
 }
 
-fn ctl(config: &Path, node: &str, args: &[&str]) -> Out {
-    let o = Command::new(env!("CARGO_BIN_EXE_cairnctl"))
-        .arg("--config")
+fn ctl_command(config: &Path, node: &str, args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_cairnctl"));
+    c.arg("--config")
         .arg(config)
         .args(["--nodes", node])
-        .args(args)
-        .output()
-        .unwrap();
+        .args(args);
+    c
+}
+
+fn ctl(config: &Path, node: &str, args: &[&str]) -> Out {
+    let o = ctl_command(config, node, args).output().unwrap();
     Out {
         code: o.status.code().unwrap(),
         stdout: String::from_utf8_lossy(&o.stdout).into(),
@@ -116,7 +122,8 @@ fn gen_then_cairnctl_against_cairnd() {
     for f in ["ca.crt", "server.crt", "server.key"] {
         std::fs::copy(secrets.join(f), node_dir.join(f)).unwrap();
     }
-    let d = start_cairnd(&node_dir, t.path());
+    let init = FakeInit::start(script);
+    let d = start_cairnd(&node_dir, t.path(), &init.path);
     let a = d.addr.as_str();
 
     let o = ctl(&reader, a, &["version"]);
@@ -143,16 +150,20 @@ fn gen_then_cairnctl_against_cairnd() {
     );
     assert!(o.stderr.contains("CN=alice"), "{}", o.stderr);
 
-    // An admin's reboot is authorized and logged, then 501 until wired.
+    // An admin's reboot reaches init with the certificate's subject.
     let o = ctl(&admin, a, &["reboot"]);
-    assert_eq!(o.code, 1);
-    assert!(
-        o.stderr.contains("501") && o.stderr.contains("not implemented"),
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "reboot: requested\n"),
         "{}",
         o.stderr
     );
+    match init.requests().last() {
+        Some(Request::Reboot { by }) => assert!(by.contains("CN=root"), "{by}"),
+        other => panic!("{other:?}"),
+    }
 
-    // config apply: invalid refused with the parser's message (422).
+    // config apply: invalid refused with init's message and field (422).
     std::fs::write(t.path().join("bad.toml"), "hostname = \"n2\"\nbogus = 1\n").unwrap();
     std::fs::write(t.path().join("good.toml"), "hostname = \"n2\"\n").unwrap();
     let bad = t.path().join("bad.toml");
@@ -167,6 +178,13 @@ fn gen_then_cairnctl_against_cairnd() {
         "{}",
         o.stderr
     );
+    let o = ctl(
+        &admin,
+        a,
+        &["--json", "config", "apply", bad.to_str().unwrap()],
+    );
+    let v: serde_json::Value = serde_json::from_str(&o.stdout).unwrap();
+    assert_eq!(v["field"], "machine.toml:2:1");
     let good = t.path().join("good.toml");
     let o = ctl(
         &admin,
@@ -180,6 +198,67 @@ fn gen_then_cairnctl_against_cairnd() {
     );
     let o = ctl(&reader, a, &["config", "get"]);
     assert_eq!((o.code, o.stdout.as_str()), (0, "hostname = \"n1\"\n"));
+
+    // Logs: the sources, then a source's kept lines.
+    let o = ctl(&reader, a, &["logs"]);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "init\nweb\n"),
+        "{}",
+        o.stderr
+    );
+    let o = ctl(&reader, a, &["logs", "web", "--tail", "1"]);
+    assert_eq!(
+        (o.code, o.stdout.as_str()),
+        (0, "web: listening\n"),
+        "{}",
+        o.stderr
+    );
+    let o = ctl(&reader, a, &["--json", "logs", "web"]);
+    let v: serde_json::Value = serde_json::from_str(o.stdout.trim()).unwrap();
+    assert_eq!(
+        (v["node"].as_str(), v["text"].as_str()),
+        (Some(a), Some("listening"))
+    );
+    let o = ctl(&reader, a, &["logs", "nope"]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("404"), "{}", o.stderr);
+
+    // logs -f: lines pushed while it runs are printed as they come.
+    let mut child = ctl_command(&reader, a, &["logs", "web", "-f"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut out = BufReader::new(child.stdout.take().unwrap()).lines();
+    assert_eq!(out.next().unwrap().unwrap(), "web: listening");
+    init.wait("cairnctl follows", |i| i.held() == 1);
+    init.push(&log("web", 2, "GET / 200"));
+    assert_eq!(out.next().unwrap().unwrap(), "web: GET / 200");
+    child.kill().unwrap();
+    child.wait().unwrap();
+
+    // upgrade: progress as it comes, then the result; a failure exits 1.
+    let o = ctl(
+        &admin,
+        a,
+        &["upgrade", "--image", "reg/cairn:2.0.0", "--insecure"],
+    );
+    assert_eq!(o.code, 0, "{}", o.stderr);
+    assert_eq!(
+        o.stdout,
+        "1 upgrade: pulling reg/cairn:2.0.0 (by CN=root)\n2 upgrade: writing slot b\nupgrade: done: {\"next\":\"2.0.0\"}\n"
+    );
+    let o = ctl(&admin, a, &["upgrade", "--image", "reg/cairn:bad"]);
+    assert_eq!(o.code, 1);
+    assert!(o.stdout.contains("pulling reg/cairn:bad"), "{}", o.stdout);
+    assert!(
+        o.stderr.contains("signature does not verify"),
+        "{}",
+        o.stderr
+    );
+    let o = ctl(&reader, a, &["upgrade", "--image", "reg/cairn:2.0.0"]);
+    assert_eq!(o.code, 1);
+    assert!(o.stderr.contains("needs role os:operator"), "{}", o.stderr);
 
     // Unreachable node and a node of another CA: exit 3.
     let o = ctl(&reader, "127.0.0.1:1", &["version"]);
@@ -208,4 +287,64 @@ fn gen_then_cairnctl_against_cairnd() {
     assert!(log.contains("CN=root") && log.contains("reboot"), "{log}");
     assert!(log.contains("CN=alice") && log.contains("refused"), "{log}");
     assert!(!log.contains("PRIVATE KEY"), "{log}");
+}
+
+/// The fake init behind cairnd in [`gen_then_cairnctl_against_cairnd`].
+fn script(r: &Request) -> Vec<Step> {
+    match r {
+        Request::LogSources => vec![Step::Send(done(json!(["init", "web"])))],
+        Request::Logs { source, follow, .. } if source == "web" => {
+            let mut v = vec![Step::Send(log("web", 1, "listening"))];
+            v.push(if *follow {
+                Step::Hold
+            } else {
+                Step::Send(done(json!(null)))
+            });
+            v
+        }
+        Request::Logs { .. } => vec![Step::Send(Reply::refused(
+            ErrorKind::NotFound,
+            "no log source",
+        ))],
+        Request::ConfigApply {
+            config, dry_run, ..
+        } => {
+            if config.contains("bogus") {
+                vec![Step::Send(Reply::Error {
+                    error: "machine.toml:2:1: unknown field `bogus`".into(),
+                    kind: ErrorKind::Invalid,
+                    field: Some("machine.toml:2:1".into()),
+                })]
+            } else {
+                vec![Step::Send(done(json!({
+                    "dry_run": dry_run, "applied": !dry_run,
+                    "diff": format!("-hostname = \"n1\"\n+{config}")
+                })))]
+            }
+        }
+        Request::ConfigGet => vec![Step::Send(done(json!("hostname = \"n1\"\n")))],
+        Request::Upgrade { by, image, .. } => {
+            let mut pull = contract::control::Event {
+                seq: 1,
+                ms: 0,
+                kind: EventKind::Upgrade,
+                by: Some(by.clone()),
+                message: format!("pulling {image}"),
+            };
+            if image.ends_with(":bad") {
+                pull.seq = 3;
+                return vec![
+                    Step::Send(Reply::Event(pull)),
+                    Step::Send(Reply::error("signature does not verify")),
+                ];
+            }
+            vec![
+                Step::Send(Reply::Event(pull)),
+                Step::Sleep(100),
+                Step::Send(event(2, EventKind::Upgrade, "writing slot b")),
+                Step::Send(done(json!({"next": "2.0.0"}))),
+            ]
+        }
+        _ => vec![Step::Send(done(json!(null)))],
+    }
 }

@@ -8,10 +8,12 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 const EXIT_CODES: &str = "Exit codes:
-  0  every node answered the call successfully
-  1  a node refused the call (role too weak) or answered an error
+  0  every node answered the call successfully (a stream ended normally)
+  1  a node refused the call (role too weak) or answered an error, or a
+     stream ended with the node's error (a failed upgrade)
   2  usage error, or the client config cannot be read
-  3  a node could not be reached: connection or TLS handshake failure";
+  3  a node could not be reached: connection or TLS handshake failure, or
+     the connection was lost during a stream";
 
 /// Manage cairn nodes through their API (mutual TLS; the role is in the
 /// client certificate of the config).
@@ -39,12 +41,42 @@ enum Command {
     Version,
     /// The node's status document (slots, releases, health, network, ...).
     Status,
+    /// Log lines of SOURCE; without SOURCE, the sources that have lines.
+    Logs {
+        source: Option<String>,
+        /// Keep printing new lines until interrupted or the node goes away.
+        #[arg(short, long)]
+        follow: bool,
+        /// Only the last N kept lines (then new ones with -f).
+        #[arg(long, value_name = "N")]
+        tail: Option<usize>,
+    },
+    /// The node's events (boot, services, health, upgrades, config, power).
+    Events {
+        /// Keep printing new events until interrupted or the node goes away.
+        #[arg(short, long)]
+        follow: bool,
+    },
+    /// The kernel log.
+    Dmesg,
+    /// Run the node's health checks now.
+    Health,
     /// Reboot the node (os:operator).
     Reboot,
     /// Power the node off (os:operator).
     Shutdown,
     /// Boot the previous release next (os:operator).
     Rollback,
+    /// Pull a release from a registry, verify it, write it to the other
+    /// slot and reboot into it (os:operator); prints progress as it comes.
+    Upgrade {
+        /// REGISTRY/REPO:TAG.
+        #[arg(long)]
+        image: String,
+        /// The registry speaks plain HTTP (the release is verified anyway).
+        #[arg(long)]
+        insecure: bool,
+    },
     /// The machine config.
     #[command(subcommand)]
     Config(ConfigCommand),
@@ -80,12 +112,45 @@ fn main() -> ExitCode {
             "no nodes: give --nodes or add endpoints to the client config",
         );
     }
+    let mut query: Vec<(&str, String)> = Vec::new();
+    let mut streaming = false;
     let (op, body) = match &cli.command {
         Command::Version => (Operation::Version, None),
         Command::Status => (Operation::Status, None),
+        Command::Logs {
+            source,
+            follow,
+            tail,
+        } => {
+            if let Some(s) = source {
+                streaming = true;
+                query.push(("source", s.clone()));
+                query.push(("follow", follow.to_string()));
+                if let Some(n) = tail {
+                    query.push(("tail", n.to_string()));
+                }
+            } else if *follow || tail.is_some() {
+                return fail(2, "logs: -f and --tail need a SOURCE");
+            }
+            (Operation::Logs, None)
+        }
+        Command::Events { follow } => {
+            streaming = true;
+            query.push(("follow", follow.to_string()));
+            (Operation::Events, None)
+        }
+        Command::Dmesg => (Operation::Dmesg, None),
+        Command::Health => (Operation::Health, None),
         Command::Reboot => (Operation::Reboot, None),
         Command::Shutdown => (Operation::Shutdown, None),
         Command::Rollback => (Operation::Rollback, None),
+        Command::Upgrade { image, insecure } => {
+            streaming = true;
+            (
+                Operation::Upgrade,
+                Some(serde_json::json!({"image": image, "insecure": insecure})),
+            )
+        }
         Command::Config(ConfigCommand::Get) => (Operation::ConfigGet, None),
         Command::Config(ConfigCommand::Apply { file, dry_run }) => {
             match std::fs::read_to_string(file) {
@@ -101,17 +166,108 @@ fn main() -> ExitCode {
         Ok(c) => c,
         Err(e) => return fail(2, &e.to_string()),
     };
+    let several = nodes.len() > 1;
+    if streaming {
+        // One thread per node: follows run side by side until interrupted.
+        let code = std::thread::scope(|s| {
+            let handles: Vec<_> = nodes
+                .iter()
+                .map(|node| {
+                    let (cli, client, query, body) = (&cli, &client, &query, &body);
+                    s.spawn(move || stream(cli, client, several, node, op, query, body.as_ref()))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .map(|h| h.join().unwrap_or(1))
+                .max()
+                .unwrap_or(0)
+        });
+        return ExitCode::from(code);
+    }
     let mut code = 0u8;
     for node in &nodes {
-        match client.call(node, op, body.as_ref()) {
-            Ok(v) => print_ok(&cli, nodes.len() > 1, node, op, &v),
+        match client.call_with(node, op, &query, body.as_ref()) {
+            Ok(v) => print_ok(&cli, several, node, op, &v),
             Err(e) => {
-                code = code.max(if e.unreachable() { 3 } else { 1 });
+                code = code.max(exit_code(&e));
                 print_err(&cli, node, &e);
             }
         }
     }
     ExitCode::from(code)
+}
+
+fn exit_code(e: &ClientError) -> u8 {
+    if e.unreachable() {
+        3
+    } else {
+        1
+    }
+}
+
+/// Prints one node's stream as it arrives; answers its exit code.
+fn stream(
+    cli: &Cli,
+    client: &Client,
+    several: bool,
+    node: &str,
+    op: Operation,
+    query: &[(&str, String)],
+    body: Option<&serde_json::Value>,
+) -> u8 {
+    let lines = match client.stream(node, op, query, body) {
+        Ok(l) => l,
+        Err(e) => {
+            print_err(cli, node, &e);
+            return exit_code(&e);
+        }
+    };
+    let prefix = if several {
+        format!("{node} ")
+    } else {
+        String::new()
+    };
+    for line in lines {
+        let v = match line {
+            Ok(v) => v,
+            Err(e) => {
+                print_err(cli, node, &e);
+                return exit_code(&e);
+            }
+        };
+        if cli.json {
+            let o = match v {
+                serde_json::Value::Object(mut o) => {
+                    o.insert("node".into(), node.into());
+                    serde_json::Value::Object(o)
+                }
+                other => serde_json::json!({"node": node, "line": other}),
+            };
+            println!("{o}");
+            continue;
+        }
+        let s = |k: &str| v[k].as_str().unwrap_or_default().to_string();
+        if let Some(r) = v.get("result") {
+            // An upgrade's end: init reboots into the new release.
+            match r {
+                serde_json::Value::Null => println!("{prefix}{op}: done"),
+                serde_json::Value::String(m) => println!("{prefix}{op}: done: {m}"),
+                other => println!("{prefix}{op}: done: {other}"),
+            }
+        } else if v.get("kind").is_some() {
+            let by = v["by"]
+                .as_str()
+                .map(|b| format!(" (by {b})"))
+                .unwrap_or_default();
+            println!("{prefix}{} {}: {}{by}", v["seq"], s("kind"), s("message"));
+        } else if v.get("source").is_some() {
+            println!("{prefix}{}: {}", s("source"), s("text"));
+        } else {
+            println!("{prefix}{v}");
+        }
+    }
+    0
 }
 
 fn fail(code: u8, msg: &str) -> ExitCode {
@@ -140,6 +296,12 @@ fn print_ok(cli: &Cli, several: bool, node: &str, op: Operation, v: &serde_json:
             }
         }
         Operation::Reboot | Operation::Shutdown => println!("{op}: requested"),
+        Operation::Logs => {
+            for src in v["sources"].as_array().into_iter().flatten() {
+                println!("{}", src.as_str().unwrap_or_default());
+            }
+        }
+        Operation::Dmesg => print!("{}", s("dmesg")),
         _ => println!("{}", serde_json::to_string_pretty(v).unwrap_or_default()),
     }
 }
@@ -147,7 +309,9 @@ fn print_ok(cli: &Cli, several: bool, node: &str, op: Operation, v: &serde_json:
 fn print_err(cli: &Cli, node: &str, e: &ClientError) {
     if cli.json {
         let mut o = serde_json::json!({"node": node, "error": e.to_string()});
-        if let ClientError::Node { field: Some(f), .. } = e {
+        if let ClientError::Node { field: Some(f), .. }
+        | ClientError::StreamFailed { field: Some(f), .. } = e
+        {
             o["field"] = f.clone().into();
         }
         println!("{o}");

@@ -1,7 +1,8 @@
 //! cairnd: the node API (issue 14). Serves the API over mutual TLS from the
 //! identity in `--secrets` (ca.crt, server.crt, server.key).
 
-use api::file_node::FileNode;
+use api::control::Control;
+use api::node::InitNode;
 use api::pki::NodeSecrets;
 use clap::Parser;
 use std::path::PathBuf;
@@ -21,8 +22,10 @@ struct Args {
     os_release: PathBuf,
     #[arg(long, default_value = contract::machine::NODE_STATUS, hide = true)]
     status: PathBuf,
-    #[arg(long, default_value = contract::machine::STORED_CONFIG, hide = true)]
-    machine_config: PathBuf,
+    /// init's control socket: everything but version and status is asked
+    /// of init there.
+    #[arg(long, default_value = contract::control::SOCKET, hide = true)]
+    control: PathBuf,
 }
 
 fn main() -> std::process::ExitCode {
@@ -48,10 +51,10 @@ fn main() -> std::process::ExitCode {
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let secrets = NodeSecrets::load(&args.secrets)?;
     let tls = api::server::tls_config(&secrets)?;
-    let node = Arc::new(FileNode {
+    let node = Arc::new(InitNode {
         os_release: args.os_release,
         status: args.status,
-        machine_config: args.machine_config,
+        control: Control::new(args.control),
     });
     // Two workers: the API is light and shares the node with its services.
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -1,8 +1,11 @@
-//! A server on 127.0.0.1:0 backed by a fake node that records its calls.
+//! A server on 127.0.0.1:0 backed by a fake node that records its calls,
+//! or by the real node over a fake init ([`fake_init`]).
 #![allow(dead_code)]
 
+pub mod fake_init;
+
 use api::pki::{self, Identity, NodeSecrets, Validity};
-use api::server::{ApplyOutcome, Node, NodeError, Version};
+use api::server::{ApplyOutcome, Node, NodeError, NodeStream, Version};
 use std::sync::{Arc, Mutex};
 
 #[derive(Default)]
@@ -32,27 +35,58 @@ impl Node for FakeNode {
         self.record("status");
         Ok(serde_json::json!({"booted": "1.0.0"}))
     }
-    fn reboot(&self) -> Result<(), NodeError> {
-        self.record("reboot");
+    fn log_sources(&self) -> Result<Vec<String>, NodeError> {
+        self.record("logs");
+        Ok(vec!["init".into()])
+    }
+    fn logs(&self, _: &str, _: Option<usize>, _: bool) -> Result<NodeStream, NodeError> {
+        self.record("logs");
+        Ok(NodeStream::of(std::iter::empty()))
+    }
+    fn events(&self, _: bool) -> Result<NodeStream, NodeError> {
+        self.record("events");
+        Ok(NodeStream::of(std::iter::empty()))
+    }
+    fn dmesg(&self) -> Result<String, NodeError> {
+        self.record("dmesg");
+        Ok("[0.0] Linux\n".into())
+    }
+    fn health(&self) -> Result<serde_json::Value, NodeError> {
+        self.record("health");
+        Ok(serde_json::json!({"ok": true}))
+    }
+    fn reboot(&self, by: &str) -> Result<(), NodeError> {
+        self.record(&format!("reboot {by}"));
         Ok(())
     }
-    fn shutdown(&self) -> Result<(), NodeError> {
-        self.record("shutdown");
+    fn shutdown(&self, by: &str) -> Result<(), NodeError> {
+        self.record(&format!("shutdown {by}"));
         Ok(())
     }
-    fn rollback(&self) -> Result<serde_json::Value, NodeError> {
-        self.record("rollback");
+    fn rollback(&self, by: &str) -> Result<serde_json::Value, NodeError> {
+        self.record(&format!("rollback {by}"));
         Ok(serde_json::json!({"next": "0.9.0"}))
+    }
+    fn upgrade(&self, by: &str, image: &str, _: bool) -> Result<NodeStream, NodeError> {
+        self.record(&format!("upgrade {by} {image}"));
+        Ok(NodeStream::of(std::iter::once(Ok(
+            serde_json::json!({"result": null}),
+        ))))
     }
     fn config_get(&self) -> Result<String, NodeError> {
         self.record("config_get");
         Ok("hostname = \"n1\"\n".into())
     }
-    fn config_apply(&self, text: &str, dry_run: bool) -> Result<ApplyOutcome, NodeError> {
+    fn config_apply(
+        &self,
+        _by: &str,
+        text: &str,
+        dry_run: bool,
+    ) -> Result<ApplyOutcome, NodeError> {
         self.record("config_apply");
         if text.contains("invalid") {
             return Err(NodeError::Invalid {
-                field: "services[0].exec".into(),
+                field: Some("services[0].exec".into()),
                 reason: "must be an absolute path".into(),
             });
         }
@@ -83,7 +117,7 @@ impl Pki {
 
 /// Starts the API on 127.0.0.1:0 in a thread of its own; answers the
 /// address. The server lives until the test process ends.
-pub fn start(pki: &Pki, node: Arc<FakeNode>) -> String {
+pub fn start<N: Node>(pki: &Pki, node: Arc<N>) -> String {
     let tls = api::server::tls_config(&NodeSecrets {
         ca_pem: pki.ca.cert_pem.clone(),
         server: pki.server.clone(),
