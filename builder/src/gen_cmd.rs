@@ -18,6 +18,18 @@ pub enum GenCommand {
         #[arg(long = "san")]
         sans: Vec<String>,
     },
+    /// Write the `[api]` table of a machine config (0600) with the node's
+    /// identity from --secrets (ca.crt, server.crt, server.key; not
+    /// ca.key): append it to the machine config given at install.
+    MachineApi {
+        #[arg(long)]
+        secrets: PathBuf,
+        /// ADDRESS:PORT cairnd listens on (default 0.0.0.0:50000).
+        #[arg(long)]
+        listen: Option<String>,
+        #[arg(long)]
+        out: PathBuf,
+    },
     /// Sign a client certificate with the CA in --secrets and write a
     /// client config for cairnctl (0600).
     Client {
@@ -48,6 +60,15 @@ pub fn run(cmd: GenCommand) -> anyhow::Result<()> {
                 "wrote {}/{{ca.crt,ca.key,server.crt,server.key}}",
                 out.display()
             );
+        }
+        GenCommand::MachineApi {
+            secrets,
+            listen,
+            out,
+        } => {
+            api::gen::machine_api(&secrets, listen.as_deref(), &out)
+                .context("cairn gen machine-api")?;
+            eprintln!("wrote {} ([api] with the node's identity)", out.display());
         }
         GenCommand::Client {
             secrets,

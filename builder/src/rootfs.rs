@@ -78,12 +78,23 @@ pub fn stage(
     // An empty machine-id: a read-only root cannot get one later.
     put(&dir.join("etc/machine-id"), "")?;
     // nobody (65534) is what a [[service]] runs as unless it says otherwise
-    // (contract::machine); no account has a shell or a password.
+    // (contract::machine); cairnd has its own account (contract::api). No
+    // account has a shell or a password.
+    let (user, uid, gid) = (
+        contract::api::USER_NAME,
+        contract::api::UID,
+        contract::api::GID,
+    );
     put(
         &dir.join("etc/passwd"),
-        "root:x:0:0:root:/:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n",
+        &format!(
+            "root:x:0:0:root:/:/sbin/nologin\n{user}:x:{uid}:{gid}:{user}:/:/sbin/nologin\nnobody:x:65534:65534:nobody:/:/sbin/nologin\n"
+        ),
     )?;
-    put(&dir.join("etc/group"), "root:x:0:\nnobody:x:65534:\n")?;
+    put(
+        &dir.join("etc/group"),
+        &format!("root:x:0:\n{user}:x:{gid}:\nnobody:x:65534:\n"),
+    )?;
 
     for (name, out) in packages {
         if name == "init" {

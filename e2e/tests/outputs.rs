@@ -218,10 +218,32 @@ fn rootfs_squashfs_and_verity_check_out() -> Result<()> {
         "/sbin/init",
         "/sbin/mke2fs",
         "/sbin/e2fsck",
+        "/usr/bin/cairnd",
         "/usr/lib/os-release",
     ] {
         ensure!(list.contains(p), "rootfs lacks {p}:\n{list}");
     }
+    // The whole userland, as unsquashfs sees it: every regular file with an
+    // execute bit. No shell, no login, nothing but what cairn runs (Talos
+    // counts 12 executables; the default cairn rootfs has these 5).
+    let mut execs: Vec<&str> = list
+        .lines()
+        .filter(|l| l.starts_with('-') && l[..10].contains('x'))
+        .filter_map(|l| l.split_whitespace().last())
+        .map(|p| p.trim_start_matches("squashfs-root"))
+        .collect();
+    execs.sort();
+    ensure!(
+        execs
+            == [
+                "/sbin/e2fsck",
+                "/sbin/init",
+                "/sbin/mke2fs",
+                "/sbin/tune2fs",
+                "/usr/bin/cairnd"
+            ],
+        "rootfs executables: {execs:?}"
+    );
     let manifest = std::fs::read_to_string(out.join("manifest.json"))?;
     let root = manifest
         .split("\"verity_root_hash\": \"")

@@ -32,7 +32,27 @@ impl Registry {
     /// With `Some((user, password))`, the registry requires htpasswd basic
     /// auth for everything; with `Some(dir)` it serves HTTPS with
     /// `dir/leaf.pem` and `dir/leaf.key`.
+    ///
+    /// The port is picked free and then released before the registry binds
+    /// it, so another process may take it in between (seen in CI as
+    /// "Connection refused" from a registry that had exited with "address
+    /// already in use"): such a start is retried on a new port.
     pub fn start_with(user: Option<(&str, &str)>, tls: Option<&Path>) -> Registry {
+        let mut last = String::new();
+        for _ in 0..5 {
+            match Self::try_start(user, tls) {
+                Ok(r) => return r,
+                Err(log) if log.contains("address already in use") => last = log,
+                Err(log) => panic!("registry did not start: {log}"),
+            }
+        }
+        panic!("registry did not start after 5 ports: {last}")
+    }
+
+    /// One start on a free port; `Err` carries the registry's log. Ready
+    /// means the registry said it listens *and* a TCP connect succeeds
+    /// (a connect alone could reach whoever else holds the port).
+    fn try_start(user: Option<(&str, &str)>, tls: Option<&Path>) -> Result<Registry, String> {
         let root = tempfile::tempdir().unwrap();
         let port = free_port();
         let mut cfg = format!(
@@ -69,17 +89,22 @@ impl Registry {
             .stderr(log)
             .spawn()
             .expect("docker-registry (Debian package docker-registry)");
-        let r = Registry { child, port, root };
+        let mut r = Registry { child, port, root };
         let deadline = Instant::now() + Duration::from_secs(20);
-        while TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(
-                Instant::now() < deadline,
-                "registry did not start: {}",
-                r.log()
-            );
+        loop {
+            if r.log().contains("listening on") && TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok(r);
+            }
+            if let Ok(Some(_)) = r.child.try_wait() {
+                return Err(r.log());
+            }
+            if Instant::now() > deadline {
+                let log = r.log();
+                r.stop();
+                return Err(format!("not listening after 20 s: {log}"));
+            }
             std::thread::sleep(Duration::from_millis(50));
         }
-        r
     }
 
     pub fn host(&self) -> String {
