@@ -315,6 +315,11 @@ fn print_err(cli: &Cli, node: &str, e: &ClientError) {
             o["field"] = f.clone().into();
         }
         println!("{o}");
+    } else if let ClientError::Node { field: Some(f), .. }
+    | ClientError::StreamFailed { field: Some(f), .. } = e
+    {
+        // The position of a refused config's error (`machine.toml:L:C`).
+        eprintln!("cairnctl: {e} (at {f})");
     } else {
         eprintln!("cairnctl: {e}");
     }
