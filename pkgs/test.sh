@@ -40,16 +40,18 @@ run_in_empty_root() { # ROOT BIN ARGS...
 }
 
 quick() {
-  # --- the init recipe's cache key covers every crate of ours init links -
-  # (a workspace crate missing from its path sources would let a change to
-  # it reuse a stale cached init)
-  local linked listed
-  linked=$(cd "$repo" && cargo metadata --format-version 1 --locked --filter-platform x86_64-unknown-linux-gnu \
-    | python3 -c 'import json,sys
+  # --- the recipes of our binaries (init, cairnd) cover every crate of ours
+  # they link (a workspace crate missing from a recipe's path sources would
+  # let a change to it reuse a stale cached binary)
+  local linked listed pkg crate_name
+  for pair in init:init cairnd:api; do
+    pkg=${pair%%:*} crate_name=${pair#*:}
+    linked=$(cd "$repo" && cargo metadata --format-version 1 --locked --filter-platform x86_64-unknown-linux-gnu \
+      | python3 -c 'import json,sys
 m=json.load(sys.stdin); ws=set(m["workspace_members"])
 by={p["id"]:p for p in m["packages"]}
 nodes={n["id"]:n for n in m["resolve"]["nodes"]}
-root=[i for i in ws if by[i]["name"]=="init"][0]
+root=[i for i in ws if by[i]["name"]==sys.argv[2]][0]
 seen=set(); todo=[root]
 while todo:
     i=todo.pop()
@@ -57,15 +59,17 @@ while todo:
     seen.add(i)
     todo += [d["pkg"] for d in nodes[i]["deps"] if any(k["kind"] is None for k in d["dep_kinds"])]
 import os
-print("\n".join(sorted(os.path.relpath(os.path.dirname(by[i]["manifest_path"]), sys.argv[1]) for i in seen if i in ws)))' "$repo") \
-    || fail "cargo metadata failed"
-  listed=$(python3 -c 'import sys,tomllib
+print("\n".join(sorted(os.path.relpath(os.path.dirname(by[i]["manifest_path"]), sys.argv[1]) for i in seen if i in ws)))' "$repo" "$crate_name") \
+      || fail "cargo metadata failed"
+    listed=$(python3 -c 'import sys,tomllib
 r=tomllib.load(open(sys.argv[1],"rb"))
-print("\n".join(sorted(s["spec"] for s in r["source"] if s["kind"]=="path")))' "$repo/pkgs/init/recipe.toml")
-  for crate in $linked; do
-    grep -qx "$crate" <<<"$listed" || fail "pkgs/init/recipe.toml: init links workspace crate $crate but its sources do not list it"
+print("\n".join(sorted(s["spec"] for s in r["source"] if s["kind"]=="path")))' "$repo/pkgs/$pkg/recipe.toml")
+    for crate in $linked; do
+      grep -qx "$crate" <<<"$listed" || fail "pkgs/$pkg/recipe.toml: $pkg links workspace crate $crate but its sources do not list it"
+    done
+    grep -qx "pkgs/cargo-musl.sh" <<<"$listed" || fail "pkgs/$pkg/recipe.toml: does not list pkgs/cargo-musl.sh, the script that builds it"
+    ok "$pkg's recipe lists every workspace crate it links ($(echo $linked | tr '\n' ' ')) and pkgs/cargo-musl.sh"
   done
-  ok "init's recipe lists every workspace crate init links ($(echo $linked | tr '\n' ' '))"
 
   # --- ci/check-static -------------------------------------------------
   printf '#include <stdio.h>\nint main(void){puts("hi");return 0;}\n' >"$tmp/hi.c"
@@ -196,7 +200,7 @@ build_twice() {
   ok "$pkg: two builds in different directories are identical"
 }
 
-CHECKED_PKGS="kernel rust-musl init e2fsprogs systemd-boot"
+CHECKED_PKGS="kernel rust-musl init cairnd e2fsprogs systemd-boot"
 check_built() { # PKG [OUTDIR]
   local pkg=$1 out=${2:-$tmp/b1/$1}
   case "$pkg" in
@@ -218,6 +222,18 @@ check_built() { # PKG [OUTDIR]
       cp "$out/init" "$tmp/init-root/init"
       run_in_empty_root "$tmp/init-root" /init --version | grep -qE '^cairn-init [0-9]' || fail "init --version in an empty root"
       ok "init: static-pie, prints its version in an empty root"
+      ;;
+    cairnd)
+      "$repo/ci/check-static" "$out/usr/bin/cairnd" >/dev/null
+      mkdir -p "$tmp/cairnd-root"
+      cp "$out/usr/bin/cairnd" "$tmp/cairnd-root/cairnd"
+      run_in_empty_root "$tmp/cairnd-root" /cairnd --version | grep -qE '^cairnd [0-9]' || fail "cairnd --version in an empty root"
+      # Without its identity it must refuse to start, naming the file.
+      if run_in_empty_root "$tmp/cairnd-root" /cairnd --secrets /nonexistent 2>"$tmp/cairnd-err"; then
+        fail "cairnd started without secrets"
+      fi
+      grep -q '/nonexistent/ca.crt' "$tmp/cairnd-err" || fail "cairnd's error does not name the missing file: $(cat "$tmp/cairnd-err")"
+      ok "cairnd: static-pie, prints its version in an empty root, refuses to start without its identity"
       ;;
     e2fsprogs)
       "$repo/ci/check-static" "$out"/sbin/* >/dev/null
