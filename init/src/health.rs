@@ -2,8 +2,10 @@
 //! its `timeout_s`, retried while it fails. Services keep being supervised
 //! meanwhile (`tick` reaps and restarts).
 
-use crate::supervisor::{Exit, Supervisor};
+use crate::supervisor::{Console, Exit, Supervisor};
+use contract::control::EventKind;
 use contract::machine::Health;
+use serde::Serialize;
 use std::time::{Duration, Instant};
 
 pub const RETRY: Duration = Duration::from_secs(1);
@@ -46,7 +48,10 @@ pub fn run_checks(sup: &mut Supervisor, checks: &[Health], retry: Duration) -> R
                     };
                     match exit {
                         Some(Exit::Code(0)) => {
-                            crate::say!("health check {} passed (attempt {attempts})", h.name);
+                            let msg =
+                                format!("health check {} passed (attempt {attempts})", h.name);
+                            crate::say!("{msg}");
+                            crate::ring::event(EventKind::Health, None, msg);
                             break;
                         }
                         Some(x) => x.to_string(),
@@ -55,10 +60,12 @@ pub fn run_checks(sup: &mut Supervisor, checks: &[Health], retry: Duration) -> R
                 }
             };
             if Instant::now() + retry >= deadline {
-                return Err(format!(
+                let msg = format!(
                     "health check {} did not pass within {} s ({attempts} attempts, last: {last})",
                     h.name, h.timeout_s
-                ));
+                );
+                crate::ring::event(EventKind::Health, None, msg.clone());
+                return Err(msg);
             }
             let resume = Instant::now() + retry;
             while Instant::now() < resume {
@@ -67,4 +74,71 @@ pub fn run_checks(sup: &mut Supervisor, checks: &[Health], retry: Duration) -> R
         }
     }
     Ok(())
+}
+
+/// One check's result, as the control socket's `health` answers it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckResult {
+    pub name: String,
+    pub ok: bool,
+    pub detail: String,
+}
+
+/// Runs each check once now (the node API's `health`), confined as at
+/// boot, each within its `timeout_s`; no retries: the answer is the
+/// node's state at this moment. An event per check. Called off the main
+/// loop: the one-shot registry hands each exit to this thread whoever
+/// reaps it.
+pub fn run_now(checks: &[Health], console: &Console) -> Vec<CheckResult> {
+    checks
+        .iter()
+        .map(|h| {
+            let (ok, detail) = match once(h, console) {
+                Ok(()) => (true, "exit code 0".to_string()),
+                Err(e) => (false, e),
+            };
+            let msg = format!(
+                "health check {} {}: {detail}",
+                h.name,
+                if ok { "passed" } else { "failed" }
+            );
+            crate::ring::event(EventKind::Health, None, msg);
+            CheckResult {
+                name: h.name.clone(),
+                ok,
+                detail,
+            }
+        })
+        .collect()
+}
+
+fn once(h: &Health, console: &Console) -> Result<(), String> {
+    let p = crate::privs::Privileges::of_health(h).map_err(|e| format!("capabilities: {e}"))?;
+    let pid = crate::supervisor::start_oneshot(
+        &format!("health/{}", h.name),
+        &h.exec,
+        &h.args,
+        p,
+        console,
+    )
+    .map_err(|e| format!("cannot start {}: {e}", h.exec))?;
+    let deadline = Instant::now() + Duration::from_secs(h.timeout_s as u64);
+    loop {
+        if let Some(x) = crate::supervisor::take_oneshot(pid) {
+            return if x.success() {
+                Ok(())
+            } else {
+                Err(x.to_string())
+            };
+        }
+        if Instant::now() >= deadline {
+            crate::supervisor::kill_oneshot(pid);
+            let until = Instant::now() + Duration::from_secs(2);
+            while crate::supervisor::take_oneshot(pid).is_none() && Instant::now() < until {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            return Err(format!("still running after {} s; killed", h.timeout_s));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

@@ -7,7 +7,9 @@
 
 pub mod log;
 
+pub mod api;
 pub mod bless;
+pub mod control;
 pub mod disks;
 pub mod dm;
 pub mod error;
@@ -18,6 +20,7 @@ pub mod lsm;
 pub mod net;
 pub mod privs;
 pub mod record;
+pub mod ring;
 pub mod slot;
 pub mod stage1;
 pub mod stage2;

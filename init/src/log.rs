@@ -24,6 +24,12 @@ pub fn open_pid1() {
 }
 
 pub fn line(msg: &str) {
+    // Into the ring first: its lock is never held while writing a sink.
+    crate::ring::RING.push_line(
+        contract::control::INIT_SOURCE,
+        contract::control::INIT_SOURCE,
+        msg,
+    );
     let t = crate::sys::monotonic();
     let text = format!(
         "[{:5}.{:06}] cairn: {msg}\n",

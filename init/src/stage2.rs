@@ -437,11 +437,35 @@ pub fn run() -> Result<Shutdown, BootError> {
     // wait for a lease.
     crate::net::spawn(&cfg);
 
-    let mut sup = Supervisor::new(
-        cfg.services.clone(),
-        Backoff::default(),
+    // The node API (issue 14): cairnd is one more supervised service, given
+    // its identity on /run; the control socket it talks to is served by
+    // init's own threads. Neither is waited for, nor needed to bless.
+    let mut services = cfg.services.clone();
+    if let Some(api) = &cfg.api {
+        match crate::api::write_secrets(
+            api,
+            Path::new(contract::api::SECRETS_DIR),
+            (contract::api::UID, contract::api::GID),
+        ) {
+            Ok(()) => services.push(crate::api::service(api)),
+            Err(e) => say!(
+                "node API: writing its identity to {}: {e}; cairnd not started",
+                contract::api::SECRETS_DIR
+            ),
+        }
+    }
+    crate::api::serve_control(
+        crate::api::LiveNode {
+            health: cfg.health.clone(),
+            console: crate::log::console_writer(),
+            disk: PathBuf::from(&hand.disk),
+            running: version.clone(),
+            state: PathBuf::from(STATE_DIR),
+            work: Path::new(contract::disk::EPHEMERAL_MOUNT).join(contract::update::WORK_DIR),
+        },
         crate::log::console_writer(),
     );
+    let mut sup = Supervisor::new(services, Backoff::default(), crate::log::console_writer());
     sup.start_all(Instant::now());
     health::run_checks(&mut sup, &cfg.health, health::RETRY).map_err(BootError::Stop)?;
 

@@ -9,7 +9,9 @@
 //! caller decides how to sleep (signals in PID 1, polling in tests).
 
 use crate::privs::Privileges;
+use contract::control::{EventKind, INIT_SOURCE};
 use contract::machine::{Restart, Service};
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::process::CommandExt;
 use std::process::Stdio;
@@ -118,15 +120,19 @@ struct Slot {
 
 pub struct Supervisor {
     slots: Vec<Slot>,
-    /// One-shot commands (health checks): pid -> exit once reaped.
-    oneshots: std::collections::BTreeMap<i32, Option<Exit>>,
     backoff: Backoff,
     console: Console,
 }
 
 /// Copies a child's stream to the console, one `name: line` at a time so
-/// lines of different services never interleave mid-line.
-fn forward(name: String, stream: impl Read + Send + 'static, console: Console) {
+/// lines of different services never interleave mid-line, and into the log
+/// ring (source `name`, `stream` out or err) for the control socket.
+fn forward(
+    name: String,
+    stream_kind: &'static str,
+    stream: impl Read + Send + 'static,
+    console: Console,
+) {
     let label = name.clone();
     let spawned = std::thread::Builder::new()
         .name(format!("out-{name}"))
@@ -146,6 +152,11 @@ fn forward(name: String, stream: impl Read + Send + 'static, console: Console) {
                             let _ = c.write_all(&line);
                             let _ = c.flush();
                         }
+                        crate::ring::RING.push_line(
+                            &name,
+                            stream_kind,
+                            &String::from_utf8_lossy(&line),
+                        );
                     }
                 }
             }
@@ -154,6 +165,88 @@ fn forward(name: String, stream: impl Read + Send + 'static, console: Console) {
         // The stream is dropped: the service sees EPIPE on output instead
         // of init panicking over a thread it could not create.
         crate::say!("no output forwarding for {label}: {e}");
+    }
+}
+
+/// One-shot commands (health checks), by pid: `None` while running, the
+/// exit once reaped. Shared by every thread of init: the control socket
+/// runs checks on its own thread while the main loop reaps with
+/// `waitpid(-1)`, so whoever reaps a registered pid leaves its exit here.
+static ONESHOTS: Mutex<BTreeMap<i32, Option<Exit>>> = Mutex::new(BTreeMap::new());
+
+fn oneshots() -> std::sync::MutexGuard<'static, BTreeMap<i32, Option<Exit>>> {
+    ONESHOTS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Starts `exec` confined to `privs` in its own process group, stdin
+/// null, both output streams forwarded (console and ring, as `label`).
+/// The child is not waited for: `waitpid` collects it.
+pub fn start(
+    label: &str,
+    exec: &str,
+    args: &[String],
+    privs: Privileges,
+    console: &Console,
+) -> std::io::Result<i32> {
+    let mut cmd = crate::sys::command(exec);
+    cmd.args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        // Own process group, so stopping a service also stops its children.
+        .process_group(0);
+    let confined = crate::privs::confine(&mut cmd, privs)?;
+    let mut c = cmd.spawn().map_err(|e| confined.explain(e))?;
+    let pid = c.id() as i32;
+    if let Some(o) = c.stdout.take() {
+        forward(label.to_string(), "out", o, console.clone());
+    }
+    if let Some(e) = c.stderr.take() {
+        forward(label.to_string(), "err", e, console.clone());
+    }
+    // The Child handle is dropped without waiting: waitpid(-1) in `reap`
+    // collects every child, services and orphans alike.
+    drop(c);
+    Ok(pid)
+}
+
+/// [`start`] for a one-shot: registered before any reaper can see its
+/// exit (the registry's lock is held from spawn to insert).
+pub fn start_oneshot(
+    label: &str,
+    exec: &str,
+    args: &[String],
+    privs: Privileges,
+    console: &Console,
+) -> std::io::Result<i32> {
+    let mut g = oneshots();
+    let pid = start(label, exec, args, privs, console)?;
+    g.insert(pid, None);
+    Ok(pid)
+}
+
+/// The exit of a one-shot once reaped (then forgotten). Also reaps it
+/// directly, so a thread other than the main loop (or a test without a
+/// main loop) need not wait for the loop's next `reap`.
+pub fn take_oneshot(pid: i32) -> Option<Exit> {
+    let mut g = oneshots();
+    if g.get(&pid) == Some(&None) {
+        let mut st = 0;
+        // SAFETY: plain waitpid with a valid out-pointer.
+        if unsafe { libc::waitpid(pid, &mut st, libc::WNOHANG) } == pid {
+            g.insert(pid, Some(Exit::from_wait_status(st)));
+        }
+    }
+    let exit = (*g.get(&pid)?)?;
+    g.remove(&pid);
+    Some(exit)
+}
+
+/// Kills a one-shot's process group (it stays registered until reaped).
+pub fn kill_oneshot(pid: i32) {
+    if pid > 1 && oneshots().contains_key(&pid) {
+        // SAFETY: signalling a process group we created.
+        unsafe { libc::kill(-pid, libc::SIGKILL) };
     }
 }
 
@@ -173,7 +266,6 @@ impl Supervisor {
             .collect();
         Supervisor {
             slots,
-            oneshots: Default::default(),
             backoff,
             console,
         }
@@ -183,6 +275,13 @@ impl Supervisor {
         if let Ok(mut c) = self.console.lock() {
             let _ = writeln!(c, "cairn: {msg}");
         }
+        crate::ring::RING.push_line(INIT_SOURCE, INIT_SOURCE, msg);
+    }
+
+    /// A console line that is also a service event.
+    fn tell(&self, msg: &str) {
+        self.say(msg);
+        crate::ring::event(EventKind::Service, None, msg);
     }
 
     fn spawn(&mut self, i: usize, now: Instant) -> Vec<Event> {
@@ -191,32 +290,12 @@ impl Supervisor {
         self.slots[i].restart_at = None;
         let child = Privileges::of_service(&spec)
             .map_err(|e| std::io::Error::other(format!("capabilities: {e}")))
-            .and_then(|p| {
-                let mut cmd = crate::sys::command(&spec.exec);
-                cmd.args(&spec.args)
-                    .stdin(Stdio::null())
-                    .stdout(Stdio::piped())
-                    .stderr(Stdio::piped())
-                    // Own process group, so stopping a service also stops its children.
-                    .process_group(0);
-                let confined = crate::privs::confine(&mut cmd, p)?;
-                cmd.spawn().map_err(|e| confined.explain(e))
-            });
+            .and_then(|p| start(&spec.name, &spec.exec, &spec.args, p, &self.console));
         match child {
-            Ok(mut c) => {
-                let pid = c.id() as i32;
-                if let Some(o) = c.stdout.take() {
-                    forward(spec.name.clone(), o, self.console.clone());
-                }
-                if let Some(e) = c.stderr.take() {
-                    forward(spec.name.clone(), e, self.console.clone());
-                }
-                // The Child handle is dropped without waiting: waitpid(-1)
-                // in `reap` collects every child, services and orphans alike.
-                drop(c);
+            Ok(pid) => {
                 self.slots[i].pid = Some(pid);
                 self.slots[i].started_at = Some(now);
-                self.say(&format!("started {} (pid {pid})", spec.name));
+                self.tell(&format!("started {} (pid {pid})", spec.name));
                 vec![Event::Started {
                     name: spec.name,
                     pid,
@@ -253,11 +332,11 @@ impl Supervisor {
         };
         let name = s.spec.name.clone();
         match restart_in {
-            Some(d) => self.say(&format!(
+            Some(d) => self.tell(&format!(
                 "{name} ended ({exit}); restarting in {} ms",
                 d.as_millis()
             )),
-            None => self.say(&format!("{name} ended ({exit}); not restarting")),
+            None => self.tell(&format!("{name} ended ({exit}); not restarting")),
         }
         Some(Event::Exited {
             name,
@@ -278,16 +357,20 @@ impl Supervisor {
         let mut events = Vec::new();
         loop {
             let mut st = 0;
+            // The registry is locked around waitpid: a one-shot's exit is
+            // either taken by its starter or left there, never lost.
+            let mut shots = oneshots();
             // SAFETY: plain waitpid with a valid out-pointer.
             let pid = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
             if pid <= 0 {
                 break;
             }
             let exit = Exit::from_wait_status(st);
-            if let Some(slot) = self.oneshots.get_mut(&pid) {
+            if let Some(slot) = shots.get_mut(&pid) {
                 *slot = Some(exit);
                 continue;
             }
+            drop(shots);
             match self.slots.iter().position(|s| s.pid == Some(pid)) {
                 Some(i) => events.extend(self.finished(i, exit, now)),
                 None => events.push(Event::Orphan { pid, exit }),
@@ -306,38 +389,17 @@ impl Supervisor {
         args: &[String],
         privs: Privileges,
     ) -> std::io::Result<i32> {
-        let mut cmd = crate::sys::command(exec);
-        cmd.args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .process_group(0);
-        let confined = crate::privs::confine(&mut cmd, privs)?;
-        let mut c = cmd.spawn().map_err(|e| confined.explain(e))?;
-        let pid = c.id() as i32;
-        if let Some(o) = c.stdout.take() {
-            forward(label.to_string(), o, self.console.clone());
-        }
-        if let Some(e) = c.stderr.take() {
-            forward(label.to_string(), e, self.console.clone());
-        }
-        self.oneshots.insert(pid, None);
-        Ok(pid)
+        start_oneshot(label, exec, args, privs, &self.console)
     }
 
     /// The exit of a one-shot once it has been reaped (then forgotten).
     pub fn take_oneshot(&mut self, pid: i32) -> Option<Exit> {
-        let exit = (*self.oneshots.get(&pid)?)?;
-        self.oneshots.remove(&pid);
-        Some(exit)
+        take_oneshot(pid)
     }
 
     /// Kills a one-shot's process group (it stays registered until reaped).
     pub fn kill_oneshot(&mut self, pid: i32) {
-        if pid > 1 && self.oneshots.contains_key(&pid) {
-            // SAFETY: signalling a process group we created.
-            unsafe { libc::kill(-pid, libc::SIGKILL) };
-        }
+        kill_oneshot(pid)
     }
 
     /// Restarts services whose backoff has elapsed.

@@ -12,8 +12,10 @@
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Mutex;
 use std::time::Duration;
 
+use contract::control::EventKind;
 use contract::esp::{version_of, EntryName};
 use contract::update::{Attempt, Outcome, Reboot, Update};
 
@@ -65,6 +67,65 @@ pub fn record_failed_releases(esp: &Path, state: &Path, running: &str) -> std::i
         write_atomic(&path, text)?;
     }
     Ok(())
+}
+
+/// Who is upgrading now (the agent or an API request): one upgrade at a
+/// time, since both write the same inactive slot and ESP. A rollback takes
+/// it too (it renames entries on the ESP an upgrade may be writing).
+static UPGRADING: Mutex<Option<String>> = Mutex::new(None);
+
+/// Held while an upgrade (or rollback) runs; released when dropped.
+#[derive(Debug)]
+pub struct UpgradeLock(());
+
+impl Drop for UpgradeLock {
+    fn drop(&mut self) {
+        *UPGRADING.lock().unwrap_or_else(|e| e.into_inner()) = None;
+    }
+}
+
+/// Takes the upgrade lock for `who`; `Err` names who holds it.
+pub fn begin_upgrade(who: &str) -> Result<UpgradeLock, String> {
+    let mut g = UPGRADING.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some(holder) = g.as_ref() {
+        return Err(holder.clone());
+    }
+    *g = Some(who.to_string());
+    Ok(UpgradeLock(()))
+}
+
+/// What an upgrade tells as it goes: a console line and an upgrade event
+/// (the control socket streams those to the client that asked).
+pub fn progress(m: &str) {
+    say!("update: {m}");
+    crate::ring::event(EventKind::Upgrade, None, m);
+}
+
+/// Runs one check of `cfg` against this node and records the attempt
+/// (console, ATTEMPT_FILE, status). Shared by the agent and the control
+/// socket's `upgrade`; the caller holds the upgrade lock.
+pub fn check_now(
+    cfg: &Update,
+    disk: &Path,
+    running: &str,
+    state: &Path,
+    work: &Path,
+) -> Result<Attempt, String> {
+    let trusted = signing::load_trusted_dir(Path::new(contract::trust::NODE_KEYS_DIR))
+        .map_err(|e| format!("this release trusts no key to sign the next ({e})"))?;
+    let bad = known_bad(state)?;
+    let node = installer::update::Node {
+        disk: disk.to_path_buf(),
+        running: running.to_string(),
+        trusted,
+        bad,
+        work: work.to_path_buf(),
+        now: unix_now(),
+        progress,
+    };
+    let a = installer::update::check_once(cfg, &node);
+    record(&a);
+    Ok(a)
 }
 
 /// What the agent knows of this node.
@@ -136,6 +197,16 @@ impl Agent {
                     continue;
                 }
             };
+            // An upgrade asked for through the API is running: check at
+            // the next interval (it reboots the node if it installs).
+            let lock = match begin_upgrade("the update agent") {
+                Ok(l) => l,
+                Err(holder) => {
+                    say!("update: not checking: an upgrade started by {holder} is running");
+                    std::thread::sleep(interval);
+                    continue;
+                }
+            };
             let node = installer::update::Node {
                 disk: self.disk.clone(),
                 running: self.running.clone(),
@@ -143,10 +214,16 @@ impl Agent {
                 bad,
                 work: self.work.clone(),
                 now: unix_now(),
-                progress: |m| say!("update: {m}"),
+                progress,
             };
             let a = installer::update::check_once(&self.cfg, &node);
             record(&a);
+            if a.outcome != Outcome::Installed {
+                drop(lock);
+            } else {
+                // Held until the reboot: nothing else writes the disk now.
+                std::mem::forget(lock);
+            }
             let wait = match a.outcome {
                 Outcome::Installed => return self.reboot(&a),
                 Outcome::Failed => {
@@ -205,7 +282,7 @@ fn unix_now() -> u64 {
 
 /// One console line per attempt, and the last attempt as JSON for status
 /// and the node API.
-fn record(a: &Attempt) {
+pub fn record(a: &Attempt) {
     let outcome = match a.outcome {
         Outcome::UpToDate => "up to date",
         Outcome::SkippedBad => "skipped (known bad)",

@@ -38,6 +38,16 @@ pub fn rollback(path: &Path) -> Result<RollbackReport> {
     rollback_disk(&mut disk, path)
 }
 
+/// [`rollback`] of the disk the running system booted from (the node API's
+/// rollback): opened as for a live upgrade, with the ESP claimed
+/// exclusively while it is renamed in, so nothing mounts it meanwhile.
+pub fn rollback_live(path: &Path) -> Result<RollbackReport> {
+    let mut disk = Disk::open_live(path)?;
+    let state = DiskState::read(&mut crate::status::ReadOnly(&mut disk), path)?;
+    let _claim = disk.claim(&state.esp)?;
+    rollback_disk(&mut disk, path)
+}
+
 pub fn rollback_disk<D: Read + Write + Seek>(d: &mut D, path: &Path) -> Result<RollbackReport> {
     let state = DiskState::read(d, path)?;
     let boot_err = |what: String| Error::Boot {
