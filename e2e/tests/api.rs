@@ -294,7 +294,7 @@ fn node_managed_through_its_api() -> Result<()> {
 
     // A reboot through the API is a clean one.
     ok(&operator, &["reboot"])?;
-    b.expect("reboot by CN=e2e-operator", BOOT_TIMEOUT)?;
+    b.expect("api: reboot requested by CN=e2e-operator", BOOT_TIMEOUT)?;
     b.expect("shutting down: stopping services", BOOT_TIMEOUT)?;
     let end = b.wait_exit(Duration::from_secs(120))?;
     ensure!(
@@ -329,7 +329,7 @@ fn node_managed_through_its_api() -> Result<()> {
         .stderr(std::process::Stdio::piped())
         .spawn()?;
     // The first is pulling (tens of MiB through slirp): a second is refused.
-    b.expect("upgrade by CN=e2e-operator", BOOT_TIMEOUT)?;
+    b.expect("requested by CN=e2e-operator", BOOT_TIMEOUT)?;
     let second = ctl(&operator, &["upgrade", "--image", image, "--insecure"])?;
     let first = first.wait_with_output()?;
     let first_out = String::from_utf8_lossy(&first.stdout);
