@@ -489,14 +489,16 @@ pub fn run() -> Result<Shutdown, BootError> {
         Path::new(&hand.disk),
         Path::new(STATE_DIR),
     ));
-    if blessed {
-        say!("boot ok slot={} version={version}", hand.slot());
+    let booted = if blessed {
+        format!("boot ok slot={} version={version}", hand.slot())
     } else {
-        say!(
+        format!(
             "boot healthy but not blessed slot={} version={version}",
             hand.slot()
-        );
-    }
+        )
+    };
+    say!("{booted}");
+    crate::ring::event(contract::control::EventKind::Boot, None, booted);
 
     if let Some(u) = cfg.update.clone() {
         crate::update::Agent {

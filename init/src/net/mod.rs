@@ -473,7 +473,9 @@ impl Manager {
                     say!("network {name}: default route via {gw}: {e}");
                 }
             }
-            say!("{}", up_line(&name, &lease.addr, lease.gateway));
+            let up = up_line(&name, &lease.addr, lease.gateway);
+            say!("{up}");
+            crate::ring::event(contract::control::EventKind::Network, None, up);
             self.apply_routes();
         }
         if let Some(l) = self.links.get_mut(&index) {
@@ -488,10 +490,9 @@ impl Manager {
                 say!("network {}: adding {a}: {e}", link.name);
                 continue;
             }
-            say!(
-                "{}",
-                up_line(&link.name, a, link.gateway.filter(|g| a.contains(*g)))
-            );
+            let up = up_line(&link.name, a, link.gateway.filter(|g| a.contains(*g)));
+            say!("{up}");
+            crate::ring::event(contract::control::EventKind::Network, None, up);
         }
         if let Some(gw) = link.gateway {
             if let Err(e) = self
