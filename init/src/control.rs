@@ -74,6 +74,9 @@ pub struct Server {
     pub ring: &'static Ring,
     pub node: Arc<dyn Node>,
     pub console: Console,
+    /// Which peer uids may talk: [`peer_allowed`] on a node (a test
+    /// narrows it to see a refusal from its own uid).
+    pub peers: fn(u32) -> bool,
 }
 
 /// Only root and cairnd may talk to init.
@@ -219,12 +222,16 @@ impl Server {
     /// One connection: check the peer, read one request, answer it.
     pub fn serve(&self, mut s: UnixStream) {
         match peer_uid(&s) {
-            Ok(uid) if peer_allowed(uid) => {}
+            Ok(uid) if (self.peers)(uid) => {}
             Ok(uid) => {
                 self.say(&format!(
                     "control: refused a connection from uid {uid} (only 0 and {})",
                     contract::api::UID
                 ));
+                let _ = send(
+                    &mut s,
+                    &Reply::error(format!("uid {uid} may not use init's control socket")),
+                );
                 return;
             }
             Err(e) => {
@@ -429,7 +436,6 @@ impl Server {
         let spawned = std::thread::Builder::new()
             .name("api-upgrade".into())
             .spawn(move || {
-                let _lock = lock;
                 let r = node.upgrade(&cfg);
                 let msg = match &r {
                     Ok(a) => format!("{}: {}", outcome_word(a.outcome), a.detail),
@@ -437,6 +443,13 @@ impl Server {
                 };
                 ring.event(EventKind::Upgrade, Some(&by_owned), msg);
                 let installed = matches!(&r, Ok(a) if a.outcome == Outcome::Installed);
+                if installed {
+                    // Held until the reboot, as the agent does: nothing may
+                    // write the slot that boots next meanwhile.
+                    std::mem::forget(lock);
+                } else {
+                    drop(lock);
+                }
                 let _ = tx.send(r);
                 if installed {
                     // Give the client its answer before services stop; a
@@ -517,9 +530,8 @@ impl Server {
             return done(json!({ "dry_run": true, "applied": false, "diff": diff }));
         }
         // The next boot reads this file. The ESP's `cairn/machine.toml` is
-        // imported once (then removed from the ESP), so only a config put
-        // there after this one (an operator recovering the node) replaces
-        // it: that precedence is stage2::load_config's.
+        // imported only into a STATE without a config, so it never
+        // replaces this one: that precedence is stage2::load_config's.
         if let Err(e) = write_atomic_private(&self.paths.config, config.as_bytes()) {
             return Reply::error(format!("storing {}: {e}", self.paths.config.display()));
         }
