@@ -159,7 +159,19 @@ fn read_request(s: &UnixStream) -> Result<Request, Reply> {
             format!("request longer than {MAX_REQUEST} bytes"),
         ));
     }
-    serde_json::from_slice(&line)
+    decode_request(&line)
+}
+
+/// One request line (without its newline) as a [`Request`], or the error
+/// reply that refuses it. Never panics, whatever the bytes.
+pub fn decode_request(line: &[u8]) -> Result<Request, Reply> {
+    if line.len() > MAX_REQUEST {
+        return Err(Reply::refused(
+            ErrorKind::Invalid,
+            format!("request longer than {MAX_REQUEST} bytes"),
+        ));
+    }
+    serde_json::from_slice(line)
         .map_err(|e| Reply::refused(ErrorKind::Invalid, format!("malformed request: {e}")))
 }
 
@@ -177,7 +189,8 @@ impl Server {
             _ => {}
         }
         let l = UnixListener::bind(p)?;
-        std::os::unix::fs::chown(p, Some(0), Some(self.paths.group))?;
+        // Its owner is init's (root); only the group is cairnd's.
+        std::os::unix::fs::chown(p, None, Some(self.paths.group))?;
         fs::set_permissions(p, fs::Permissions::from_mode(0o660))?;
         Ok(l)
     }
@@ -486,8 +499,11 @@ impl Server {
             }
         };
         forward(s, Duration::ZERO, &mut after);
+        // Installed (rebooting next) and up to date (nothing to do) are
+        // answers, the attempt's `outcome` tells which; a release known bad
+        // here or a failure is refused.
         let reply = match result {
-            Ok(a) if a.outcome == Outcome::Installed => {
+            Ok(a) if matches!(a.outcome, Outcome::Installed | Outcome::UpToDate) => {
                 done(serde_json::to_value(&a).unwrap_or(Value::Null))
             }
             Ok(a) => Reply::error(format!("{}: {}", outcome_word(a.outcome), a.detail)),
@@ -712,6 +728,78 @@ mod tests {
         ] {
             assert!(parse_image(bad, false).is_err(), "{bad}");
         }
+    }
+
+    /// Fuzz-style: random bytes, and valid requests cut, flipped and
+    /// spliced, never panic the decoder; anything it refuses is an
+    /// `Invalid` error reply that encodes as one line.
+    #[test]
+    fn garbage_request_lines_get_an_error_reply() {
+        let valid = [
+            r#"{"op":"log_sources"}"#,
+            r#"{"op":"logs","source":"web","follow":true,"tail":3}"#,
+            r#"{"op":"events","follow":false}"#,
+            r#"{"op":"upgrade","by":"CN=a","image":"r/c:1","insecure":true}"#,
+            r#"{"op":"config_apply","by":"CN=a","config":"hostname = \"n\"\n","dry_run":true}"#,
+            r#"{"op":"reboot","by":"CN=a"}"#,
+        ];
+        for v in valid {
+            assert!(decode_request(v.as_bytes()).is_ok(), "{v}");
+        }
+        // xorshift: deterministic, no extra dependency.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut refused = 0;
+        for i in 0..20_000 {
+            let mut line: Vec<u8> = match i % 4 {
+                0 => (0..next() % 64).map(|_| next() as u8).collect(),
+                1 => {
+                    let v = valid[next() as usize % valid.len()].as_bytes();
+                    v[..next() as usize % v.len()].to_vec()
+                }
+                2 => {
+                    let mut v = valid[next() as usize % valid.len()].as_bytes().to_vec();
+                    for _ in 0..1 + next() % 3 {
+                        let at = next() as usize % v.len();
+                        v[at] = next() as u8;
+                    }
+                    v
+                }
+                _ => {
+                    let a = valid[next() as usize % valid.len()].as_bytes();
+                    let b = valid[next() as usize % valid.len()].as_bytes();
+                    let (ca, cb) = (next() as usize % a.len(), next() as usize % b.len());
+                    [&a[..ca], &b[cb..]].concat()
+                }
+            };
+            line.retain(|b| *b != b'\n');
+            match decode_request(&line) {
+                Ok(_) => {}
+                Err(r) => {
+                    refused += 1;
+                    assert!(
+                        matches!(
+                            r,
+                            Reply::Error {
+                                kind: ErrorKind::Invalid,
+                                ..
+                            }
+                        ),
+                        "{r:?}"
+                    );
+                    let l = r.line();
+                    assert!(l.ends_with('\n') && l.matches('\n').count() == 1);
+                }
+            }
+        }
+        assert!(refused > 15_000, "{refused}");
+        let huge = vec![b' '; MAX_REQUEST + 1];
+        assert!(decode_request(&huge).is_err());
     }
 
     #[test]
