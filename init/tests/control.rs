@@ -224,7 +224,7 @@ fn malformed_and_oversized_requests_are_refused() {
         assert!(e.starts_with("malformed request"), "{e}");
     }
     // Over MAX_REQUEST without a newline: refused once the limit is read.
-    let mut s = UnixStream::connect(&h.paths.socket).unwrap();
+    let s = UnixStream::connect(&h.paths.socket).unwrap();
     s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
     let w = s.try_clone().unwrap();
     let writer = std::thread::spawn(move || {
