@@ -114,6 +114,7 @@ pub fn serve_control(node: LiveNode, console: Console) {
         ring: &crate::ring::RING,
         node: Arc::new(node),
         console,
+        peers: crate::control::peer_allowed,
     });
     match server.bind() {
         Ok(l) => {

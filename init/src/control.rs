@@ -74,6 +74,9 @@ pub struct Server {
     pub ring: &'static Ring,
     pub node: Arc<dyn Node>,
     pub console: Console,
+    /// Which peer uids may talk: [`peer_allowed`] on a node (a test
+    /// narrows it to see a refusal from its own uid).
+    pub peers: fn(u32) -> bool,
 }
 
 /// Only root and cairnd may talk to init.
@@ -156,7 +159,19 @@ fn read_request(s: &UnixStream) -> Result<Request, Reply> {
             format!("request longer than {MAX_REQUEST} bytes"),
         ));
     }
-    serde_json::from_slice(&line)
+    decode_request(&line)
+}
+
+/// One request line (without its newline) as a [`Request`], or the error
+/// reply that refuses it. Never panics, whatever the bytes.
+pub fn decode_request(line: &[u8]) -> Result<Request, Reply> {
+    if line.len() > MAX_REQUEST {
+        return Err(Reply::refused(
+            ErrorKind::Invalid,
+            format!("request longer than {MAX_REQUEST} bytes"),
+        ));
+    }
+    serde_json::from_slice(line)
         .map_err(|e| Reply::refused(ErrorKind::Invalid, format!("malformed request: {e}")))
 }
 
@@ -174,7 +189,8 @@ impl Server {
             _ => {}
         }
         let l = UnixListener::bind(p)?;
-        std::os::unix::fs::chown(p, Some(0), Some(self.paths.group))?;
+        // Its owner is init's (root); only the group is cairnd's.
+        std::os::unix::fs::chown(p, None, Some(self.paths.group))?;
         fs::set_permissions(p, fs::Permissions::from_mode(0o660))?;
         Ok(l)
     }
@@ -219,12 +235,16 @@ impl Server {
     /// One connection: check the peer, read one request, answer it.
     pub fn serve(&self, mut s: UnixStream) {
         match peer_uid(&s) {
-            Ok(uid) if peer_allowed(uid) => {}
+            Ok(uid) if (self.peers)(uid) => {}
             Ok(uid) => {
                 self.say(&format!(
                     "control: refused a connection from uid {uid} (only 0 and {})",
                     contract::api::UID
                 ));
+                let _ = send(
+                    &mut s,
+                    &Reply::error(format!("uid {uid} may not use init's control socket")),
+                );
                 return;
             }
             Err(e) => {
@@ -362,7 +382,7 @@ impl Server {
     }
 
     fn rollback(&self, s: &mut UnixStream, by: &str) -> io::Result<()> {
-        let _lock = match crate::update::begin_upgrade(&format!("a rollback by {by}")) {
+        let lock = match crate::update::begin_upgrade(&format!("a rollback by {by}")) {
             Ok(l) => l,
             Err(holder) => {
                 return send(
@@ -391,6 +411,9 @@ impl Server {
                 Reply::error(e)
             }
         };
+        // Released before the answer: a client that acts on it (the next
+        // upgrade or rollback) must not find the lock still held.
+        drop(lock);
         send(s, &reply)
     }
 
@@ -429,7 +452,6 @@ impl Server {
         let spawned = std::thread::Builder::new()
             .name("api-upgrade".into())
             .spawn(move || {
-                let _lock = lock;
                 let r = node.upgrade(&cfg);
                 let msg = match &r {
                     Ok(a) => format!("{}: {}", outcome_word(a.outcome), a.detail),
@@ -437,6 +459,13 @@ impl Server {
                 };
                 ring.event(EventKind::Upgrade, Some(&by_owned), msg);
                 let installed = matches!(&r, Ok(a) if a.outcome == Outcome::Installed);
+                if installed {
+                    // Held until the reboot, as the agent does: nothing may
+                    // write the slot that boots next meanwhile.
+                    std::mem::forget(lock);
+                } else {
+                    drop(lock);
+                }
                 let _ = tx.send(r);
                 if installed {
                     // Give the client its answer before services stop; a
@@ -473,8 +502,11 @@ impl Server {
             }
         };
         forward(s, Duration::ZERO, &mut after);
+        // Installed (rebooting next) and up to date (nothing to do) are
+        // answers, the attempt's `outcome` tells which; a release known bad
+        // here or a failure is refused.
         let reply = match result {
-            Ok(a) if a.outcome == Outcome::Installed => {
+            Ok(a) if matches!(a.outcome, Outcome::Installed | Outcome::UpToDate) => {
                 done(serde_json::to_value(&a).unwrap_or(Value::Null))
             }
             Ok(a) => Reply::error(format!("{}: {}", outcome_word(a.outcome), a.detail)),
@@ -517,9 +549,8 @@ impl Server {
             return done(json!({ "dry_run": true, "applied": false, "diff": diff }));
         }
         // The next boot reads this file. The ESP's `cairn/machine.toml` is
-        // imported once (then removed from the ESP), so only a config put
-        // there after this one (an operator recovering the node) replaces
-        // it: that precedence is stage2::load_config's.
+        // imported only into a STATE without a config, so it never
+        // replaces this one: that precedence is stage2::load_config's.
         if let Err(e) = write_atomic_private(&self.paths.config, config.as_bytes()) {
             return Reply::error(format!("storing {}: {e}", self.paths.config.display()));
         }
@@ -700,6 +731,78 @@ mod tests {
         ] {
             assert!(parse_image(bad, false).is_err(), "{bad}");
         }
+    }
+
+    /// Fuzz-style: random bytes, and valid requests cut, flipped and
+    /// spliced, never panic the decoder; anything it refuses is an
+    /// `Invalid` error reply that encodes as one line.
+    #[test]
+    fn garbage_request_lines_get_an_error_reply() {
+        let valid = [
+            r#"{"op":"log_sources"}"#,
+            r#"{"op":"logs","source":"web","follow":true,"tail":3}"#,
+            r#"{"op":"events","follow":false}"#,
+            r#"{"op":"upgrade","by":"CN=a","image":"r/c:1","insecure":true}"#,
+            r#"{"op":"config_apply","by":"CN=a","config":"hostname = \"n\"\n","dry_run":true}"#,
+            r#"{"op":"reboot","by":"CN=a"}"#,
+        ];
+        for v in valid {
+            assert!(decode_request(v.as_bytes()).is_ok(), "{v}");
+        }
+        // xorshift: deterministic, no extra dependency.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        let mut refused = 0;
+        for i in 0..20_000 {
+            let mut line: Vec<u8> = match i % 4 {
+                0 => (0..next() % 64).map(|_| next() as u8).collect(),
+                1 => {
+                    let v = valid[next() as usize % valid.len()].as_bytes();
+                    v[..next() as usize % v.len()].to_vec()
+                }
+                2 => {
+                    let mut v = valid[next() as usize % valid.len()].as_bytes().to_vec();
+                    for _ in 0..1 + next() % 3 {
+                        let at = next() as usize % v.len();
+                        v[at] = next() as u8;
+                    }
+                    v
+                }
+                _ => {
+                    let a = valid[next() as usize % valid.len()].as_bytes();
+                    let b = valid[next() as usize % valid.len()].as_bytes();
+                    let (ca, cb) = (next() as usize % a.len(), next() as usize % b.len());
+                    [&a[..ca], &b[cb..]].concat()
+                }
+            };
+            line.retain(|b| *b != b'\n');
+            match decode_request(&line) {
+                Ok(_) => {}
+                Err(r) => {
+                    refused += 1;
+                    assert!(
+                        matches!(
+                            r,
+                            Reply::Error {
+                                kind: ErrorKind::Invalid,
+                                ..
+                            }
+                        ),
+                        "{r:?}"
+                    );
+                    let l = r.line();
+                    assert!(l.ends_with('\n') && l.matches('\n').count() == 1);
+                }
+            }
+        }
+        assert!(refused > 15_000, "{refused}");
+        let huge = vec![b' '; MAX_REQUEST + 1];
+        assert!(decode_request(&huge).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ use crate::supervisor::{Backoff, Supervisor};
 use crate::sysctl::{self, Sysctls};
 use crate::{disks, health, say, sys};
 use artifacts::gpt::DiskLayout;
+use contract::control::EventKind;
 use contract::esp::{decode_efivar_string, LOADER_VENDOR_GUID};
 use contract::machine::MachineConfig;
 use std::fs::{self, File, OpenOptions};
@@ -189,7 +190,20 @@ fn sync_dir(d: &Path) -> std::io::Result<()> {
 /// then delete the ESP copy, which any ESP reader could see).
 /// `cfg` is the persistent copy (CONFIG), `transient` the ESP's
 /// `cairn/machine.toml`.
+///
+/// Precedence: the config in STATE always wins. The ESP copy is only the
+/// installer's hand-over to a STATE that has no config yet; once STATE has
+/// one (imported, or stored later through the node API's `config apply`),
+/// an ESP file is ignored (and said so), so a config applied through the
+/// API is never replaced behind the operator's back at the next boot.
 pub fn load_config(cfg: &Path, transient: &Path) -> Result<MachineConfig, BootError> {
+    if cfg.exists() && transient.exists() {
+        say!(
+            "ignoring {}: {} holds the machine config (change it with config apply)",
+            transient.display(),
+            cfg.display()
+        );
+    }
     if !cfg.exists() && transient.exists() {
         let dir = cfg.parent().ok_or_else(|| {
             BootError::Stop(format!("config path {} has no directory", cfg.display()))
@@ -210,10 +224,12 @@ pub fn load_config(cfg: &Path, transient: &Path) -> Result<MachineConfig, BootEr
         sync_dir(dir).ctx(|| format!("syncing {}", dir.display()))?;
         fs::remove_file(transient).ctx(|| format!("removing {}", transient.display()))?;
         sys::sync();
-        say!(
+        let msg = format!(
             "imported machine config from the ESP into {}",
             cfg.display()
         );
+        say!("{msg}");
+        crate::ring::event(EventKind::Config, None, msg);
     }
     if cfg.exists() {
         Ok(MachineConfig::load(cfg)?)
@@ -371,6 +387,11 @@ pub fn run() -> Result<Shutdown, BootError> {
         .ok()
         .and_then(|t| record::os_release_value(&t, "VERSION_ID"))
         .unwrap_or_else(|| "unknown".into());
+    crate::ring::event(
+        EventKind::Boot,
+        None,
+        format!("booting version {version} from slot {}", hand.slot()),
+    );
 
     let disk_name = hand.disk.trim_start_matches("/dev/");
     let disk = disks::list(Path::new("/sys/block"))
@@ -498,7 +519,7 @@ pub fn run() -> Result<Shutdown, BootError> {
         )
     };
     say!("{booted}");
-    crate::ring::event(contract::control::EventKind::Boot, None, booted);
+    crate::ring::event(EventKind::Boot, None, booted);
 
     if let Some(u) = cfg.update.clone() {
         crate::update::Agent {
@@ -532,6 +553,11 @@ pub fn run() -> Result<Shutdown, BootError> {
         }
         sup.start_due(now);
     };
+    let what = match how {
+        Shutdown::Reboot => "reboot",
+        Shutdown::PowerOff => "power off",
+    };
+    crate::ring::event(EventKind::Power, None, format!("shutting down ({what})"));
     say!("shutting down: stopping services");
     sup.stop_all(STOP_GRACE);
     // Whatever escaped its service's process group would keep /var busy.

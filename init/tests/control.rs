@@ -1,304 +1,545 @@
-//! init's control socket (contract::control) on a temporary socket with a
-//! fake node: every request, the peer check's rules, malformed and
-//! oversized requests, a second upgrade while one runs, config apply
-//! (refused with its position, dry run, atomic store), and garbage lines.
+//! The control socket end to end on a temporary socket, with a fake node:
+//! every request type, the peer check, malformed and oversized requests,
+//! one upgrade at a time, and the config store.
 
 use cairn_init::control::{Node, Paths, Power, Server};
 use cairn_init::health::CheckResult;
-use cairn_init::ring::RING;
-use contract::control::{ErrorKind, Reply, Request};
+use cairn_init::ring::Ring;
+use cairn_init::supervisor::Console;
+use contract::control::{ErrorKind, EventKind, Reply, MAX_REQUEST};
 use contract::update::{Attempt, Outcome, Update};
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::{mpsc, Arc, Mutex};
+use std::time::{Duration, Instant};
 
 #[derive(Default)]
 struct Fake {
-    power: Mutex<Vec<Power>>,
+    powers: Mutex<Vec<Power>>,
+    upgrades: Mutex<Vec<Update>>,
+    /// The outcome of the next upgrade, sent when the test lets it end.
+    gate: Mutex<Option<mpsc::Receiver<Outcome>>>,
+    rollback_fails: Mutex<bool>,
+    ring: Option<&'static Ring>,
 }
 
 impl Node for Fake {
     fn health(&self) -> Vec<CheckResult> {
-        vec![CheckResult {
-            name: "fake".into(),
-            ok: true,
-            detail: "exit code 0".into(),
-        }]
+        vec![
+            CheckResult {
+                name: "web".into(),
+                ok: true,
+                detail: "exit code 0".into(),
+            },
+            CheckResult {
+                name: "db".into(),
+                ok: false,
+                detail: "exit code 1".into(),
+            },
+        ]
     }
     fn power(&self, how: Power) {
-        self.power.lock().unwrap().push(how);
+        self.powers.lock().unwrap().push(how);
     }
     fn rollback(&self) -> Result<Value, String> {
-        Ok(json!({"to_version": "1.0.0", "to_slot": "BOOT-A"}))
+        if *self.rollback_fails.lock().unwrap() {
+            return Err("the other slot holds no release".into());
+        }
+        Ok(json!({"from_version": "2.0.0", "to_version": "1.0.0", "to_slot": "A"}))
     }
     fn upgrade(&self, cfg: &Update) -> Result<Attempt, String> {
-        cairn_init::update::progress(&format!("fake pull of {}:{}", cfg.source, cfg.tag));
-        std::thread::sleep(Duration::from_millis(1500));
+        self.upgrades.lock().unwrap().push(cfg.clone());
+        if let Some(r) = self.ring {
+            r.event(EventKind::Upgrade, None, format!("pulling {}", cfg.tag));
+            // Not an upgrade event: never streamed to the upgrade's client.
+            r.event(EventKind::Service, None, "web started");
+        }
+        let gate = self.gate.lock().unwrap().take();
+        let outcome = match gate {
+            Some(rx) => rx.recv_timeout(Duration::from_secs(20)).unwrap(),
+            None => Outcome::UpToDate,
+        };
         Ok(Attempt {
             at: 0,
             source: format!("{}:{}", cfg.source, cfg.tag),
             running: "1.0.0".into(),
-            offered: Some("1.0.0".into()),
-            outcome: Outcome::UpToDate,
-            detail: "1.0.0 is running".into(),
+            offered: Some(cfg.tag.clone()),
+            outcome,
+            detail: "fake".into(),
         })
     }
 }
 
 struct Harness {
     _dir: tempfile::TempDir,
-    socket: PathBuf,
-    config: PathBuf,
+    paths: Paths,
+    ring: &'static Ring,
     fake: Arc<Fake>,
+    console: Arc<Mutex<Vec<u8>>>,
 }
 
-fn start() -> Harness {
-    let dir = tempfile::tempdir().unwrap();
-    let socket = dir.path().join("run/control.sock");
-    let config = dir.path().join("state/config/machine.toml");
-    let kmsg = dir.path().join("kmsg");
-    std::fs::write(&kmsg, "").unwrap();
-    let fake = Arc::new(Fake::default());
-    let server = Arc::new(Server {
-        paths: Paths {
-            socket: socket.clone(),
-            config: config.clone(),
+impl Harness {
+    fn start(peers: fn(u32) -> bool) -> Harness {
+        let dir = tempfile::tempdir().unwrap();
+        let kmsg = dir.path().join("kmsg");
+        std::fs::write(
+            &kmsg,
+            "6,1,1234567,-;Linux version 6.1\n SUBSYSTEM=pci\n4,2,2000000,-;second\n",
+        )
+        .unwrap();
+        let paths = Paths {
+            socket: dir.path().join("run/control.sock"),
+            config: dir.path().join("state/config/machine.toml"),
             kmsg,
-            // SAFETY: getgid cannot fail.
             group: unsafe { libc::getgid() },
-        },
-        ring: &RING,
-        node: fake.clone(),
-        console: Arc::new(Mutex::new(std::io::sink())),
-    });
-    let l = server.bind().unwrap();
-    server.spawn(l).unwrap();
-    Harness {
-        _dir: dir,
-        socket,
-        config,
-        fake,
+        };
+        let ring: &'static Ring = Box::leak(Box::new(Ring::new()));
+        let fake = Arc::new(Fake {
+            ring: Some(ring),
+            ..Default::default()
+        });
+        let console = Arc::new(Mutex::new(Vec::new()));
+        let c: Console = console.clone();
+        let server = Arc::new(Server {
+            paths: paths.clone(),
+            ring,
+            node: fake.clone(),
+            console: c,
+            peers,
+        });
+        let l = server.bind().unwrap();
+        server.spawn(l).unwrap();
+        Harness {
+            _dir: dir,
+            paths,
+            ring,
+            fake,
+            console,
+        }
+    }
+
+    fn connect(&self, request: &str) -> Conn {
+        let mut s = UnixStream::connect(&self.paths.socket).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        // A refused peer's connection is answered and closed at once, so
+        // the write may find it gone: the reply is what a test checks.
+        let _ = s
+            .write_all(request.as_bytes())
+            .and_then(|_| s.write_all(b"\n"));
+        Conn {
+            r: BufReader::new(s),
+        }
+    }
+
+    /// Every reply to `request`, up to its `Done` or `Error`.
+    fn call(&self, request: &str) -> Vec<Reply> {
+        let mut c = self.connect(request);
+        let mut out = Vec::new();
+        while let Some(r) = c.next() {
+            let end = matches!(r, Reply::Done { .. } | Reply::Error { .. });
+            out.push(r);
+            if end {
+                break;
+            }
+        }
+        out
+    }
+
+    fn console(&self) -> String {
+        String::from_utf8_lossy(&self.console.lock().unwrap()).into_owned()
     }
 }
 
-/// Sends `line` and reads every reply line until the server closes.
-fn call_raw(socket: &Path, line: &[u8]) -> Vec<Reply> {
-    let mut s = UnixStream::connect(socket).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
-    // The server may answer and close before taking all of an oversized
-    // request: the rest of the write then fails, and the reply may be lost
-    // to the reset; what was read is what was answered.
-    let _ = s.write_all(line);
-    let _ = s.shutdown(std::net::Shutdown::Write);
-    BufReader::new(s)
-        .lines()
-        .map_while(Result::ok)
-        .map(|l| serde_json::from_str(&l).unwrap())
-        .collect()
+struct Conn {
+    r: BufReader<UnixStream>,
 }
 
-fn call(socket: &Path, req: &Request) -> Vec<Reply> {
-    let mut line = serde_json::to_vec(req).unwrap();
-    line.push(b'\n');
-    call_raw(socket, &line)
-}
-
-fn done(r: &[Reply]) -> &Value {
-    match r.last() {
-        Some(Reply::Done { result }) => result,
-        other => panic!("expected done, got {other:?}"),
+impl Conn {
+    fn next(&mut self) -> Option<Reply> {
+        let mut l = String::new();
+        if self.r.read_line(&mut l).unwrap() == 0 {
+            return None;
+        }
+        Some(serde_json::from_str(&l).unwrap_or_else(|e| panic!("{l:?}: {e}")))
     }
 }
 
-fn refused(r: &[Reply]) -> (String, ErrorKind, Option<String>) {
-    match r.last() {
+fn result(replies: &[Reply]) -> Value {
+    match replies.last() {
+        Some(Reply::Done { result }) => result.clone(),
+        other => panic!("no Done: {other:?} in {replies:?}"),
+    }
+}
+
+fn error(replies: &[Reply]) -> (String, ErrorKind, Option<String>) {
+    match replies.last() {
         Some(Reply::Error { error, kind, field }) => (error.clone(), *kind, field.clone()),
-        other => panic!("expected an error, got {other:?}"),
+        other => panic!("no Error: {other:?} in {replies:?}"),
+    }
+}
+
+fn wait(what: &str, cond: impl Fn() -> bool) {
+    let t = Instant::now();
+    while !cond() {
+        assert!(t.elapsed() < Duration::from_secs(10), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(10));
     }
 }
 
 #[test]
-fn socket_is_0660_and_reads_answer() {
-    let h = start();
-    let mode = std::fs::metadata(&h.socket).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o660);
-    RING.push_line("svc-a", "out", "hello from a service\n");
-    let sources = call(&h.socket, &Request::LogSources);
-    assert!(done(&sources).to_string().contains("svc-a"));
-    let logs = call(
-        &h.socket,
-        &Request::Logs {
-            source: "svc-a".into(),
-            follow: false,
-            tail: Some(1),
-        },
-    );
-    assert!(matches!(&logs[0], Reply::Log(l) if l.text == "hello from a service"));
-    let missing = call(
-        &h.socket,
-        &Request::Logs {
-            source: "nope".into(),
-            follow: false,
-            tail: None,
-        },
-    );
-    assert_eq!(refused(&missing).1, ErrorKind::NotFound);
-    let health = call(&h.socket, &Request::Health);
-    assert_eq!(done(&health)[0]["name"], "fake");
-    let dmesg = call(&h.socket, &Request::Dmesg);
-    assert!(done(&dmesg).is_array());
-    let none = call(&h.socket, &Request::ConfigGet);
-    assert_eq!(refused(&none).1, ErrorKind::NotFound);
-}
-
-#[test]
-fn malformed_oversized_and_garbage_requests_are_refused() {
-    let h = start();
-    for line in [
-        &b"not json\n"[..],
-        b"{\"op\":\"reboot\"}\n",
-        b"{\"op\":\"logs\",\"source\":1}\n",
-        b"{\"op\":\"logs\",\"source\":\"init\",\"follow\":\"yes\"}\n",
-        b"\xff\xfe\n",
-        b"\n",
-    ] {
-        let r = call_raw(&h.socket, line);
-        assert_eq!(refused(&r).1, ErrorKind::Invalid, "{line:?}");
-    }
-    let mut big = vec![b' '; contract::control::MAX_REQUEST + 10];
-    big.push(b'\n');
-    let r = call_raw(&h.socket, &big);
-    if !r.is_empty() {
-        assert!(refused(&r).0.contains("longer than"), "{r:?}");
-    }
-    // Pseudo-random bytes (a fixed LCG: reproducible): never a panic,
-    // always one error line, and the server keeps answering.
-    let mut x: u64 = 0x2545F4914F6CDD1D;
-    for n in 0..200 {
-        let mut line: Vec<u8> = (0..(n % 97))
-            .map(|_| {
-                x = x
-                    .wrapping_mul(6364136223846793005)
-                    .wrapping_add(1442695040888963407);
-                (x >> 56) as u8
-            })
-            .filter(|b| *b != b'\n')
-            .collect();
-        line.push(b'\n');
-        let r = call_raw(&h.socket, &line);
-        assert_eq!(r.len(), 1, "{line:?}");
-    }
-    assert!(done(&call(&h.socket, &Request::Health)).is_array());
-    assert!(h.fake.power.lock().unwrap().is_empty());
-}
-
-#[test]
-fn config_apply_refuses_with_position_dry_runs_and_stores() {
-    let h = start();
-    let bad = call(
-        &h.socket,
-        &Request::ConfigApply {
-            by: "CN=t".into(),
-            config: "hostname = \"a\"\n[[health]]\nname = \"x\"\nexec = 42\n".into(),
-            dry_run: false,
-        },
-    );
-    let (e, kind, field) = refused(&bad);
-    assert_eq!(kind, ErrorKind::Invalid, "{e}");
-    assert!(field.unwrap().starts_with("machine.toml:4:"), "{e}");
-    assert!(!h.config.exists(), "nothing stored");
-    let good = "hostname = \"b\"\n";
-    let dry = call(
-        &h.socket,
-        &Request::ConfigApply {
-            by: "CN=t".into(),
-            config: good.into(),
-            dry_run: true,
-        },
-    );
-    assert!(done(&dry)["diff"]
-        .as_str()
-        .unwrap()
-        .contains("+hostname = \"b\""));
-    assert!(!h.config.exists(), "a dry run stores nothing");
-    let applied = call(
-        &h.socket,
-        &Request::ConfigApply {
-            by: "CN=t".into(),
-            config: good.into(),
-            dry_run: false,
-        },
-    );
-    assert_eq!(done(&applied)["applied"], true);
-    assert_eq!(std::fs::read_to_string(&h.config).unwrap(), good);
-    let mode = std::fs::metadata(&h.config).unwrap().permissions().mode();
-    assert_eq!(mode & 0o777, 0o600);
-    let got = call(&h.socket, &Request::ConfigGet);
-    assert_eq!(done(&got), good);
-    let events = call(&h.socket, &Request::Events { follow: false });
-    assert!(events.iter().any(|r| matches!(r,
-        Reply::Event(e) if e.by.as_deref() == Some("CN=t") && e.message.contains("stored"))));
-}
-
-#[test]
-fn one_upgrade_at_a_time_and_power_is_asked_of_the_node() {
-    let h = start();
-    let req = Request::Upgrade {
-        by: "CN=first".into(),
-        image: "10.0.2.100:5000/cairn:2.0.0".into(),
-        insecure: true,
-    };
-    let sock = h.socket.clone();
-    let first = std::thread::spawn(move || call(&sock, &req));
-    std::thread::sleep(Duration::from_millis(500));
-    let second = call(
-        &h.socket,
-        &Request::Upgrade {
-            by: "CN=second".into(),
-            image: "10.0.2.100:5000/cairn:2.0.0".into(),
-            insecure: true,
-        },
-    );
-    let (e, kind, _) = refused(&second);
-    assert_eq!(kind, ErrorKind::Busy);
-    assert!(e.contains("CN=first"), "{e}");
-    let first = first.join().unwrap();
-    assert!(
-        first
-            .iter()
-            .any(|r| matches!(r, Reply::Event(e) if e.message.contains("fake pull"))),
-        "progress streamed: {first:?}"
-    );
-    // Up to date is not an install: an error answer, no reboot.
-    assert!(refused(&first).0.contains("up to date"));
-    let bad_image = call(
-        &h.socket,
-        &Request::Upgrade {
-            by: "CN=t".into(),
-            image: "no-tag".into(),
-            insecure: false,
-        },
-    );
-    assert_eq!(refused(&bad_image).1, ErrorKind::Invalid);
-    let rb = call(&h.socket, &Request::Rollback { by: "CN=op".into() });
-    assert_eq!(done(&rb)["to_version"], "1.0.0");
-    assert!(h.fake.power.lock().unwrap().is_empty());
-    call(&h.socket, &Request::Reboot { by: "CN=op".into() });
-    call(&h.socket, &Request::Shutdown { by: "CN=op".into() });
-    assert_eq!(
-        *h.fake.power.lock().unwrap(),
-        [Power::Reboot, Power::PowerOff]
-    );
-}
-
-#[test]
-fn only_root_and_cairnd_may_connect() {
+fn socket_is_private_to_root_and_its_group() {
+    let h = Harness::start(cairn_init::control::peer_allowed);
+    let m = std::fs::metadata(&h.paths.socket).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o660);
+    let s = UnixStream::connect(&h.paths.socket).unwrap();
+    assert_eq!(cairn_init::control::peer_uid(&s).unwrap(), unsafe {
+        libc::getuid()
+    });
     assert!(cairn_init::control::peer_allowed(0));
     assert!(cairn_init::control::peer_allowed(contract::api::UID));
-    assert!(!cairn_init::control::peer_allowed(65534));
     assert!(!cairn_init::control::peer_allowed(1000));
+}
+
+#[test]
+fn a_refused_peer_gets_an_error_and_nothing_runs() {
+    let h = Harness::start(|_| false);
+    let (e, ..) = error(&h.call(r#"{"op":"reboot","by":"CN=mallory"}"#));
+    assert!(e.contains("may not use"), "{e}");
+    assert!(h.fake.powers.lock().unwrap().is_empty());
+    assert!(h.console().contains("refused a connection from uid"));
+}
+
+#[test]
+fn malformed_and_oversized_requests_are_refused() {
+    let h = Harness::start(cairn_init::control::peer_allowed);
+    for bad in [
+        "not json",
+        r#"{"op":"format_disk"}"#,
+        r#"{"op":"reboot"}"#,
+        r#"{"op":"reboot","by":"x","extra":1}"#,
+        "",
+        "\u{0}\u{1}\u{ff}",
+    ] {
+        let (e, kind, _) = error(&h.call(bad));
+        assert_eq!(kind, ErrorKind::Invalid, "{bad}: {e}");
+        assert!(e.starts_with("malformed request"), "{e}");
+    }
+    // Over MAX_REQUEST without a newline: refused once the limit is read.
+    let s = UnixStream::connect(&h.paths.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let w = s.try_clone().unwrap();
+    let writer = std::thread::spawn(move || {
+        let mut w = w;
+        let chunk = vec![b'x'; 64 * 1024];
+        let mut sent = 0;
+        while sent <= MAX_REQUEST + chunk.len() {
+            if w.write_all(&chunk).is_err() {
+                break;
+            }
+            sent += chunk.len();
+        }
+    });
+    let mut l = String::new();
+    BufReader::new(&s).read_line(&mut l).unwrap();
+    let r: Reply = serde_json::from_str(&l).unwrap();
+    let (e, kind, _) = error(&[r]);
+    assert_eq!(kind, ErrorKind::Invalid);
+    assert!(e.contains("longer than"), "{e}");
+    drop(s);
+    writer.join().unwrap();
+    // The server is still there.
+    assert!(matches!(
+        h.call(r#"{"op":"log_sources"}"#).last(),
+        Some(Reply::Done { .. })
+    ));
+}
+
+#[test]
+fn logs_sources_tail_follow_and_unknown_source() {
+    let h = Harness::start(cairn_init::control::peer_allowed);
+    for i in 1..=5 {
+        h.ring.push_line("web", "out", &format!("line {i}"));
+    }
+    h.ring.push_line("db", "err", "oops");
+    assert_eq!(
+        result(&h.call(r#"{"op":"log_sources"}"#)),
+        json!(["db", "web"])
+    );
+    let r = h.call(r#"{"op":"logs","source":"web","tail":2}"#);
+    assert_eq!(r.len(), 3);
+    let texts: Vec<_> = r
+        .iter()
+        .filter_map(|r| match r {
+            Reply::Log(l) => Some((l.seq, l.text.clone())),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(texts, [(4, "line 4".into()), (5, "line 5".to_string())]);
+    assert_eq!(result(&r), Value::Null);
+    assert_eq!(h.call(r#"{"op":"logs","source":"web"}"#).len(), 6);
+    let (e, kind, _) = error(&h.call(r#"{"op":"logs","source":"nope"}"#));
+    assert_eq!(kind, ErrorKind::NotFound, "{e}");
+
+    // Follow: the last line kept, then each new one as it comes.
+    let mut c = h.connect(r#"{"op":"logs","source":"web","tail":1,"follow":true}"#);
+    assert!(matches!(c.next(), Some(Reply::Log(l)) if l.text == "line 5"));
+    h.ring.push_line("db", "out", "other source");
+    h.ring.push_line("web", "out", "line 6");
+    assert!(matches!(c.next(), Some(Reply::Log(l)) if l.text == "line 6" && l.seq == 6));
+    // `tail 0` follows from the end: only what comes next.
+    let mut c0 = h.connect(r#"{"op":"logs","source":"web","tail":0,"follow":true}"#);
+    std::thread::sleep(Duration::from_millis(100));
+    h.ring.push_line("web", "err", "line 7");
+    assert!(matches!(c0.next(), Some(Reply::Log(l)) if l.text == "line 7" && l.stream == "err"));
+    assert!(matches!(c.next(), Some(Reply::Log(l)) if l.text == "line 7"));
+}
+
+#[test]
+fn events_kept_and_followed() {
+    let h = Harness::start(cairn_init::control::peer_allowed);
+    h.ring.event(EventKind::Boot, None, "boot ok");
+    h.ring.event(EventKind::Service, None, "started web");
+    let r = h.call(r#"{"op":"events"}"#);
+    assert_eq!(r.len(), 3);
+    assert!(matches!(&r[0], Reply::Event(e) if e.kind == EventKind::Boot && e.seq == 1));
+    assert_eq!(result(&r), Value::Null);
+    let mut c = h.connect(r#"{"op":"events","follow":true}"#);
+    assert!(matches!(c.next(), Some(Reply::Event(e)) if e.seq == 1));
+    assert!(matches!(c.next(), Some(Reply::Event(e)) if e.seq == 2));
+    h.ring.event(EventKind::Network, None, "network up eth0");
+    assert!(
+        matches!(c.next(), Some(Reply::Event(e)) if e.kind == EventKind::Network && e.seq == 3)
+    );
+}
+
+#[test]
+fn dmesg_and_health() {
+    let h = Harness::start(cairn_init::control::peer_allowed);
+    assert_eq!(
+        result(&h.call(r#"{"op":"dmesg"}"#)),
+        json!(["[    1.234567] Linux version 6.1", "[    2.000000] second"])
+    );
+    let v = result(&h.call(r#"{"op":"health"}"#));
+    assert_eq!(v[0]["name"], "web");
+    assert_eq!(v[0]["ok"], true);
+    assert_eq!(v[1]["ok"], false);
+    std::fs::remove_file(&h.paths.kmsg).unwrap();
+    let (e, kind, _) = error(&h.call(r#"{"op":"dmesg"}"#));
+    assert_eq!(kind, ErrorKind::Failed, "{e}");
+}
+
+#[test]
+fn reboot_and_shutdown_answer_then_ask_the_main_loop() {
+    let h = Harness::start(cairn_init::control::peer_allowed);
+    assert_eq!(
+        result(&h.call(r#"{"op":"reboot","by":"CN=ops"}"#)),
+        json!({"action": "reboot"})
+    );
+    assert_eq!(
+        result(&h.call(r#"{"op":"shutdown","by":"CN=ops"}"#)),
+        json!({"action": "shutdown"})
+    );
+    // The answer goes out first, then the main loop is asked.
+    wait("both asked of the main loop", || {
+        *h.fake.powers.lock().unwrap() == [Power::Reboot, Power::PowerOff]
+    });
+    assert!(h.console().contains("reboot requested by CN=ops"));
+    let ev = h.ring.events();
+    assert!(ev
+        .iter()
+        .any(|e| e.kind == EventKind::Power && e.by.as_deref() == Some("CN=ops")));
+}
+
+const PEM_API: &str = "[api]\nca = \"\"\"\n-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n\"\"\"\ncrt = \"\"\"\n-----BEGIN CERTIFICATE-----\nBB\n-----END CERTIFICATE-----\n\"\"\"\nkey = \"\"\"\n-----BEGIN PRIVATE KEY-----\nSECRETKEY\n-----END PRIVATE KEY-----\n\"\"\"\n";
+
+fn apply(config: &str, dry_run: bool) -> String {
+    json!({"op": "config_apply", "by": "CN=admin", "config": config, "dry_run": dry_run})
+        .to_string()
+}
+
+#[test]
+fn config_apply_validates_diffs_and_stores_atomically() {
+    let h = Harness::start(cairn_init::control::peer_allowed);
+    let stored = &h.paths.config;
+    let (_, kind, _) = error(&h.call(r#"{"op":"config_get"}"#));
+    assert_eq!(kind, ErrorKind::NotFound);
+
+    // A syntax error names its line and column.
+    let (e, kind, field) = error(&h.call(&apply("hostname = \"n\"\n[[service]\n", false)));
+    assert_eq!(kind, ErrorKind::Invalid);
+    assert!(
+        field.as_deref().unwrap().starts_with("machine.toml:2:"),
+        "{field:?}"
+    );
+    assert!(e.contains("machine.toml:2:"), "{e}");
+    // So does a config that parses but does not validate.
+    let (e, kind, field) = error(&h.call(&apply("hostname = \"-bad-\"\n", false)));
+    assert_eq!(kind, ErrorKind::Invalid, "{e}");
+    assert_eq!(field.as_deref(), Some("machine.toml"));
+    assert!(e.contains("hostname"), "{e}");
+    assert!(!stored.exists());
+
+    // A dry run answers the diff and writes nothing.
+    let v = result(&h.call(&apply("hostname = \"n1\"\n", true)));
+    assert_eq!(v["dry_run"], true);
+    assert_eq!(v["applied"], false);
+    assert_eq!(v["diff"], "+hostname = \"n1\"\n");
+    assert!(!stored.exists() && !stored.parent().unwrap().exists());
+
+    let text = format!("hostname = \"n1\"\n{PEM_API}");
+    let v = result(&h.call(&apply(&text, false)));
+    assert_eq!(
+        (v["dry_run"].clone(), v["applied"].clone()),
+        (json!(false), json!(true))
+    );
+    assert!(!v["diff"].as_str().unwrap().contains("SECRETKEY"), "{v}");
+    assert_eq!(std::fs::read_to_string(stored).unwrap(), text);
+    let m = std::fs::metadata(stored).unwrap();
+    assert_eq!(m.permissions().mode() & 0o777, 0o600);
+    let names: Vec<_> = std::fs::read_dir(stored.parent().unwrap())
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
+    assert_eq!(names, ["machine.toml"], "no temporary file left");
+    // The stored config is what boot loads, with the same parser.
+    contract::machine::MachineConfig::load(stored).unwrap();
+    assert!(h
+        .console()
+        .contains("machine config stored by CN=admin (effective next boot)"));
+    assert!(h.ring.events().iter().any(|e| e.kind == EventKind::Config
+        && e.by.as_deref() == Some("CN=admin")
+        && e.message.contains("stored")));
+
+    // config get never shows the key.
+    let got = result(&h.call(r#"{"op":"config_get"}"#));
+    let got = got.as_str().unwrap();
+    assert!(
+        !got.contains("SECRETKEY") && got.contains(contract::api::REDACTED),
+        "{got}"
+    );
+    assert!(got.contains("n1"));
+
+    // A second dry run diffs against the stored one, key redacted.
+    let next = format!("hostname = \"n2\"\n{PEM_API}");
+    let v = result(&h.call(&apply(&next, true)));
+    assert_eq!(v["diff"], "-hostname = \"n1\"\n+hostname = \"n2\"\n");
+    assert_eq!(std::fs::read_to_string(stored).unwrap(), text);
+    // A refused apply leaves the stored config alone.
+    error(&h.call(&apply("hostname = 1\n", false)));
+    assert_eq!(std::fs::read_to_string(stored).unwrap(), text);
+}
+
+/// The upgrade lock is one per process (the agent shares it): everything
+/// that takes it is in this one test, in order, the installing upgrade
+/// (which keeps it until the reboot) last.
+#[test]
+fn upgrade_and_rollback_take_turns() {
+    let h = Harness::start(cairn_init::control::peer_allowed);
+    let up = |image: &str| {
+        json!({"op": "upgrade", "by": "CN=a", "image": image, "insecure": true}).to_string()
+    };
+
+    let (e, kind, _) = error(&h.call(&up("no-tag")));
+    assert_eq!(kind, ErrorKind::Invalid, "{e}");
+
+    // Rollback: what boots next, logged with who asked.
+    let v = result(&h.call(r#"{"op":"rollback","by":"CN=ops"}"#));
+    assert_eq!(v["to_version"], "1.0.0");
+    assert!(h.console().contains("rollback requested by CN=ops"));
+    *h.fake.rollback_fails.lock().unwrap() = true;
+    let (e, kind, _) = error(&h.call(r#"{"op":"rollback","by":"CN=ops"}"#));
+    assert_eq!(kind, ErrorKind::Failed);
+    assert!(e.contains("no release"), "{e}");
+    *h.fake.rollback_fails.lock().unwrap() = false;
+
+    // Up to date: an answer, no reboot.
+    let r = h.call(&up("localhost:5000/cairn/os:1.0.0"));
+    assert_eq!(result(&r)["outcome"], "up-to-date");
+    assert!(h.fake.powers.lock().unwrap().is_empty());
+
+    // One upgrade at a time: a second one, or a rollback, is Busy and
+    // names who holds the lock.
+    let (tx, rx) = mpsc::channel();
+    *h.fake.gate.lock().unwrap() = Some(rx);
+    let mut first = h.connect(&up("localhost:5000/cairn/os:2.0.0"));
+    wait("the first upgrade runs", || {
+        h.fake.upgrades.lock().unwrap().len() == 2
+    });
+    let (e, kind, _) = error(&h.call(
+        &json!({"op": "upgrade", "by": "CN=b", "image": "r/c:3", "insecure": false}).to_string(),
+    ));
+    assert_eq!(kind, ErrorKind::Busy);
+    assert!(e.contains("CN=a"), "{e}");
+    let (e, kind, _) = error(&h.call(r#"{"op":"rollback","by":"CN=b"}"#));
+    assert_eq!(kind, ErrorKind::Busy);
+    assert!(e.contains("CN=a"), "{e}");
+    assert_eq!(h.fake.upgrades.lock().unwrap().len(), 2);
+    tx.send(Outcome::Failed).unwrap();
+    let mut got = Vec::new();
+    while let Some(r) = first.next() {
+        let end = matches!(r, Reply::Done { .. } | Reply::Error { .. });
+        got.push(r);
+        if end {
+            break;
+        }
+    }
+    // Only upgrade events are streamed: asked, the fake's progress, the end.
+    let msgs: Vec<_> = got
+        .iter()
+        .filter_map(|r| match r {
+            Reply::Event(e) => {
+                assert_eq!(e.kind, EventKind::Upgrade);
+                Some(e.message.clone())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(msgs.len(), 3, "{msgs:?}");
+    assert!(msgs[0].contains("requested") && msgs[1] == "pulling 2.0.0");
+    assert!(msgs[2].starts_with("failed"), "{msgs:?}");
+    let (_, kind, _) = error(&got);
+    assert_eq!(kind, ErrorKind::Failed);
+    // The lock is free again; the request reached the node as a channel.
+    let u = h.fake.upgrades.lock().unwrap()[1].clone();
+    assert_eq!(
+        (u.source.as_str(), u.tag.as_str(), u.plain_http),
+        ("localhost:5000/cairn/os", "2.0.0", true)
+    );
+
+    // Installed: the answer, then the clean reboot; the lock stays taken.
+    let (tx, rx) = mpsc::channel();
+    *h.fake.gate.lock().unwrap() = Some(rx);
+    tx.send(Outcome::Installed).unwrap();
+    let r = h.call(&up("localhost:5000/cairn/os:2.0.1"));
+    assert_eq!(result(&r)["outcome"], "installed");
+    wait("the reboot is asked for", || {
+        *h.fake.powers.lock().unwrap() == [Power::Reboot]
+    });
+    let (_, kind, _) = error(&h.call(&up("localhost:5000/cairn/os:2.0.2")));
+    assert_eq!(kind, ErrorKind::Busy);
+}
+
+#[test]
+fn every_connection_is_served_independently() {
+    let h = Harness::start(cairn_init::control::peer_allowed);
+    h.ring.push_line("web", "out", "x");
+    // A follower that never reads does not stop others.
+    let _idle = h.connect(r#"{"op":"logs","source":"web","follow":true}"#);
+    let ts: Vec<_> = (0..8)
+        .map(|_| {
+            let p = h.paths.socket.clone();
+            std::thread::spawn(move || {
+                let mut s = UnixStream::connect(&p).unwrap();
+                s.write_all(b"{\"op\":\"log_sources\"}\n").unwrap();
+                let mut l = String::new();
+                BufReader::new(s).read_line(&mut l).unwrap();
+                l
+            })
+        })
+        .collect();
+    for t in ts {
+        assert!(t.join().unwrap().contains("\"reply\":\"done\""));
+    }
 }

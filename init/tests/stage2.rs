@@ -113,6 +113,25 @@ fn first_boot_imports_config_then_removes_transient_copy() {
     assert_eq!(x, CFG.as_bytes());
 }
 
+/// A config stored in STATE (imported earlier, or applied through the node
+/// API) is never replaced by a file found on the ESP later.
+#[test]
+fn stored_config_wins_over_a_later_esp_copy() {
+    let d = tempfile::tempdir().unwrap();
+    let state = d.path().join("state/config/machine.toml");
+    let esp = d.path().join("esp/cairn/machine.toml");
+    std::fs::create_dir_all(state.parent().unwrap()).unwrap();
+    std::fs::create_dir_all(esp.parent().unwrap()).unwrap();
+    std::fs::write(&state, "hostname = \"applied\"\n").unwrap();
+    std::fs::write(&esp, CFG).unwrap();
+    let c = load_config(&state, &esp).unwrap();
+    assert_eq!(c.hostname.as_deref(), Some("applied"));
+    assert_eq!(
+        std::fs::read_to_string(&state).unwrap(),
+        "hostname = \"applied\"\n"
+    );
+}
+
 #[test]
 fn broken_transient_config_is_not_imported() {
     let d = tempfile::tempdir().unwrap();

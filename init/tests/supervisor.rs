@@ -337,3 +337,81 @@ fn health_checks_pass_when_service_is_ready_and_time_out_otherwise() {
     assert!(t.elapsed() < Duration::from_secs(20), "{:?}", t.elapsed());
     s.stop_all(Duration::from_millis(500));
 }
+
+/// What the control socket serves: a service's stdout and stderr as lines
+/// of its own source, its start and exit as service events.
+#[test]
+fn output_and_lifecycle_reach_the_ring() {
+    use cairn_init::ring::RING;
+    use contract::control::EventKind;
+    let _g = serial();
+    let (con, _out) = console();
+    let mut s = Supervisor::new(
+        vec![sh("ringer", "echo to-out; echo to-err >&2", Restart::Never)],
+        fast(),
+        con,
+    );
+    s.start_all(Instant::now());
+    let mut ev = Vec::new();
+    let t = Instant::now();
+    while RING.tail("ringer", None).map_or(0, |l| l.len()) < 2 || s.pid("ringer").is_some() {
+        assert!(
+            t.elapsed() < Duration::from_secs(10),
+            "no output in the ring"
+        );
+        run_for(&mut s, Duration::from_millis(20), &mut ev);
+    }
+    let lines = RING.tail("ringer", None).unwrap();
+    let mut got: Vec<_> = lines
+        .iter()
+        .map(|l| (l.stream.as_str(), l.text.as_str()))
+        .collect();
+    got.sort();
+    assert_eq!(got, [("err", "to-err"), ("out", "to-out")]);
+    let events: Vec<_> = RING
+        .events()
+        .into_iter()
+        .filter(|e| e.kind == EventKind::Service && e.message.contains("ringer"))
+        .map(|e| e.message)
+        .collect();
+    assert!(events[0].starts_with("started ringer"), "{events:?}");
+    assert!(
+        events
+            .iter()
+            .any(|m| m.contains("ringer ended (exit code 0)")),
+        "{events:?}"
+    );
+}
+
+/// The control socket's `health`: each check once, now, off the main loop,
+/// a hung one killed at its timeout.
+#[test]
+fn health_now_runs_each_check_once() {
+    use cairn_init::health::run_now;
+    use contract::machine::Health;
+    let _g = serial();
+    let (con, _out) = console();
+    let check = |name: &str, script: &str, timeout_s| Health {
+        name: name.into(),
+        exec: "/bin/sh".into(),
+        args: vec!["-c".into(), script.into()],
+        timeout_s,
+        user: NOBODY,
+        group: NOBODY,
+        capabilities: vec![],
+    };
+    let t = Instant::now();
+    let r = run_now(
+        &[
+            check("ok", "exit 0", 5),
+            check("bad", "exit 4", 5),
+            check("hung", "exec sleep 30", 1),
+        ],
+        &con,
+    );
+    assert!(t.elapsed() < Duration::from_secs(10));
+    let got: Vec<_> = r.iter().map(|c| (c.name.as_str(), c.ok)).collect();
+    assert_eq!(got, [("ok", true), ("bad", false), ("hung", false)]);
+    assert_eq!(r[1].detail, "exit code 4");
+    assert!(r[2].detail.contains("killed"), "{}", r[2].detail);
+}

@@ -253,6 +253,13 @@ fn stream(
             match r {
                 serde_json::Value::Null => println!("{prefix}{op}: done"),
                 serde_json::Value::String(m) => println!("{prefix}{op}: done: {m}"),
+                // An upgrade attempt (contract::update::Attempt): installed
+                // (the node reboots into it) or up to date (nothing to do).
+                other if other.get("outcome").is_some() => println!(
+                    "{prefix}{op}: {}: {}",
+                    other["outcome"].as_str().unwrap_or_default(),
+                    other["detail"].as_str().unwrap_or_default()
+                ),
                 other => println!("{prefix}{op}: done: {other}"),
             }
         } else if v.get("kind").is_some() {

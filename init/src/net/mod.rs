@@ -373,9 +373,9 @@ impl Manager {
                     // The lease stays configured: the link may come back to
                     // the same network. It is confirmed by DHCP then.
                     l.dhcp = None;
-                    say!("network {name}: carrier lost");
+                    net_event(format!("network {name}: carrier lost"));
                 } else if l.info.carrier && !had_carrier {
-                    say!("network {name}: carrier");
+                    net_event(format!("network {name}: carrier"));
                 }
             }
         }
@@ -434,7 +434,7 @@ impl Manager {
                     if let Some(l) = self.links.get_mut(&index) {
                         l.applied = None;
                     }
-                    say!("network {name}: {why}; {} removed", lease.addr);
+                    net_event(format!("network {name}: {why}; {} removed", lease.addr));
                 }
             }
         }
@@ -473,9 +473,7 @@ impl Manager {
                     say!("network {name}: default route via {gw}: {e}");
                 }
             }
-            let up = up_line(&name, &lease.addr, lease.gateway);
-            say!("{up}");
-            crate::ring::event(contract::control::EventKind::Network, None, up);
+            net_event(up_line(&name, &lease.addr, lease.gateway));
             self.apply_routes();
         }
         if let Some(l) = self.links.get_mut(&index) {
@@ -490,9 +488,11 @@ impl Manager {
                 say!("network {}: adding {a}: {e}", link.name);
                 continue;
             }
-            let up = up_line(&link.name, a, link.gateway.filter(|g| a.contains(*g)));
-            say!("{up}");
-            crate::ring::event(contract::control::EventKind::Network, None, up);
+            net_event(up_line(
+                &link.name,
+                a,
+                link.gateway.filter(|g| a.contains(*g)),
+            ));
         }
         if let Some(gw) = link.gateway {
             if let Err(e) = self
@@ -656,6 +656,13 @@ fn link_status(l: &Managed) -> LinkStatus {
         dhcp_server: dhcp.map(|a| a.server.to_string()),
         lease_s: dhcp.map(|a| a.lease.as_secs()),
     }
+}
+
+/// A console line that is also a network event (an address got or lost,
+/// a carrier change) for the node API's event stream.
+fn net_event(msg: String) {
+    say!("{msg}");
+    crate::ring::event(contract::control::EventKind::Network, None, msg);
 }
 
 #[cfg(test)]
