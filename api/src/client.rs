@@ -9,6 +9,7 @@ use crate::pki::PkiError;
 use crate::role::Operation;
 use crate::routes::{route, Method};
 use crate::server::ErrorBody;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 use ureq::tls::{Certificate, ClientCert, PrivateKey, RootCerts, TlsConfig};
 
@@ -45,6 +46,9 @@ pub enum ClientError {
     /// (rebooted, say).
     #[error("{endpoint}: connection lost: {reason}")]
     Lost { endpoint: String, reason: String },
+    /// The bundle to upload cannot be read.
+    #[error("bundle {}: {reason}", path.display())]
+    Bundle { path: PathBuf, reason: String },
 }
 
 impl ClientError {
@@ -120,7 +124,7 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&serde_json::Value>,
     ) -> Result<serde_json::Value, ClientError> {
-        let mut resp = self.send(endpoint, op, query, body, false)?;
+        let mut resp = self.send(endpoint, op, query, body.map(Payload::Json), false)?;
         let status = resp.status().as_u16();
         let text = resp
             .body_mut()
@@ -144,7 +148,25 @@ impl Client {
         query: &[(&str, String)],
         body: Option<&serde_json::Value>,
     ) -> Result<Lines, ClientError> {
-        let resp = self.send(endpoint, op, query, body, true)?;
+        let resp = self.send(endpoint, op, query, body.map(Payload::Json), true)?;
+        Ok(Lines {
+            reader: std::io::BufReader::new(resp.into_body().into_reader()),
+            endpoint: endpoint.to_string(),
+            over: false,
+        })
+    }
+
+    /// Uploads the bundle tar at `tar` for `upgrade` (docs/api.md): the
+    /// node verifies it against the keys its running release trusts. The
+    /// answer streams like a registry upgrade's.
+    pub fn upgrade_bundle(&self, endpoint: &str, tar: &Path) -> Result<Lines, ClientError> {
+        let resp = self.send(
+            endpoint,
+            Operation::Upgrade,
+            &[],
+            Some(Payload::Tar(tar)),
+            true,
+        )?;
         Ok(Lines {
             reader: std::io::BufReader::new(resp.into_body().into_reader()),
             endpoint: endpoint.to_string(),
@@ -158,7 +180,7 @@ impl Client {
         endpoint: &str,
         op: Operation,
         query: &[(&str, String)],
-        body: Option<&serde_json::Value>,
+        body: Option<Payload<'_>>,
         streaming: bool,
     ) -> Result<ureq::http::Response<ureq::Body>, ClientError> {
         let (method, path) = route(op);
@@ -187,7 +209,24 @@ impl Client {
                     // before the body is sent; otherwise a refusal
                     // mid-upload would reach us as a broken pipe instead of
                     // the node's answer.
-                    Some(b) => r.header("expect", "100-continue").send_json(b),
+                    Some(Payload::Json(b)) => r.header("expect", "100-continue").send_json(b),
+                    Some(Payload::Tar(p)) => {
+                        let file = std::fs::File::open(p).map_err(|e| ClientError::Bundle {
+                            path: p.to_path_buf(),
+                            reason: e.to_string(),
+                        })?;
+                        let size = file
+                            .metadata()
+                            .map_err(|e| ClientError::Bundle {
+                                path: p.to_path_buf(),
+                                reason: e.to_string(),
+                            })?
+                            .len();
+                        r.header("expect", "100-continue")
+                            .header("content-type", crate::routes::BUNDLE_CONTENT_TYPE)
+                            .header("content-length", size.to_string())
+                            .send(ureq::SendBody::from_owned_reader(file))
+                    }
                     None => r.send_empty(),
                 }
             }
@@ -218,6 +257,13 @@ impl Client {
             field,
         })
     }
+}
+
+/// A request body: JSON, or a bundle tar streamed from a file.
+#[derive(Debug, Clone, Copy)]
+enum Payload<'a> {
+    Json(&'a serde_json::Value),
+    Tar(&'a Path),
 }
 
 /// The lines of a stream. An `{"error": ...}` line (the node's failure)

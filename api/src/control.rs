@@ -94,6 +94,34 @@ impl Control {
         })
     }
 
+    /// [`Control::open`] for a request with a body
+    /// ([`Request::UpgradeBundle`]): `body` is copied to init on a thread
+    /// of its own while the replies are read. A body that fails (the HTTP
+    /// client went away) shuts the connection's write side, so init sees a
+    /// short upload and refuses it; init hanging up ends the copy.
+    pub fn open_with_body(
+        &self,
+        req: &Request,
+        mut body: Box<dyn Read + Send>,
+    ) -> Result<Replies, ControlError> {
+        let replies = self.open(req)?;
+        let mut to_init = replies
+            .reader
+            .get_ref()
+            .try_clone()
+            .map_err(|e| ControlError::Protocol(format!("the body's connection: {e}")))?;
+        std::thread::Builder::new()
+            .name("api-upload".into())
+            .spawn(move || {
+                if let Err(e) = std::io::copy(&mut body, &mut to_init) {
+                    tracing::warn!("upload to init stopped: {e}");
+                    let _ = to_init.shutdown(Shutdown::Write);
+                }
+            })
+            .map_err(|e| ControlError::Protocol(format!("no thread for the upload: {e}")))?;
+        Ok(replies)
+    }
+
     /// A request answered by one `Done` (any `Log`/`Event` before it is
     /// skipped): its result.
     pub fn call(&self, req: &Request) -> Result<serde_json::Value, ControlError> {

@@ -53,7 +53,10 @@ impl InitNode {
     /// Streams the `Log`/`Event` lines of `req`; with `upgrade`, the final
     /// `Done` becomes a `{"result": ...}` line (logs and events just end).
     fn stream(&self, req: Request, upgrade: bool) -> Result<NodeStream, NodeError> {
-        let replies = self.control.open(&req)?;
+        Self::lines(self.control.open(&req)?, upgrade)
+    }
+
+    fn lines(replies: crate::control::Replies, upgrade: bool) -> Result<NodeStream, NodeError> {
         let closer = replies.closer()?;
         let items = replies.filter_map(move |r| match r {
             Ok(Reply::Log(l)) => Some(serde_json::to_value(l).map_err(json_err)),
@@ -149,6 +152,19 @@ impl Node for InitNode {
             },
             true,
         )
+    }
+
+    fn upgrade_bundle(
+        &self,
+        by: &str,
+        size: u64,
+        body: Box<dyn std::io::Read + Send>,
+    ) -> Result<NodeStream, NodeError> {
+        let req = Request::UpgradeBundle {
+            by: by.into(),
+            size,
+        };
+        Self::lines(self.control.open_with_body(&req, body)?, true)
     }
 
     fn config_get(&self) -> Result<String, NodeError> {

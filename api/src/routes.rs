@@ -19,6 +19,10 @@ impl Method {
     }
 }
 
+/// The Content-Type of an `upgrade` whose body is a bundle tar
+/// (`update.tar`) rather than the JSON naming a registry image.
+pub const BUNDLE_CONTENT_TYPE: &str = "application/x-tar";
+
 /// The method and path of `op` (API version 1).
 pub fn route(op: Operation) -> (Method, &'static str) {
     use Method::*;

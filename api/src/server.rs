@@ -15,7 +15,7 @@
 
 use crate::pki::{cert_der_from_pem, key_der_from_pem, NodeSecrets, Peer, PkiError};
 use crate::role::{authorize, Operation, Refused};
-use crate::routes::{route, Method};
+use crate::routes::{route, Method, BUNDLE_CONTENT_TYPE};
 use axum::body::Body;
 use axum::extract::{Extension, State};
 use axum::http::StatusCode;
@@ -192,6 +192,15 @@ pub trait Node: Send + Sync + 'static {
     /// The upgrade's [`contract::control::Event`]s, then `{"result": ...}`
     /// (a failure is the stream's error).
     fn upgrade(&self, by: &str, image: &str, insecure: bool) -> Result<NodeStream, NodeError>;
+    /// [`Node::upgrade`] from the bundle tar of `size` bytes that `body`
+    /// reads as the client sends it (an error from `body`: the client
+    /// went away, which must leave the old release booting).
+    fn upgrade_bundle(
+        &self,
+        by: &str,
+        size: u64,
+        body: Box<dyn std::io::Read + Send>,
+    ) -> Result<NodeStream, NodeError>;
     /// The stored config, key redacted.
     fn config_get(&self) -> Result<String, NodeError>;
     fn config_apply(&self, by: &str, text: &str, dry_run: bool) -> Result<ApplyOutcome, NodeError>;
@@ -202,7 +211,8 @@ pub trait Node: Send + Sync + 'static {
 pub enum ApiError {
     Refused(Refused),
     BadRequest(String),
-    TooLarge,
+    /// A body over the limit it carries.
+    TooLarge(u64),
     Node(NodeError),
 }
 
@@ -223,10 +233,10 @@ impl IntoResponse for ApiError {
                     field: None,
                 },
             ),
-            ApiError::TooLarge => (
+            ApiError::TooLarge(limit) => (
                 StatusCode::PAYLOAD_TOO_LARGE,
                 ErrorBody {
-                    error: format!("request body over the {MAX_BODY} byte limit"),
+                    error: format!("request body over the {limit} byte limit"),
                     field: None,
                 },
             ),
@@ -280,11 +290,13 @@ async fn read_body(
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
     if declared.is_some_and(|n| n > MAX_BODY as u64) {
-        return Err(ApiError::TooLarge);
+        return Err(ApiError::TooLarge(MAX_BODY as u64));
     }
     match http_body_util::Limited::new(body, MAX_BODY).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(ApiError::TooLarge),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(ApiError::TooLarge(MAX_BODY as u64))
+        }
         Err(e) => Err(ApiError::BadRequest(format!("reading the request: {e}"))),
     }
 }
@@ -453,6 +465,12 @@ async fn upgrade<N: Node>(
 ) -> Response {
     let r = async {
         check(&p, Operation::Upgrade)?;
+        let tar = headers
+            .get(axum::http::header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes() == BUNDLE_CONTENT_TYPE.as_bytes());
+        if tar {
+            return upgrade_bundle(&n, p.subject.clone(), &headers, body).await;
+        }
         let bytes = read_body(&headers, body).await?;
         let req: UpgradeRequest = serde_json::from_slice(&bytes)
             .map_err(|e| ApiError::BadRequest(format!("malformed request: {e}")))?;
@@ -460,6 +478,88 @@ async fn upgrade<N: Node>(
         ndjson(&n, move |n| n.upgrade(&by, &req.image, req.insecure)).await
     };
     r.await.into_response()
+}
+
+/// An upgrade whose body is a bundle tar: its size must be declared
+/// (init is told it before the first byte) and at most
+/// [`contract::control::MAX_BUNDLE`]; the body is handed to the node as it
+/// arrives, never held whole in memory.
+async fn upgrade_bundle<N: Node>(
+    n: &Arc<N>,
+    by: String,
+    headers: &axum::http::HeaderMap,
+    body: Body,
+) -> Result<Response, ApiError> {
+    let size = headers
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok())
+        .ok_or_else(|| {
+            ApiError::BadRequest(
+                "a bundle upload needs its Content-Length (init is told the size first)".into(),
+            )
+        })?;
+    if size > contract::control::MAX_BUNDLE {
+        return Err(ApiError::TooLarge(contract::control::MAX_BUNDLE));
+    }
+    let reader = BodyReader::spawn(body);
+    ndjson(n, move |n| n.upgrade_bundle(&by, size, Box::new(reader))).await
+}
+
+/// A request body as a blocking reader, for the node's thread: a task
+/// moves its frames through a small channel (so a slow disk slows the
+/// client, memory stays flat). A body that breaks (the client went away)
+/// is a read error.
+struct BodyReader {
+    rx: tokio::sync::mpsc::Receiver<Result<axum::body::Bytes, String>>,
+    chunk: axum::body::Bytes,
+}
+
+impl BodyReader {
+    fn spawn(body: Body) -> BodyReader {
+        use http_body_util::BodyExt;
+        let (tx, rx) = tokio::sync::mpsc::channel(16);
+        tokio::spawn(async move {
+            let mut body = body;
+            while let Some(frame) = body.frame().await {
+                let item = match frame {
+                    Ok(f) => match f.into_data() {
+                        Ok(d) => Ok(d),
+                        Err(_) => continue, // trailers
+                    },
+                    Err(e) => Err(e.to_string()),
+                };
+                let failed = item.is_err();
+                if tx.send(item).await.is_err() || failed {
+                    return;
+                }
+            }
+        });
+        BodyReader {
+            rx,
+            chunk: axum::body::Bytes::new(),
+        }
+    }
+}
+
+impl std::io::Read for BodyReader {
+    fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+        while self.chunk.is_empty() {
+            match self.rx.blocking_recv() {
+                Some(Ok(c)) => self.chunk = c,
+                Some(Err(e)) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionAborted,
+                        format!("the client's upload broke: {e}"),
+                    ))
+                }
+                None => return Ok(0),
+            }
+        }
+        let n = buf.len().min(self.chunk.len());
+        buf[..n].copy_from_slice(&self.chunk.split_to(n));
+        Ok(n)
+    }
 }
 
 /// How long a stream's answer waits for its first line: init refuses at

@@ -222,6 +222,74 @@ fn upgrade_streams_progress_then_result_and_a_second_is_409() {
 }
 
 #[test]
+fn upgrade_from_a_bundle_streams_the_tar_to_init() {
+    let s = setup(|r| match r {
+        Request::UpgradeBundle { .. } => vec![
+            // As init does: the first event before the body is read, so
+            // the answer streams while the client still uploads.
+            Step::Send(event(
+                9,
+                EventKind::Upgrade,
+                "upgrade from a bundle requested",
+            )),
+            Step::ReadBody,
+            Step::Send(event(10, EventKind::Upgrade, "2.0.0 verified")),
+            Step::Send(done(
+                json!({"outcome": "installed", "detail": "2.0.0 written to B"}),
+            )),
+        ],
+        _ => vec![],
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let tar = dir.path().join("update.tar");
+    // Bigger than every socket buffer on the way.
+    let bytes: Vec<u8> = (0..20_000_000u32).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&tar, &bytes).unwrap();
+
+    // A reader is refused before a byte of the bundle is sent on to init.
+    match s.reader.upgrade_bundle(&s.addr, &tar) {
+        Err(ClientError::Refused { message, .. }) => {
+            assert!(message.contains("needs role os:operator"), "{message}")
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a reader's upload answered 200"),
+    }
+    assert!(s.init.requests().is_empty());
+
+    let lines: Vec<_> = s
+        .operator
+        .upgrade_bundle(&s.addr, &tar)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    assert_eq!(lines[1]["message"], "2.0.0 verified");
+    assert_eq!(lines[2]["result"]["outcome"], "installed");
+    assert_eq!(
+        s.init.bodies(),
+        vec![bytes.clone()],
+        "init got the tar unchanged"
+    );
+    match &s.init.requests()[..] {
+        [Request::UpgradeBundle { by, size }] => {
+            assert!(by.contains("CN=op"), "{by}");
+            assert_eq!(*size, bytes.len() as u64);
+        }
+        other => panic!("{other:?}"),
+    }
+
+    // A bundle that cannot be read is the client's error, naming it.
+    let missing = dir.path().join("nope.tar");
+    match s.operator.upgrade_bundle(&s.addr, &missing) {
+        Err(e @ ClientError::Bundle { .. }) => {
+            assert!(e.to_string().contains("nope.tar"), "{e}")
+        }
+        Err(e) => panic!("{e}"),
+        Ok(_) => panic!("a missing bundle was sent"),
+    }
+    assert_eq!(s.init.requests().len(), 1);
+}
+
+#[test]
 fn upgrade_failure_after_progress_ends_the_stream_with_the_error() {
     let s = setup(|_| {
         vec![

@@ -9,6 +9,8 @@
 //! every other request) ends with exactly one `Done` or `Error` line; a
 //! following one streams `Log`/`Event` lines until the client hangs up.
 //! [`Request::Upgrade`] streams the upgrade's `Event`s, then `Done`/`Error`.
+//! [`Request::UpgradeBundle`] is the one request with a body: exactly
+//! `size` bytes of a bundle tar follow its line on the same connection.
 //!
 //! Authorization is cairnd's (roles from the client certificate); `by` is
 //! the certificate's subject, which init logs on the console and in the
@@ -28,6 +30,10 @@ pub const EVENTS_KEPT: usize = 500;
 pub const MAX_REQUEST: usize = 2 * 1024 * 1024;
 /// The log source of init's own lines (the `cairn:` console lines).
 pub const INIT_SOURCE: &str = "init";
+/// Largest bundle upload (`update.tar`) accepted: a release is a UKI, a
+/// boot loader and a rootfs that fits a BOOT slot, far below this. Bigger
+/// uploads are refused from their declared size, before a byte is read.
+pub const MAX_BUNDLE: u64 = 4 << 30;
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "op", rename_all = "snake_case", deny_unknown_fields)]
@@ -71,6 +77,14 @@ pub enum Request {
         #[serde(default)]
         insecure: bool,
     },
+    /// Installs the bundle tar (`update.tar`) of `size` bytes that follows
+    /// this line: verified against this release's keys while it is
+    /// unpacked on EPHEMERAL, written to the inactive slot, then a reboot
+    /// into it. Answered like [`Request::Upgrade`].
+    UpgradeBundle {
+        by: String,
+        size: u64,
+    },
     /// The stored machine config, with the API key redacted.
     ConfigGet,
     /// Validates `config` with the parser init boots with; unless
@@ -91,6 +105,7 @@ impl Request {
             | Request::Shutdown { by }
             | Request::Rollback { by }
             | Request::Upgrade { by, .. }
+            | Request::UpgradeBundle { by, .. }
             | Request::ConfigApply { by, .. } => Some(by),
             _ => None,
         }

@@ -14,6 +14,9 @@
 //! 2.0.0 streams its progress and reboots.
 //! Boot 3 (2.0.0): blessed, the API still up (its identity is in STATE);
 //! rollback, reboot. Boot 4: 1.0.0 again.
+//! A second node (1.0.0): a tampered `update.tar` uploaded by the operator
+//! is refused at its digest and the node runs on; the genuine one is
+//! installed and the node boots 2.0.0.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
@@ -374,5 +377,59 @@ fn node_managed_through_its_api() -> Result<()> {
     ensure!(v.contains("1.0.0"), "version after the rollback: {v}");
     b.kill()?;
     reg.stop();
+
+    // ---- A second node: upgrades from a bundle the client uploads.
+    let tar = v2.join("update.tar");
+    let tampered = w.join("tampered.tar");
+    let mut bytes = std::fs::read(&tar)?;
+    // A byte in the middle: inside a member the signed manifest lists, so
+    // the upload is refused at its sha256, after all of it went through.
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0xff;
+    std::fs::write(&tampered, &bytes)?;
+    drop(bytes);
+    let netdev = format!("user,id=n0,restrict=on,hostfwd=tcp:127.0.0.1:{port}-:50000");
+    let mut m = machine_with(
+        "api-bundle",
+        w,
+        &["-netdev", &netdev, "-device", "virtio-net-pci,netdev=n0"],
+        Some(&extra),
+    )?;
+    let mut b = m.boot()?;
+    wait_all(&mut b, &["cairn: boot ok slot=A version=1.0.0"])?;
+    api_up(&reader, &b)?;
+    let t = tampered.to_str().context("temp path")?;
+    let refused = ctl(&operator, &["upgrade", "--bundle", t])?;
+    ensure!(
+        refused.code == 1 && refused.err.contains("sha256"),
+        "a tampered bundle is refused at its digest (exit {}): {}{}",
+        refused.code,
+        refused.out,
+        refused.err
+    );
+    let v = ok(&reader, &["version"])?;
+    ensure!(
+        v.contains("1.0.0") && !b.console().contains("rebooting into the upgrade"),
+        "after a refused bundle the node runs 1.0.0 on: {v}"
+    );
+    let up = ok(
+        &operator,
+        &["upgrade", "--bundle", tar.to_str().context("path")?],
+    )?;
+    ensure!(
+        up.contains("installed") && up.contains("2.0.0"),
+        "the bundle upgrade streams progress and is installed:\n{up}"
+    );
+    let end = b.wait_exit(Duration::from_secs(180))?;
+    ensure!(
+        end == End::Reboot,
+        "after the bundle upgrade the node reboots, ended {end:?}\n{}",
+        b.tail()
+    );
+    let mut b = m.boot()?;
+    wait_all(&mut b, &["cairn: boot ok slot=B version=2.0.0"])?;
+    let v = api_up(&reader, &b)?;
+    ensure!(v.contains("2.0.0"), "version after the bundle upgrade: {v}");
+    b.kill()?;
     Ok(())
 }

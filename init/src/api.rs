@@ -105,6 +105,23 @@ impl Node for LiveNode {
     fn upgrade(&self, cfg: &Update) -> Result<Attempt, String> {
         crate::update::check_now(cfg, &self.disk, &self.running, &self.state, &self.work)
     }
+
+    fn upgrade_bundle(
+        &self,
+        source: &str,
+        size: u64,
+        r: Box<dyn io::Read + Send>,
+    ) -> Result<Attempt, String> {
+        crate::update::install_stream_now(
+            source,
+            size,
+            r,
+            &self.disk,
+            &self.running,
+            &self.state,
+            &self.work,
+        )
+    }
 }
 
 /// Binds the control socket and serves it on its own threads.

@@ -67,6 +67,14 @@ pub trait Node: Send + Sync + 'static {
     fn rollback(&self) -> Result<Value, String>;
     /// One upgrade check of `cfg` (installs when newer, never reboots).
     fn upgrade(&self, cfg: &Update) -> Result<Attempt, String>;
+    /// Installs the bundle tar of `size` bytes that `r` streams (installs
+    /// when newer, never reboots); `source` names it in errors.
+    fn upgrade_bundle(
+        &self,
+        source: &str,
+        size: u64,
+        r: Box<dyn Read + Send>,
+    ) -> Result<Attempt, String>;
 }
 
 pub struct Server {
@@ -145,12 +153,14 @@ fn done(result: Value) -> Reply {
     Reply::Done { result }
 }
 
-/// Reads one request line of at most MAX_REQUEST bytes.
-fn read_request(s: &UnixStream) -> Result<Request, Reply> {
+/// Reads one request line of at most MAX_REQUEST bytes; also answers the
+/// bytes read past it (the start of an upload's body).
+fn read_request(s: &UnixStream) -> Result<(Request, Vec<u8>), Reply> {
     let mut line = Vec::new();
     let mut r = BufReader::new(s.take(MAX_REQUEST as u64 + 1));
     r.read_until(b'\n', &mut line)
         .map_err(|e| Reply::refused(ErrorKind::Invalid, format!("reading the request: {e}")))?;
+    let rest = r.buffer().to_vec();
     if line.last() == Some(&b'\n') {
         line.pop();
     } else if line.len() > MAX_REQUEST {
@@ -159,7 +169,7 @@ fn read_request(s: &UnixStream) -> Result<Request, Reply> {
             format!("request longer than {MAX_REQUEST} bytes"),
         ));
     }
-    decode_request(&line)
+    Ok((decode_request(&line)?, rest))
 }
 
 /// One request line (without its newline) as a [`Request`], or the error
@@ -254,7 +264,7 @@ impl Server {
         }
         let _ = s.set_read_timeout(Some(IO_TIMEOUT));
         let _ = s.set_write_timeout(Some(IO_TIMEOUT));
-        let req = match read_request(&s) {
+        let (req, rest) = match read_request(&s) {
             Ok(r) => r,
             Err(reply) => {
                 let _ = send(&mut s, &reply);
@@ -262,7 +272,17 @@ impl Server {
             }
         };
         // A write error is a client gone: nothing to tell it.
-        let _ = self.dispatch(req, &mut s);
+        let _ = match req {
+            Request::UpgradeBundle { by, size } => self.upgrade_bundle(&mut s, &by, size, rest),
+            _ if !rest.is_empty() => send(
+                &mut s,
+                &Reply::refused(
+                    ErrorKind::Invalid,
+                    "bytes after the request line (only upgrade_bundle has a body)",
+                ),
+            ),
+            req => self.dispatch(req, &mut s),
+        };
     }
 
     fn dispatch(&self, req: Request, s: &mut UnixStream) -> io::Result<()> {
@@ -290,6 +310,7 @@ impl Server {
                 image,
                 insecure,
             } => self.upgrade(s, &by, &image, insecure),
+            Request::UpgradeBundle { by, size } => self.upgrade_bundle(s, &by, size, Vec::new()),
             Request::ConfigGet => send(
                 s,
                 &match fs::read_to_string(&self.paths.config) {
@@ -417,33 +438,97 @@ impl Server {
         send(s, &reply)
     }
 
-    /// The upgrade runs on its own thread: a client that hangs up changes
-    /// nothing (it completes and reboots, or leaves the old release
-    /// booting). This connection streams the upgrade events meanwhile.
+    /// An upgrade from a registry reference (see [`Server::run_upgrade`]).
     fn upgrade(&self, s: &mut UnixStream, by: &str, image: &str, insecure: bool) -> io::Result<()> {
         let cfg = match parse_image(image, insecure) {
             Ok(c) => c,
             Err(e) => return send(s, &Reply::refused(ErrorKind::Invalid, e)),
         };
-        let lock = match crate::update::begin_upgrade(by) {
-            Ok(l) => l,
-            Err(holder) => {
-                return send(
-                    s,
-                    &Reply::refused(
-                        ErrorKind::Busy,
-                        format!("an upgrade started by {holder} is running"),
-                    ),
-                )
-            }
+        let Some(lock) = self.upgrade_lock(s, by)? else {
+            return Ok(());
         };
+        self.run_upgrade(s, by, lock, format!("upgrade to {image}"), move |node| {
+            node.upgrade(&cfg)
+        })
+    }
+
+    /// An upgrade from the bundle tar of `size` bytes that follows the
+    /// request on `s` (`rest`: what was read of it with the request line).
+    /// The size is checked before a byte of it is read; the body is read
+    /// by the upgrade's thread, so a client that hangs up mid-upload ends
+    /// it as a short tar, refused before anything is written.
+    fn upgrade_bundle(
+        &self,
+        s: &mut UnixStream,
+        by: &str,
+        size: u64,
+        rest: Vec<u8>,
+    ) -> io::Result<()> {
+        if size > contract::control::MAX_BUNDLE || (rest.len() as u64) > size {
+            return send(
+                s,
+                &Reply::refused(
+                    ErrorKind::Invalid,
+                    format!(
+                        "a bundle of {size} bytes (at most {} accepted)",
+                        contract::control::MAX_BUNDLE
+                    ),
+                ),
+            );
+        }
+        let body = match s.try_clone() {
+            Ok(r) => r,
+            Err(e) => return send(s, &Reply::error(format!("reading the bundle: {e}"))),
+        };
+        let Some(lock) = self.upgrade_lock(s, by)? else {
+            return Ok(());
+        };
+        let left = size - rest.len() as u64;
+        let r: Box<dyn Read + Send> = Box::new(io::Cursor::new(rest).chain(body.take(left)));
+        let source = format!("the bundle uploaded by {by}");
+        self.run_upgrade(
+            s,
+            by,
+            lock,
+            format!("upgrade from a bundle of {size} bytes"),
+            move |node| node.upgrade_bundle(&source, size, r),
+        )
+    }
+
+    /// The upgrade lock for `by`, or `None` once a Busy answer is sent.
+    fn upgrade_lock(
+        &self,
+        s: &mut UnixStream,
+        by: &str,
+    ) -> io::Result<Option<crate::update::UpgradeLock>> {
+        match crate::update::begin_upgrade(by) {
+            Ok(l) => Ok(Some(l)),
+            Err(holder) => send(
+                s,
+                &Reply::refused(
+                    ErrorKind::Busy,
+                    format!("an upgrade started by {holder} is running"),
+                ),
+            )
+            .map(|_| None),
+        }
+    }
+
+    /// The upgrade `job` runs on its own thread: a client that hangs up
+    /// changes nothing (it completes and reboots, or leaves the old release
+    /// booting). This connection streams the upgrade events meanwhile.
+    fn run_upgrade(
+        &self,
+        s: &mut UnixStream,
+        by: &str,
+        lock: crate::update::UpgradeLock,
+        what: String,
+        job: impl FnOnce(&dyn Node) -> Result<Attempt, String> + Send + 'static,
+    ) -> io::Result<()> {
         let mut after = self.ring.last_event();
-        self.say(&format!("api: upgrade to {image} requested by {by}"));
-        self.ring.event(
-            EventKind::Upgrade,
-            Some(by),
-            format!("upgrade to {image} requested"),
-        );
+        self.say(&format!("api: {what} requested by {by}"));
+        self.ring
+            .event(EventKind::Upgrade, Some(by), format!("{what} requested"));
         let (tx, rx) = mpsc::channel::<Result<Attempt, String>>();
         let (ack_tx, ack_rx) = mpsc::channel::<()>();
         let node = self.node.clone();
@@ -452,7 +537,7 @@ impl Server {
         let spawned = std::thread::Builder::new()
             .name("api-upgrade".into())
             .spawn(move || {
-                let r = node.upgrade(&cfg);
+                let r = job(node.as_ref());
                 let msg = match &r {
                     Ok(a) => format!("{}: {}", outcome_word(a.outcome), a.detail),
                     Err(e) => format!("failed: {e}"),

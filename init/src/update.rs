@@ -128,6 +128,56 @@ pub fn check_now(
     Ok(a)
 }
 
+/// Installs an uploaded bundle tar (the node API's `upgrade --bundle`) by
+/// the rules of [`check_now`]: `size` must fit the free space of `work`
+/// (EPHEMERAL) before a byte is read; the tar is verified while it is
+/// unpacked there, so nothing reaches the disk before it all checks.
+pub fn install_stream_now(
+    source: &str,
+    size: u64,
+    r: Box<dyn std::io::Read + Send>,
+    disk: &Path,
+    running: &str,
+    state: &Path,
+    work: &Path,
+) -> Result<Attempt, String> {
+    let trusted = signing::load_trusted_dir(Path::new(contract::trust::NODE_KEYS_DIR))
+        .map_err(|e| format!("this release trusts no key to sign the next ({e})"))?;
+    fs::create_dir_all(work).map_err(|e| format!("creating {}: {e}", work.display()))?;
+    let free = free_bytes(work).map_err(|e| format!("statvfs {}: {e}", work.display()))?;
+    if size > free {
+        return Err(format!(
+            "{source} is {size} bytes; {} has {free} bytes free",
+            work.display()
+        ));
+    }
+    let node = installer::update::Node {
+        disk: disk.to_path_buf(),
+        running: running.to_string(),
+        trusted,
+        bad: known_bad(state)?,
+        work: work.to_path_buf(),
+        now: unix_now(),
+        progress,
+    };
+    let a = installer::update::install_stream(source, r, &node);
+    record(&a);
+    Ok(a)
+}
+
+/// Bytes an unprivileged writer may still put on the filesystem of `p`.
+fn free_bytes(p: &Path) -> std::io::Result<u64> {
+    use std::os::unix::ffi::OsStrExt;
+    let c = std::ffi::CString::new(p.as_os_str().as_bytes())
+        .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))?;
+    // SAFETY: plain data, filled by statvfs from a valid C string.
+    let mut st: libc::statvfs = unsafe { std::mem::zeroed() };
+    if unsafe { libc::statvfs(c.as_ptr(), &mut st) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(st.f_bavail as u64 * st.f_frsize as u64)
+}
+
 /// What the agent knows of this node.
 pub struct Agent {
     pub cfg: Update,

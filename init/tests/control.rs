@@ -9,7 +9,7 @@ use cairn_init::supervisor::Console;
 use contract::control::{ErrorKind, EventKind, Reply, MAX_REQUEST};
 use contract::update::{Attempt, Outcome, Update};
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader, Write};
+use std::io::{BufRead, BufReader, Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
 use std::sync::{mpsc, Arc, Mutex};
@@ -23,6 +23,8 @@ struct Fake {
     gate: Mutex<Option<mpsc::Receiver<Outcome>>>,
     rollback_fails: Mutex<bool>,
     ring: Option<&'static Ring>,
+    /// Every uploaded bundle's bytes, as the node read them.
+    bundles: Mutex<Vec<Vec<u8>>>,
 }
 
 impl Node for Fake {
@@ -67,6 +69,31 @@ impl Node for Fake {
             running: "1.0.0".into(),
             offered: Some(cfg.tag.clone()),
             outcome,
+            detail: "fake".into(),
+        })
+    }
+    fn upgrade_bundle(
+        &self,
+        source: &str,
+        size: u64,
+        mut r: Box<dyn std::io::Read + Send>,
+    ) -> Result<Attempt, String> {
+        let mut got = Vec::new();
+        r.read_to_end(&mut got)
+            .map_err(|e| format!("{source}: {e}"))?;
+        if got.len() as u64 != size {
+            return Err(format!(
+                "{source} ended after {} of {size} bytes",
+                got.len()
+            ));
+        }
+        self.bundles.lock().unwrap().push(got);
+        Ok(Attempt {
+            at: 0,
+            source: source.into(),
+            running: "1.0.0".into(),
+            offered: Some("2.0.0".into()),
+            outcome: Outcome::UpToDate,
             detail: "fake".into(),
         })
     }
@@ -507,6 +534,58 @@ fn upgrade_and_rollback_take_turns() {
         (u.source.as_str(), u.tag.as_str(), u.plain_http),
         ("localhost:5000/cairn/os", "2.0.0", true)
     );
+
+    // A bundle upload: the body follows the request line on the same
+    // connection, in the same write and later ones; the node reads exactly
+    // `size` bytes of it.
+    let body: Vec<u8> = (0..200_000u32).map(|i| (i % 251) as u8).collect();
+    let line = json!({"op": "upgrade_bundle", "by": "CN=a", "size": body.len()}).to_string();
+    let mut s = UnixStream::connect(&h.paths.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(format!("{line}\n").as_bytes()).unwrap();
+    s.write_all(&body[..1000]).unwrap();
+    std::thread::sleep(Duration::from_millis(50));
+    s.write_all(&body[1000..]).unwrap();
+    let mut replies = Vec::new();
+    for l in BufReader::new(s).lines() {
+        let r: Reply = serde_json::from_str(&l.unwrap()).unwrap();
+        let end = matches!(r, Reply::Done { .. } | Reply::Error { .. });
+        replies.push(r);
+        if end {
+            break;
+        }
+    }
+    assert_eq!(result(&replies)["outcome"], "up-to-date");
+    assert_eq!(*h.fake.bundles.lock().unwrap(), vec![body.clone()]);
+    assert!(h
+        .console()
+        .contains("api: upgrade from a bundle of 200000 bytes requested by CN=a"));
+
+    // A client that hangs up mid-upload: the node sees a short body and
+    // the upgrade fails; the lock is free again.
+    let mut s = UnixStream::connect(&h.paths.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(format!("{line}\n").as_bytes()).unwrap();
+    s.write_all(&body[..5000]).unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    let mut text = String::new();
+    BufReader::new(s).read_to_string(&mut text).unwrap();
+    assert!(text.contains("ended after 5000 of 200000 bytes"), "{text}");
+    assert_eq!(h.fake.bundles.lock().unwrap().len(), 1);
+
+    // Too big: refused from the declared size, before the body is read.
+    let huge = contract::control::MAX_BUNDLE + 1;
+    let (e, kind, _) =
+        error(&h.call(&json!({"op": "upgrade_bundle", "by": "CN=a", "size": huge}).to_string()));
+    assert_eq!(kind, ErrorKind::Invalid);
+    assert!(e.contains(&huge.to_string()), "{e}");
+    // Only upgrade_bundle has a body.
+    let mut s = UnixStream::connect(&h.paths.socket).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(b"{\"op\":\"dmesg\"}\ntrailing").unwrap();
+    let mut text = String::new();
+    BufReader::new(s).read_to_string(&mut text).unwrap();
+    assert!(text.contains("only upgrade_bundle has a body"), "{text}");
 
     // Installed: the answer, then the clean reboot; the lock stays taken.
     let (tx, rx) = mpsc::channel();

@@ -260,19 +260,58 @@ fn pump(r: &mut impl Read, w: &mut impl Write, buf: &mut [u8]) -> std::result::R
     }
 }
 
-fn open_tar(path: &Path, trusted: &[PublicKey]) -> Result<Opened> {
-    use artifacts::bundle::{open, ReadPolicy};
-    let tar_err = |e: artifacts::bundle::BundleError| bad(path, e.to_string());
+/// The policy for a tar's first members: the manifest and its signature,
+/// small, in that order; nothing else is read before they verify.
+fn leading_policy() -> artifacts::bundle::ReadPolicy {
     let leading = vec![MANIFEST_FILE.to_string(), SIGNATURE_FILE.to_string()];
-    let mut ar = open(
-        path,
-        ReadPolicy {
-            allowed: leading.clone(),
-            max_entry_size: MAX_MANIFEST,
-            leading,
-        },
-    )
-    .map_err(|e| bad(path, format!("opening the tar: {e}")))?;
+    artifacts::bundle::ReadPolicy {
+        allowed: leading.clone(),
+        max_entry_size: MAX_MANIFEST,
+        leading,
+    }
+}
+
+fn open_tar(path: &Path, trusted: &[PublicKey]) -> Result<Opened> {
+    let ar = artifacts::bundle::open(path, leading_policy())
+        .map_err(|e| bad(path, format!("opening the tar: {e}")))?;
+    let dir = tempfile::tempdir().map_err(|source| Error::File {
+        what: "creating a directory to unpack the bundle in",
+        path: std::env::temp_dir(),
+        source,
+    })?;
+    unpack_tar(path, ar, dir, trusted)
+}
+
+/// A bundle tar read from a stream (the node API's upload): verified and
+/// unpacked into a new directory under `unpack_in` (on disk: a rootfs is
+/// hundreds of MiB), which goes when the bundle does. `name` is what errors
+/// call the stream. A stream that ends early is refused like a short tar.
+pub(crate) fn open_tar_stream(
+    name: &Path,
+    r: impl Read,
+    trusted: &[PublicKey],
+    unpack_in: &Path,
+) -> Result<Opened> {
+    let ar = artifacts::bundle::BundleReader::new(r, leading_policy());
+    let dir = tempfile::tempdir_in(unpack_in).map_err(|source| Error::File {
+        what: "creating a directory to unpack the bundle in",
+        path: unpack_in.to_path_buf(),
+        source,
+    })?;
+    unpack_tar(name, ar, dir, trusted)
+}
+
+/// Signature first, then every member the signed manifest lists, each
+/// checked against its signed size from the header (a wrong one is refused
+/// unread) and hashed as it is written into `dir`.
+fn unpack_tar<R: Read>(
+    path: &Path,
+    mut ar: artifacts::bundle::BundleReader<R>,
+    dir: tempfile::TempDir,
+    trusted: &[PublicKey],
+) -> Result<Opened> {
+    use artifacts::bundle::ReadPolicy;
+    let tar_err = |e: artifacts::bundle::BundleError| bad(path, e.to_string());
     let mut small = |what: &str| -> Result<Vec<u8>> {
         // The reader refuses an archive that ends before its leading
         // members; `None` here would be a bug there, still not a panic.
@@ -298,11 +337,6 @@ fn open_tar(path: &Path, trusted: &[PublicKey]) -> Result<Opened> {
         max_entry_size: u64::MAX,
         leading: Vec::new(),
     });
-    let dir = tempfile::tempdir().map_err(|source| Error::File {
-        what: "creating a directory to unpack the bundle in",
-        path: std::env::temp_dir(),
-        source,
-    })?;
     let mut buf = vec![0u8; COPY_BUF];
     let mut seen = std::collections::BTreeSet::new();
     while let Some(entry) = ar.next_entry().map_err(tar_err)? {

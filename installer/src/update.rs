@@ -106,22 +106,8 @@ fn check(cfg: &Update, node: &Node, attempt: &mut Attempt) -> Result<(Outcome, S
         .map_err(|e| e.to_string())?;
     let offered = release.version().to_string();
     attempt.offered = Some(offered.clone());
-
-    match semver::Version::parse(&node.running) {
-        Ok(running) if *release.version() <= running => {
-            return Ok((
-                Outcome::UpToDate,
-                format!("{} offers {offered}; running {running}", attempt.source),
-            ))
-        }
-        Ok(_) => {}
-        Err(e) => return Err(format!("running version {:?}: {e}", node.running)),
-    }
-    if node.bad.contains(&offered) {
-        return Ok((
-            Outcome::SkippedBad,
-            format!("{offered} failed to bless on this machine before; not installing it again"),
-        ));
+    if let Some(skip) = skip(release.version(), &attempt.source, node)? {
+        return Ok(skip);
     }
 
     (node.progress)(&format!(
@@ -158,6 +144,89 @@ fn check(cfg: &Update, node: &Node, attempt: &mut Attempt) -> Result<(Outcome, S
     })();
     remove_dir(&dir)?;
     result
+}
+
+/// Why a verified release `offered` is not installed here, if it is not:
+/// not newer than the running one, or known bad on this machine.
+fn skip(
+    offered: &semver::Version,
+    source: &str,
+    node: &Node,
+) -> Result<Option<(Outcome, String)>, String> {
+    match semver::Version::parse(&node.running) {
+        Ok(running) if *offered <= running => {
+            return Ok(Some((
+                Outcome::UpToDate,
+                format!("{source} offers {offered}; running {running}"),
+            )))
+        }
+        Ok(_) => {}
+        Err(e) => return Err(format!("running version {:?}: {e}", node.running)),
+    }
+    if node.bad.contains(&offered.to_string()) {
+        return Ok(Some((
+            Outcome::SkippedBad,
+            format!("{offered} failed to bless on this machine before; not installing it again"),
+        )));
+    }
+    Ok(None)
+}
+
+/// Installs the bundle tar that `r` streams (a client's upload through the
+/// node API), by the same rules as a channel's release: verified completely
+/// against the running release's keys while it is unpacked into
+/// `node.work` (nothing reaches the disk before that), installed only when
+/// newer and not known bad, then written live. A stream that ends early (a
+/// client gone) fails before any write: the old release keeps booting.
+/// `source` names the upload in the attempt and in errors.
+pub fn install_stream(source: &str, r: impl std::io::Read, node: &Node) -> Attempt {
+    let mut attempt = Attempt {
+        at: node.now,
+        source: source.to_string(),
+        running: node.running.clone(),
+        offered: None,
+        outcome: Outcome::Failed,
+        detail: String::new(),
+    };
+    let result = (|| {
+        std::fs::create_dir_all(&node.work)
+            .map_err(|e| format!("creating {}: {e}", node.work.display()))?;
+        let bundle =
+            crate::verify::open_verified_stream(Path::new(source), r, &node.trusted, &node.work)
+                .map_err(|e| e.to_string())?;
+        let offered = bundle.manifest.os_version.clone();
+        attempt.offered = Some(offered.to_string());
+        if let Some(skip) = skip(&offered, source, node)? {
+            return Ok(skip);
+        }
+        (node.progress)(&format!(
+            "{offered} verified against this release's keys; writing it live"
+        ));
+        let opts = UpgradeOptions {
+            disk: node.disk.clone(),
+            bundle: bundle.dir.clone(),
+            trusted: node.trusted.clone(),
+            live: true,
+            ..Default::default()
+        };
+        let plan =
+            upgrade_verified(&opts, &bundle).map_err(|e| format!("installing {offered}: {e:#}"))?;
+        Ok((
+            Outcome::Installed,
+            format!(
+                "{offered} written to {}; boots next ({} stays as fallback)",
+                plan.target_slot, plan.running_slot
+            ),
+        ))
+    })();
+    match result {
+        Ok((outcome, detail)) => {
+            attempt.outcome = outcome;
+            attempt.detail = detail;
+        }
+        Err(detail) => attempt.detail = detail,
+    }
+    attempt
 }
 
 fn remove_dir(dir: &Path) -> Result<(), String> {

@@ -37,6 +37,21 @@ pub fn open_verified(path: &Path, trusted: &[PublicKey]) -> Result<Bundle> {
     checked(bundle::open(path, trusted)?, path, None)
 }
 
+/// A bundle tar read from `r` (a client's upload) and verified
+/// completely, unpacked under `unpack_in`; `name` is what errors call it.
+pub fn open_verified_stream(
+    name: &Path,
+    r: impl Read,
+    trusted: &[PublicKey],
+    unpack_in: &Path,
+) -> Result<Bundle> {
+    checked(
+        bundle::open_tar_stream(name, r, trusted, unpack_in)?,
+        name,
+        None,
+    )
+}
+
 /// A bundle directory holding everything but rootfs.img, which `rootfs`
 /// streams (a registry blob that checks its own size and digest): the
 /// signature and every other artifact are verified now, the same

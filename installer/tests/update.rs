@@ -265,6 +265,11 @@ fn node_installs_its_channel_live_and_refuses_bad_input_writing_nothing() {
     // Registry down: named, nothing written (the disk now holds 2.0.0).
     let host = reg.host();
     reg.stop();
+    // What the refused 3.0.0 stream wrote into BOOT-A may still sit dirty
+    // in the partition's page cache, written back to the image at any time
+    // (it was a refused stream: nothing syncs it). Settle it first, or
+    // writeback under load reads as this check writing.
+    assert!(Command::new("sync").status().unwrap().success());
     let after = sha256_file(&img);
     let a = check_once(&cfg, &node);
     assert_eq!(a.outcome, Outcome::Failed, "{a:?}");

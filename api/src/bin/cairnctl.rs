@@ -71,10 +71,14 @@ enum Command {
     /// slot and reboot into it (os:operator); prints progress as it comes.
     Upgrade {
         /// REGISTRY/REPO:TAG.
-        #[arg(long)]
-        image: String,
+        #[arg(long, required_unless_present = "bundle", conflicts_with = "bundle")]
+        image: Option<String>,
+        /// Upload this bundle (`update.tar` from `cairn build`) instead:
+        /// the node verifies it against the keys its release trusts.
+        #[arg(long, value_name = "TAR")]
+        bundle: Option<PathBuf>,
         /// The registry speaks plain HTTP (the release is verified anyway).
-        #[arg(long)]
+        #[arg(long, conflicts_with = "bundle")]
         insecure: bool,
     },
     /// The machine config.
@@ -144,12 +148,26 @@ fn main() -> ExitCode {
         Command::Reboot => (Operation::Reboot, None),
         Command::Shutdown => (Operation::Shutdown, None),
         Command::Rollback => (Operation::Rollback, None),
-        Command::Upgrade { image, insecure } => {
+        Command::Upgrade {
+            image,
+            bundle,
+            insecure,
+        } => {
             streaming = true;
-            (
-                Operation::Upgrade,
-                Some(serde_json::json!({"image": image, "insecure": insecure})),
-            )
+            match (image, bundle) {
+                (Some(image), _) => (
+                    Operation::Upgrade,
+                    Some(serde_json::json!({"image": image, "insecure": insecure})),
+                ),
+                (None, Some(tar)) => {
+                    // Refused here rather than mid-upload.
+                    if let Err(e) = std::fs::File::open(tar).and_then(|f| f.metadata()) {
+                        return fail(2, &format!("bundle {}: {e}", tar.display()));
+                    }
+                    (Operation::Upgrade, None)
+                }
+                (None, None) => return fail(2, "upgrade: give --image or --bundle"),
+            }
         }
         Command::Config(ConfigCommand::Get) => (Operation::ConfigGet, None),
         Command::Config(ConfigCommand::Apply { file, dry_run }) => {
@@ -216,7 +234,17 @@ fn stream(
     query: &[(&str, String)],
     body: Option<&serde_json::Value>,
 ) -> u8 {
-    let lines = match client.stream(node, op, query, body) {
+    let bundle = match &cli.command {
+        Command::Upgrade {
+            bundle: Some(tar), ..
+        } => Some(tar),
+        _ => None,
+    };
+    let opened = match bundle {
+        Some(tar) => client.upgrade_bundle(node, tar),
+        None => client.stream(node, op, query, body),
+    };
+    let lines = match opened {
         Ok(l) => l,
         Err(e) => {
             print_err(cli, node, &e);

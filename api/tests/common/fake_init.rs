@@ -17,6 +17,9 @@ pub enum Step {
     /// Keep the connection open (following) until the client hangs up or
     /// [`FakeInit::release`]; [`FakeInit::push`] writes to it.
     Hold,
+    /// Read the request's body (`UpgradeBundle`'s `size` bytes, or less if
+    /// the connection ends first) into [`FakeInit::bodies`].
+    ReadBody,
 }
 
 type Script = dyn Fn(&Request) -> Vec<Step> + Send + Sync;
@@ -24,6 +27,7 @@ type Script = dyn Fn(&Request) -> Vec<Step> + Send + Sync;
 #[derive(Default)]
 struct Shared {
     requests: Mutex<Vec<Request>>,
+    bodies: Mutex<Vec<Vec<u8>>>,
     held: Mutex<Vec<(u64, UnixStream)>>,
     hangups: AtomicUsize,
     ids: AtomicU64,
@@ -55,6 +59,11 @@ impl FakeInit {
 
     pub fn requests(&self) -> Vec<Request> {
         self.shared.requests.lock().unwrap().clone()
+    }
+
+    /// The bodies read by [`Step::ReadBody`].
+    pub fn bodies(&self) -> Vec<Vec<u8>> {
+        self.shared.bodies.lock().unwrap().clone()
     }
 
     /// Writes `r` to every held connection.
@@ -117,6 +126,15 @@ fn serve(conn: UnixStream, sh: &Shared, script: &Script) {
                 }
             }
             Step::Sleep(ms) => std::thread::sleep(Duration::from_millis(ms)),
+            Step::ReadBody => {
+                let size = match &req {
+                    Request::UpgradeBundle { size, .. } => *size,
+                    _ => 0,
+                };
+                let mut body = Vec::new();
+                let _ = (&mut reader).take(size).read_to_end(&mut body);
+                sh.bodies.lock().unwrap().push(body);
+            }
             Step::Hold => {
                 let id = sh.ids.fetch_add(1, Ordering::SeqCst);
                 sh.held.lock().unwrap().push((id, w.try_clone().unwrap()));

@@ -73,6 +73,20 @@ impl Node for FakeNode {
             serde_json::json!({"result": null}),
         ))))
     }
+    fn upgrade_bundle(
+        &self,
+        by: &str,
+        size: u64,
+        mut body: Box<dyn std::io::Read + Send>,
+    ) -> Result<NodeStream, NodeError> {
+        let mut got = Vec::new();
+        body.read_to_end(&mut got)
+            .map_err(|e| NodeError::Failed(e.to_string()))?;
+        self.record(&format!("upgrade_bundle {by} {size} {}", got.len()));
+        Ok(NodeStream::of(std::iter::once(Ok(
+            serde_json::json!({"result": null}),
+        ))))
+    }
     fn config_get(&self) -> Result<String, NodeError> {
         self.record("config_get");
         Ok("hostname = \"n1\"\n".into())
