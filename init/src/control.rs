@@ -485,7 +485,7 @@ impl Server {
         };
         let left = size - rest.len() as u64;
         let r: Box<dyn Read + Send> = Box::new(io::Cursor::new(rest).chain(body.take(left)));
-        let source = format!("the bundle uploaded by {by}");
+        let source = format!("upload from {by}");
         self.run_upgrade(
             s,
             by,
