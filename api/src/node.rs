@@ -14,6 +14,13 @@ pub struct InitNode {
     /// [`contract::machine::NODE_STATUS`].
     pub status: PathBuf,
     pub control: Control,
+    /// The API CA's certificate (PEM): a rotated serving certificate must
+    /// chain to it.
+    pub api_ca: String,
+    /// Called once a rotation is stored, after the answer is on its way:
+    /// cairnd exits so init restarts it with the new identity (tests pass
+    /// a function that records it).
+    pub after_rotate: fn(),
 }
 
 fn read(p: &std::path::Path) -> Result<String, NodeError> {
@@ -165,6 +172,19 @@ impl Node for InitNode {
             size,
         };
         Self::lines(self.control.open_with_body(&req, body)?, true)
+    }
+
+    fn rotate_certs(&self, by: &str, crt: &str, key: &str) -> Result<Value, NodeError> {
+        let cert = crate::server::check_rotation(&self.api_ca, crt, key)?;
+        self.call(Request::RotateCerts {
+            by: by.into(),
+            crt: crt.into(),
+            key: key.into(),
+        })?;
+        (self.after_rotate)();
+        let mut v = cert;
+        v["rotated"] = Value::Bool(true);
+        Ok(v)
     }
 
     fn config_get(&self) -> Result<String, NodeError> {

@@ -73,6 +73,17 @@ pub struct ErrorBody {
     pub field: Option<String>,
 }
 
+/// `POST /v1/certs/rotate` request: the new serving identity, made with
+/// the API CA's key (which the node never holds) by `cairnctl rotate-certs`.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RotateRequest {
+    /// The certificate (PEM), signed by the API CA, for serverAuth.
+    pub crt: String,
+    /// Its private key (PEM, PKCS#8).
+    pub key: String,
+}
+
 /// `POST /v1/upgrade` request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -87,9 +98,6 @@ pub struct UpgradeRequest {
 /// What a node operation can fail with; each maps to one HTTP status.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum NodeError {
-    /// 501.
-    #[error("{0} is not implemented yet")]
-    NotImplemented(&'static str),
     /// The input is wrong: a config that does not parse or validate, an
     /// image reference that is not one (422, with the config field).
     #[error("{}", invalid_message(field, reason))]
@@ -122,7 +130,6 @@ fn invalid_message(field: &Option<String>, reason: &str) -> String {
 impl NodeError {
     pub fn status(&self) -> StatusCode {
         match self {
-            NodeError::NotImplemented(_) => StatusCode::NOT_IMPLEMENTED,
             NodeError::Invalid { .. } => StatusCode::UNPROCESSABLE_ENTITY,
             NodeError::Busy(_) => StatusCode::CONFLICT,
             NodeError::NotFound(_) => StatusCode::NOT_FOUND,
@@ -201,6 +208,10 @@ pub trait Node: Send + Sync + 'static {
         size: u64,
         body: Box<dyn std::io::Read + Send>,
     ) -> Result<NodeStream, NodeError>;
+    /// Replaces the API's serving certificate and key (checked first with
+    /// [`check_rotation`]); answers the new certificate's serial and
+    /// expiry. cairnd restarts to serve it.
+    fn rotate_certs(&self, by: &str, crt: &str, key: &str) -> Result<serde_json::Value, NodeError>;
     /// The stored config, key redacted.
     fn config_get(&self) -> Result<String, NodeError>;
     fn config_apply(&self, by: &str, text: &str, dry_run: bool) -> Result<ApplyOutcome, NodeError>;
@@ -385,6 +396,103 @@ async fn config_apply<N: Node>(
         blocking(&n, move |n| n.config_apply(&by, &req.config, req.dry_run)).await
     };
     r.await.map(Json).into_response()
+}
+
+async fn rotate_certs<N: Node>(
+    State(n): State<Arc<N>>,
+    Extension(p): Peer_,
+    headers: axum::http::HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        check(&p, Operation::RotateCerts)?;
+        let bytes = read_body(&headers, body).await?;
+        let req: RotateRequest = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::BadRequest(format!("malformed request: {e}")))?;
+        let by = p.subject.clone();
+        blocking(&n, move |n| n.rotate_certs(&by, &req.crt, &req.key)).await
+    };
+    r.await.map(Json).into_response()
+}
+
+/// Checks a new serving identity against the API CA (`ca_pem`) before the
+/// node takes it: `crt` chains to the CA, is valid now, is for serverAuth
+/// and names a host (its first subjectAltName is what the chain is checked
+/// for); `key` is its key. Answers `{"serial", "not_after"}` (the serial in
+/// hex as `openssl x509 -serial` prints it). Refusals name the field.
+pub fn check_rotation(ca_pem: &str, crt: &str, key: &str) -> Result<serde_json::Value, NodeError> {
+    use rustls::client::danger::ServerCertVerifier;
+    use x509_parser::extensions::GeneralName;
+    let invalid = |field: &str, reason: String| NodeError::Invalid {
+        field: Some(field.into()),
+        reason: format!("{field}: {reason}"),
+    };
+    let cert = cert_der_from_pem(crt, "crt").map_err(|e| invalid("crt", e.to_string()))?;
+    let key_der = key_der_from_pem(key, "key").map_err(|e| invalid("key", e.to_string()))?;
+    let (_, x) = x509_parser::parse_x509_certificate(&cert)
+        .map_err(|e| invalid("crt", format!("not an X.509 certificate: {e}")))?;
+    let host = x
+        .subject_alternative_name()
+        .ok()
+        .flatten()
+        .and_then(|san| {
+            san.value.general_names.iter().find_map(|g| match g {
+                GeneralName::DNSName(d) => {
+                    rustls_pki_types::ServerName::try_from(d.to_string()).ok()
+                }
+                GeneralName::IPAddress(b) => match b.len() {
+                    4 => <[u8; 4]>::try_from(*b)
+                        .ok()
+                        .map(|a| std::net::IpAddr::from(a).into()),
+                    16 => <[u8; 16]>::try_from(*b)
+                        .ok()
+                        .map(|a| std::net::IpAddr::from(a).into()),
+                    _ => None,
+                },
+                _ => None,
+            })
+        })
+        .ok_or_else(|| invalid("crt", "names no host (subjectAltName)".into()))?;
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots
+        .add(
+            cert_der_from_pem(ca_pem, "API CA certificate")
+                .map_err(|e| NodeError::Failed(e.to_string()))?,
+        )
+        .map_err(|e| NodeError::Failed(format!("the API CA certificate: {e}")))?;
+    let verifier = rustls::client::WebPkiServerVerifier::builder_with_provider(
+        Arc::new(roots),
+        provider.clone(),
+    )
+    .build()
+    .map_err(|e| NodeError::Failed(e.to_string()))?;
+    verifier
+        .verify_server_cert(&cert, &[], &host, &[], rustls_pki_types::UnixTime::now())
+        .map_err(|e| {
+            invalid(
+                "crt",
+                format!("not a serving certificate of this node's API CA: {e}"),
+            )
+        })?;
+    let signer = provider
+        .key_provider
+        .load_private_key(key_der)
+        .map_err(|e| invalid("key", e.to_string()))?;
+    rustls::sign::CertifiedKey::new(vec![cert.clone()], signer)
+        .keys_match()
+        .map_err(|e| invalid("key", format!("is not the certificate's key: {e}")))?;
+    let serial: String = x
+        .tbs_certificate
+        .raw_serial()
+        .iter()
+        .skip_while(|b| **b == 0)
+        .map(|b| format!("{b:02X}"))
+        .collect();
+    Ok(serde_json::json!({
+        "serial": serial,
+        "not_after": x.validity().not_after.to_string(),
+    }))
 }
 
 /// `GET /v1/logs` and `/v1/events` query parameters.
@@ -678,19 +786,6 @@ impl hyper::body::Body for Ndjson {
     }
 }
 
-/// Operations not built yet: authorized like the others, then answered
-/// 501, so the role matrix is enforced from the start.
-fn not_yet<N: Node>(op: Operation) -> MethodRouter<Arc<N>> {
-    let h = move |Extension(p): Peer_| async move {
-        let r: Result<(), ApiError> = match check(&p, op) {
-            Ok(()) => Err(ApiError::Node(NodeError::NotImplemented(op.as_str()))),
-            Err(e) => Err(e),
-        };
-        r.into_response()
-    };
-    on(op, h)
-}
-
 fn on<N: Node, H, T>(op: Operation, h: H) -> MethodRouter<Arc<N>>
 where
     H: axum::handler::Handler<T, Arc<N>>,
@@ -730,7 +825,7 @@ pub fn router<N: Node>(node: Arc<N>) -> Router {
         .route(p(Upgrade), on(Upgrade, upgrade::<N>))
         .route(p(ConfigGet), on(ConfigGet, config_get::<N>))
         .route(p(ConfigApply), on(ConfigApply, config_apply::<N>))
-        .route(p(RotateCerts), not_yet::<N>(RotateCerts))
+        .route(p(RotateCerts), on(RotateCerts, rotate_certs::<N>))
         .fallback(|| async {
             (
                 StatusCode::NOT_FOUND,

@@ -23,7 +23,7 @@ struct Setup {
 fn setup(script: impl Fn(&Request) -> Vec<Step> + Send + Sync + 'static) -> Setup {
     let pki = Pki::new();
     let init = FakeInit::start(script);
-    let addr = start(&pki, Arc::new(fake_init::node(&init)));
+    let addr = start(&pki, Arc::new(fake_init::node(&init, &pki.ca.cert_pem)));
     Setup {
         addr,
         reader: client(&pki, &pki.client("ro", Some("os:reader"))),
@@ -287,6 +287,84 @@ fn upgrade_from_a_bundle_streams_the_tar_to_init() {
         Ok(_) => panic!("a missing bundle was sent"),
     }
     assert_eq!(s.init.requests().len(), 1);
+}
+
+#[test]
+fn rotate_certs_checks_the_identity_before_init_stores_it() {
+    let pki = Pki::new();
+    let init = FakeInit::start(|r| match r {
+        Request::RotateCerts { .. } => vec![Step::Send(done(json!({"rotated": true})))],
+        _ => vec![],
+    });
+    let addr = start(&pki, Arc::new(fake_init::node(&init, &pki.ca.cert_pem)));
+    let admin = client(&pki, &pki.client("root", Some("os:admin")));
+    let rotate = |id: &api::pki::Identity, key: &str| {
+        admin.call(
+            &addr,
+            Operation::RotateCerts,
+            Some(&json!({"crt": id.cert_pem, "key": key})),
+        )
+    };
+    let days = api::pki::Validity::days_from_now;
+    let fresh = api::pki::issue_server(&pki.ca, &["127.0.0.1".into()], days(30)).unwrap();
+
+    // Refused, each naming the field, and init never asked.
+    let other_ca = api::pki::generate_ca("other", days(1)).unwrap();
+    let foreign = api::pki::issue_server(&other_ca, &["127.0.0.1".into()], days(1)).unwrap();
+    let expired = api::pki::issue_server(
+        &pki.ca,
+        &["127.0.0.1".into()],
+        api::pki::Validity {
+            not_before: time::OffsetDateTime::now_utc() - time::Duration::days(10),
+            not_after: time::OffsetDateTime::now_utc() - time::Duration::days(1),
+        },
+    )
+    .unwrap();
+    let client_cert = pki.client("c", Some("os:admin"));
+    for (what, id, key, field) in [
+        ("another CA's", &foreign, foreign.key_pem.as_str(), "crt"),
+        ("an expired", &expired, expired.key_pem.as_str(), "crt"),
+        (
+            "a client",
+            &client_cert,
+            client_cert.key_pem.as_str(),
+            "crt",
+        ),
+        (
+            "someone else's key",
+            &fresh,
+            pki.server.key_pem.as_str(),
+            "key",
+        ),
+        ("not PEM", &fresh, "garbage", "key"),
+    ] {
+        let (status, message, f) = status_of(rotate(id, key));
+        assert_eq!(status, 422, "{what}: {message}");
+        assert_eq!(f.as_deref(), Some(field), "{what}: {message}");
+        assert!(
+            message.starts_with(&format!("{field}: ")),
+            "{what}: {message}"
+        );
+    }
+    assert!(init.requests().is_empty(), "{:?}", init.requests());
+
+    let before = fake_init::ROTATED.load(std::sync::atomic::Ordering::SeqCst);
+    let v = rotate(&fresh, &fresh.key_pem).unwrap();
+    assert_eq!(v["rotated"], true);
+    assert!(!v["serial"].as_str().unwrap().is_empty(), "{v}");
+    assert!(v["not_after"].as_str().is_some(), "{v}");
+    match &init.requests()[..] {
+        [Request::RotateCerts { by, crt, key }] => {
+            assert!(by.contains("CN=root"), "{by}");
+            assert_eq!((crt, key), (&fresh.cert_pem, &fresh.key_pem));
+        }
+        other => panic!("{other:?}"),
+    }
+    assert_eq!(
+        fake_init::ROTATED.load(std::sync::atomic::Ordering::SeqCst),
+        before + 1,
+        "cairnd restarts to serve it"
+    );
 }
 
 #[test]

@@ -85,6 +85,15 @@ pub enum Request {
         by: String,
         size: u64,
     },
+    /// Replaces the node API's serving certificate and key (cairnd checked
+    /// that `crt` chains to the API CA and `key` is its key) in the stored
+    /// machine config and in cairnd's secrets on /run; cairnd then
+    /// restarts to serve it. The key is a secret: never logged.
+    RotateCerts {
+        by: String,
+        crt: String,
+        key: String,
+    },
     /// The stored machine config, with the API key redacted.
     ConfigGet,
     /// Validates `config` with the parser init boots with; unless
@@ -106,6 +115,7 @@ impl Request {
             | Request::Rollback { by }
             | Request::Upgrade { by, .. }
             | Request::UpgradeBundle { by, .. }
+            | Request::RotateCerts { by, .. }
             | Request::ConfigApply { by, .. } => Some(by),
             _ => None,
         }

@@ -14,7 +14,9 @@
 //! 2.0.0 streams its progress and reboots.
 //! Boot 3 (2.0.0): blessed, the API still up (its identity is in STATE);
 //! rollback, reboot. Boot 4: 1.0.0 again.
-//! A second node (1.0.0): a tampered `update.tar` uploaded by the operator
+//! A second node (1.0.0): the admin rotates its serving certificate (the
+//! new one served at once and after reboots); a tampered `update.tar`
+//! uploaded by the operator
 //! is refused at its digest and the node runs on; the genuine one is
 //! installed and the node boots 2.0.0.
 
@@ -109,6 +111,28 @@ fn api_up(config: &Path, b: &Boot) -> Result<String> {
         );
         std::thread::sleep(Duration::from_secs(2));
     }
+}
+
+/// The serial of the certificate the node serves on `endpoint`, read by
+/// openssl (the independent TLS client; it sees the server's certificate
+/// before the node asks for ours).
+fn served_serial(endpoint: &str) -> Result<String> {
+    let s = Command::new("openssl")
+        .args(["s_client", "-connect", endpoint, "-tls1_3"])
+        .stdin(std::process::Stdio::null())
+        .output()?;
+    let mut x = Command::new("openssl")
+        .args(["x509", "-noout", "-serial"])
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .spawn()?;
+    std::io::Write::write_all(x.stdin.as_mut().context("stdin")?, &s.stdout)?;
+    let out = x.wait_with_output()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.trim()
+        .strip_prefix("serial=")
+        .map(str::to_string)
+        .with_context(|| format!("no certificate from {endpoint}: {text}"))
 }
 
 #[test]
@@ -398,6 +422,36 @@ fn node_managed_through_its_api() -> Result<()> {
     let mut b = m.boot()?;
     wait_all(&mut b, &["cairn: boot ok slot=A version=1.0.0"])?;
     api_up(&reader, &b)?;
+
+    // Rotate the serving certificate: an operator may not; the admin's is
+    // stored, cairnd restarts, the node serves the new one.
+    let sec = secrets.to_str().context("path")?;
+    let first_serial = served_serial(&endpoint)?;
+    let refused = ctl(&operator, &["rotate-certs", "--secrets", sec])?;
+    ensure!(
+        refused.code == 1 && refused.err.contains("needs role os:admin"),
+        "an operator cannot rotate certificates"
+    );
+    let out = ok(&admin, &["rotate-certs", "--secrets", sec])?;
+    let serial = out
+        .split("serial ")
+        .nth(1)
+        .and_then(|r| r.split_whitespace().next())
+        .with_context(|| format!("no serial in: {out}"))?
+        .to_string();
+    ensure!(serial != first_serial, "a new serial");
+    b.expect("api: API serving certificate rotated", BOOT_TIMEOUT)?;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while served_serial(&endpoint).ok().as_deref() != Some(serial.as_str()) {
+        ensure!(
+            Instant::now() < deadline,
+            "the node still serves {first_serial}, not the rotated {serial}\n{}",
+            b.tail()
+        );
+        std::thread::sleep(Duration::from_secs(1));
+    }
+    api_up(&reader, &b)?;
+
     let t = tampered.to_str().context("temp path")?;
     let refused = ctl(&operator, &["upgrade", "--bundle", t])?;
     ensure!(
@@ -430,6 +484,10 @@ fn node_managed_through_its_api() -> Result<()> {
     wait_all(&mut b, &["cairn: boot ok slot=B version=2.0.0"])?;
     let v = api_up(&reader, &b)?;
     ensure!(v.contains("2.0.0"), "version after the bundle upgrade: {v}");
+    ensure!(
+        served_serial(&endpoint)? == serial,
+        "the rotated certificate is stored: served after the reboot too"
+    );
     b.kill()?;
     Ok(())
 }

@@ -38,6 +38,10 @@ pub struct Paths {
     pub kmsg: PathBuf,
     /// The socket's group (contract::api::GID).
     pub group: u32,
+    /// cairnd's identity on /run (contract::api::SECRETS_DIR) and the
+    /// owner of its files (contract::api::UID, GID).
+    pub secrets: PathBuf,
+    pub secrets_owner: (u32, u32),
 }
 
 impl Paths {
@@ -47,6 +51,8 @@ impl Paths {
             config: contract::machine::STORED_CONFIG.into(),
             kmsg: "/dev/kmsg".into(),
             group: contract::api::GID,
+            secrets: contract::api::SECRETS_DIR.into(),
+            secrets_owner: (contract::api::UID, contract::api::GID),
         }
     }
 }
@@ -311,6 +317,7 @@ impl Server {
                 insecure,
             } => self.upgrade(s, &by, &image, insecure),
             Request::UpgradeBundle { by, size } => self.upgrade_bundle(s, &by, size, Vec::new()),
+            Request::RotateCerts { by, crt, key } => send(s, &self.rotate_certs(&by, &crt, &key)),
             Request::ConfigGet => send(
                 s,
                 &match fs::read_to_string(&self.paths.config) {
@@ -602,6 +609,60 @@ impl Server {
         r
     }
 
+    /// The new serving identity into the stored config (the next boot's)
+    /// and cairnd's secrets (its restart's). Only `crt` and `key` change:
+    /// the CA, and so every client, stays.
+    fn rotate_certs(&self, by: &str, crt: &str, key: &str) -> Reply {
+        use contract::machine::MachineConfig;
+        let path = &self.paths.config;
+        let text = match fs::read_to_string(path) {
+            Ok(t) => t,
+            Err(e) => {
+                return Reply::refused(
+                    ErrorKind::NotFound,
+                    format!("no stored machine config ({}): {e}", path.display()),
+                )
+            }
+        };
+        let old = match MachineConfig::parse(&text, &path.display().to_string()) {
+            Ok(c) => c.api,
+            Err(e) => return Reply::error(format!("the stored config: {e}")),
+        };
+        let Some(old) = old else {
+            return Reply::refused(
+                ErrorKind::NotFound,
+                format!("{} has no [api]", path.display()),
+            );
+        };
+        let next = match replace_identity(&text, &old, crt, key) {
+            Ok(t) => t,
+            Err(e) => return Reply::error(format!("rewriting {}: {e}", path.display())),
+        };
+        let api = match MachineConfig::parse(&next, "the rotated machine.toml") {
+            Ok(c) => c.api,
+            Err(e) => return Reply::refused(ErrorKind::Invalid, e.to_string()),
+        };
+        let Some(api) = api.filter(|a| a.crt.trim() == crt.trim() && a.key.trim() == key.trim())
+        else {
+            return Reply::error("the rotated config does not hold the new identity");
+        };
+        if let Err(e) = write_atomic_private(path, next.as_bytes()) {
+            return Reply::error(format!("storing {}: {e}", path.display()));
+        }
+        if let Err(e) =
+            crate::api::write_secrets(&api, &self.paths.secrets, self.paths.secrets_owner)
+        {
+            return Reply::error(format!(
+                "stored, but writing {}: {e} (the next boot serves it)",
+                self.paths.secrets.display()
+            ));
+        }
+        let msg = "API serving certificate rotated (cairnd restarts to serve it)";
+        self.say(&format!("api: {msg} by {by}"));
+        self.ring.event(EventKind::Config, Some(by), msg);
+        done(json!({ "rotated": true }))
+    }
+
     fn config_apply(&self, by: &str, config: &str, dry_run: bool) -> Reply {
         if let Err(e) = contract::machine::MachineConfig::parse(config, "machine.toml") {
             let field = match &e {
@@ -724,6 +785,39 @@ fn redact_in_place(text: &str) -> String {
 /// Replaces `path` durably: a temporary file in the same directory
 /// (created 0600: the config holds the API key), fsync, rename, fsync of
 /// the directory. A cut leaves the old or the new file, never a mix.
+/// `text` (a machine config) with `[api]`'s `crt` and `key` replaced.
+/// The PEM blocks are replaced where they stand, so the operator's
+/// comments and layout stay; a config that holds them in another form
+/// (escaped one-line strings, say) is rewritten through the TOML table
+/// instead (comments lost, the values right).
+pub fn replace_identity(
+    text: &str,
+    old: &contract::api::Api,
+    crt: &str,
+    key: &str,
+) -> Result<String, String> {
+    let (old_crt, old_key) = (old.crt.trim(), old.key.trim());
+    if text.matches(old_crt).count() == 1 && text.matches(old_key).count() == 1 {
+        return Ok(text
+            .replacen(old_crt, crt.trim(), 1)
+            .replacen(old_key, key.trim(), 1));
+    }
+    let mut t: toml::Table = toml::from_str(text).map_err(|e| e.to_string())?;
+    let api = t
+        .get_mut("api")
+        .and_then(toml::Value::as_table_mut)
+        .ok_or("no [api] table")?;
+    api.insert(
+        "crt".into(),
+        toml::Value::String(format!("{}\n", crt.trim())),
+    );
+    api.insert(
+        "key".into(),
+        toml::Value::String(format!("{}\n", key.trim())),
+    );
+    toml::to_string(&t).map_err(|e| e.to_string())
+}
+
 pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> io::Result<()> {
     let dir = path
         .parent()

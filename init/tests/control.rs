@@ -121,6 +121,8 @@ impl Harness {
             config: dir.path().join("state/config/machine.toml"),
             kmsg,
             group: unsafe { libc::getgid() },
+            secrets: dir.path().join("run/api"),
+            secrets_owner: unsafe { (libc::getuid(), libc::getgid()) },
         };
         let ring: &'static Ring = Box::leak(Box::new(Ring::new()));
         let fake = Arc::new(Fake {
@@ -380,6 +382,83 @@ fn reboot_and_shutdown_answer_then_ask_the_main_loop() {
 }
 
 const PEM_API: &str = "[api]\nca = \"\"\"\n-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----\n\"\"\"\ncrt = \"\"\"\n-----BEGIN CERTIFICATE-----\nBB\n-----END CERTIFICATE-----\n\"\"\"\nkey = \"\"\"\n-----BEGIN PRIVATE KEY-----\nSECRETKEY\n-----END PRIVATE KEY-----\n\"\"\"\n";
+
+#[test]
+fn rotate_certs_replaces_the_identity_in_place_and_on_run() {
+    let h = Harness::start(cairn_init::control::peer_allowed);
+    let rotate = json!({"op": "rotate_certs", "by": "CN=admin",
+        "crt": "-----BEGIN CERTIFICATE-----\nNEWCRT\n-----END CERTIFICATE-----\n",
+        "key": "-----BEGIN PRIVATE KEY-----\nNEWKEY\n-----END PRIVATE KEY-----\n"})
+    .to_string();
+    // Nothing stored, or no [api]: nothing to rotate, nothing written.
+    let (_, kind, _) = error(&h.call(&rotate));
+    assert_eq!(kind, ErrorKind::NotFound);
+    result(&h.call(&apply("hostname = \"n1\"\n", false)));
+    let (e, kind, _) = error(&h.call(&rotate));
+    assert_eq!(kind, ErrorKind::NotFound);
+    assert!(e.contains("no [api]"), "{e}");
+    assert!(!h.paths.secrets.exists());
+
+    let text = format!("# the fleet's node\nhostname = \"n1\"\n{PEM_API}");
+    result(&h.call(&apply(&text, false)));
+    let v = result(&h.call(&rotate));
+    assert_eq!(v["rotated"], true);
+    let stored = std::fs::read_to_string(&h.paths.config).unwrap();
+    assert!(
+        stored.starts_with("# the fleet's node\n") && stored.contains("NEWCRT"),
+        "{stored}"
+    );
+    assert!(stored.contains("NEWKEY") && !stored.contains("SECRETKEY"));
+    assert!(
+        !stored.contains("BB") && stored.contains("AA"),
+        "the CA stays"
+    );
+    let cfg = contract::machine::MachineConfig::parse(&stored, "m").unwrap();
+    assert!(cfg.api.unwrap().crt.contains("NEWCRT"));
+    for (name, want) in [
+        ("server.crt", "NEWCRT"),
+        ("server.key", "NEWKEY"),
+        ("ca.crt", "AA"),
+    ] {
+        let p = h.paths.secrets.join(name);
+        assert!(
+            std::fs::read_to_string(&p).unwrap().contains(want),
+            "{name}"
+        );
+        let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600, "{name}");
+    }
+    assert!(h.ring.events().iter().any(|e| e.kind == EventKind::Config
+        && e.by.as_deref() == Some("CN=admin")
+        && e.message.contains("rotated")));
+    assert!(!h.console().contains("NEWKEY"), "the key is never logged");
+}
+
+#[test]
+fn rotate_certs_rewrites_a_config_with_escaped_pem_strings() {
+    let old = contract::api::Api {
+        listen: "0.0.0.0:50000".into(),
+        ca: "-----BEGIN CERTIFICATE-----\nAA\n-----END CERTIFICATE-----".into(),
+        crt: "-----BEGIN CERTIFICATE-----\nBB\n-----END CERTIFICATE-----".into(),
+        key: "-----BEGIN PRIVATE KEY-----\nKK\n-----END PRIVATE KEY-----".into(),
+    };
+    // One-line strings with \n escapes: the PEM text is not in the file.
+    let text = format!(
+        "hostname = \"n\"\n[api]\nca = {:?}\ncrt = {:?}\nkey = {:?}\n",
+        old.ca, old.crt, old.key
+    );
+    let next = cairn_init::control::replace_identity(
+        &text,
+        &old,
+        "-----BEGIN CERTIFICATE-----\nCC\n-----END CERTIFICATE-----",
+        "-----BEGIN PRIVATE KEY-----\nLL\n-----END PRIVATE KEY-----",
+    )
+    .unwrap();
+    let cfg = contract::machine::MachineConfig::parse(&next, "m").unwrap();
+    let api = cfg.api.unwrap();
+    assert_eq!(cfg.hostname.as_deref(), Some("n"));
+    assert!(api.crt.contains("CC") && api.key.contains("LL") && api.ca.contains("AA"));
+}
 
 fn apply(config: &str, dry_run: bool) -> String {
     json!({"op": "config_apply", "by": "CN=admin", "config": config, "dry_run": dry_run})

@@ -84,6 +84,22 @@ enum Command {
     /// The machine config.
     #[command(subcommand)]
     Config(ConfigCommand),
+    /// Give each node a new serving certificate from the API CA (os:admin):
+    /// issued here with the CA key of --secrets (which never leaves this
+    /// machine), checked and stored by the node, served once cairnd
+    /// restarts a second later. The CA, and so every client config, stays.
+    RotateCerts {
+        /// The directory `cairn gen secrets` wrote (ca.crt, ca.key).
+        #[arg(long)]
+        secrets: PathBuf,
+        /// Names the certificate is for (IP or DNS, repeatable); default:
+        /// 127.0.0.1, localhost and the host of the node's endpoint.
+        #[arg(long = "san", value_name = "NAME")]
+        sans: Vec<String>,
+        /// Days the new certificate is valid.
+        #[arg(long, default_value_t = 365)]
+        days: i64,
+    },
 }
 
 #[derive(Subcommand)]
@@ -115,6 +131,14 @@ fn main() -> ExitCode {
             2,
             "no nodes: give --nodes or add endpoints to the client config",
         );
+    }
+    if let Command::RotateCerts {
+        secrets,
+        sans,
+        days,
+    } = &cli.command
+    {
+        return rotate_certs(&cli, &config, &nodes, secrets, sans, *days);
     }
     let mut query: Vec<(&str, String)> = Vec::new();
     let mut streaming = false;
@@ -169,6 +193,7 @@ fn main() -> ExitCode {
                 (None, None) => return fail(2, "upgrade: give --image or --bundle"),
             }
         }
+        Command::RotateCerts { .. } => unreachable!("handled above"),
         Command::Config(ConfigCommand::Get) => (Operation::ConfigGet, None),
         Command::Config(ConfigCommand::Apply { file, dry_run }) => {
             match std::fs::read_to_string(file) {
@@ -210,6 +235,69 @@ fn main() -> ExitCode {
             Err(e) => {
                 code = code.max(exit_code(&e));
                 print_err(&cli, node, &e);
+            }
+        }
+    }
+    ExitCode::from(code)
+}
+
+/// `rotate-certs`: one new identity per node (its endpoint's host among
+/// the names), sent with the admin's config.
+fn rotate_certs(
+    cli: &Cli,
+    config: &ClientConfig,
+    nodes: &[String],
+    secrets: &std::path::Path,
+    sans: &[String],
+    days: i64,
+) -> ExitCode {
+    use api::pki;
+    let s = match pki::Secrets::load(secrets) {
+        Ok(s) => s,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    if let Err(e) = pki::check_sans(sans) {
+        return fail(2, &e.to_string());
+    }
+    if days < 1 {
+        return fail(2, "--days must be at least 1");
+    }
+    let client = match Client::new(config) {
+        Ok(c) => c,
+        Err(e) => return fail(2, &e.to_string()),
+    };
+    let mut code = 0u8;
+    for node in nodes {
+        let names: Vec<String> = if sans.is_empty() {
+            let host = node
+                .rsplit_once(':')
+                .map_or(node.as_str(), |(h, _)| h)
+                .trim_start_matches('[')
+                .trim_end_matches(']');
+            let mut n: Vec<String> = pki::DEFAULT_SANS.iter().map(|s| s.to_string()).collect();
+            if !n.iter().any(|s| s == host) && pki::check_sans(&[host.to_string()]).is_ok() {
+                n.push(host.to_string());
+            }
+            n
+        } else {
+            sans.to_vec()
+        };
+        let id = match pki::issue_server(&s.ca, &names, pki::Validity::days_from_now(days)) {
+            Ok(id) => id,
+            Err(e) => return fail(2, &e.to_string()),
+        };
+        let body = serde_json::json!({"crt": id.cert_pem, "key": id.key_pem});
+        match client.call(node, Operation::RotateCerts, Some(&body)) {
+            Ok(v) if cli.json => println!("{}", serde_json::json!({"node": node, "result": v})),
+            Ok(v) => println!(
+                "{node}: rotated: serving certificate serial {} for {} valid until {} (cairnd restarts to serve it)",
+                v["serial"].as_str().unwrap_or("?"),
+                names.join(", "),
+                v["not_after"].as_str().unwrap_or("?")
+            ),
+            Err(e) => {
+                code = code.max(exit_code(&e));
+                print_err(cli, node, &e);
             }
         }
     }

@@ -48,6 +48,18 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// After a rotation: exit (cleanly) a moment after the answer left, so
+/// init restarts cairnd and it loads the new identity from `--secrets`.
+fn restart_soon() {
+    let _ = std::thread::Builder::new()
+        .name("restart".into())
+        .spawn(|| {
+            std::thread::sleep(std::time::Duration::from_secs(1));
+            tracing::info!("restarting to serve the rotated certificate");
+            std::process::exit(0);
+        });
+}
+
 fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
     let secrets = NodeSecrets::load(&args.secrets)?;
     let tls = api::server::tls_config(&secrets)?;
@@ -55,6 +67,8 @@ fn run(args: Args) -> Result<(), Box<dyn std::error::Error>> {
         os_release: args.os_release,
         status: args.status,
         control: Control::new(args.control),
+        api_ca: secrets.ca_pem.clone(),
+        after_rotate: restart_soon,
     });
     // Two workers: the API is light and shares the node with its services.
     let rt = tokio::runtime::Builder::new_multi_thread()

@@ -174,8 +174,16 @@ pub fn done(result: serde_json::Value) -> Reply {
     Reply::Done { result }
 }
 
-/// The real node (os-release and status in the fake's dir) over `init`.
-pub fn node(init: &FakeInit) -> api::node::InitNode {
+/// Rotations the real node reported done (its `after_rotate`).
+pub static ROTATED: AtomicUsize = AtomicUsize::new(0);
+
+fn rotated() {
+    ROTATED.fetch_add(1, Ordering::SeqCst);
+}
+
+/// The real node (os-release and status in the fake's dir) over `init`,
+/// trusting `api_ca` for rotated certificates.
+pub fn node(init: &FakeInit, api_ca: &str) -> api::node::InitNode {
     let d = init.dir.path();
     std::fs::write(d.join("os-release"), "NAME=\"cairn\"\nVERSION_ID=1.0.0\n").unwrap();
     std::fs::write(d.join("status.json"), r#"{"booted":"1.0.0"}"#).unwrap();
@@ -183,5 +191,7 @@ pub fn node(init: &FakeInit) -> api::node::InitNode {
         os_release: d.join("os-release"),
         status: d.join("status.json"),
         control: api::control::Control::new(&init.path),
+        api_ca: api_ca.to_string(),
+        after_rotate: rotated,
     }
 }

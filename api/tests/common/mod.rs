@@ -87,6 +87,10 @@ impl Node for FakeNode {
             serde_json::json!({"result": null}),
         ))))
     }
+    fn rotate_certs(&self, by: &str, _: &str, _: &str) -> Result<serde_json::Value, NodeError> {
+        self.record(&format!("rotate_certs {by}"));
+        Ok(serde_json::json!({"rotated": true}))
+    }
     fn config_get(&self) -> Result<String, NodeError> {
         self.record("config_get");
         Ok("hostname = \"n1\"\n".into())
