@@ -41,6 +41,12 @@ fn main() -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
         )
         .with_writer(std::io::stderr)
+        // Colour only for a person at a terminal: CI logs and files get
+        // plain text, and NO_COLOR (no-color.org) turns it off anywhere.
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     match Cli::parse().command {
         Command::Build(args) => build_cmd::build(args),

@@ -24,12 +24,16 @@ pub enum SignCommand {
         key: PathBuf,
         dir: PathBuf,
     },
-    /// Check DIR's manifest signature against trusted keys, then every artifact.
+    /// Check a release's manifest signature against trusted keys, then every
+    /// artifact: a release directory, or an upgrade bundle (`update.tar`),
+    /// which is also checked as an installer would (UKI and rootfs agree).
     Verify {
         /// Trusted public key (SPKI PEM), or a directory of *.pub files;
         /// repeat to trust several.
         #[arg(long = "pubkey", required = true)]
         pubkeys: Vec<PathBuf>,
+        /// A release directory (`cairn build`'s output) or `update.tar`.
+        #[arg(value_name = "DIR|TAR")]
         dir: PathBuf,
     },
 }
@@ -77,6 +81,23 @@ pub fn run(cmd: SignCommand) -> Result<()> {
                 } else {
                     trusted.push(PublicKey::load(p)?);
                 }
+            }
+            if dir.is_file() {
+                // A bundle tar: the installer's own check (signature first,
+                // members hashed as they are unpacked into a temp dir).
+                let b = installer::verify::open_verified(&dir, &trusted)
+                    .with_context(|| format!("{}: verification failed", dir.display()))?;
+                let m = &b.manifest;
+                println!(
+                    "ok: {} {} ({}, {}) signed by key {}, {} artifacts verified (bundle)",
+                    m.os_name,
+                    m.os_version,
+                    m.profile,
+                    m.arch,
+                    m.key_id,
+                    m.artifacts.len()
+                );
+                return Ok(());
             }
             let report = verify_dir(&dir, &trusted)
                 .with_context(|| format!("{}: verification failed", dir.display()))?;

@@ -409,3 +409,45 @@ fn bundle_tar_and_oci_layout() -> Result<()> {
     );
     Ok(())
 }
+
+/// `cairn verify` of the upgrade bundle as users publish it (`update.tar`,
+/// not a directory): accepted with the release's key, a copy with one
+/// byte flipped in a member refused naming the file and the digest, and
+/// `cairn-installer --version` answers (the first-hour issue's small ones).
+#[test]
+fn verify_takes_the_bundle_tar() -> Result<()> {
+    let out = out()?;
+    let cairn = repo_root().join("target/release/cairn");
+    let key = release_pubkey()?;
+    let tar = out.join("update.tar");
+    let ok = tool(
+        Command::new(&cairn)
+            .arg("verify")
+            .arg("--pubkey")
+            .arg(&key)
+            .arg(&tar),
+    )?;
+    ensure!(
+        ok.starts_with("ok: cairn 1.0.0") && ok.contains("(bundle)"),
+        "cairn verify update.tar: {ok}"
+    );
+    let work = tempfile::tempdir()?;
+    let bad = work.path().join("update.tar");
+    std::fs::copy(&tar, &bad)?;
+    let len = std::fs::metadata(&bad)?.len();
+    flip_byte(&bad, len / 2)?;
+    let o = Command::new(&cairn)
+        .arg("verify")
+        .arg("--pubkey")
+        .arg(&key)
+        .arg(&bad)
+        .output()?;
+    let err = String::from_utf8_lossy(&o.stderr);
+    ensure!(
+        !o.status.success() && err.contains(&bad.display().to_string()) && err.contains("sha256"),
+        "a tampered update.tar is refused naming it and the digest: {err}"
+    );
+    let v = tool(Command::new(installer_bin()?).arg("--version"))?;
+    ensure!(v.starts_with("cairn-installer "), "--version: {v}");
+    Ok(())
+}

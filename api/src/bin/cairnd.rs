@@ -36,7 +36,10 @@ fn main() -> std::process::ExitCode {
         )
         .with_writer(std::io::stderr)
         // Colours only on a terminal: on the node this goes to the console log.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+        .with_ansi(
+            std::io::IsTerminal::is_terminal(&std::io::stderr())
+                && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
+        )
         .init();
     let args = Args::parse();
     match run(args) {

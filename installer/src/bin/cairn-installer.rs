@@ -16,6 +16,7 @@ const MEDIA_KEYS: &str = "/payload/keys";
 #[derive(Parser)]
 #[command(
     name = "cairn-installer",
+    version,
     about = "Install and upgrade cairn on disks and disk images"
 )]
 struct Cli {
