@@ -3,8 +3,8 @@
 //! A profile may `extends` another; each file is parsed on its own against a
 //! schema where every field is optional and unknown keys are rejected, so an
 //! error always names the file, line and key it comes from. The chain is then
-//! merged (the extending file wins, tables merge field by field) and the
-//! result checked for required fields.
+//! merged (the extending file's scalars win, tables merge field by field,
+//! lists extend: [`List`]) and the result checked for required fields.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
@@ -137,6 +137,213 @@ pub struct ExtraFile {
     pub mode: Option<String>,
 }
 
+/// How a value set by an extending profile combines with the one it
+/// inherits: scalars are replaced, lists ([`List`]) extend.
+trait Layer: Sized {
+    fn layer(base: Option<Self>, over: Option<Self>) -> Option<Self> {
+        over.or(base)
+    }
+}
+
+impl Layer for String {}
+impl Layer for u64 {}
+impl Layer for bool {}
+impl Layer for PathBuf {}
+impl Layer for Size {}
+
+/// One step of a list field as a profile writes it.
+#[derive(Debug, Clone)]
+enum Op<T> {
+    /// `{ replace = [...] }` starts from nothing.
+    Clear,
+    /// An item: appended, or, when an item with its key is there already,
+    /// put in its place (a file for the same `dst`).
+    Add(T),
+    /// `"!KEY"`: removes the inherited item with that key.
+    Remove(String),
+}
+
+/// A list field (outputs, kernel.cmdline, rootfs.packages, rootfs.files,
+/// signing.trust). An array **extends** what the profiles it extends set;
+/// `"!ITEM"` in it removes an inherited item (for files, `"!DST"`); an
+/// inline table `{ replace = [...] }` replaces the inherited list whole.
+/// Kept as the steps of every file in the chain, base first, and applied
+/// once the chain is merged ([`List::resolve`]).
+#[derive(Debug, Clone)]
+struct List<T>(Vec<Op<T>>);
+
+impl<T> Layer for List<T> {
+    fn layer(base: Option<Self>, over: Option<Self>) -> Option<Self> {
+        match (base, over) {
+            (Some(mut b), Some(o)) => {
+                b.0.extend(o.0);
+                Some(b)
+            }
+            (b, o) => o.or(b),
+        }
+    }
+}
+
+/// What identifies a list item: what `"!KEY"` names and what a later item
+/// with the same key replaces.
+trait Keyed: Sized {
+    fn key(&self) -> String;
+    /// An item as written (a string, or a table for files): `!KEY` is a
+    /// removal.
+    fn item<'de, D: Deserializer<'de>>(d: D) -> Result<Op<Self>, D::Error>;
+}
+
+/// A string item: `"!KEY"` removes, anything else is the item itself.
+fn string_item<T, E: de::Error>(s: String) -> Result<Op<T>, E>
+where
+    T: de::DeserializeOwned,
+{
+    match s.strip_prefix('!') {
+        Some("") => Err(E::custom("`!` names nothing to remove")),
+        Some(k) => Ok(Op::Remove(k.to_string())),
+        None => T::deserialize(de::value::StringDeserializer::<E>::new(s)).map(Op::Add),
+    }
+}
+
+impl Keyed for String {
+    fn key(&self) -> String {
+        self.clone()
+    }
+    fn item<'de, D: Deserializer<'de>>(d: D) -> Result<Op<Self>, D::Error> {
+        string_item(String::deserialize(d)?)
+    }
+}
+
+impl Keyed for PathBuf {
+    fn key(&self) -> String {
+        self.display().to_string()
+    }
+    fn item<'de, D: Deserializer<'de>>(d: D) -> Result<Op<Self>, D::Error> {
+        string_item(String::deserialize(d)?)
+    }
+}
+
+impl Keyed for Output {
+    fn key(&self) -> String {
+        format!("{self:?}").to_lowercase()
+    }
+    fn item<'de, D: Deserializer<'de>>(d: D) -> Result<Op<Self>, D::Error> {
+        string_item(String::deserialize(d)?)
+    }
+}
+
+impl Keyed for ExtraFile {
+    fn key(&self) -> String {
+        self.dst.display().to_string()
+    }
+    /// A table is a file; a string `"!DST"` removes the inherited one.
+    fn item<'de, D: Deserializer<'de>>(d: D) -> Result<Op<Self>, D::Error> {
+        struct V;
+        impl<'de> de::Visitor<'de> for V {
+            type Value = Op<ExtraFile>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a file table { src, dst, mode } or \"!DST\" to remove one")
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                match s.strip_prefix('!') {
+                    Some(k) if !k.is_empty() => Ok(Op::Remove(k.to_string())),
+                    _ => Err(E::custom(format!(
+                        "`{s}`: a file is a table {{ src, dst, mode }}; \"!DST\" removes an inherited one"
+                    ))),
+                }
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, m: A) -> Result<Self::Value, A::Error> {
+                ExtraFile::deserialize(de::value::MapAccessDeserializer::new(m)).map(Op::Add)
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+struct ItemOf<T>(Op<T>);
+
+impl<'de, T: Keyed> Deserialize<'de> for ItemOf<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        T::item(d).map(ItemOf)
+    }
+}
+
+impl<'de, T: Keyed + Deserialize<'de>> Deserialize<'de> for List<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Keyed + Deserialize<'de>> de::Visitor<'de> for V<T> {
+            type Value = List<T>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an array (extends the inherited list) or { replace = [...] }")
+            }
+            fn visit_seq<A: de::SeqAccess<'de>>(self, mut s: A) -> Result<List<T>, A::Error> {
+                let mut ops = Vec::new();
+                while let Some(ItemOf(op)) = s.next_element::<ItemOf<T>>()? {
+                    ops.push(op);
+                }
+                Ok(List(ops))
+            }
+            fn visit_map<A: de::MapAccess<'de>>(self, mut m: A) -> Result<List<T>, A::Error> {
+                let mut ops = vec![Op::Clear];
+                let mut seen = false;
+                while let Some(k) = m.next_key::<String>()? {
+                    if k != "replace" || seen {
+                        return Err(de::Error::custom(format!(
+                            "unknown key `{k}`: a list is an array, or {{ replace = [...] }}"
+                        )));
+                    }
+                    seen = true;
+                    ops.extend(m.next_value::<Vec<T>>()?.into_iter().map(Op::Add));
+                }
+                if !seen {
+                    return Err(de::Error::custom("{ replace = [...] } needs `replace`"));
+                }
+                Ok(List(ops))
+            }
+        }
+        d.deserialize_any(V(std::marker::PhantomData))
+    }
+}
+
+impl<T: Keyed> List<T> {
+    /// The list the chain's steps make, or why a removal cannot apply.
+    fn resolve(self) -> Result<Vec<T>, String> {
+        let mut out: Vec<T> = Vec::new();
+        for op in self.0 {
+            match op {
+                Op::Clear => out.clear(),
+                Op::Add(t) => match out.iter().position(|o| o.key() == t.key()) {
+                    Some(i) => out[i] = t,
+                    None => out.push(t),
+                },
+                Op::Remove(k) => match out.iter().position(|o| o.key() == k) {
+                    Some(i) => {
+                        out.remove(i);
+                    }
+                    None => {
+                        return Err(format!(
+                            "`!{k}` removes {k}, which is not in the list it extends"
+                        ))
+                    }
+                },
+            }
+        }
+        Ok(out)
+    }
+
+    fn paths_from(self, dir: &Path, f: impl Fn(T, &Path) -> T) -> Self {
+        List(
+            self.0
+                .into_iter()
+                .map(|op| match op {
+                    Op::Add(t) => Op::Add(f(t, dir)),
+                    other => other,
+                })
+                .collect(),
+        )
+    }
+}
+
 macro_rules! partial {
     ($(#[$m:meta])* $name:ident { $($field:ident : $ty:ty),* $(,)? }) => {
         $(#[$m])*
@@ -144,9 +351,9 @@ macro_rules! partial {
         #[serde(deny_unknown_fields)]
         struct $name { $($field: Option<$ty>),* }
         impl $name {
-            /// Fields set in `over` win.
+            /// Scalars set in `over` win; lists extend ([`List`]).
             fn merge(self, over: Self) -> Self {
-                Self { $($field: over.$field.or(self.$field)),* }
+                Self { $($field: Layer::layer(self.$field, over.$field)),* }
             }
         }
     };
@@ -158,12 +365,12 @@ partial!(OsPart {
     source_date_epoch: u64,
 });
 partial!(KernelPart {
-    cmdline: Vec<String>,
+    cmdline: List<String>,
     console: String,
 });
 partial!(RootfsPart {
-    packages: Vec<String>,
-    files: Vec<ExtraFile>,
+    packages: List<String>,
+    files: List<ExtraFile>,
 });
 partial!(DiskPart {
     size: Size,
@@ -179,7 +386,7 @@ partial!(SecureBootPart {
 // into the rootfs, contract::trust); unset: the release key's own.
 partial!(SigningPart {
     key: PathBuf,
-    trust: Vec<PathBuf>,
+    trust: List<PathBuf>,
 });
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -188,7 +395,7 @@ struct ProfileFile {
     extends: Option<PathBuf>,
     name: Option<String>,
     platform: Option<Platform>,
-    outputs: Option<Vec<Output>>,
+    outputs: Option<List<Output>>,
     os: Option<OsPart>,
     kernel: Option<KernelPart>,
     rootfs: Option<RootfsPart>,
@@ -210,7 +417,7 @@ impl ProfileFile {
             extends: None,
             name: over.name.or(self.name),
             platform: over.platform.or(self.platform),
-            outputs: over.outputs.or(self.outputs),
+            outputs: Layer::layer(self.outputs, over.outputs),
             os: merge_opt(self.os, over.os, OsPart::merge),
             kernel: merge_opt(self.kernel, over.kernel, KernelPart::merge),
             rootfs: merge_opt(self.rootfs, over.rootfs, RootfsPart::merge),
@@ -336,19 +543,30 @@ impl Profile {
             let dir = canon.parent().unwrap_or(Path::new("/")).to_path_buf();
             next = file.extends.as_ref().map(|e| dir.join(e));
             if let Some(rootfs) = file.rootfs.as_mut() {
-                for f in rootfs.files.iter_mut().flatten() {
-                    f.src = dir.join(&f.src);
-                }
+                rootfs.files = rootfs.files.take().map(|l| {
+                    l.paths_from(&dir, |mut f: ExtraFile, d| {
+                        f.src = d.join(&f.src);
+                        f
+                    })
+                });
             }
             if let Some(sb) = file.secure_boot.as_mut() {
                 sb.keys = sb.keys.take().map(|k| dir.join(k));
             }
             if let Some(s) = file.signing.as_mut() {
                 s.key = s.key.take().map(|k| dir.join(k));
-                s.trust = s
-                    .trust
-                    .take()
-                    .map(|t| t.into_iter().map(|k| dir.join(k)).collect());
+                s.trust = s.trust.take().map(|t| {
+                    let List(ops) = t.paths_from(&dir, |k: PathBuf, d| d.join(k));
+                    // `"!KEY"` names a key the way the profile wrote it.
+                    List(
+                        ops.into_iter()
+                            .map(|op| match op {
+                                Op::Remove(k) => Op::Remove(dir.join(k).display().to_string()),
+                                other => other,
+                            })
+                            .collect(),
+                    )
+                });
             }
             chain.push((canon, file));
         }
@@ -380,6 +598,23 @@ impl Profile {
         let os = f.os.unwrap_or_default();
         let kernel = f.kernel.unwrap_or_default();
         let rootfs = f.rootfs.unwrap_or_default();
+        fn list<T: Keyed>(
+            l: Option<List<T>>,
+            key: &'static str,
+            invalid: &impl Fn(&'static str, String) -> ProfileError,
+        ) -> Result<Option<Vec<T>>, ProfileError> {
+            l.map(|l| l.resolve().map_err(|m| invalid(key, m)))
+                .transpose()
+        }
+        let files = list(rootfs.files, "rootfs.files", &invalid)?;
+        let packages = list(rootfs.packages, "rootfs.packages", &invalid)?;
+        let cmdline = list(kernel.cmdline, "kernel.cmdline", &invalid)?;
+        let outputs = list(f.outputs, "outputs", &invalid)?;
+        let trust = list(
+            f.signing.as_ref().and_then(|s| s.trust.clone()),
+            "signing.trust",
+            &invalid,
+        )?;
         let disk = f.disk.unwrap_or_default();
         let version = os.version.ok_or_else(|| missing("os.version"))?;
         let version =
@@ -402,7 +637,7 @@ impl Profile {
                 ),
             ));
         }
-        for file in rootfs.files.iter().flatten() {
+        for file in files.iter().flatten() {
             if !file.dst.is_absolute() {
                 return Err(invalid(
                     "rootfs.files",
@@ -437,13 +672,13 @@ impl Profile {
         };
         // Every UKI runs locked down: the profile may choose the level, not
         // turn it off (contract::cmdline::lockdown).
-        let mut cmdline = kernel.cmdline.unwrap_or_default();
+        let mut cmdline = cmdline.unwrap_or_default();
         if let Some(p) = contract::cmdline::lockdown(&cmdline.join(" "), secure_boot.is_some())
             .map_err(|e| invalid("kernel.cmdline", e.to_string()))?
         {
             cmdline.push(p);
         }
-        let mut outputs = f.outputs.ok_or_else(|| missing("outputs"))?;
+        let mut outputs = outputs.ok_or_else(|| missing("outputs"))?;
         outputs.sort();
         outputs.dedup();
         Ok(Profile {
@@ -458,12 +693,12 @@ impl Profile {
                 .ok_or_else(|| missing("os.source_date_epoch"))?,
             cmdline,
             console: kernel.console.unwrap_or_else(|| "ttyS0".into()),
-            packages: rootfs.packages.unwrap_or_default(),
-            files: rootfs.files.unwrap_or_default(),
+            packages: packages.unwrap_or_default(),
+            files: files.unwrap_or_default(),
             disk: sizes,
             secure_boot,
             signing_key: f.signing.as_ref().and_then(|s| s.key.clone()),
-            trust: f.signing.and_then(|s| s.trust).unwrap_or_default(),
+            trust: trust.unwrap_or_default(),
         })
     }
 
@@ -513,8 +748,8 @@ state = "64MiB"
         }
     }
 
-    /// A profile's `kernel.cmdline` replaces the one it extends: each
-    /// shipped profile repeats default.toml's KSPP parameters.
+    /// Each shipped profile keeps default.toml's KSPP parameters (its
+    /// `kernel.cmdline` extends the inherited list; a `!` could drop one).
     #[test]
     fn shipped_profiles_carry_the_hardening_parameters() {
         let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
@@ -623,6 +858,95 @@ state = "64MiB"
         assert_eq!(p.disk.total, Size(4 << 30));
         assert_eq!(p.disk.esp, Size(128 << 20));
         assert_eq!(p.version.to_string(), "1.0.0");
+    }
+
+    /// The first-hour footgun: a profile that adds a package or a file
+    /// keeps what it extends (init, machine.toml); `!` removes, `replace`
+    /// replaces, a file for the same `dst` takes the inherited one's place.
+    #[test]
+    fn lists_extend_and_say_how_to_remove_or_replace() {
+        let d = tempfile::tempdir().unwrap();
+        let base = format!(
+            "{BASE}[rootfs]\npackages = [\"init\", \"e2fsprogs\"]\nfiles = [{{ src = \"m.toml\", dst = \"/etc/m.toml\" }}]\n"
+        );
+        write(d.path(), "base.toml", &base);
+        let child = |name: &str, text: &str| {
+            let p = write(
+                d.path(),
+                name,
+                &format!("extends = \"base.toml\"\nname = \"c\"\n{text}"),
+            );
+            Profile::load(&p)
+        };
+        let p = child(
+            "add.toml",
+            "[rootfs]\npackages = [\"mytool\", \"init\"]\nfiles = [{ src = \"t\", dst = \"/usr/bin/t\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(p.packages, ["init", "e2fsprogs", "mytool"]);
+        let dsts: Vec<_> = p
+            .files
+            .iter()
+            .map(|f| f.dst.display().to_string())
+            .collect();
+        assert_eq!(dsts, ["/etc/m.toml", "/usr/bin/t"]);
+        assert_eq!(
+            p.files[1].src,
+            d.path().join("t"),
+            "src from the naming file"
+        );
+
+        let p = child(
+            "rm.toml",
+            "outputs = [\"!iso\", \"qcow2\"]\n[kernel]\ncmdline = [\"!console=ttyS0\", \"console=ttyS1\"]\n[rootfs]\npackages = [\"!init\"]\nfiles = [\"!/etc/m.toml\", { src = \"n\", dst = \"/etc/n\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(p.packages, ["e2fsprogs"]);
+        assert_eq!(p.outputs, [Output::Raw, Output::Qcow2]);
+        assert_eq!(p.cmdline[0], "console=ttyS1");
+        assert_eq!(p.files.len(), 1);
+
+        let p = child(
+            "re.toml",
+            "outputs = { replace = [\"vhd\"] }\n[rootfs]\npackages = { replace = [\"x\"] }\nfiles = [{ src = \"m2\", dst = \"/etc/m.toml\", mode = \"0600\" }]\n",
+        )
+        .unwrap();
+        assert_eq!(p.outputs, [Output::Vhd]);
+        assert_eq!(p.packages, ["x"]);
+        assert_eq!(p.files.len(), 1, "same dst: replaced in place");
+        assert_eq!(p.files[0].src, d.path().join("m2"));
+
+        // Removing what is not inherited is a mistake (a typo), named.
+        let e = child("typo.toml", "[rootfs]\npackages = [\"!int\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("typo.toml") && e.contains("rootfs.packages") && e.contains("`!int`"),
+            "{e}"
+        );
+        // A malformed list is a parse error at its line.
+        let e = child("bad.toml", "[rootfs]\npackages = { only = [\"x\"] }\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad.toml:4:") && e.contains("replace"), "{e}");
+        let e = child("bad2.toml", "[rootfs]\nfiles = [\"/etc/x\"]\n")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad2.toml:4:") && e.contains("!DST"), "{e}");
+    }
+
+    #[test]
+    fn shipped_test_and_platform_profiles_resolve_as_meant() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles");
+        let v3 = Profile::load(&dir.join("test/v3.toml")).unwrap();
+        assert_eq!(v3.packages, ["e2fsprogs"], "v3 has no init");
+        assert_eq!(v3.outputs, [Output::Bundle, Output::Oci]);
+        let def = Profile::load(&dir.join("default.toml")).unwrap();
+        let gcp = Profile::load(&dir.join("gcp.toml")).unwrap();
+        assert!(!gcp.cmdline.iter().any(|c| c == "console=tty0"));
+        assert!(gcp.cmdline.iter().any(|c| c == "console=ttyS0,38400n8"));
+        assert_eq!(gcp.packages, def.packages);
+        assert_eq!(gcp.files, def.files);
     }
 
     #[test]

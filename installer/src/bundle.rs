@@ -274,12 +274,7 @@ fn leading_policy() -> artifacts::bundle::ReadPolicy {
 fn open_tar(path: &Path, trusted: &[PublicKey]) -> Result<Opened> {
     let ar = artifacts::bundle::open(path, leading_policy())
         .map_err(|e| bad(path, format!("opening the tar: {e}")))?;
-    let dir = tempfile::tempdir().map_err(|source| Error::File {
-        what: "creating a directory to unpack the bundle in",
-        path: std::env::temp_dir(),
-        source,
-    })?;
-    unpack_tar(path, ar, dir, trusted)
+    unpack_tar(path, ar, &std::env::temp_dir(), trusted)
 }
 
 /// A bundle tar read from a stream (the node API's upload): verified and
@@ -293,21 +288,18 @@ pub(crate) fn open_tar_stream(
     unpack_in: &Path,
 ) -> Result<Opened> {
     let ar = artifacts::bundle::BundleReader::new(r, leading_policy());
-    let dir = tempfile::tempdir_in(unpack_in).map_err(|source| Error::File {
-        what: "creating a directory to unpack the bundle in",
-        path: unpack_in.to_path_buf(),
-        source,
-    })?;
-    unpack_tar(name, ar, dir, trusted)
+    unpack_tar(name, ar, unpack_in, trusted)
 }
 
 /// Signature first, then every member the signed manifest lists, each
 /// checked against its signed size from the header (a wrong one is refused
-/// unread) and hashed as it is written into `dir`.
+/// unread) and hashed as it is written into a new directory under
+/// `unpack_in`, made only once the signature verified: nothing of an
+/// unsigned bundle is written anywhere.
 fn unpack_tar<R: Read>(
     path: &Path,
     mut ar: artifacts::bundle::BundleReader<R>,
-    dir: tempfile::TempDir,
+    unpack_in: &Path,
     trusted: &[PublicKey],
 ) -> Result<Opened> {
     use artifacts::bundle::ReadPolicy;
@@ -337,6 +329,11 @@ fn unpack_tar<R: Read>(
         max_entry_size: u64::MAX,
         leading: Vec::new(),
     });
+    let dir = tempfile::tempdir_in(unpack_in).map_err(|source| Error::File {
+        what: "creating a directory to unpack the bundle in",
+        path: unpack_in.to_path_buf(),
+        source,
+    })?;
     let mut buf = vec![0u8; COPY_BUF];
     let mut seen = std::collections::BTreeSet::new();
     while let Some(entry) = ar.next_entry().map_err(tar_err)? {
