@@ -168,8 +168,8 @@ pub(crate) mod tests {
 
     use crate::profile::Profile;
 
-    /// The shipped default profile with rootfs `packages` and one file of
-    /// its own, `dir/files/motd` (returned), for the stages' unit tests.
+    /// The shipped default profile with exactly rootfs `packages` and one
+    /// file of its own (both replacing the inherited lists), `dir/files/motd` (returned), for the stages' unit tests.
     pub(crate) fn profile(dir: &Path, packages: &[&str]) -> (Profile, PathBuf) {
         let motd = dir.join("files/motd");
         fs::create_dir_all(dir.join("files")).unwrap();
@@ -177,8 +177,8 @@ pub(crate) mod tests {
         let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/default.toml");
         let packages: Vec<String> = packages.iter().map(|p| format!("{p:?}")).collect();
         let text = format!(
-            "extends = {default:?}\n[rootfs]\npackages = [{}]\n\
-             files = [{{ src = \"files/motd\", dst = \"/etc/motd\", mode = \"0644\" }}]\n",
+            "extends = {default:?}\n[rootfs]\npackages = {{ replace = [{}] }}\n\
+             files = {{ replace = [{{ src = \"files/motd\", dst = \"/etc/motd\", mode = \"0644\" }}] }}\n",
             packages.join(", ")
         );
         fs::write(dir.join("p.toml"), text).unwrap();
