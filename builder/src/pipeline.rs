@@ -70,6 +70,7 @@ pub struct Summary {
 pub fn build(opts: &BuildOptions) -> Result<Summary> {
     let profile = load_profile(opts)?;
     let mut run = Run::new(opts, &profile)?;
+    known_packages(&run, &profile)?;
 
     // The release key first: the rootfs carries the keys this release trusts.
     let key = ReleaseKey::load(opts.key.as_deref(), profile.signing_key.as_deref())?;
@@ -104,6 +105,22 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
         artifacts: manifest::rows(&signed, out.dir())?,
         stages: run.stages.reports,
     })
+}
+
+/// Every package the profile names has a recipe, checked before anything
+/// is built; the error points at the line that names it.
+fn known_packages(run: &Run, profile: &Profile) -> Result<()> {
+    for name in &profile.packages {
+        if run.pkgs.package(name).is_err() {
+            let known: Vec<&str> = run.pkgs.names().collect();
+            anyhow::bail!(
+                "{}: rootfs.packages: unknown package `{name}` (pkgs/ has {})",
+                profile.locate(name),
+                known.join(", ")
+            );
+        }
+    }
+    Ok(())
 }
 
 /// What every stage works with: the package layer, the stage cache (whose

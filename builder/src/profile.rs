@@ -150,6 +150,7 @@ impl Layer for u64 {}
 impl Layer for bool {}
 impl Layer for PathBuf {}
 impl Layer for Size {}
+impl<T> Layer for toml::Spanned<T> {}
 
 /// One step of a list field as a profile writes it.
 #[derive(Debug, Clone)]
@@ -361,7 +362,7 @@ macro_rules! partial {
 
 partial!(OsPart {
     name: String,
-    version: String,
+    version: toml::Spanned<String>,
     source_date_epoch: u64,
 });
 partial!(KernelPart {
@@ -433,6 +434,8 @@ impl ProfileFile {
 pub struct Profile {
     /// The file this profile was loaded from (the most derived one).
     pub path: PathBuf,
+    /// Every file of the `extends` chain, most derived first.
+    pub chain: Vec<PathBuf>,
     pub name: String,
     pub platform: Platform,
     pub outputs: Vec<Output>,
@@ -470,13 +473,18 @@ pub mod semver_lite {
     pub struct Version(pub String);
 
     impl Version {
+        /// MAJOR.MINOR.PATCH[-PRE] as semver.org has it (no leading zeros),
+        /// without build metadata: a `+` in the UKI's name reads as
+        /// systemd-boot's boot counter, so the installer would refuse the
+        /// release after it was built.
         pub fn parse(s: &str) -> Result<Version, String> {
-            let core = s.split(['-', '+']).next().unwrap_or("");
-            let parts: Vec<&str> = core.split('.').collect();
-            let numeric = |p: &&str| !p.is_empty() && p.chars().all(|c| c.is_ascii_digit());
-            if parts.len() != 3 || !parts.iter().all(numeric) {
+            let v = semver::Version::parse(s).map_err(|e| {
+                format!("`{s}` is not a semantic version MAJOR.MINOR.PATCH[-PRE]: {e}")
+            })?;
+            if !v.build.is_empty() {
                 return Err(format!(
-                    "`{s}` is not a semantic version (MAJOR.MINOR.PATCH)"
+                    "`{s}` has build metadata (`+{}`): a `+` in the UKI's file name reads as systemd-boot's boot counter; use a pre-release (`-{}`) or drop it",
+                    v.build, v.build
                 ));
             }
             Ok(Version(s.to_string()))
@@ -490,12 +498,12 @@ pub mod semver_lite {
     }
 }
 
-fn parse_file(path: &Path) -> Result<ProfileFile, ProfileError> {
+fn parse_file(path: &Path) -> Result<(ProfileFile, String), ProfileError> {
     let text = std::fs::read_to_string(path).map_err(|source| ProfileError::Read {
         path: path.to_path_buf(),
         source,
     })?;
-    toml::from_str::<ProfileFile>(&text).map_err(|e| {
+    let file = toml::from_str::<ProfileFile>(&text).map_err(|e| {
         let (line, column) = e.span().map(|s| line_col(&text, s.start)).unwrap_or((0, 0));
         ProfileError::Parse {
             path: path.to_path_buf(),
@@ -503,7 +511,52 @@ fn parse_file(path: &Path) -> Result<ProfileFile, ProfileError> {
             column,
             message: e.message().to_string(),
         }
-    })
+    })?;
+    Ok((file, text))
+}
+
+/// What one file gets wrong on its own, found before anything is merged
+/// or built, at its line and column: a version that is not one, a file
+/// `src` that does not exist.
+fn check_file(path: &Path, text: &str, f: &ProfileFile, dir: &Path) -> Result<(), ProfileError> {
+    let at = |offset: usize, message: String| {
+        let (line, column) = line_col(text, offset);
+        ProfileError::Parse {
+            path: path.to_path_buf(),
+            line,
+            column,
+            message,
+        }
+    };
+    if let Some(v) = f.os.as_ref().and_then(|o| o.version.as_ref()) {
+        semver_lite::Version::parse(v.get_ref())
+            .map_err(|m| at(v.span().start, format!("os.version: {m}")))?;
+    }
+    let files = f.rootfs.as_ref().and_then(|r| r.files.as_ref());
+    for op in files.map(|l| l.0.as_slice()).unwrap_or_default() {
+        if let Op::Add(file) = op {
+            if !dir.join(&file.src).is_file() {
+                let src = file.src.display().to_string();
+                return Err(at(
+                    find_quoted(text, &src).unwrap_or(0),
+                    format!(
+                        "rootfs.files: src `{src}` is not a file (looked for {})",
+                        dir.join(&file.src).display()
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Where `"item"` (or `'item'`) is written in `text`: the position an error
+/// about a list item points at (list items carry no span of their own).
+fn find_quoted(text: &str, item: &str) -> Option<usize> {
+    [format!("\"{item}\""), format!("'{item}'")]
+        .iter()
+        .filter_map(|q| text.find(q.as_str()))
+        .min()
 }
 
 fn line_col(text: &str, offset: usize) -> (usize, usize) {
@@ -539,8 +592,9 @@ impl Profile {
                     chain: names.join(" -> "),
                 });
             }
-            let mut file = parse_file(&canon)?;
+            let (mut file, text) = parse_file(&canon)?;
             let dir = canon.parent().unwrap_or(Path::new("/")).to_path_buf();
+            check_file(&canon, &text, &file, &dir)?;
             next = file.extends.as_ref().map(|e| dir.join(e));
             if let Some(rootfs) = file.rootfs.as_mut() {
                 rootfs.files = rootfs.files.take().map(|l| {
@@ -570,6 +624,7 @@ impl Profile {
             }
             chain.push((canon, file));
         }
+        let files: Vec<PathBuf> = chain.iter().map(|(p, _)| p.clone()).collect();
         let mut merged = chain
             .into_iter()
             .rev()
@@ -582,7 +637,24 @@ impl Profile {
                 keys: Some(keys.to_path_buf()),
             });
         }
-        Self::resolve(path, merged)
+        let mut p = Self::resolve(path, merged)?;
+        p.chain = files;
+        Ok(p)
+    }
+
+    /// `FILE:LINE:COLUMN` where the most derived profile of the chain that
+    /// writes `"item"` does: for errors about a list item found later (an
+    /// unknown package), pointing at the line to fix.
+    pub fn locate(&self, item: &str) -> String {
+        for p in &self.chain {
+            if let Ok(text) = std::fs::read_to_string(p) {
+                if let Some(at) = find_quoted(&text, item) {
+                    let (line, column) = line_col(&text, at);
+                    return format!("{}:{line}:{column}", p.display());
+                }
+            }
+        }
+        self.path.display().to_string()
     }
 
     fn resolve(path: &Path, f: ProfileFile) -> Result<Profile, ProfileError> {
@@ -616,7 +688,10 @@ impl Profile {
             &invalid,
         )?;
         let disk = f.disk.unwrap_or_default();
-        let version = os.version.ok_or_else(|| missing("os.version"))?;
+        let version = os
+            .version
+            .map(toml::Spanned::into_inner)
+            .ok_or_else(|| missing("os.version"))?;
         let version =
             semver_lite::Version::parse(&version).map_err(|m| invalid("os.version", m))?;
         let sizes = DiskSizes {
@@ -683,6 +758,7 @@ impl Profile {
         outputs.dedup();
         Ok(Profile {
             path: path.to_path_buf(),
+            chain: Vec::new(),
             name: f.name.ok_or_else(|| missing("name"))?,
             platform: f.platform.ok_or_else(|| missing("platform"))?,
             outputs,
@@ -870,6 +946,9 @@ state = "64MiB"
             "{BASE}[rootfs]\npackages = [\"init\", \"e2fsprogs\"]\nfiles = [{{ src = \"m.toml\", dst = \"/etc/m.toml\" }}]\n"
         );
         write(d.path(), "base.toml", &base);
+        for f in ["m.toml", "t", "n", "m2"] {
+            write(d.path(), f, "x");
+        }
         let child = |name: &str, text: &str| {
             let p = write(
                 d.path(),
@@ -933,6 +1012,63 @@ state = "64MiB"
             .unwrap_err()
             .to_string();
         assert!(e.contains("bad2.toml:4:") && e.contains("!DST"), "{e}");
+    }
+
+    /// Errors a new user meets first, found at load with their position.
+    #[test]
+    fn bad_versions_and_missing_files_point_at_their_line() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "base.toml", BASE);
+        for (v, says) in [
+            ("01.0.0", "leading zero"),
+            ("1.0.0+build.7", "build metadata"),
+            ("1.0", "semantic version"),
+        ] {
+            let p = write(
+                d.path(),
+                "v.toml",
+                &format!("extends = \"base.toml\"\n\n[os]\nversion = \"{v}\"\n"),
+            );
+            let e = Profile::load(&p).unwrap_err().to_string();
+            assert!(e.contains("v.toml:4:11: os.version:"), "{v}: {e}");
+            assert!(e.contains(says), "{v}: {e}");
+        }
+        // The base's own bad version is named in the base, not the child.
+        let base = write(
+            d.path(),
+            "b2.toml",
+            &BASE.replace("\"1.0.0\"", "\"1.0.0+x\""),
+        );
+        let e = Profile::load(&base).unwrap_err().to_string();
+        assert!(e.contains("b2.toml:7:"), "{e}");
+
+        let p = write(
+            d.path(),
+            "f.toml",
+            "extends = \"base.toml\"\n[rootfs]\nfiles = [\n  { src = \"nope/motd\", dst = \"/etc/motd\" },\n]\n",
+        );
+        let e = Profile::load(&p).unwrap_err().to_string();
+        assert!(
+            e.contains("f.toml:4:11: rootfs.files: src `nope/motd`"),
+            "{e}"
+        );
+        std::fs::create_dir(d.path().join("nope")).unwrap();
+        std::fs::write(d.path().join("nope/motd"), "hi").unwrap();
+        let p = Profile::load(&p).unwrap();
+        assert_eq!(p.chain.len(), 2);
+        // An item named later (an unknown package) is located in the file
+        // of the chain that writes it.
+        let p = write(
+            d.path(),
+            "k.toml",
+            "extends = \"f.toml\"\n[rootfs]\npackages = [\"mytool\"]\n",
+        );
+        let p = Profile::load(&p).unwrap();
+        assert!(
+            p.locate("mytool").ends_with("k.toml:3:13"),
+            "{}",
+            p.locate("mytool")
+        );
     }
 
     #[test]

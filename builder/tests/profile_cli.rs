@@ -1,0 +1,76 @@
+//! `cairn build` refuses a profile's mistakes before it builds anything:
+//! run from outside the checkout with a profile that extends the shipped
+//! default, as a new user would.
+
+use std::path::Path;
+use std::process::Command;
+
+fn build(profile: &Path, cache: &Path, out: &Path) -> std::process::Output {
+    let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("build")
+        .arg("--profile")
+        .arg(profile)
+        .arg("--repo")
+        .arg(&repo)
+        .arg("--cache")
+        .arg(cache)
+        .arg("--out")
+        .arg(out)
+        .current_dir(profile.parent().unwrap())
+        .env("NO_COLOR", "1")
+        .output()
+        .expect("running cairn")
+}
+
+#[test]
+fn mistakes_are_refused_with_their_position_before_any_work() {
+    let d = tempfile::tempdir().unwrap();
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/default.toml");
+    let cache = d.path().join("cache");
+    let out = d.path().join("out");
+    let cases = [
+        (
+            "[rootfs]\npackages = [\"mytool\"]\n",
+            "my.toml:4:13: rootfs.packages: unknown package `mytool`",
+        ),
+        ("[os]\nversion = \"01.0.0\"\n", "my.toml:4:11: os.version:"),
+        (
+            "[rootfs]\nfiles = [{ src = \"motd\", dst = \"/etc/motd\" }]\n",
+            "my.toml:4:18: rootfs.files: src `motd` is not a file",
+        ),
+    ];
+    for (text, says) in cases {
+        let p = d.path().join("my.toml");
+        std::fs::write(
+            &p,
+            format!("extends = {default:?}\nname = \"mine\"\n{text}"),
+        )
+        .unwrap();
+        let o = build(&p, &cache, &out);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "{text}: accepted");
+        assert!(err.contains(says), "{text}: {err}");
+        assert!(!err.contains('\u{1b}'), "no escapes off a terminal: {err}");
+        assert!(!out.exists(), "{text}: an output directory was made");
+        assert_eq!(files_under(&cache), 0, "{text}: something was built first");
+    }
+}
+
+/// Regular files anywhere under `dir` (a cache with only its empty
+/// directories made has none).
+fn files_under(dir: &Path) -> usize {
+    let Ok(rd) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    rd.flatten()
+        .map(|e| {
+            let p = e.path();
+            if p.is_dir() {
+                files_under(&p)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
