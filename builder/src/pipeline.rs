@@ -45,6 +45,10 @@ pub struct BuildOptions {
     /// Secure Boot key set that signs the UKI and systemd-boot, over the
     /// profile's `secure_boot` (keys kept outside the repository, as in CI).
     pub secure_boot_keys: Option<PathBuf>,
+    /// `--version`, `--output`, `--kernel-arg` over the profile's.
+    pub version: Option<String>,
+    pub outputs: Option<Vec<crate::profile::Output>>,
+    pub kernel_args: Vec<String>,
 }
 
 #[derive(Debug, Serialize)]
@@ -153,7 +157,15 @@ impl Run {
 /// checked now, with init's own parser, before any package is built: a typo
 /// is a build error, not a node that reboot-loops.
 fn load_profile(opts: &BuildOptions) -> Result<Profile> {
-    let profile = Profile::load_with(&opts.profile, opts.secure_boot_keys.as_deref())?;
+    let profile = Profile::load_overridden(
+        &opts.profile,
+        &crate::profile::Overrides {
+            secure_boot_keys: opts.secure_boot_keys.clone(),
+            version: opts.version.clone(),
+            outputs: opts.outputs.clone(),
+            kernel_args: opts.kernel_args.clone(),
+        },
+    )?;
     if let Some(cfg) = machine_config(&profile) {
         contract::machine::MachineConfig::load(cfg).with_context(|| {
             format!(

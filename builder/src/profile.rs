@@ -26,6 +26,9 @@ pub enum ProfileError {
         column: usize,
         message: String,
     },
+    /// A `cairn build` flag that overrides the profile.
+    #[error("{flag}: {message}")]
+    Flag { flag: &'static str, message: String },
     #[error("{path}: profile chain extends itself ({chain})")]
     Cycle { path: PathBuf, chain: String },
     #[error("{path}: required key `{key}` is not set (nor by any profile it extends)")]
@@ -429,6 +432,28 @@ impl ProfileFile {
     }
 }
 
+/// Settings from `cairn build`'s command line, over the profile's.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    /// `--secure-boot-keys`: sign for Secure Boot with this key set.
+    pub secure_boot_keys: Option<PathBuf>,
+    /// `--version`: `os.version`.
+    pub version: Option<String>,
+    /// `--output`: replaces `outputs`.
+    pub outputs: Option<Vec<Output>>,
+    /// `--kernel-arg`: appended to `kernel.cmdline`.
+    pub kernel_args: Vec<String>,
+}
+
+impl Output {
+    /// An output's name as profiles and `--output` write it (`raw`, `iso`, ...).
+    pub fn parse(s: &str) -> Result<Output, String> {
+        Output::deserialize(de::value::StrDeserializer::<de::value::Error>::new(s)).map_err(|_| {
+            format!("unknown output `{s}` (one of raw, iso, qcow2, vhd, vmdk, gce, bundle, oci)")
+        })
+    }
+}
+
 /// A fully resolved profile.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Profile {
@@ -577,6 +602,19 @@ impl Profile {
         path: &Path,
         secure_boot_keys: Option<&Path>,
     ) -> Result<Profile, ProfileError> {
+        Self::load_overridden(
+            path,
+            &Overrides {
+                secure_boot_keys: secure_boot_keys.map(Path::to_path_buf),
+                ..Default::default()
+            },
+        )
+    }
+
+    /// Loads `path` with the command line's settings on top, as if one more
+    /// profile extended it (CI stamps the version from a tag).
+    pub fn load_overridden(path: &Path, o: &Overrides) -> Result<Profile, ProfileError> {
+        let secure_boot_keys = o.secure_boot_keys.as_deref();
         let mut chain: Vec<(PathBuf, ProfileFile)> = Vec::new();
         let mut next = Some(path.to_path_buf());
         while let Some(p) = next {
@@ -636,6 +674,25 @@ impl Profile {
                 enabled: Some(true),
                 keys: Some(keys.to_path_buf()),
             });
+        }
+        let flag = |flag, message| ProfileError::Flag { flag, message };
+        if let Some(v) = &o.version {
+            semver_lite::Version::parse(v).map_err(|m| flag("--version", m))?;
+            merged.os.get_or_insert_with(Default::default).version =
+                Some(toml::Spanned::new(0..0, v.clone()));
+        }
+        if let Some(outs) = &o.outputs {
+            if outs.is_empty() {
+                return Err(flag("--output", "names no output".into()));
+            }
+            let mut ops = vec![Op::Clear];
+            ops.extend(outs.iter().copied().map(Op::Add));
+            merged.outputs = Some(List(ops));
+        }
+        if !o.kernel_args.is_empty() {
+            let kernel = merged.kernel.get_or_insert_with(Default::default);
+            let extra = List(o.kernel_args.iter().cloned().map(Op::Add).collect());
+            kernel.cmdline = Layer::layer(kernel.cmdline.take(), Some(extra));
         }
         let mut p = Self::resolve(path, merged)?;
         p.chain = files;
@@ -1069,6 +1126,52 @@ state = "64MiB"
             "{}",
             p.locate("mytool")
         );
+    }
+
+    /// `cairn build --version/--output/--kernel-arg` over a profile, as
+    /// one more profile would: checked the same way.
+    #[test]
+    fn command_line_overrides() {
+        let d = tempfile::tempdir().unwrap();
+        let p = write(d.path(), "base.toml", BASE);
+        let o = Overrides {
+            version: Some("2.3.4-rc.1".into()),
+            outputs: Some(vec![Output::Bundle, Output::Raw]),
+            kernel_args: vec!["quiet".into()],
+            ..Default::default()
+        };
+        let pr = Profile::load_overridden(&p, &o).unwrap();
+        assert_eq!(pr.version.to_string(), "2.3.4-rc.1");
+        assert_eq!(pr.outputs, [Output::Raw, Output::Bundle]);
+        assert_eq!(pr.cmdline, ["console=ttyS0", "quiet", "lockdown=integrity"]);
+        for (o, says) in [
+            (
+                Overrides {
+                    version: Some("1.0.0+ci.5".into()),
+                    ..Default::default()
+                },
+                "--version: `1.0.0+ci.5` has build metadata",
+            ),
+            (
+                Overrides {
+                    kernel_args: vec!["lockdown=none".into()],
+                    ..Default::default()
+                },
+                "kernel.cmdline",
+            ),
+            (
+                Overrides {
+                    outputs: Some(vec![]),
+                    ..Default::default()
+                },
+                "--output: names no output",
+            ),
+        ] {
+            let e = Profile::load_overridden(&p, &o).unwrap_err().to_string();
+            assert!(e.contains(says), "{e}");
+        }
+        assert_eq!(Output::parse("qcow2"), Ok(Output::Qcow2));
+        assert!(Output::parse("floppy").unwrap_err().contains("floppy"));
     }
 
     #[test]

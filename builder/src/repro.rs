@@ -78,6 +78,9 @@ pub fn check(opts: &BuildOptions) -> Result<Report> {
             stage_cache: Some(dir.path().join("stages")),
             repo: opts.repo.clone(),
             secure_boot_keys: opts.secure_boot_keys.clone(),
+            version: opts.version.clone(),
+            outputs: opts.outputs.clone(),
+            kernel_args: opts.kernel_args.clone(),
         })
         .map(drop);
         set_umask(old_umask);

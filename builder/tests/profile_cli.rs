@@ -5,7 +5,7 @@
 use std::path::Path;
 use std::process::Command;
 
-fn build(profile: &Path, cache: &Path, out: &Path) -> std::process::Output {
+fn build(profile: &Path, cache: &Path, out: &Path, extra: &[&str]) -> std::process::Output {
     let repo = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     Command::new(env!("CARGO_BIN_EXE_cairn"))
         .arg("build")
@@ -17,6 +17,7 @@ fn build(profile: &Path, cache: &Path, out: &Path) -> std::process::Output {
         .arg(cache)
         .arg("--out")
         .arg(out)
+        .args(extra)
         .current_dir(profile.parent().unwrap())
         .env("NO_COLOR", "1")
         .output()
@@ -47,13 +48,32 @@ fn mistakes_are_refused_with_their_position_before_any_work() {
             format!("extends = {default:?}\nname = \"mine\"\n{text}"),
         )
         .unwrap();
-        let o = build(&p, &cache, &out);
+        let o = build(&p, &cache, &out, &[]);
         let err = String::from_utf8_lossy(&o.stderr);
         assert!(!o.status.success(), "{text}: accepted");
         assert!(err.contains(says), "{text}: {err}");
         assert!(!err.contains('\u{1b}'), "no escapes off a terminal: {err}");
         assert!(!out.exists(), "{text}: an output directory was made");
         assert_eq!(files_under(&cache), 0, "{text}: something was built first");
+    }
+    // The command line's overrides are checked the same way.
+    let p = d.path().join("my.toml");
+    std::fs::write(&p, format!("extends = {default:?}\nname = \"mine\"\n")).unwrap();
+    for (flags, says) in [
+        (
+            &["--version", "1.2.3+build.7"][..],
+            "--version: `1.2.3+build.7` has build metadata",
+        ),
+        (&["--kernel-arg", "lockdown=none"][..], "lockdown"),
+        (&["--output", "raw,floppy"][..], "unknown output `floppy`"),
+    ] {
+        let o = build(&p, &cache, &out, flags);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success() && err.contains(says),
+            "{flags:?}: {err}"
+        );
+        assert!(!out.exists() && files_under(&cache) == 0, "{flags:?}");
     }
 }
 

@@ -81,5 +81,8 @@ pub fn options(repo: &Path, cache: &Path, out: &Path, key: Option<&Path>) -> Bui
         stage_cache: None,
         repo: repo.to_path_buf(),
         secure_boot_keys: None,
+        version: None,
+        outputs: None,
+        kernel_args: Vec::new(),
     }
 }
