@@ -2,6 +2,7 @@ use clap::{Parser, Subcommand};
 
 mod build_cmd;
 mod gen_cmd;
+mod profile_cmd;
 mod registry_cmd;
 mod sign_cmd;
 
@@ -17,6 +18,9 @@ struct Cli {
 enum Command {
     /// Build a profile into signed, reproducible images.
     Build(build_cmd::BuildArgs),
+    /// Inspect profiles: `cairn profile show PROFILE`.
+    #[command(subcommand)]
+    Profile(profile_cmd::ProfileCommand),
     /// Assemble images from a kernel, initramfs and rootfs you bring.
     Assemble(build_cmd::AssembleArgs),
     /// Generate a Secure Boot key set (PK, KEK, db).
@@ -51,6 +55,7 @@ fn main() -> anyhow::Result<()> {
     match Cli::parse().command {
         Command::Build(args) => build_cmd::build(args),
         Command::Assemble(args) => build_cmd::assemble(args),
+        Command::Profile(cmd) => profile_cmd::run(cmd),
         Command::SecurebootKeygen(args) => build_cmd::secureboot_keygen(args),
         Command::Pkg(args) => builder::pkgs::cli::run(args),
         Command::Sign(cmd) => sign_cmd::run(cmd),

@@ -12,6 +12,8 @@ use std::path::{Path, PathBuf};
 use serde::de::{self, Deserializer};
 use serde::Deserialize;
 
+mod show;
+
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
     #[error("reading profile {path}: {source}")]
@@ -461,6 +463,9 @@ pub struct Profile {
     pub path: PathBuf,
     /// Every file of the `extends` chain, most derived first.
     pub chain: Vec<PathBuf>,
+    /// Where each value comes from (`cairn profile show`): the most derived
+    /// file that sets it, or `command line`; list items keyed `LIST/KEY`.
+    pub origins: std::collections::BTreeMap<String, String>,
     pub name: String,
     pub platform: Platform,
     pub outputs: Vec<Output>,
@@ -663,6 +668,7 @@ impl Profile {
             chain.push((canon, file));
         }
         let files: Vec<PathBuf> = chain.iter().map(|(p, _)| p.clone()).collect();
+        let mut origins = show::origins(&chain);
         let mut merged = chain
             .into_iter()
             .rev()
@@ -678,6 +684,7 @@ impl Profile {
         let flag = |flag, message| ProfileError::Flag { flag, message };
         if let Some(v) = &o.version {
             semver_lite::Version::parse(v).map_err(|m| flag("--version", m))?;
+            origins.insert("os.version".into(), "command line (--version)".into());
             merged.os.get_or_insert_with(Default::default).version =
                 Some(toml::Spanned::new(0..0, v.clone()));
         }
@@ -687,15 +694,28 @@ impl Profile {
             }
             let mut ops = vec![Op::Clear];
             ops.extend(outs.iter().copied().map(Op::Add));
+            for o in outs {
+                origins.insert(
+                    format!("outputs/{}", o.key()),
+                    "command line (--output)".into(),
+                );
+            }
             merged.outputs = Some(List(ops));
         }
         if !o.kernel_args.is_empty() {
             let kernel = merged.kernel.get_or_insert_with(Default::default);
             let extra = List(o.kernel_args.iter().cloned().map(Op::Add).collect());
+            for a in &o.kernel_args {
+                origins.insert(
+                    format!("kernel.cmdline/{a}"),
+                    "command line (--kernel-arg)".into(),
+                );
+            }
             kernel.cmdline = Layer::layer(kernel.cmdline.take(), Some(extra));
         }
         let mut p = Self::resolve(path, merged)?;
         p.chain = files;
+        p.origins = origins;
         Ok(p)
     }
 
@@ -816,6 +836,7 @@ impl Profile {
         Ok(Profile {
             path: path.to_path_buf(),
             chain: Vec::new(),
+            origins: Default::default(),
             name: f.name.ok_or_else(|| missing("name"))?,
             platform: f.platform.ok_or_else(|| missing("platform"))?,
             outputs,
