@@ -88,7 +88,7 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
 
     // What ships: the files in `out/`; every medium is made from one signed
     // bundle, and the output manifest signs them all.
-    let mut out = outputs::OutputDir::open(&opts.out)?;
+    let mut out = outputs::OutputDir::open(&opts.out, &run.stages)?;
     boot::publish(&mut run, &mut out, &boot)?;
     rootfs_image::publish(&mut run, &mut out, &rootfs)?;
     let release = bundle::build(&mut run, &profile, &packages, &rootfs, &boot, &key)?;

@@ -138,9 +138,8 @@ pub fn compare(a: &Path, b: &Path) -> Result<Report> {
     })
 }
 
-/// Every output file below `root`, `oci/` included, sorted; hidden
-/// bookkeeping (`.cairn-outputs.json`: mtimes and inode numbers of this
-/// machine) is not an output.
+/// Every output file below `root`, `oci/` included, sorted; hidden files
+/// (an older cairn's `.cairn-outputs.json` bookkeeping) are not outputs.
 fn output_files(root: &Path) -> Result<Vec<String>> {
     fn walk(root: &Path, rel: &Path, v: &mut Vec<String>) -> Result<()> {
         let dir = root.join(rel);

@@ -67,6 +67,11 @@ pub struct StageCache {
 }
 
 impl StageCache {
+    /// The directory the stages live in (`<cache>/stages`).
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
     pub fn new(cache_root: &Path) -> Result<Self> {
         let root = cache_root.join("stages");
         fs::create_dir_all(&root).with_context(|| format!("creating {}", root.display()))?;

@@ -9,23 +9,39 @@ use std::time::Instant;
 
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use crate::stage::{StageCache, StageReport};
 
 pub(super) struct OutputDir {
     dir: PathBuf,
     state: OutputState,
+    state_file: PathBuf,
     /// What the signed manifest lists, in the order it lists them.
     listed: Vec<&'static str>,
 }
 
 impl OutputDir {
-    pub(super) fn open(dir: &Path) -> Result<OutputDir> {
+    /// Opens (creating) the output directory `dir`; what was made into it
+    /// before is recorded beside `stages`, never in `dir` (which users
+    /// publish as it is).
+    pub(super) fn open(dir: &Path, stages: &StageCache) -> Result<OutputDir> {
         fs::create_dir_all(dir)
             .with_context(|| format!("creating output directory {}", dir.display()))?;
+        // The record of an earlier cairn lived in the directory itself.
+        let _ = fs::remove_file(dir.join(OLD_OUTPUT_STATE));
+        let canon = dir
+            .canonicalize()
+            .with_context(|| format!("resolving {}", dir.display()))?;
+        let id = hex::encode(Sha256::digest(canon.as_os_str().as_encoded_bytes()));
+        let state_dir = stages.root().join("outputs");
+        fs::create_dir_all(&state_dir)
+            .with_context(|| format!("creating {}", state_dir.display()))?;
+        let state_file = state_dir.join(format!("{}.json", &id[..32]));
         Ok(OutputDir {
             dir: dir.to_path_buf(),
-            state: OutputState::load(dir),
+            state: OutputState::load(&state_file),
+            state_file,
             listed: Vec::new(),
         })
     }
@@ -82,22 +98,24 @@ impl OutputDir {
     }
 
     pub(super) fn save(&self) -> Result<()> {
-        self.state.save(&self.dir)
+        self.state.save(&self.state_file)
     }
 }
 
-/// `out/.cairn-outputs.json`: per output file, the key of the inputs it was
-/// made from and the size and mtime it had then. A file someone changed or
-/// replaced is made again.
+/// Per output file of one output directory: the key of the inputs it was
+/// made from and the size, mtime and inode it had then; a file someone
+/// changed or replaced is made again. Kept in the stage cache
+/// (`stages/outputs/ID.json`, ID from the directory's canonical path).
 #[derive(Default, Serialize, Deserialize)]
 struct OutputState(BTreeMap<String, (String, String)>);
 
-const OUTPUT_STATE: &str = ".cairn-outputs.json";
+/// Where cairn kept that record before: removed from output directories.
+const OLD_OUTPUT_STATE: &str = ".cairn-outputs.json";
 
 impl OutputState {
     /// A missing or unreadable record only costs a rebuild of every output.
-    fn load(out: &Path) -> Self {
-        fs::read(out.join(OUTPUT_STATE))
+    fn load(file: &Path) -> Self {
+        fs::read(file)
             .ok()
             .and_then(|b| serde_json::from_slice(&b).ok())
             .unwrap_or_default()
@@ -124,8 +142,11 @@ impl OutputState {
         Ok(())
     }
 
-    fn save(&self, out: &Path) -> Result<()> {
-        fs::write(out.join(OUTPUT_STATE), serde_json::to_vec_pretty(self)?)?;
+    fn save(&self, file: &Path) -> Result<()> {
+        let tmp = file.with_extension("partial");
+        fs::write(&tmp, serde_json::to_vec_pretty(self)?)
+            .with_context(|| format!("writing {}", tmp.display()))?;
+        fs::rename(&tmp, file).with_context(|| format!("renaming into {}", file.display()))?;
         Ok(())
     }
 }
@@ -170,7 +191,7 @@ mod tests {
         let out_path = t.path().join("out");
         let mut writes = 0;
         let mut make = |key: &str, stages: &mut StageCache| {
-            let mut out = OutputDir::open(&out_path).unwrap();
+            let mut out = OutputDir::open(&out_path, stages).unwrap();
             out.produce(stages, "f", key, |d| {
                 writes += 1;
                 Ok(fs::write(d.join("f"), key)?)
@@ -186,6 +207,12 @@ mod tests {
         fs::rename(out_path.join("f.new"), out_path.join("f")).unwrap();
         make("k2", &mut stages);
         assert_eq!(writes, 3);
+        // The bookkeeping is in the cache: the directory holds the output.
+        let names: Vec<_> = fs::read_dir(&out_path)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["f"]);
         let cached: Vec<bool> = report(&stages).into_iter().map(|r| r.1).collect();
         assert_eq!(cached, [false, true, false, false]);
     }
@@ -194,7 +221,7 @@ mod tests {
     fn an_output_that_was_not_written_is_an_error() {
         let t = tempfile::tempdir().unwrap();
         let mut stages = StageCache::new(t.path()).unwrap();
-        let mut out = OutputDir::open(&t.path().join("out")).unwrap();
+        let mut out = OutputDir::open(&t.path().join("out"), &stages).unwrap();
         let err = out
             .produce(&mut stages, "missing", "k", |_| Ok(()))
             .unwrap_err();
