@@ -23,9 +23,10 @@ pub struct BuildArgs {
     /// Package and stage cache (default: the user's cache directory).
     #[arg(long, env = "CAIRN_CACHE")]
     cache: Option<PathBuf>,
-    /// Repository root holding pkgs/ (default: the current directory).
-    #[arg(long, default_value = ".")]
-    repo: PathBuf,
+    /// Repository root holding pkgs/ (default: found above the profile's
+    /// files, else the current directory).
+    #[arg(long)]
+    repo: Option<PathBuf>,
     /// Sign the UKI and systemd-boot for Secure Boot with the db key of this
     /// key set (`cairn secureboot-keygen`), whatever the profile says.
     #[arg(long, value_name = "DIR")]
@@ -50,16 +51,35 @@ pub struct BuildArgs {
     check_reproducible: bool,
 }
 
+/// The repository for `profile` when `--repo` is not given.
+fn find_repo(profile: &std::path::Path) -> Result<PathBuf> {
+    let p = builder::profile::Profile::load(profile)?;
+    builder::pkgs::Pkgs::find_repo(&p.chain).with_context(|| {
+        format!(
+            "no cairn repository (a directory with pkgs/*/recipe.toml) above {} or in the current directory: give --repo",
+            p.chain
+                .iter()
+                .map(|f| f.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
 pub fn build(a: BuildArgs) -> Result<()> {
     let check = a.check_reproducible;
     let json = a.json;
+    let repo = match a.repo {
+        Some(r) => r,
+        None => find_repo(&a.profile)?,
+    };
     let opts = BuildOptions {
         profile: a.profile,
         out: a.out,
         key: a.key,
         cache: a.cache,
         stage_cache: None,
-        repo: a.repo,
+        repo,
         secure_boot_keys: a.secure_boot_keys,
         version: a.release_version,
         outputs: a.outputs,

@@ -75,6 +75,45 @@ fn mistakes_are_refused_with_their_position_before_any_work() {
         );
         assert!(!out.exists() && files_under(&cache) == 0, "{flags:?}");
     }
+
+    // Without --repo, from a directory outside the checkout: the
+    // repository is the one above the profile the chain extends.
+    std::fs::write(
+        &p,
+        format!("extends = {default:?}\nname = \"mine\"\n[rootfs]\npackages = [\"mytool\"]\n"),
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["build", "--profile", "my.toml", "--cache"])
+        .arg(&cache)
+        .arg("--out")
+        .arg(&out)
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("unknown package `mytool` (pkgs/ has cairnd, e2fsprogs, init"),
+        "the checkout's pkgs/ was found: {err}"
+    );
+    // A profile that extends nothing of a checkout, outside one: say so.
+    std::fs::write(
+        &p,
+        "name = \"alone\"\nplatform = \"qemu\"\noutputs = [\"raw\"]\n\
+         [os]\nname = \"x\"\nversion = \"1.0.0\"\nsource_date_epoch = 0\n\
+         [disk]\nsize = \"2GiB\"\nesp = \"128MiB\"\nboot = \"256MiB\"\nstate = \"64MiB\"\n",
+    )
+    .unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .args(["build", "--profile", "my.toml"])
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("no cairn repository") && err.contains("--repo"),
+        "{err}"
+    );
 }
 
 /// Regular files anywhere under `dir` (a cache with only its empty

@@ -56,6 +56,26 @@ impl Pkgs {
     /// Loads every `pkgs/*/recipe.toml` under `repo_root` and checks the
     /// dependency graph. The cache defaults to `default_cache_dir()`,
     /// SOURCE_DATE_EPOCH to 0, jobs to the available parallelism.
+    /// The repository a build uses when none is given: the nearest
+    /// directory above one of `files` (a profile's `extends` chain, most
+    /// derived first) holding `pkgs/*/recipe.toml`; else the current
+    /// directory if it holds them. So `cairn build --profile
+    /// ~/site/edge.toml` works from anywhere when edge.toml extends a
+    /// checkout's profile.
+    pub fn find_repo(files: &[PathBuf]) -> Option<PathBuf> {
+        let has_recipes = |d: &Path| {
+            fs::read_dir(d.join("pkgs"))
+                .map(|rd| rd.flatten().any(|e| e.path().join("recipe.toml").is_file()))
+                .unwrap_or(false)
+        };
+        files
+            .iter()
+            .flat_map(|f| f.ancestors().skip(1))
+            .find(|d| has_recipes(d))
+            .map(Path::to_path_buf)
+            .or_else(|| std::env::current_dir().ok().filter(|d| has_recipes(d)))
+    }
+
     pub fn load(repo_root: &Path) -> Result<Pkgs, PkgError> {
         // Scripts run in another cwd: every path handed to them is absolute.
         let repo_root = &fs::canonicalize(repo_root).map_err(io_err(repo_root))?;
