@@ -9,6 +9,23 @@ use builder::pipeline::{self, BuildOptions, Summary};
 use builder::profile::Size;
 use builder::repro::{self, Verdict};
 
+/// What the command line sets over a profile (`cairn build`, `cairn
+/// profile show`).
+#[derive(clap::Args)]
+pub struct OverrideArgs {
+    /// The release's version over the profile's `os.version` (CI stamps it
+    /// from a tag): MAJOR.MINOR.PATCH[-PRE].
+    #[arg(long = "version", value_name = "VERSION")]
+    pub release_version: Option<String>,
+    /// What to produce instead of the profile's `outputs`, comma-separated
+    /// (raw, iso, qcow2, vhd, vmdk, gce, bundle, oci).
+    #[arg(long = "output", value_name = "LIST", value_delimiter = ',', value_parser = builder::profile::Output::parse)]
+    pub outputs: Option<Vec<builder::profile::Output>>,
+    /// One more kernel command line argument after the profile's; repeatable.
+    #[arg(long = "kernel-arg", value_name = "ARG")]
+    pub kernel_args: Vec<String>,
+}
+
 #[derive(clap::Args)]
 pub struct BuildArgs {
     /// Image profile (TOML).
@@ -31,17 +48,8 @@ pub struct BuildArgs {
     /// key set (`cairn secureboot-keygen`), whatever the profile says.
     #[arg(long, value_name = "DIR")]
     secure_boot_keys: Option<PathBuf>,
-    /// The release's version over the profile's `os.version` (CI stamps it
-    /// from a tag): MAJOR.MINOR.PATCH[-PRE].
-    #[arg(long = "version", value_name = "VERSION")]
-    release_version: Option<String>,
-    /// What to produce instead of the profile's `outputs`, comma-separated
-    /// (raw, iso, qcow2, vhd, vmdk, gce, bundle, oci).
-    #[arg(long = "output", value_name = "LIST", value_delimiter = ',', value_parser = builder::profile::Output::parse)]
-    outputs: Option<Vec<builder::profile::Output>>,
-    /// One more kernel command line argument after the profile's; repeatable.
-    #[arg(long = "kernel-arg", value_name = "ARG")]
-    kernel_args: Vec<String>,
+    #[command(flatten)]
+    overrides: OverrideArgs,
     /// Print the summary as JSON on stdout (for CI).
     #[arg(long)]
     json: bool,
@@ -81,9 +89,9 @@ pub fn build(a: BuildArgs) -> Result<()> {
         stage_cache: None,
         repo,
         secure_boot_keys: a.secure_boot_keys,
-        version: a.release_version,
-        outputs: a.outputs,
-        kernel_args: a.kernel_args,
+        version: a.overrides.release_version,
+        outputs: a.overrides.outputs,
+        kernel_args: a.overrides.kernel_args,
     };
     if check {
         return check_reproducible(&opts);

@@ -14,32 +14,20 @@ pub enum ProfileCommand {
         /// The profile (TOML).
         #[arg(default_value = "profiles/default.toml")]
         profile: PathBuf,
-        /// As `cairn build --version`.
-        #[arg(long = "version", value_name = "VERSION")]
-        release_version: Option<String>,
-        /// As `cairn build --output`.
-        #[arg(long = "output", value_name = "LIST", value_delimiter = ',', value_parser = builder::profile::Output::parse)]
-        outputs: Option<Vec<builder::profile::Output>>,
-        /// As `cairn build --kernel-arg`.
-        #[arg(long = "kernel-arg", value_name = "ARG")]
-        kernel_args: Vec<String>,
+        #[command(flatten)]
+        overrides: crate::build_cmd::OverrideArgs,
     },
 }
 
 pub fn run(cmd: ProfileCommand) -> Result<()> {
     match cmd {
-        ProfileCommand::Show {
-            profile,
-            release_version,
-            outputs,
-            kernel_args,
-        } => {
+        ProfileCommand::Show { profile, overrides } => {
             let p = Profile::load_overridden(
                 &profile,
                 &Overrides {
-                    version: release_version,
-                    outputs,
-                    kernel_args,
+                    version: overrides.release_version,
+                    outputs: overrides.outputs,
+                    kernel_args: overrides.kernel_args,
                     ..Default::default()
                 },
             )?;

@@ -87,16 +87,7 @@ pub fn run(cmd: SignCommand) -> Result<()> {
                 // members hashed as they are unpacked into a temp dir).
                 let b = installer::verify::open_verified(&dir, &trusted)
                     .with_context(|| format!("{}: verification failed", dir.display()))?;
-                let m = &b.manifest;
-                println!(
-                    "ok: {} {} ({}, {}) signed by key {}, {} artifacts verified (bundle)",
-                    m.os_name,
-                    m.os_version,
-                    m.profile,
-                    m.arch,
-                    m.key_id,
-                    m.artifacts.len()
-                );
+                println!("{} (bundle)", verified(&b.manifest));
                 return Ok(());
             }
             let report = verify_dir(&dir, &trusted)
@@ -104,17 +95,21 @@ pub fn run(cmd: SignCommand) -> Result<()> {
             for extra in &report.extra_files {
                 eprintln!("note: {extra} is not listed in the manifest (ignored)");
             }
-            let m = &report.manifest;
-            println!(
-                "ok: {} {} ({}, {}) signed by key {}, {} artifacts verified",
-                m.os_name,
-                m.os_version,
-                m.profile,
-                m.arch,
-                m.key_id,
-                m.artifacts.len()
-            );
+            println!("{}", verified(&report.manifest));
         }
     }
     Ok(())
+}
+
+/// The line `cairn verify` prints for a release that verified.
+fn verified(m: &signing::Manifest) -> String {
+    format!(
+        "ok: {} {} ({}, {}) signed by key {}, {} artifacts verified",
+        m.os_name,
+        m.os_version,
+        m.profile,
+        m.arch,
+        m.key_id,
+        m.artifacts.len()
+    )
 }

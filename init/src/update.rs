@@ -111,21 +111,31 @@ pub fn check_now(
     state: &Path,
     work: &Path,
 ) -> Result<Attempt, String> {
-    let trusted = signing::load_trusted_dir(Path::new(contract::trust::NODE_KEYS_DIR))
-        .map_err(|e| format!("this release trusts no key to sign the next ({e})"))?;
-    let bad = known_bad(state)?;
-    let node = installer::update::Node {
-        disk: disk.to_path_buf(),
-        running: running.to_string(),
-        trusted,
-        bad,
-        work: work.to_path_buf(),
-        now: unix_now(),
-        progress,
-    };
+    let node = live_node(disk, running, state, work)?;
     let a = installer::update::check_once(cfg, &node);
     record(&a);
     Ok(a)
+}
+
+/// This node as an upgrade sees it: the keys the running release trusts,
+/// the releases known bad here, the disk and the work directory.
+fn live_node(
+    disk: &Path,
+    running: &str,
+    state: &Path,
+    work: &Path,
+) -> Result<installer::update::Node, String> {
+    let trusted = signing::load_trusted_dir(Path::new(contract::trust::NODE_KEYS_DIR))
+        .map_err(|e| format!("this release trusts no key to sign the next ({e})"))?;
+    Ok(installer::update::Node {
+        disk: disk.to_path_buf(),
+        running: running.to_string(),
+        trusted,
+        bad: known_bad(state)?,
+        work: work.to_path_buf(),
+        now: unix_now(),
+        progress,
+    })
 }
 
 /// Installs an uploaded bundle tar (the node API's `upgrade --bundle`) by
@@ -141,8 +151,7 @@ pub fn install_stream_now(
     state: &Path,
     work: &Path,
 ) -> Result<Attempt, String> {
-    let trusted = signing::load_trusted_dir(Path::new(contract::trust::NODE_KEYS_DIR))
-        .map_err(|e| format!("this release trusts no key to sign the next ({e})"))?;
+    let node = live_node(disk, running, state, work)?;
     fs::create_dir_all(work).map_err(|e| format!("creating {}: {e}", work.display()))?;
     let free = free_bytes(work).map_err(|e| format!("statvfs {}: {e}", work.display()))?;
     if size > free {
@@ -151,15 +160,6 @@ pub fn install_stream_now(
             work.display()
         ));
     }
-    let node = installer::update::Node {
-        disk: disk.to_path_buf(),
-        running: running.to_string(),
-        trusted,
-        bad: known_bad(state)?,
-        work: work.to_path_buf(),
-        now: unix_now(),
-        progress,
-    };
     let a = installer::update::install_stream(source, r, &node);
     record(&a);
     Ok(a)

@@ -22,6 +22,7 @@ use std::path::{Path, PathBuf};
 use contract::update::{Attempt, Outcome, Update};
 use signing::PublicKey;
 
+use crate::bundle::Bundle;
 use crate::upgrade::{upgrade_verified, UpgradeOptions};
 use crate::verify::open_streamed;
 
@@ -125,25 +126,31 @@ fn check(cfg: &Update, node: &Node, attempt: &mut Attempt) -> Result<(Outcome, S
             .map_err(|e| e.to_string())?;
         let bundle = open_streamed(&dir, &node.trusted, Box::new(rootfs))
             .map_err(|e| format!("checking {offered}: {e}"))?;
-        let opts = UpgradeOptions {
-            disk: node.disk.clone(),
-            bundle: dir.clone(),
-            trusted: node.trusted.clone(),
-            live: true,
-            ..Default::default()
-        };
-        let plan =
-            upgrade_verified(&opts, &bundle).map_err(|e| format!("installing {offered}: {e:#}"))?;
-        Ok((
-            Outcome::Installed,
-            format!(
-                "{offered} written to {}; boots next ({} stays as fallback)",
-                plan.target_slot, plan.running_slot
-            ),
-        ))
+        write_live(node, &bundle, &offered)
     })();
     remove_dir(&dir)?;
     result
+}
+
+/// Writes a verified `bundle` into the inactive slot of the running disk
+/// (the crash-safe order of [`crate::upgrade`]); its answer for the attempt.
+fn write_live(node: &Node, bundle: &Bundle, offered: &str) -> Result<(Outcome, String), String> {
+    let opts = UpgradeOptions {
+        disk: node.disk.clone(),
+        bundle: bundle.dir.clone(),
+        trusted: node.trusted.clone(),
+        live: true,
+        ..Default::default()
+    };
+    let plan =
+        upgrade_verified(&opts, bundle).map_err(|e| format!("installing {offered}: {e:#}"))?;
+    Ok((
+        Outcome::Installed,
+        format!(
+            "{offered} written to {}; boots next ({} stays as fallback)",
+            plan.target_slot, plan.running_slot
+        ),
+    ))
 }
 
 /// Why a verified release `offered` is not installed here, if it is not:
@@ -202,22 +209,7 @@ pub fn install_stream(source: &str, r: impl std::io::Read, node: &Node) -> Attem
         (node.progress)(&format!(
             "{offered} verified against this release's keys; writing it live"
         ));
-        let opts = UpgradeOptions {
-            disk: node.disk.clone(),
-            bundle: bundle.dir.clone(),
-            trusted: node.trusted.clone(),
-            live: true,
-            ..Default::default()
-        };
-        let plan =
-            upgrade_verified(&opts, &bundle).map_err(|e| format!("installing {offered}: {e:#}"))?;
-        Ok((
-            Outcome::Installed,
-            format!(
-                "{offered} written to {}; boots next ({} stays as fallback)",
-                plan.target_slot, plan.running_slot
-            ),
-        ))
+        write_live(node, &bundle, &offered.to_string())
     })();
     match result {
         Ok((outcome, detail)) => {
