@@ -4,12 +4,18 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::io::{Read, Seek, SeekFrom};
 use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::time::{Duration, Instant};
 
 use super::error::{io_err, PkgError};
 
 pub const FIXED_PATH: &str = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// How often a long build says it is alive in a log (CI, a file): elapsed
+/// time and the build's last log line. A terminal gets the spinner,
+/// whose message follows the last line every [`TICK`].
+const REPORT_EVERY: Duration = Duration::from_secs(30);
+const TICK: Duration = Duration::from_secs(2);
 
 /// Everything the script sees, besides the files.
 pub struct Invocation<'a> {
@@ -75,12 +81,31 @@ pub fn run_script(inv: &Invocation) -> Result<(), PkgError> {
     );
     pb.set_message(format!("building {}", inv.package));
     pb.enable_steady_tick(Duration::from_millis(200));
-    let status = cmd.status().map_err(|e| PkgError::BuildFailed {
-        package: inv.package.into(),
-        status: format!("could not start /bin/bash: {e}"),
-        log: inv.log.to_path_buf(),
-        tail: String::new(),
-    });
+    let to_log = !std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let mut next_report = REPORT_EVERY;
+    let status = cmd
+        .spawn()
+        .and_then(|mut child| {
+            wait_with_ticks(&mut child, TICK, |elapsed| {
+                let last = last_line(inv.log);
+                pb.set_message(format!("building {}: {last}", inv.package));
+                if to_log && elapsed >= next_report {
+                    next_report += REPORT_EVERY;
+                    tracing::info!(
+                        "building {}: {}m{:02}s, last log line: {last}",
+                        inv.package,
+                        elapsed.as_secs() / 60,
+                        elapsed.as_secs() % 60
+                    );
+                }
+            })
+        })
+        .map_err(|e| PkgError::BuildFailed {
+            package: inv.package.into(),
+            status: format!("could not run /bin/bash: {e}"),
+            log: inv.log.to_path_buf(),
+            tail: String::new(),
+        });
     pb.finish_and_clear();
     let status = status?;
     if status.success() {
@@ -92,6 +117,39 @@ pub fn run_script(inv: &Invocation) -> Result<(), PkgError> {
         log: inv.log.to_path_buf(),
         tail: tail(inv.log, 30),
     })
+}
+
+/// Waits for `child`, calling `tick` with the time since the start every
+/// `every` while it runs.
+fn wait_with_ticks(
+    child: &mut Child,
+    every: Duration,
+    mut tick: impl FnMut(Duration),
+) -> std::io::Result<ExitStatus> {
+    let start = Instant::now();
+    let mut next = every;
+    loop {
+        if let Some(st) = child.try_wait()? {
+            return Ok(st);
+        }
+        let elapsed = start.elapsed();
+        if elapsed >= next {
+            next += every;
+            tick(elapsed);
+        }
+        std::thread::sleep(Duration::from_millis(100).min(every));
+    }
+}
+
+/// The log's last non-empty line, cut to fit a status line.
+fn last_line(log: &Path) -> String {
+    let t = tail(log, 5);
+    let line = t.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+    let line = line.trim();
+    match line.char_indices().nth(100) {
+        Some((i, _)) => format!("{}…", &line[..i]),
+        None => line.to_string(),
+    }
 }
 
 /// The last `lines` lines of a log (reads at most the last 64 KiB).
@@ -110,6 +168,37 @@ pub fn tail(path: &Path, lines: usize) -> String {
 
 #[cfg(test)]
 mod tests {
+    use super::*;
+
+    /// What a CI log sees of a long build: ticks while it runs, each able
+    /// to read the build's latest line.
+    #[test]
+    fn a_running_build_ticks_with_its_last_log_line() {
+        let d = tempfile::tempdir().unwrap();
+        let log = d.path().join("log");
+        let f = fs::File::create(&log).unwrap();
+        let mut child = Command::new("/bin/sh")
+            .args([
+                "-c",
+                "echo configuring; sleep 0.4; echo '  CC kernel/fork.o  '; sleep 0.4",
+            ])
+            .stdout(Stdio::from(f))
+            .spawn()
+            .unwrap();
+        let mut seen = Vec::new();
+        let st = wait_with_ticks(&mut child, Duration::from_millis(150), |e| {
+            seen.push((e, last_line(&log)))
+        })
+        .unwrap();
+        assert!(st.success());
+        assert!(seen.len() >= 3, "{seen:?}");
+        assert!(seen.windows(2).all(|w| w[0].0 < w[1].0), "{seen:?}");
+        assert!(seen.iter().any(|(_, l)| l == "configuring"), "{seen:?}");
+        assert_eq!(seen.last().unwrap().1, "CC kernel/fork.o");
+        fs::write(&log, format!("{}\n\n", "x".repeat(300))).unwrap();
+        assert_eq!(last_line(&log).chars().count(), 101);
+    }
+
     #[test]
     fn dep_var_follows_the_design_contract() {
         assert_eq!(super::dep_var("rust-musl"), "CAIRN_DEP_RUST_MUSL");
