@@ -50,7 +50,11 @@ pub struct BuildArgs {
     secure_boot_keys: Option<PathBuf>,
     #[command(flatten)]
     overrides: OverrideArgs,
-    /// Print the summary as JSON on stdout (for CI).
+    /// Check everything a build checks first and print what it would do
+    /// (packages to build or take from the cache, outputs); build nothing.
+    #[arg(long, conflicts_with = "check_reproducible")]
+    dry_run: bool,
+    /// Print the summary (or the dry run's plan) as JSON on stdout (for CI).
     #[arg(long)]
     json: bool,
     /// Build twice in fresh temporary directories (other paths, umask and
@@ -95,6 +99,32 @@ pub fn build(a: BuildArgs) -> Result<()> {
     };
     if check {
         return check_reproducible(&opts);
+    }
+    if a.dry_run {
+        let plan = pipeline::plan(&opts)?;
+        if json {
+            println!("{}", serde_json::to_string_pretty(&plan)?);
+            return Ok(());
+        }
+        println!(
+            "{} {}: would write {} to {}",
+            plan.profile,
+            plan.version,
+            plan.outputs.join(", "),
+            plan.out.display()
+        );
+        for p in &plan.packages {
+            let what = if p.cached { "cached" } else { "to build" };
+            println!(
+                "  {:<14} {:<22} {}  {what}",
+                p.name,
+                p.version,
+                &p.key[..12]
+            );
+        }
+        let n = plan.packages.iter().filter(|p| !p.cached).count();
+        println!("{n} package(s) to build; nothing done (--dry-run)");
+        return Ok(());
     }
     let summary = pipeline::build(&opts)?;
     if json {

@@ -111,6 +111,72 @@ pub fn build(opts: &BuildOptions) -> Result<Summary> {
     })
 }
 
+/// What `cairn build --dry-run` answers: the resolved release, what it
+/// would write, and each package it needs with whether it is cached.
+#[derive(Debug, Serialize)]
+pub struct Plan {
+    pub profile: String,
+    pub version: String,
+    pub outputs: Vec<String>,
+    pub out: PathBuf,
+    /// Dependencies before what needs them.
+    pub packages: Vec<PlannedPackage>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct PlannedPackage {
+    pub name: String,
+    pub version: String,
+    pub key: String,
+    /// In the package cache: taken, not built.
+    pub cached: bool,
+}
+
+/// Everything `build` checks before it works (the profile, the command
+/// line, the machine config, every package named), and what it would do,
+/// doing none of it: nothing is fetched, built or written.
+pub fn plan(opts: &BuildOptions) -> Result<Plan> {
+    let profile = load_profile(opts)?;
+    let run = Run::new(opts, &profile)?;
+    known_packages(&run, &profile)?;
+    let mut order: Vec<String> = Vec::new();
+    fn visit(pkgs: &Pkgs, name: &str, order: &mut Vec<String>) -> Result<()> {
+        if order.iter().any(|n| n == name) {
+            return Ok(());
+        }
+        for d in &pkgs.package(name)?.recipe.depends {
+            visit(pkgs, d, order)?;
+        }
+        order.push(name.to_string());
+        Ok(())
+    }
+    for name in packages::wanted(&profile) {
+        visit(&run.pkgs, &name, &mut order)?;
+    }
+    let packages = order
+        .into_iter()
+        .map(|name| {
+            Ok(PlannedPackage {
+                version: run.pkgs.package(&name)?.recipe.version.clone(),
+                key: run.pkgs.key(&name)?,
+                cached: run.pkgs.is_cached(&name)?,
+                name,
+            })
+        })
+        .collect::<Result<_>>()?;
+    Ok(Plan {
+        profile: profile.name.clone(),
+        version: profile.version.to_string(),
+        outputs: profile
+            .outputs
+            .iter()
+            .map(|o| format!("{o:?}").to_lowercase())
+            .collect(),
+        out: opts.out.clone(),
+        packages,
+    })
+}
+
 /// Every package the profile names has a recipe, checked before anything
 /// is built; the error points at the line that names it.
 fn known_packages(run: &Run, profile: &Profile) -> Result<()> {

@@ -133,3 +133,60 @@ fn files_under(dir: &Path) -> usize {
         })
         .sum()
 }
+
+/// `--dry-run` checks like a build and says what it would do, doing none
+/// of it; `--json` for CI.
+#[test]
+fn dry_run_plans_without_building() {
+    let d = tempfile::tempdir().unwrap();
+    let default = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/default.toml");
+    let p = d.path().join("my.toml");
+    std::fs::write(&p, format!("extends = {default:?}\nname = \"mine\"\n")).unwrap();
+    let (cache, out) = (d.path().join("cache"), d.path().join("out"));
+    let o = build(
+        &p,
+        &cache,
+        &out,
+        &[
+            "--dry-run",
+            "--json",
+            "--version",
+            "4.5.6",
+            "--output",
+            "raw",
+        ],
+    );
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    let plan: serde_json::Value = serde_json::from_slice(&o.stdout).unwrap();
+    assert_eq!(plan["profile"], "mine");
+    assert_eq!(plan["version"], "4.5.6");
+    assert_eq!(plan["outputs"], serde_json::json!(["raw"]));
+    let names: Vec<&str> = plan["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    for want in [
+        "kernel",
+        "systemd-boot",
+        "rust-musl",
+        "init",
+        "e2fsprogs",
+        "cairnd",
+    ] {
+        assert!(names.contains(&want), "{want} in {names:?}");
+    }
+    let at = |n: &str| names.iter().position(|x| *x == n).unwrap();
+    assert!(
+        at("rust-musl") < at("init"),
+        "dependencies first: {names:?}"
+    );
+    assert!(plan["packages"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|p| p["cached"] == false && p["key"].as_str().unwrap().len() == 64));
+    assert!(!out.exists(), "a dry run wrote its output directory");
+    assert_eq!(files_under(&cache), 0, "a dry run built or fetched");
+}

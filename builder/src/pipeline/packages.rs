@@ -85,7 +85,7 @@ pub(super) fn build(run: &mut Run, profile: &Profile) -> Result<Packages> {
 
 /// The boot packages, then the profile's, each once, in that order (the
 /// order of the stage table).
-fn wanted(profile: &Profile) -> Vec<String> {
+pub(super) fn wanted(profile: &Profile) -> Vec<String> {
     let mut names: Vec<String> = Vec::new();
     let all = BOOT_PACKAGES
         .iter()
