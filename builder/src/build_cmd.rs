@@ -66,15 +66,16 @@ pub struct BuildArgs {
 /// The repository for `profile` when `--repo` is not given.
 fn find_repo(profile: &std::path::Path) -> Result<PathBuf> {
     let p = builder::profile::Profile::load(profile)?;
-    builder::pkgs::Pkgs::find_repo(&p.chain).with_context(|| {
-        format!(
+    builder::pkgs::Pkgs::find_repo(&p.chain).ok_or_else(|| {
+        builder::exit::Invalid(format!(
             "no cairn repository (a directory with pkgs/*/recipe.toml) above {} or in the current directory: give --repo",
             p.chain
                 .iter()
                 .map(|f| f.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
-        )
+        ))
+        .into()
     })
 }
 

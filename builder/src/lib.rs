@@ -1,6 +1,7 @@
 //! The cairn image builder: profiles, packages, the pipeline stages.
 
 pub mod assemble;
+pub mod exit;
 pub mod pipeline;
 pub mod pkgs;
 pub mod profile;

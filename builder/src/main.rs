@@ -8,7 +8,7 @@ mod sign_cmd;
 
 /// cairn: build reproducible, signed, immutable OS images.
 #[derive(Parser)]
-#[command(name = "cairn", version)]
+#[command(name = "cairn", version, after_help = contract::exit::HELP)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -38,7 +38,20 @@ enum Command {
     Gen(gen_cmd::GenCommand),
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            // As a `main` returning the error would print it (with a
+            // backtrace when RUST_BACKTRACE asks), then the exit code of
+            // its class (contract::exit).
+            eprintln!("Error: {e:?}");
+            std::process::ExitCode::from(builder::exit::code(&e))
+        }
+    }
+}
+
+fn run() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()

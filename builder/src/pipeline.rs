@@ -183,11 +183,12 @@ fn known_packages(run: &Run, profile: &Profile) -> Result<()> {
     for name in &profile.packages {
         if run.pkgs.package(name).is_err() {
             let known: Vec<&str> = run.pkgs.names().collect();
-            anyhow::bail!(
+            return Err(crate::exit::Invalid(format!(
                 "{}: rootfs.packages: unknown package `{name}` (pkgs/ has {})",
                 profile.locate(name),
                 known.join(", ")
-            );
+            ))
+            .into());
         }
     }
     Ok(())

@@ -50,7 +50,7 @@ fn mistakes_are_refused_with_their_position_before_any_work() {
         .unwrap();
         let o = build(&p, &cache, &out, &[]);
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(!o.status.success(), "{text}: accepted");
+        assert_eq!(o.status.code(), Some(2), "{text}: invalid input exits 2");
         assert!(err.contains(says), "{text}: {err}");
         assert!(!err.contains('\u{1b}'), "no escapes off a terminal: {err}");
         assert!(!out.exists(), "{text}: an output directory was made");
@@ -69,10 +69,8 @@ fn mistakes_are_refused_with_their_position_before_any_work() {
     ] {
         let o = build(&p, &cache, &out, flags);
         let err = String::from_utf8_lossy(&o.stderr);
-        assert!(
-            !o.status.success() && err.contains(says),
-            "{flags:?}: {err}"
-        );
+        assert!(err.contains(says), "{flags:?}: {err}");
+        assert_eq!(o.status.code(), Some(2), "{flags:?}: invalid input exits 2");
         assert!(!out.exists() && files_under(&cache) == 0, "{flags:?}");
     }
 
@@ -111,9 +109,10 @@ fn mistakes_are_refused_with_their_position_before_any_work() {
         .unwrap();
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        !o.status.success() && err.contains("no cairn repository") && err.contains("--repo"),
+        err.contains("no cairn repository") && err.contains("--repo"),
         "{err}"
     );
+    assert_eq!(o.status.code(), Some(2));
 }
 
 /// Regular files anywhere under `dir` (a cache with only its empty

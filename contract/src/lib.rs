@@ -25,6 +25,7 @@ pub mod cmdline;
 pub mod control;
 pub mod disk;
 pub mod esp;
+pub mod exit;
 pub mod layout;
 pub mod machine;
 pub mod slot;

@@ -444,8 +444,23 @@ fn verify_takes_the_bundle_tar() -> Result<()> {
         .output()?;
     let err = String::from_utf8_lossy(&o.stderr);
     ensure!(
-        !o.status.success() && err.contains(&bad.display().to_string()) && err.contains("sha256"),
-        "a tampered update.tar is refused naming it and the digest: {err}"
+        o.status.code() == Some(contract::exit::VERIFY as i32)
+            && err.contains(&bad.display().to_string())
+            && err.contains("sha256"),
+        "a tampered update.tar is refused (exit 3) naming it and the digest: {:?} {err}",
+        o.status.code()
+    );
+    let o = Command::new(&cairn)
+        .arg("verify")
+        .arg("--pubkey")
+        .arg(&key)
+        .arg(work.path().join("missing.tar"))
+        .output()?;
+    ensure!(
+        o.status.code() == Some(contract::exit::IO as i32),
+        "a bundle that cannot be read exits 4: {:?} {}",
+        o.status.code(),
+        String::from_utf8_lossy(&o.stderr)
     );
     let v = tool(Command::new(installer_bin()?).arg("--version"))?;
     ensure!(v.starts_with("cairn-installer "), "--version: {v}");

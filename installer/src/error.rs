@@ -156,3 +156,60 @@ pub(crate) fn fat(what: impl Into<String>) -> impl FnOnce(FatError) -> Error {
         source: Box::new(source),
     }
 }
+
+impl Error {
+    /// The exit code a tool reports this error with (contract::exit).
+    pub fn exit_code(&self) -> u8 {
+        use contract::exit::{FAILED, INVALID, IO, VERIFY};
+        match self {
+            Error::Verify { .. } | Error::ReadBack { .. } | Error::Bundle { .. } => VERIFY,
+            Error::File { .. }
+            | Error::DiskIo { .. }
+            | Error::PartitionInUse { .. }
+            | Error::NoPartitionDevice { .. } => IO,
+            Error::Key { .. }
+            | Error::Arch { .. }
+            | Error::DiskTooSmall { .. }
+            | Error::IsInstallMedia { .. }
+            | Error::NotEmpty { .. }
+            | Error::Downgrade { .. }
+            | Error::SameVersion { .. }
+            | Error::DoesNotFit { .. }
+            | Error::NotCairn { .. }
+            | Error::MachineConfig { .. } => INVALID,
+            _ => FAILED,
+        }
+    }
+}
+
+/// A slot whose verity data does not match its release's root hash
+/// (`cairn-installer status --verify`): exit code VERIFY.
+#[derive(Debug, thiserror::Error)]
+#[error("{disk}: slot {slots} does not match the root hash of its release")]
+pub struct CorruptSlots {
+    pub disk: PathBuf,
+    pub slots: String,
+}
+
+/// The exit code for an error and its sources (an anyhow chain is one:
+/// `err.as_ref()`): the class of the innermost one that has a class (an
+/// installer error, a corrupt slot, a failed verification, an I/O error),
+/// else FAILED. Innermost: a check that failed to read its file is I/O.
+pub fn exit_code(e: &(dyn std::error::Error + 'static)) -> u8 {
+    let mut code = contract::exit::FAILED;
+    let mut cause = Some(e);
+    while let Some(c) = cause {
+        if let Some(x) = c.downcast_ref::<Error>() {
+            let x = x.exit_code();
+            if x != contract::exit::FAILED {
+                code = x;
+            }
+        } else if c.is::<CorruptSlots>() || c.is::<signing::VerifyError>() {
+            code = contract::exit::VERIFY;
+        } else if c.is::<std::io::Error>() {
+            code = contract::exit::IO;
+        }
+        cause = c.source();
+    }
+    code
+}

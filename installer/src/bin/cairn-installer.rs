@@ -17,6 +17,7 @@ const MEDIA_KEYS: &str = "/payload/keys";
 #[command(
     name = "cairn-installer",
     version,
+    after_help = contract::exit::HELP,
     about = "Install and upgrade cairn on disks and disk images"
 )]
 struct Cli {
@@ -291,11 +292,11 @@ fn run(cli: Cli) -> Result<()> {
                 .map(|x| x.name.as_str())
                 .collect();
             if !corrupt.is_empty() {
-                anyhow::bail!(
-                    "{}: slot {} does not match the root hash of its release",
-                    disk.display(),
-                    corrupt.join(", ")
-                );
+                return Err(installer::error::CorruptSlots {
+                    disk: disk.clone(),
+                    slots: corrupt.join(", "),
+                }
+                .into());
             }
         }
     }
@@ -307,7 +308,7 @@ fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(installer::error::exit_code(e.as_ref()))
         }
     }
 }
