@@ -429,7 +429,8 @@ fn status_verify_rehashes_each_slot_against_its_release() {
     }
     let before = sha256_file(&img);
     let out = run(&["--json", "--verify"]);
-    assert!(!out.status.success());
+    // A corrupt slot is a failed verification (exit 3), not an I/O error.
+    assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("slot BOOT-A does not match"), "{err}");
     let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
@@ -443,6 +444,17 @@ fn status_verify_rehashes_each_slot_against_its_release() {
     );
     let text = String::from_utf8_lossy(&run(&["--verify"]).stdout).into_owned();
     assert!(text.contains("verity BOOT-A  corrupt"), "{text}");
+    // A disk that cannot be read is an I/O error (exit 4), told apart.
+    let gone = Command::new(env!("CARGO_BIN_EXE_cairn-installer"))
+        .args(["status", "--verify", "--disk", "/nonexistent/disk.img"])
+        .output()
+        .unwrap();
+    assert_eq!(
+        gone.status.code(),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
     assert_eq!(sha256_file(&img), before, "status --verify writes nothing");
 }
 
