@@ -65,11 +65,13 @@ pub struct BuildArgs {
 
 /// The repository for `profile` when `--repo` is not given.
 fn find_repo(profile: &std::path::Path) -> Result<PathBuf> {
-    let p = builder::profile::Profile::load(profile)?;
-    builder::pkgs::Pkgs::find_repo(&p.chain).ok_or_else(|| {
+    // Only the chain's files: the profile may need what the command line
+    // adds (--secure-boot-keys) to resolve, and that is the build's to say.
+    let chain = builder::profile::Profile::chain_files(profile)?;
+    builder::pkgs::Pkgs::find_repo(&chain).ok_or_else(|| {
         builder::exit::Invalid(format!(
             "no cairn repository (a directory with pkgs/*/recipe.toml) above {} or in the current directory: give --repo",
-            p.chain
+            chain
                 .iter()
                 .map(|f| f.display().to_string())
                 .collect::<Vec<_>>()

@@ -620,6 +620,22 @@ impl Profile {
     /// profile extended it (CI stamps the version from a tag).
     pub fn load_overridden(path: &Path, o: &Overrides) -> Result<Profile, ProfileError> {
         let secure_boot_keys = o.secure_boot_keys.as_deref();
+        let chain = read_chain(path)?;
+        Self::from_chain(path, chain, secure_boot_keys, o)
+    }
+
+    /// The files of `path`'s `extends` chain, most derived first, each
+    /// parsed and checked on its own but not merged: enough to find where
+    /// a profile lives (its repository) without what the command line adds.
+    pub fn chain_files(path: &Path) -> Result<Vec<PathBuf>, ProfileError> {
+        Ok(read_chain(path)?.into_iter().map(|(p, _)| p).collect())
+    }
+}
+
+/// Reads and checks every file of `path`'s `extends` chain, most derived
+/// first, with relative paths made absolute against the file naming them.
+fn read_chain(path: &Path) -> Result<Vec<(PathBuf, ProfileFile)>, ProfileError> {
+    {
         let mut chain: Vec<(PathBuf, ProfileFile)> = Vec::new();
         let mut next = Some(path.to_path_buf());
         while let Some(p) = next {
@@ -667,6 +683,17 @@ impl Profile {
             }
             chain.push((canon, file));
         }
+        Ok(chain)
+    }
+}
+
+impl Profile {
+    fn from_chain(
+        path: &Path,
+        chain: Vec<(PathBuf, ProfileFile)>,
+        secure_boot_keys: Option<&Path>,
+        o: &Overrides,
+    ) -> Result<Profile, ProfileError> {
         let files: Vec<PathBuf> = chain.iter().map(|(p, _)| p.clone()).collect();
         let mut origins = show::origins(&chain);
         let mut merged = chain

@@ -188,4 +188,24 @@ fn dry_run_plans_without_building() {
         .all(|p| p["cached"] == false && p["key"].as_str().unwrap().len() == 64));
     assert!(!out.exists(), "a dry run wrote its output directory");
     assert_eq!(files_under(&cache), 0, "a dry run built or fetched");
+
+    // A profile that resolves only with a flag (Secure Boot keys from the
+    // command line), without --repo: the repository is found from its
+    // files alone, the flag completes it (as ci/test builds it).
+    let sb = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/test/secureboot.toml");
+    let o = Command::new(env!("CARGO_BIN_EXE_cairn"))
+        .arg("build")
+        .arg("--profile")
+        .arg(&sb)
+        .arg("--secure-boot-keys")
+        .arg(d.path())
+        .arg("--cache")
+        .arg(&cache)
+        .arg("--out")
+        .arg(&out)
+        .arg("--dry-run")
+        .current_dir(d.path())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
 }
