@@ -1,9 +1,11 @@
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
 
 mod build_cmd;
 mod gen_cmd;
+mod inspect_cmd;
 mod profile_cmd;
 mod registry_cmd;
+mod run_cmd;
 mod sign_cmd;
 
 /// cairn: build reproducible, signed, immutable OS images.
@@ -36,6 +38,23 @@ enum Command {
     /// Generate node API secrets and client configs.
     #[command(subcommand)]
     Gen(gen_cmd::GenCommand),
+    /// Boot an output in QEMU + OVMF, serial console on the terminal.
+    Run(run_cmd::RunArgs),
+    /// Show what an output is: release, disk, ISO or UKI (version, root
+    /// hash, signing key, partitions, slots).
+    Inspect(inspect_cmd::InspectArgs),
+    /// Print a shell completion script: `cairn completions bash >
+    /// /etc/bash_completion.d/cairn` (bash, zsh, fish, elvish, powershell).
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Write man pages for cairn and each subcommand into DIR (cairn.1,
+    /// cairn-build.1, ...): `man -l DIR/cairn-build.1`.
+    Man {
+        #[arg(long, value_name = "DIR")]
+        out: std::path::PathBuf,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -75,5 +94,41 @@ fn run() -> anyhow::Result<()> {
         Command::Push(args) => registry_cmd::push(args),
         Command::Pull(args) => registry_cmd::pull(args),
         Command::Gen(cmd) => gen_cmd::run(cmd),
+        Command::Run(args) => run_cmd::run(args),
+        Command::Inspect(args) => inspect_cmd::run(args),
+        Command::Completions { shell } => {
+            clap_complete::generate(shell, &mut Cli::command(), "cairn", &mut std::io::stdout());
+            Ok(())
+        }
+        Command::Man { out } => man_pages(&out),
     }
+}
+
+/// One page per command and subcommand, named as git names its own
+/// (`cairn-pkg-build.1`), generated from the same clap definitions as
+/// `--help`, so they cannot drift.
+fn man_pages(out: &std::path::Path) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::create_dir_all(out).with_context(|| format!("creating {}", out.display()))?;
+    let mut cmd = Cli::command();
+    cmd.build();
+    let mut written = 0;
+    let mut stack = vec![(String::from("cairn"), cmd)];
+    while let Some((name, cmd)) = stack.pop() {
+        let page = out.join(format!("{name}.1"));
+        let mut buf = Vec::new();
+        clap_mangen::Man::new(cmd.clone().name(name.clone()))
+            .render(&mut buf)
+            .with_context(|| format!("rendering {name}"))?;
+        std::fs::write(&page, buf).with_context(|| format!("writing {}", page.display()))?;
+        written += 1;
+        for sub in cmd
+            .get_subcommands()
+            .filter(|s| !s.is_hide_set() && s.get_name() != "help")
+        {
+            stack.push((format!("{name}-{}", sub.get_name()), sub.clone()));
+        }
+    }
+    eprintln!("{written} man pages written to {}", out.display());
+    Ok(())
 }

@@ -17,68 +17,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context, Result};
 
-pub const OVMF_CODE: &str = "/usr/share/OVMF/OVMF_CODE_4M.fd";
-pub const OVMF_VARS: &str = "/usr/share/OVMF/OVMF_VARS_4M.fd";
-pub const OVMF_CODE_SECBOOT: &str = "/usr/share/OVMF/OVMF_CODE_4M.secboot.fd";
-
-/// How a disk image is attached.
-#[derive(Debug, Clone)]
-pub enum Attach {
-    /// virtio-blk, the usual VM disk.
-    Virtio,
-    /// IDE CD-ROM (El Torito boot).
-    Cdrom,
-    /// USB mass storage on an xHCI controller (a `dd`-written stick).
-    Usb,
-}
-
-#[derive(Debug, Clone)]
-pub struct Disk {
-    pub path: PathBuf,
-    pub format: &'static str,
-    pub attach: Attach,
-    pub read_only: bool,
-}
-
-impl Disk {
-    pub fn virtio(path: impl Into<PathBuf>) -> Disk {
-        Disk {
-            path: path.into(),
-            format: "raw",
-            attach: Attach::Virtio,
-            read_only: false,
-        }
-    }
-    pub fn format(mut self, f: &'static str) -> Disk {
-        self.format = f;
-        self
-    }
-    pub fn cdrom(path: impl Into<PathBuf>) -> Disk {
-        Disk {
-            path: path.into(),
-            format: "raw",
-            attach: Attach::Cdrom,
-            read_only: true,
-        }
-    }
-    pub fn usb(path: impl Into<PathBuf>) -> Disk {
-        Disk {
-            path: path.into(),
-            format: "raw",
-            attach: Attach::Usb,
-            read_only: false,
-        }
-    }
-}
-
-/// QEMU's own kernel loader instead of firmware (`-kernel`, SeaBIOS): for
-/// a boot no UEFI code may touch (OVMF repairs a torn GPT, for one).
-#[derive(Debug, Clone)]
-pub struct DirectKernel {
-    pub kernel: PathBuf,
-    pub initrd: PathBuf,
-    pub append: String,
-}
+pub use vm::{Attach, DirectKernel, Disk, OVMF_CODE, OVMF_CODE_SECBOOT, OVMF_VARS};
 
 /// One machine: its firmware variables persist across boots like NVRAM.
 pub struct Machine {
@@ -118,84 +57,20 @@ impl Machine {
         })
     }
 
-    /// The QEMU command line of one boot.
+    /// The QEMU command line of one boot: the same machine `cairn run`
+    /// gives a user (the `vm` crate), one boot attempt per process.
     pub fn command(&self) -> Command {
-        let mut c = Command::new("qemu-system-x86_64");
-        let machine = if self.secure_boot {
-            "q35,smm=on,accel=tcg"
-        } else {
-            "q35,accel=tcg"
-        };
-        c.args(["-machine", machine, "-cpu", "max", "-m"])
-            .arg(self.memory_mb.to_string())
-            .args(["-smp", "1", "-nographic", "-no-reboot", "-nodefaults"])
-            .args(["-serial", "stdio", "-monitor", "none"]);
-        match &self.direct_kernel {
-            Some(k) => {
-                c.arg("-kernel").arg(&k.kernel);
-                c.arg("-initrd").arg(&k.initrd);
-                c.arg("-append").arg(&k.append);
-            }
-            None => self.firmware_args(&mut c),
+        vm::Vm {
+            vars: self.vars.clone(),
+            secure_boot: self.secure_boot,
+            disks: self.disks.clone(),
+            memory_mb: self.memory_mb,
+            direct_kernel: self.direct_kernel.clone(),
+            no_reboot: true,
+            interactive: false,
+            extra_args: self.extra_args.clone(),
         }
-        self.disk_args(&mut c);
-        c.args(&self.extra_args);
-        c
-    }
-
-    fn firmware_args(&self, c: &mut Command) {
-        let code = if self.secure_boot {
-            OVMF_CODE_SECBOOT
-        } else {
-            OVMF_CODE
-        };
-        if self.secure_boot {
-            c.args(["-global", "driver=cfi.pflash01,property=secure,value=on"]);
-        }
-        c.arg("-drive").arg(format!(
-            "if=pflash,format=raw,unit=0,readonly=on,file={code}"
-        ));
-        c.arg("-drive").arg(format!(
-            "if=pflash,format=raw,unit=1,file={}",
-            self.vars.display()
-        ));
-    }
-
-    fn disk_args(&self, c: &mut Command) {
-        let mut usb = false;
-        for (i, d) in self.disks.iter().enumerate() {
-            // The firmware boots the disks in order; a direct kernel boot
-            // takes boot index 0 for its own loader, so none is given.
-            let boot = match self.direct_kernel {
-                None => format!(",bootindex={i}"),
-                Some(_) => String::new(),
-            };
-            let ro = if d.read_only { ",readonly=on" } else { "" };
-            let file = format!("file={},format={}{ro}", d.path.display(), d.format);
-            match d.attach {
-                Attach::Virtio => {
-                    c.arg("-drive").arg(format!("if=none,id=d{i},{file}"));
-                    c.arg("-device")
-                        .arg(format!("virtio-blk-pci,drive=d{i}{boot}"));
-                }
-                Attach::Cdrom => {
-                    c.arg("-drive")
-                        .arg(format!("if=none,id=d{i},media=cdrom,{file}"));
-                    c.arg("-device")
-                        .arg(format!("ide-cd,drive=d{i},bus=ide.{i}{boot}"));
-                }
-                Attach::Usb => {
-                    if !usb {
-                        c.args(["-device", "qemu-xhci,id=xhci"]);
-                        usb = true;
-                    }
-                    c.arg("-drive").arg(format!("if=none,id=d{i},{file}"));
-                    c.arg("-device").arg(format!(
-                        "usb-storage,bus=xhci.0,drive=d{i}{boot},removable=on"
-                    ));
-                }
-            }
-        }
+        .command()
     }
 
     /// Starts one cold boot; its console goes to `NAME-bootN.log`.
@@ -212,28 +87,10 @@ impl Machine {
     }
 }
 
-/// Owner GUID recorded with enrolled certificates (any fixed value).
-const SB_OWNER: &str = "6b7f4e1a-3c2d-4f5e-9a8b-0c1d2e3f4a5b";
-
 /// OVMF variables at `out` with `keys`' `PK.crt`, `KEK.crt` and `db.crt`
-/// enrolled and Secure Boot on, written by virt-firmware's `virt-fw-vars`
-/// (an independent tool).
+/// enrolled and Secure Boot on (`vm::enrolled_vars`, by virt-fw-vars).
 pub fn enrolled_vars(keys: &Path, out: &Path) -> Result<PathBuf> {
-    crate::run(
-        Command::new("virt-fw-vars")
-            .args(["-i", OVMF_VARS, "-o"])
-            .arg(out)
-            .arg("--set-pk")
-            .arg(SB_OWNER)
-            .arg(keys.join("PK.crt"))
-            .arg("--add-kek")
-            .arg(SB_OWNER)
-            .arg(keys.join("KEK.crt"))
-            .arg("--add-db")
-            .arg(SB_OWNER)
-            .arg(keys.join("db.crt"))
-            .arg("--sb"),
-    )?;
+    vm::enrolled_vars(keys, out)?;
     Ok(out.to_path_buf())
 }
 
