@@ -100,17 +100,6 @@ impl<'de> Deserialize<'de> for Size {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Platform {
-    Metal,
-    Qemu,
-    Aws,
-    Gcp,
-    Azure,
-    Vmware,
-}
-
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Output {
@@ -372,7 +361,6 @@ partial!(OsPart {
 });
 partial!(KernelPart {
     cmdline: List<String>,
-    console: String,
 });
 partial!(RootfsPart {
     packages: List<String>,
@@ -400,7 +388,6 @@ partial!(SigningPart {
 struct ProfileFile {
     extends: Option<PathBuf>,
     name: Option<String>,
-    platform: Option<Platform>,
     outputs: Option<List<Output>>,
     os: Option<OsPart>,
     kernel: Option<KernelPart>,
@@ -422,7 +409,6 @@ impl ProfileFile {
         ProfileFile {
             extends: None,
             name: over.name.or(self.name),
-            platform: over.platform.or(self.platform),
             outputs: Layer::layer(self.outputs, over.outputs),
             os: merge_opt(self.os, over.os, OsPart::merge),
             kernel: merge_opt(self.kernel, over.kernel, KernelPart::merge),
@@ -467,13 +453,11 @@ pub struct Profile {
     /// file that sets it, or `command line`; list items keyed `LIST/KEY`.
     pub origins: std::collections::BTreeMap<String, String>,
     pub name: String,
-    pub platform: Platform,
     pub outputs: Vec<Output>,
     pub os_name: String,
     pub version: semver_lite::Version,
     pub source_date_epoch: u64,
     pub cmdline: Vec<String>,
-    pub console: String,
     pub packages: Vec<String>,
     /// Extra files with `src` resolved against the directory of the profile that named them.
     pub files: Vec<ExtraFile>,
@@ -865,7 +849,6 @@ impl Profile {
             chain: Vec::new(),
             origins: Default::default(),
             name: f.name.ok_or_else(|| missing("name"))?,
-            platform: f.platform.ok_or_else(|| missing("platform"))?,
             outputs,
             os_name: os.name.ok_or_else(|| missing("os.name"))?,
             version,
@@ -873,7 +856,6 @@ impl Profile {
                 .source_date_epoch
                 .ok_or_else(|| missing("os.source_date_epoch"))?,
             cmdline,
-            console: kernel.console.unwrap_or_else(|| "ttyS0".into()),
             packages: packages.unwrap_or_default(),
             files: files.unwrap_or_default(),
             disk: sizes,
@@ -905,7 +887,6 @@ mod tests {
 
     const BASE: &str = r#"
 name = "default"
-platform = "qemu"
 outputs = ["raw", "iso"]
 [os]
 name = "cairn"
@@ -1031,11 +1012,11 @@ state = "64MiB"
         let p = write(
             d.path(),
             "aws.toml",
-            "extends = \"base.toml\"\nname = \"aws\"\nplatform = \"aws\"\n[disk]\nsize = \"4GiB\"\n",
+            "extends = \"base.toml\"\nname = \"aws\"\n[disk]\nsize = \"4GiB\"\n",
         );
         let p = Profile::load(&p).unwrap();
         assert_eq!(p.name, "aws");
-        assert_eq!(p.platform, Platform::Aws);
+        assert_eq!(p.name, "aws");
         assert_eq!(p.disk.total, Size(4 << 30));
         assert_eq!(p.disk.esp, Size(128 << 20));
         assert_eq!(p.version.to_string(), "1.0.0");

@@ -35,6 +35,10 @@ pub enum SignCommand {
         /// A release directory (`cairn build`'s output) or `update.tar`.
         #[arg(value_name = "DIR|TAR")]
         dir: PathBuf,
+        /// Print the verified release as JSON on stdout (os, version,
+        /// profile, arch, key_id, root_hash, artifacts).
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -73,7 +77,7 @@ pub fn run(cmd: SignCommand) -> Result<()> {
                 dir.join(SIGNATURE_FILE).display()
             );
         }
-        SignCommand::Verify { pubkeys, dir } => {
+        SignCommand::Verify { pubkeys, dir, json } => {
             let mut trusted = Vec::new();
             for p in &pubkeys {
                 if p.is_dir() {
@@ -87,17 +91,44 @@ pub fn run(cmd: SignCommand) -> Result<()> {
                 // members hashed as they are unpacked into a temp dir).
                 let b = installer::verify::open_verified(&dir, &trusted)
                     .with_context(|| format!("{}: verification failed", dir.display()))?;
-                println!("{} (bundle)", verified(&b.manifest));
+                report(&b.manifest, "bundle", json)?;
                 return Ok(());
             }
-            let report = verify_dir(&dir, &trusted)
+            let checked = verify_dir(&dir, &trusted)
                 .with_context(|| format!("{}: verification failed", dir.display()))?;
-            for extra in &report.extra_files {
+            for extra in &checked.extra_files {
                 eprintln!("note: {extra} is not listed in the manifest (ignored)");
             }
-            println!("{}", verified(&report.manifest));
+            report(&checked.manifest, "directory", json)?;
         }
     }
+    Ok(())
+}
+
+/// What `cairn verify` prints for a release that verified: one line, or
+/// JSON for scripts.
+fn report(m: &signing::Manifest, container: &str, json: bool) -> Result<()> {
+    if !json {
+        match container {
+            "bundle" => println!("{} (bundle)", verified(m)),
+            _ => println!("{}", verified(m)),
+        }
+        return Ok(());
+    }
+    let v = serde_json::json!({
+        "verified": true,
+        "container": container,
+        "os_name": m.os_name,
+        "version": m.os_version.to_string(),
+        "profile": m.profile,
+        "arch": m.arch,
+        "key_id": m.key_id,
+        "root_hash": m.verity_root_hash,
+        "artifacts": m.artifacts.iter().map(|a| serde_json::json!({
+            "name": a.name, "size": a.size, "sha256": a.sha256,
+        })).collect::<Vec<_>>(),
+    });
+    println!("{}", serde_json::to_string_pretty(&v)?);
     Ok(())
 }
 

@@ -619,6 +619,16 @@ fn cli_list_and_build() {
             .any(|l| l.starts_with("c ") && l.ends_with(" -")),
         "{list}"
     );
+    // The same as JSON, full keys.
+    let json: serde_json::Value = serde_json::from_str(&cairn(&["list", "--json"])).unwrap();
+    let a = json
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["name"] == "a")
+        .unwrap();
+    assert_eq!(a["key"], key_a.as_str());
+    assert_eq!(a["cached"], true);
     // With a profile, its SOURCE_DATE_EPOCH is the default: the keys are
     // the ones `cairn build` of that profile uses.
     let profile = Path::new(env!("CARGO_MANIFEST_DIR")).join("../profiles/default.toml");

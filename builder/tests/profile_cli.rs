@@ -97,7 +97,7 @@ fn mistakes_are_refused_with_their_position_before_any_work() {
     // A profile that extends nothing of a checkout, outside one: say so.
     std::fs::write(
         &p,
-        "name = \"alone\"\nplatform = \"qemu\"\noutputs = [\"raw\"]\n\
+        "name = \"alone\"\noutputs = [\"raw\"]\n\
          [os]\nname = \"x\"\nversion = \"1.0.0\"\nsource_date_epoch = 0\n\
          [disk]\nsize = \"2GiB\"\nesp = \"128MiB\"\nboot = \"256MiB\"\nstate = \"64MiB\"\n",
     )

@@ -33,7 +33,12 @@ pub struct PkgArgs {
 #[derive(Subcommand)]
 enum PkgCommand {
     /// Show every package, its version, cache key and whether it is cached.
-    List,
+    List {
+        /// One JSON array on stdout: name, version, key (full), cached,
+        /// error (a recipe whose key cannot be computed).
+        #[arg(long)]
+        json: bool,
+    },
     /// Download and verify a package's sources.
     Fetch { name: String },
     /// Build a package and its dependencies; prints the output directory.
@@ -72,7 +77,23 @@ pub fn run(args: PkgArgs) -> anyhow::Result<()> {
         pkgs = pkgs.with_jobs(j);
     }
     match args.command {
-        PkgCommand::List => {
+        PkgCommand::List { json: true } => {
+            let rows: Vec<serde_json::Value> = pkgs
+                .list()
+                .iter()
+                .map(|s| {
+                    serde_json::json!({
+                        "name": s.name,
+                        "version": s.version,
+                        "key": s.key.as_ref().ok(),
+                        "cached": s.cached,
+                        "error": s.key.as_ref().err().map(|e| e.to_string()),
+                    })
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&rows)?);
+        }
+        PkgCommand::List { json: false } => {
             for s in pkgs.list() {
                 let (key, state) = match &s.key {
                     Ok(k) => (&k[..12], if s.cached { "cached" } else { "-" }.to_string()),

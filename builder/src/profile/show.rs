@@ -21,14 +21,10 @@ pub(super) fn origins(chain: &[(PathBuf, ProfileFile)]) -> BTreeMap<String, Stri
             }
         };
         set("name", f.name.is_some());
-        set("platform", f.platform.is_some());
         if let Some(os) = &f.os {
             set("os.name", os.name.is_some());
             set("os.version", os.version.is_some());
             set("os.source_date_epoch", os.source_date_epoch.is_some());
-        }
-        if let Some(k) = &f.kernel {
-            set("kernel.console", k.console.is_some());
         }
         if let Some(d) = &f.disk {
             set("disk.size", d.size.is_some());
@@ -95,12 +91,6 @@ impl Profile {
             let _ = writeln!(s, "{k} = {v}  # {}", self.from(key));
         };
         line(&mut s, "name", q(&self.name), "name");
-        line(
-            &mut s,
-            "platform",
-            q(&format!("{:?}", self.platform).to_lowercase()),
-            "platform",
-        );
         let _ = writeln!(s, "outputs = [");
         for o in &self.outputs {
             let k = o.key();
@@ -130,7 +120,6 @@ impl Profile {
             let _ = writeln!(s, "  {},  # {from}", q(c));
         }
         let _ = writeln!(s, "]");
-        line(&mut s, "console", q(&self.console), "kernel.console");
         let _ = writeln!(s, "\n[rootfs]\npackages = [");
         for p in &self.packages {
             let _ = writeln!(

@@ -51,7 +51,6 @@ pub fn fake_repo(repo: &Path) {
     fs::write(
         repo.join("profiles/p.toml"),
         r#"name = "p"
-platform = "qemu"
 outputs = ["raw", "bundle", "qcow2"]
 [os]
 name = "cairn"
