@@ -207,9 +207,21 @@ impl Run {
     fn new(opts: &BuildOptions, profile: &Profile) -> Result<Run> {
         let epoch = profile.epoch();
         let cache_root = opts.cache.clone().unwrap_or_else(default_cache_dir);
-        let pkgs = Pkgs::load(&opts.repo)?
-            .with_cache(cache_root.clone())
-            .with_epoch(epoch);
+        let mut pkgs = Pkgs::load(&opts.repo)?;
+        // Recipes of the user's own beside any profile of the chain
+        // (`DIR/pkgs/NAME/recipe.toml` next to `DIR/my.toml`).
+        let mut sites: Vec<&Path> = profile.chain.iter().filter_map(|f| f.parent()).collect();
+        sites.push(profile.path.parent().unwrap_or(Path::new(".")));
+        sites.dedup();
+        for site in sites {
+            let site = if site.as_os_str().is_empty() {
+                Path::new(".")
+            } else {
+                site
+            };
+            pkgs = pkgs.with_local(site)?;
+        }
+        let pkgs = pkgs.with_cache(cache_root.clone()).with_epoch(epoch);
         let stages = StageCache::new(opts.stage_cache.as_deref().unwrap_or(&cache_root))?;
         Ok(Run {
             pkgs,

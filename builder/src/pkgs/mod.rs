@@ -28,6 +28,9 @@ pub use recipe::{Recipe, Source, SourceKind, Unpack};
 pub struct Package {
     pub recipe: Recipe,
     pub dir: PathBuf,
+    /// What its `path` sources are relative to: the repository for
+    /// cairn's own recipes, the site directory for a local one.
+    pub root: PathBuf,
     recipe_bytes: Vec<u8>,
     script_bytes: Vec<u8>,
 }
@@ -62,50 +65,55 @@ impl Pkgs {
     /// directory if it holds them. So `cairn build --profile
     /// ~/site/edge.toml` works from anywhere when edge.toml extends a
     /// checkout's profile.
+    ///
+    /// A directory whose `pkgs/` holds cairn's own `init` recipe wins over a
+    /// nearer one with recipes of a user's own (those are [`Pkgs::with_local`]'s).
     pub fn find_repo(files: &[PathBuf]) -> Option<PathBuf> {
-        let has_recipes = |d: &Path| {
-            fs::read_dir(d.join("pkgs"))
-                .map(|rd| rd.flatten().any(|e| e.path().join("recipe.toml").is_file()))
-                .unwrap_or(false)
+        let find = |is: &dyn Fn(&Path) -> bool| {
+            files
+                .iter()
+                .flat_map(|f| f.ancestors().skip(1))
+                .find(|d| is(d))
+                .map(Path::to_path_buf)
+                .or_else(|| std::env::current_dir().ok().filter(|d| is(d)))
         };
-        files
-            .iter()
-            .flat_map(|f| f.ancestors().skip(1))
-            .find(|d| has_recipes(d))
-            .map(Path::to_path_buf)
-            .or_else(|| std::env::current_dir().ok().filter(|d| has_recipes(d)))
+        find(&|d| d.join("pkgs/init/recipe.toml").is_file()).or_else(|| find(&has_recipes))
+    }
+
+    /// Adds the recipes under `site/pkgs/` (a user's own packages, beside
+    /// their profile) to the repository's. Their `path` sources are
+    /// relative to `site`. A local recipe may not take the name of one of
+    /// the repository's: a site cannot silently swap cairn's kernel or init.
+    pub fn with_local(mut self, site: &Path) -> Result<Pkgs, PkgError> {
+        let site = &fs::canonicalize(site).map_err(io_err(site))?;
+        if *site == self.repo || !has_recipes(site) {
+            return Ok(self);
+        }
+        for (name, pkg) in load_dir(site)? {
+            if let Some(own) = self.packages.get(&name) {
+                if own.dir == pkg.dir {
+                    continue; // this site was already added
+                }
+                return Err(PkgError::Recipe {
+                    path: pkg.dir.join("recipe.toml"),
+                    message: format!(
+                        "a local recipe cannot replace the repository's `{name}` ({}): rename it",
+                        own.dir.display()
+                    ),
+                });
+            }
+            self.packages.insert(name, pkg);
+        }
+        for name in self.packages.keys() {
+            self.check_graph(name, &mut Vec::new())?;
+        }
+        Ok(self)
     }
 
     pub fn load(repo_root: &Path) -> Result<Pkgs, PkgError> {
         // Scripts run in another cwd: every path handed to them is absolute.
         let repo_root = &fs::canonicalize(repo_root).map_err(io_err(repo_root))?;
-        let pkgs_dir = repo_root.join("pkgs");
-        let mut names: Vec<String> = Vec::new();
-        for e in fs::read_dir(&pkgs_dir).map_err(io_err(&pkgs_dir))? {
-            let e = e.map_err(io_err(&pkgs_dir))?;
-            if e.path().join("recipe.toml").is_file() {
-                names.push(e.file_name().to_string_lossy().into_owned());
-            }
-        }
-        names.sort();
-        let mut packages = BTreeMap::new();
-        for n in names {
-            let dir = pkgs_dir.join(&n);
-            let rp = dir.join("recipe.toml");
-            let recipe = Recipe::load(&rp, &n)?;
-            let recipe_bytes = fs::read(&rp).map_err(io_err(&rp))?;
-            let sp = dir.join(&recipe.script);
-            let script_bytes = fs::read(&sp).map_err(io_err(&sp))?;
-            packages.insert(
-                n,
-                Package {
-                    recipe,
-                    dir,
-                    recipe_bytes,
-                    script_bytes,
-                },
-            );
-        }
+        let packages = load_dir(repo_root)?;
         let jobs = std::thread::available_parallelism()
             .map(|n| n.get() as u32)
             .unwrap_or(1);
@@ -265,7 +273,7 @@ impl Pkgs {
                     }
                 }
                 SourceKind::Path { path, .. } => {
-                    let h = hash::path_hash(&self.repo.join(path))?;
+                    let h = hash::path_hash(&pkg.root.join(path))?;
                     field(h.as_bytes());
                     paths.push((path.clone(), h));
                 }
@@ -323,8 +331,9 @@ impl Pkgs {
             .get(name)
             .cloned()
             .unwrap_or_default();
+        let root = &self.packages[name].root;
         for (path, before) in seen {
-            let now = hash::path_hash(&self.repo.join(&path))?;
+            let now = hash::path_hash(&root.join(&path))?;
             if now != before {
                 return Err(PkgError::SourceChangedDuringBuild {
                     package: name.into(),
@@ -472,7 +481,7 @@ impl Pkgs {
             ),
         };
         if let SourceKind::Path { path, sha256 } = &s.kind {
-            let abs = self.repo.join(path);
+            let abs = self.packages[package].root.join(path);
             if let Some(exp) = sha256 {
                 let actual = hash::path_hash(&abs)?;
                 if *exp != actual {
@@ -583,4 +592,44 @@ fn copy_dir_contents(from: &Path, to: &Path) -> Result<(), PkgError> {
         copy_tree(&e.path(), &to.join(e.file_name()))?;
     }
     Ok(())
+}
+
+/// `root/pkgs/` holds at least one recipe.
+fn has_recipes(root: &Path) -> bool {
+    fs::read_dir(root.join("pkgs"))
+        .map(|rd| rd.flatten().any(|e| e.path().join("recipe.toml").is_file()))
+        .unwrap_or(false)
+}
+
+/// Every `root/pkgs/*/recipe.toml`, by name, `root` absolute.
+fn load_dir(root: &Path) -> Result<BTreeMap<String, Package>, PkgError> {
+    let pkgs_dir = root.join("pkgs");
+    let mut names: Vec<String> = Vec::new();
+    for e in fs::read_dir(&pkgs_dir).map_err(io_err(&pkgs_dir))? {
+        let e = e.map_err(io_err(&pkgs_dir))?;
+        if e.path().join("recipe.toml").is_file() {
+            names.push(e.file_name().to_string_lossy().into_owned());
+        }
+    }
+    names.sort();
+    let mut packages = BTreeMap::new();
+    for n in names {
+        let dir = pkgs_dir.join(&n);
+        let rp = dir.join("recipe.toml");
+        let recipe = Recipe::load(&rp, &n)?;
+        let recipe_bytes = fs::read(&rp).map_err(io_err(&rp))?;
+        let sp = dir.join(&recipe.script);
+        let script_bytes = fs::read(&sp).map_err(io_err(&sp))?;
+        packages.insert(
+            n,
+            Package {
+                recipe,
+                dir,
+                root: root.to_path_buf(),
+                recipe_bytes,
+                script_bytes,
+            },
+        );
+    }
+    Ok(packages)
 }
