@@ -2,6 +2,7 @@ use clap::{Parser, Subcommand};
 
 mod build_cmd;
 mod gen_cmd;
+mod iso_cmd;
 mod profile_cmd;
 mod registry_cmd;
 mod sign_cmd;
@@ -36,6 +37,9 @@ enum Command {
     /// Generate node API secrets and client configs.
     #[command(subcommand)]
     Gen(gen_cmd::GenCommand),
+    /// Installer media after the build: `cairn iso customize`.
+    #[command(subcommand)]
+    Iso(iso_cmd::IsoCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -75,5 +79,6 @@ fn run() -> anyhow::Result<()> {
         Command::Push(args) => registry_cmd::push(args),
         Command::Pull(args) => registry_cmd::pull(args),
         Command::Gen(cmd) => gen_cmd::run(cmd),
+        Command::Iso(cmd) => iso_cmd::run(cmd),
     }
 }
