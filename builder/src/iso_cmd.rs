@@ -71,8 +71,7 @@ pub fn run(cmd: IsoCommand) -> Result<()> {
 fn customize(a: CustomizeArgs) -> Result<()> {
     if !a.reset && a.dest_device.is_none() && !a.wipe && a.machine_config.is_none() {
         return Err(builder::exit::Invalid(
-            "nothing to customise: give --dest-device, --wipe, --machine-config or --reset"
-                .into(),
+            "nothing to customise: give --dest-device, --wipe, --machine-config or --reset".into(),
         )
         .into());
     }
@@ -89,7 +88,11 @@ fn customize(a: CustomizeArgs) -> Result<()> {
         wipe: a.wipe,
         machine_config,
     };
-    let output = if a.in_place { None } else { a.output.as_deref() };
+    let output = if a.in_place {
+        None
+    } else {
+        a.output.as_deref()
+    };
     let at = builder::iso_customize::customize(&a.iso, output, &settings)?;
     let written = output.unwrap_or(&a.iso);
     if settings.is_empty() {

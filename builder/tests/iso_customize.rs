@@ -25,11 +25,13 @@ fn esp_extent(iso: &Path) -> (u64, u64) {
         .args(["-report_system_area", "plain"])
         .output()
         .expect("xorriso runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(
-        !text.contains("FAILURE") && !text.contains("SORRY") && !text.contains("GPT backup problems"),
+        !text.contains("FAILURE")
+            && !text.contains("SORRY")
+            && !text.contains("GPT backup problems"),
         "{text}"
     );
     let line = text
@@ -54,8 +56,8 @@ fn xorriso_reads(iso: &Path) {
         .args(["-report_el_torito", "plain", "-find", "/", "-exec", "lsdl"])
         .output()
         .expect("xorriso runs");
-    let text = String::from_utf8_lossy(&out.stdout).into_owned()
-        + &String::from_utf8_lossy(&out.stderr);
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{text}");
     assert!(text.contains("EFI.IMG") && text.contains("UEFI"), "{text}");
     assert!(
@@ -143,8 +145,14 @@ fn check_customize(iso: &Path, uki_path: &str, dir: &Path) {
         .filter(|(a, b)| a != b)
         .map(|(a, _)| a.0.as_str())
         .collect();
-    assert_eq!(changed, [format!("/{ESP_PATH}")], "only the settings change");
-    assert!(after.iter().any(|(p, h)| p.eq_ignore_ascii_case(uki_path) && *h == uki));
+    assert_eq!(
+        changed,
+        [format!("/{ESP_PATH}")],
+        "only the settings change"
+    );
+    assert!(after
+        .iter()
+        .any(|(p, h)| p.eq_ignore_ascii_case(uki_path) && *h == uki));
     assert_eq!(
         std::fs::metadata(iso).unwrap().len(),
         std::fs::metadata(&out).unwrap().len()
@@ -161,7 +169,9 @@ fn customizes_an_iso_the_build_code_writes() {
     let sd = d.path().join("systemd-boot.efi");
     let uki = d.path().join("uki.efi");
     std::fs::write(&sd, vec![0x4d; 64 << 10]).unwrap();
-    let body: Vec<u8> = (0..3u32 << 20).map(|i| (i.wrapping_mul(2654435761) >> 13) as u8).collect();
+    let body: Vec<u8> = (0..3u32 << 20)
+        .map(|i| (i.wrapping_mul(2654435761) >> 13) as u8)
+        .collect();
     std::fs::write(&uki, &body).unwrap();
     let iso = d.path().join("installer.iso");
     builder::release::installer_iso(&sd, &uki, "1.2.3", 1735689600, b"seed", &iso).unwrap();
@@ -185,7 +195,10 @@ fn customizes_a_built_installer_iso() {
         .map(PathBuf::from)
         .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../out/installer.iso"));
     if !iso.is_file() || read_settings(&iso).is_err() {
-        eprintln!("skipped: {} is not an installer.iso with a settings area", iso.display());
+        eprintln!(
+            "skipped: {} is not an installer.iso with a settings area",
+            iso.display()
+        );
         return;
     }
     let d = tempfile::tempdir().unwrap();
@@ -195,7 +208,10 @@ fn customizes_a_built_installer_iso() {
     let entry = esp_files(&copy)
         .into_iter()
         .map(|(p, _)| p)
-        .find(|p| p.to_ascii_lowercase().contains("/efi/linux/cairn-installer-"))
+        .find(|p| {
+            p.to_ascii_lowercase()
+                .contains("/efi/linux/cairn-installer-")
+        })
         .expect("an installer UKI");
     check_customize(&copy, &entry, d.path());
 }

@@ -185,7 +185,10 @@ fn check_device(d: &str) -> Result<(), String> {
     if rest.is_empty() || rest.ends_with('/') {
         return Err(format!("{d:?} names no device"));
     }
-    if rest.split('/').any(|c| c.is_empty() || c == "." || c == "..") {
+    if rest
+        .split('/')
+        .any(|c| c.is_empty() || c == "." || c == "..")
+    {
         return Err(format!("{d:?}: empty, `.` or `..` path component"));
     }
     if let Some(c) = d
@@ -208,7 +211,10 @@ mod tests {
         assert!(a.starts_with(MAGIC.as_bytes()) && a.ends_with(TRAILER.as_bytes()));
         assert_eq!(a, empty_area());
         assert!(InstallSettings::decode(&a, "f").unwrap().is_empty());
-        assert_eq!(MAGIC, format!("# cairn-install-settings v1 area={AREA_SIZE}\n"));
+        assert_eq!(
+            MAGIC,
+            format!("# cairn-install-settings v1 area={AREA_SIZE}\n")
+        );
         assert_eq!(AREA_SIZE % 512, 0);
     }
 
@@ -268,7 +274,10 @@ mod tests {
     fn decode_refuses_what_is_not_an_area() {
         let a = empty_area();
         let e = InstallSettings::decode(&a[..512], "F").unwrap_err();
-        assert!(e.to_string().starts_with("F: not cairn install settings"), "{e}");
+        assert!(
+            e.to_string().starts_with("F: not cairn install settings"),
+            "{e}"
+        );
         let mut b = a.clone();
         b[0] = b'x';
         assert!(matches!(

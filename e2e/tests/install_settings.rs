@@ -71,7 +71,10 @@ fn customized_iso_installs_on_the_named_disk_and_wipes_it() -> Result<()> {
     );
     // Every console gets each line once: no double print on the serial line.
     let targets = console.matches("install: target /dev/vdb").count();
-    ensure!(targets == 1, "`install: target /dev/vdb` printed {targets} times");
+    ensure!(
+        targets == 1,
+        "`install: target /dev/vdb` printed {targets} times"
+    );
     let end = b.wait_exit(Duration::from_secs(120))?;
     ensure!(
         end == End::PowerOff,

@@ -4,8 +4,8 @@
 //! config) and installing is the installer library's one path,
 //! [`installer::install::install_payload`].
 
-use std::path::{Path, PathBuf};
 use contract::install::InstallSettings;
+use std::path::{Path, PathBuf};
 use thiserror::Error;
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -53,9 +53,7 @@ pub fn install(payload: &Path, target: Option<&str>) -> Result<(), InstallError>
 pub fn read_settings(path: &Path) -> Result<InstallSettings, InstallError> {
     let area = match std::fs::read(path) {
         Ok(a) => a,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Ok(InstallSettings::default())
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(InstallSettings::default()),
         Err(e) => return Err(InstallError::Settings(format!("{}: {e}", path.display()))),
     };
     let name = format!(
@@ -106,9 +104,8 @@ fn install_from(
         None => choose_target(Path::new("/sys/block"), TARGET_WAIT)?,
     };
     progress(&format!("target {}", disk.display()));
-    let report =
-        installer::install::install_payload_with(payload, &disk, settings.wipe, config)
-            .map_err(refusal)?;
+    let report = installer::install::install_payload_with(payload, &disk, settings.wipe, config)
+        .map_err(refusal)?;
     for line in report.plan.to_string().lines() {
         progress(line);
     }

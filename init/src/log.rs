@@ -102,13 +102,13 @@ pub fn line(msg: &str) {
         }
     } else {
         match s.console.as_mut() {
-        Some(c) => {
-            let _ = c.write_all(text.as_bytes());
+            Some(c) => {
+                let _ = c.write_all(text.as_bytes());
+            }
+            None => {
+                let _ = std::io::stderr().write_all(text.as_bytes());
+            }
         }
-        None => {
-            let _ = std::io::stderr().write_all(text.as_bytes());
-        }
-    }
     }
     if let Some(k) = s.kmsg.as_mut() {
         // Debug level: the kernel copies lower levels to the console, which
@@ -139,7 +139,10 @@ mod tests {
             super::console_nodes("tty0 ttyS0\n"),
             ["/dev/tty0", "/dev/ttyS0"]
         );
-        assert_eq!(super::console_nodes("ttyS0 ttyS0 ../sda x/y"), ["/dev/ttyS0"]);
+        assert_eq!(
+            super::console_nodes("ttyS0 ttyS0 ../sda x/y"),
+            ["/dev/ttyS0"]
+        );
         assert!(super::console_nodes("").is_empty());
     }
 }
