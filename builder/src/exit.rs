@@ -16,6 +16,9 @@ pub fn code(e: &anyhow::Error) -> u8 {
         if c.is::<Invalid>()
             || c.is::<crate::profile::ProfileError>()
             || c.is::<contract::machine::ConfigError>()
+            || c.is::<contract::install::SettingsError>()
+            || c.downcast_ref::<crate::iso_customize::CustomizeError>()
+                .is_some_and(|e| !matches!(e, crate::iso_customize::CustomizeError::Io { .. }))
         {
             code = INVALID;
         } else if c.is::<signing::VerifyError>() {

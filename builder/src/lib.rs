@@ -2,6 +2,7 @@
 
 pub mod assemble;
 pub mod exit;
+pub mod iso_customize;
 pub mod pipeline;
 pub mod pkgs;
 pub mod profile;

@@ -3,6 +3,7 @@ use clap::{CommandFactory, Parser, Subcommand};
 mod build_cmd;
 mod gen_cmd;
 mod inspect_cmd;
+mod iso_cmd;
 mod profile_cmd;
 mod registry_cmd;
 mod run_cmd;
@@ -55,6 +56,9 @@ enum Command {
         #[arg(long, value_name = "DIR")]
         out: std::path::PathBuf,
     },
+    /// Installer media after the build: `cairn iso customize`.
+    #[command(subcommand)]
+    Iso(iso_cmd::IsoCommand),
 }
 
 fn main() -> std::process::ExitCode {
@@ -101,6 +105,7 @@ fn run() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Man { out } => man_pages(&out),
+        Command::Iso(cmd) => iso_cmd::run(cmd),
     }
 }
 

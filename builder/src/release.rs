@@ -162,6 +162,13 @@ pub fn installer_iso(
             path: esp::installer_entry(version),
             source: FatSource::Host(installer_uki.to_path_buf()),
         },
+        // The install settings area `cairn iso customize` rewrites in place
+        // (contract::install): empty, so the build stays reproducible, and
+        // written whole by the FAT writer, so it is one contiguous run.
+        FatFile {
+            path: contract::install::ESP_PATH.into(),
+            source: FatSource::Bytes(contract::install::empty_area()),
+        },
     ];
     let _ = fs::remove_file(&work);
     fat::format_path(

@@ -5,6 +5,7 @@
 //! - [`slot`]: what a slot holds and the verity superblock check;
 //! - [`cmdline`]: the `cairn.*` kernel command line (parse and format);
 //! - [`esp`]: ESP paths, loader.conf, UKI entry names and boot counters;
+//! - [`install`]: install settings `cairn iso customize` writes on the media;
 //! - [`api`]: `[api]` (the node API's identity) and cairnd's names on the node;
 //! - [`control`]: the control socket between cairnd and init;
 //! - [`bundle`]: bundle file names, payload paths, OCI media types;
@@ -26,6 +27,7 @@ pub mod control;
 pub mod disk;
 pub mod esp;
 pub mod exit;
+pub mod install;
 pub mod layout;
 pub mod machine;
 pub mod slot;

@@ -90,6 +90,11 @@ pub fn esp_dir(disk: &Path, dir: &str) -> Result<String> {
     run(mtools("mdir", disk)?.arg("-b").arg(format!("::{dir}")))
 }
 
+/// Reads a file from the disk's ESP with mtools.
+pub fn esp_cat(disk: &Path, path: &str) -> Result<String> {
+    run(mtools("mtype", disk)?.arg(format!("::{path}")))
+}
+
 /// Reads a file from an ext4 partition of the disk with debugfs. The guest
 /// was stopped by pulling the plug, so what it fsynced may still sit in the
 /// journal: a copy of the partition gets `e2fsck -fy` (which replays it, as
@@ -153,6 +158,20 @@ fn beside_images(suffix: &str) -> Result<PathBuf> {
         .map(|f| f.to_string_lossy().into_owned())
         .unwrap_or_else(|| "out".into());
     Ok(main.with_file_name(format!("{base}-{suffix}")))
+}
+
+/// The `cairn` binary: `$CAIRN_BIN`, else `target/release/cairn`.
+pub fn cairn_bin() -> Result<PathBuf> {
+    let p = std::env::var_os("CAIRN_BIN")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| repo_root().join("target/release/cairn"));
+    if !p.is_file() {
+        bail!(
+            "{} is missing: `cargo build --release -p builder` (or set CAIRN_BIN)",
+            p.display()
+        );
+    }
+    Ok(p)
 }
 
 /// The `cairn-installer` binary: `$CAIRN_INSTALLER`, else `target/release/cairn-installer`.

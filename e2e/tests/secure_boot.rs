@@ -209,3 +209,70 @@ fn signed_image_boots_and_a_changed_uki_is_refused_then_the_other_slot_boots() -
     );
     Ok(())
 }
+
+/// Install settings under Secure Boot: `cairn iso customize` leaves the
+/// signed installer UKI as it was, so the enforcing firmware still boots
+/// it, and systemd-stub still hands the settings to install mode (its
+/// global credentials are not gated on Secure Boot in systemd 252).
+#[test]
+fn customized_signed_installer_iso_installs_under_secure_boot() -> Result<()> {
+    require_tools(&["qemu-system-x86_64", "virt-fw-vars"])?;
+    ensure!(
+        std::path::Path::new(OVMF_CODE_SECBOOT).exists(),
+        "{OVMF_CODE_SECBOOT} is missing: install the ovmf package (ci/deps)"
+    );
+    let keys = secure_boot_keys()?;
+    let v1 = release_dir("sb1")?;
+    let work = tempfile::tempdir()?;
+    let w = work.path();
+    let iso = w.join("custom.iso");
+    let out = Command::new(cairn_bin()?)
+        .args(["iso", "customize"])
+        .arg(v1.join("installer.iso"))
+        .arg("-o")
+        .arg(&iso)
+        .args(["--dest-device", "/dev/vdb", "--wipe"])
+        .output()?;
+    ensure!(
+        out.status.success(),
+        "cairn iso customize failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let (vda, vdb) = (w.join("vda.raw"), w.join("vdb.raw"));
+    blank_disk(&vda, 256 << 20)?;
+    blank_disk(&vdb, 2 << 30)?;
+    {
+        use std::os::unix::fs::FileExt;
+        let f = fs::OpenOptions::new().write(true).open(&vdb)?;
+        f.write_all_at(&vec![0x5au8; 1 << 20], 0)?;
+    }
+    let vars = enrolled_vars(&keys, &w.join("enrolled-VARS.fd"))?;
+    let mut m = Machine::new("sb-iso-settings", w, Some(&vars))?;
+    m.secure_boot = true;
+    m.disks.push(Disk::cdrom(&iso));
+    m.disks.push(Disk::virtio(&vda));
+    m.disks.push(Disk::virtio(&vdb));
+    let mut b = m.boot()?;
+    let (i, line) = b.expect_any(
+        &[
+            "install: installed",
+            "install failed",
+            REFUSED[0],
+            REFUSED[1],
+        ],
+        BOOT_TIMEOUT,
+    )?;
+    ensure!(
+        i == 0 && line.contains("on /dev/vdb"),
+        "the signed installer should install on /dev/vdb under Secure Boot, got {line:?}\n--- console tail ({}) ---\n{}",
+        b.log.display(),
+        b.tail()
+    );
+    ensure!(
+        b.console()
+            .contains("install settings from the media: dest_device=/dev/vdb wipe=true"),
+        "install mode should report the media's settings under Secure Boot"
+    );
+    b.kill()?;
+    Ok(())
+}

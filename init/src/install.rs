@@ -4,6 +4,7 @@
 //! config) and installing is the installer library's one path,
 //! [`installer::install::install_payload`].
 
+use contract::install::InstallSettings;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
 
@@ -13,31 +14,98 @@ pub enum InstallError {
     Target(String),
     #[error("no target disk: {0}")]
     NoTarget(String),
-    /// The installer's blank rule refused the target (docs/installer.md);
-    /// install mode has no way to say `--wipe`, so this is where it stops.
+    /// The installer's blank rule refused the target (docs/installer.md)
+    /// and the media's install settings do not ask for a wipe.
     #[error(
-        "target {disk} is not blank: {found}; install mode never wipes a disk, \
-         so nothing was written: clear it first (its first and last MiB must be \
-         zero) or install it with `cairn-installer install --wipe`"
+        "target {disk} is not blank: {found}; install mode wipes a disk only when \
+         the media says so, so nothing was written: clear it first (its first and \
+         last MiB must be zero) or customise the media with \
+         `cairn iso customize --dest-device {disk} --wipe`"
     )]
     NotBlank { disk: PathBuf, found: String },
+    /// The media's install settings (`cairn iso customize`) are unreadable
+    /// or invalid: nothing is installed on a guess.
+    #[error("install settings: {0}; nothing was written to any disk")]
+    Settings(String),
     #[error("{0}")]
     Installer(String),
 }
 
-/// Installs from `payload` onto `target` (`None`: the only fixed disk).
+/// Where install mode puts a machine config from the install settings for
+/// the installer to check and copy (a file, as the installer takes one).
+const SETTINGS_MACHINE_CONFIG: &str = "/run/cairn-install-machine.toml";
+
+/// Installs from `payload` onto `target` (`None`: the only fixed disk),
+/// as the media's install settings (contract::install) adjust it.
 /// Progress goes to the console, one line per step.
 pub fn install(payload: &Path, target: Option<&str>) -> Result<(), InstallError> {
+    install_from(
+        payload,
+        target,
+        Path::new(contract::install::INITRD_PATH),
+        Path::new(SETTINGS_MACHINE_CONFIG),
+    )
+}
+
+/// The install settings at `path` (systemd-stub's copy of the ESP's
+/// `loader/credentials/cairn-install.cred`); none when the file is absent
+/// (media built before the area existed, or booted without systemd-stub).
+pub fn read_settings(path: &Path) -> Result<InstallSettings, InstallError> {
+    let area = match std::fs::read(path) {
+        Ok(a) => a,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(InstallSettings::default()),
+        Err(e) => return Err(InstallError::Settings(format!("{}: {e}", path.display()))),
+    };
+    let name = format!(
+        "{} (the media's {})",
+        path.display(),
+        contract::install::ESP_PATH
+    );
+    InstallSettings::decode(&area, &name).map_err(|e| InstallError::Settings(e.to_string()))
+}
+
+fn install_from(
+    payload: &Path,
+    target: Option<&str>,
+    settings_path: &Path,
+    config_out: &Path,
+) -> Result<(), InstallError> {
     let progress = |l: &str| crate::say!("install: {l}");
+    let settings = read_settings(settings_path)?;
+    if settings.is_empty() {
+        progress("no install settings on the media");
+    } else {
+        progress(&format!(
+            "install settings from the media: dest_device={} wipe={} machine_config={}",
+            settings.dest_device.as_deref().unwrap_or("(not set)"),
+            settings.wipe,
+            if settings.machine_config.is_some() {
+                "given"
+            } else {
+                "(not set)"
+            }
+        ));
+    }
+    let config = match &settings.machine_config {
+        Some(text) => {
+            std::fs::write(config_out, text).map_err(|e| {
+                InstallError::Settings(format!("writing {}: {e}", config_out.display()))
+            })?;
+            Some(config_out)
+        }
+        None => None,
+    };
+    // The settings are the operator's word at media time; the command line
+    // was fixed at build time.
+    let target = settings.dest_device.as_deref().or(target);
     let disk = match target {
         Some(t) if t.starts_with("/dev/") => PathBuf::from(t),
         Some(t) => return Err(InstallError::Target(t.into())),
         None => choose_target(Path::new("/sys/block"), TARGET_WAIT)?,
     };
     progress(&format!("target {}", disk.display()));
-    // No command-line key asks for a wipe: the media only ever installs on
-    // a blank disk, and refuses (writing nothing) otherwise.
-    let report = installer::install::install_payload(payload, &disk, false).map_err(refusal)?;
+    let report = installer::install::install_payload_with(payload, &disk, settings.wipe, config)
+        .map_err(refusal)?;
     for line in report.plan.to_string().lines() {
         progress(line);
     }
@@ -50,8 +118,8 @@ pub fn install(payload: &Path, target: Option<&str>) -> Result<(), InstallError>
 }
 
 /// The installer's error as the console shows it; a disk that is not
-/// blank gets its own words, since the installer's hint (`--wipe`) is not
-/// something install mode can be given.
+/// blank gets its own words, since the installer's hint (`--wipe`) is given
+/// to install mode through the media (`cairn iso customize`).
 fn refusal(e: installer::Error) -> InstallError {
     match e {
         installer::Error::NotEmpty { path, found } => InstallError::NotBlank { disk: path, found },
@@ -62,6 +130,43 @@ fn refusal(e: installer::Error) -> InstallError {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn settings_from_the_media_are_read_and_bad_ones_stop_before_any_disk() {
+        let d = tempfile::tempdir().unwrap();
+        let cred = d.path().join("cairn-install.cred");
+        // No file: no settings.
+        assert!(read_settings(&cred).unwrap().is_empty());
+        let good = InstallSettings {
+            dest_device: Some("/dev/vdb".into()),
+            wipe: true,
+            machine_config: Some("hostname = \"n1\"\n".into()),
+        };
+        std::fs::write(&cred, good.encode().unwrap()).unwrap();
+        assert_eq!(read_settings(&cred).unwrap(), good);
+        // A hand-edited area with a bad device: named, with the field.
+        let mut a = contract::install::empty_area();
+        let at = contract::install::MAGIC.len();
+        let line = b"dest_device = \"vdb\"\n";
+        a[at..at + line.len()].copy_from_slice(line);
+        std::fs::write(&cred, &a).unwrap();
+        let disk = d.path().join("disk");
+        std::fs::write(&disk, vec![0u8; 4096]).unwrap();
+        let out = d.path().join("machine.toml");
+        let e = install_from(d.path(), Some("/dev/null"), &cred, &out).unwrap_err();
+        let e = e.to_string();
+        assert!(
+            e.contains(&cred.display().to_string())
+                && e.contains("dest_device")
+                && e.contains("nothing was written"),
+            "{e}"
+        );
+        assert!(!out.exists());
+        // Truncated: not an area.
+        std::fs::write(&cred, b"# cairn-install-settings v1").unwrap();
+        let e = install_from(d.path(), None, &cred, &out).unwrap_err();
+        assert!(matches!(e, InstallError::Settings(_)), "{e}");
+    }
 
     #[test]
     fn a_disk_that_is_not_blank_is_refused_in_the_console_words() {
@@ -75,7 +180,8 @@ mod tests {
             "{e}"
         );
         assert!(
-            e.contains("never wipes") && e.contains("nothing was written"),
+            e.contains("cairn iso customize --dest-device /dev/vda --wipe")
+                && e.contains("nothing was written"),
             "{e}"
         );
     }

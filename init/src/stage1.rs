@@ -279,6 +279,9 @@ pub fn run() -> Result<Outcome, BootError> {
     let line = fs::read_to_string("/proc/cmdline").ctx(|| "reading /proc/cmdline".into())?;
     let cmd: Cmdline = cmdline::parse(&line)?;
     if cmd.mode == Mode::Install {
+        // Whoever watches the screen (tty0) must see the install, not only
+        // the last console= (the serial line).
+        crate::log::every_console();
         say!(
             "install mode: payload /payload, target {}",
             cmd.install_disk.as_deref().unwrap_or("(installer default)")

@@ -170,6 +170,18 @@ pub fn install(opts: &InstallOptions) -> Result<InstallReport> {
 /// config `payload/machine.toml` when present. Scratch files for the
 /// partition table go to `$TMPDIR` (default `/tmp`), which must be writable.
 pub fn install_payload(payload: &Path, disk: &Path, wipe: bool) -> Result<InstallReport> {
+    install_payload_with(payload, disk, wipe, None)
+}
+
+/// [`install_payload`] with `machine_config` (when given) in place of the
+/// payload's own: install settings on the media (contract::install) may
+/// carry one. It is checked exactly as the payload's would be.
+pub fn install_payload_with(
+    payload: &Path,
+    disk: &Path,
+    wipe: bool,
+    machine_config: Option<&Path>,
+) -> Result<InstallReport> {
     let keys = payload.join(contract::bundle::PAYLOAD_KEYS);
     let trusted = signing::load_trusted_dir(&keys).map_err(|source| Error::Key {
         path: keys.clone(),
@@ -180,7 +192,10 @@ pub fn install_payload(payload: &Path, disk: &Path, wipe: bool) -> Result<Instal
         disk: disk.to_path_buf(),
         bundle: payload.to_path_buf(),
         trusted,
-        machine_config: config.is_file().then_some(config),
+        machine_config: match machine_config {
+            Some(c) => Some(c.to_path_buf()),
+            None => config.is_file().then_some(config),
+        },
         wipe,
         ..Default::default()
     })
