@@ -50,6 +50,9 @@ enum Report {
         partitions: Vec<Part>,
         esp: Vec<String>,
         installer: Uki,
+        /// What `cairn iso customize` set (`None`: an ISO older than the
+        /// settings area).
+        install_settings: Option<contract::install::InstallSettings>,
     },
     Uki {
         path: String,
@@ -429,6 +432,21 @@ fn iso(path: &Path) -> Result<Report> {
                 contract::esp::ENTRY_DIR
             ))
         })?;
+    let settings_file = format!("/{}", contract::install::ESP_PATH);
+    let install_settings = if esp
+        .iter()
+        .any(|e| e.starts_with(&format!("{settings_file} ")))
+    {
+        let area = vol
+            .read_file(&settings_file)
+            .with_context(|| format!("{shown}: ESP {settings_file}"))?;
+        Some(
+            contract::install::InstallSettings::decode(&area, &settings_file)
+                .map_err(|e| Invalid(format!("{shown}: {e}")))?,
+        )
+    } else {
+        None
+    };
     let tmp = tempfile::NamedTempFile::new()?;
     std::fs::write(
         tmp.path(),
@@ -440,6 +458,7 @@ fn iso(path: &Path) -> Result<Report> {
         path: shown,
         partitions: parts,
         esp,
+        install_settings,
     })
 }
 
@@ -593,8 +612,30 @@ fn human(r: &Report) -> String {
             partitions,
             esp,
             installer,
+            install_settings,
         } => {
             let _ = writeln!(s, "{path}: cairn installer ISO");
+            let _ = match install_settings {
+                None => writeln!(
+                    s,
+                    "install settings: (no area: built before `cairn iso customize`)"
+                ),
+                Some(st) if st.is_empty() => writeln!(
+                    s,
+                    "install settings: none (the only fixed disk, never wiped)"
+                ),
+                Some(st) => writeln!(
+                    s,
+                    "install settings: dest_device {}, wipe {}, machine config {}",
+                    st.dest_device.as_deref().unwrap_or("(chosen)"),
+                    st.wipe,
+                    if st.machine_config.is_some() {
+                        "replaced"
+                    } else {
+                        "the payload's"
+                    }
+                ),
+            };
             parts(&mut s, partitions);
             let _ = writeln!(s, "ESP:");
             for e in esp {
