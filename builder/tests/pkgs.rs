@@ -716,3 +716,69 @@ fn a_path_source_changed_during_the_build_is_not_cached() {
     );
     assert!(p.is_cached("w").unwrap());
 }
+
+/// A site's own recipes beside its profile join the repository's: their
+/// path sources are the site's files, they may depend on the repository's
+/// packages, they may not take a repository package's name, and the
+/// checkout (the directory with `init`) is found over the nearer site.
+#[test]
+fn local_recipes_join_the_repository_and_cannot_replace_its_own() {
+    let repo = Repo::new();
+    repo.add_raw("base", "outputs = [\"b\"]", "echo base > $CAIRN_OUT/b");
+    repo.add_raw("init", "outputs = [\"i\"]", "echo i > $CAIRN_OUT/i");
+    let site = Repo::new();
+    fs::write(site.root.join("site.conf"), "region = eu-1\n").unwrap();
+    site.add_raw(
+        "site-config",
+        "depends = [\"base\"]\noutputs = [\"s\"]\n\
+         [[source]]\nname = \"conf\"\nkind = \"path\"\nspec = \"site.conf\"\nunpack = false",
+        "cat $CAIRN_SRC/conf/site.conf $CAIRN_DEP_BASE/b > $CAIRN_OUT/s",
+    );
+    let c = tempfile::tempdir().unwrap();
+    let pkgs = repo.pkgs(c.path()).with_local(&site.root).unwrap();
+    let out = pkgs.build("site-config").unwrap();
+    assert_eq!(
+        fs::read_to_string(out.join("s")).unwrap(),
+        "region = eu-1\nbase\n"
+    );
+    // Its key follows the site's file.
+    let k1 = pkgs.key("site-config").unwrap();
+    fs::write(site.root.join("site.conf"), "region = eu-2\n").unwrap();
+    let again = repo.pkgs(c.path()).with_local(&site.root).unwrap();
+    assert_ne!(again.key("site-config").unwrap(), k1);
+    // Adding the same site twice is one site.
+    assert!(again.with_local(&site.root).is_ok());
+
+    // A local `base` would swap the repository's: refused, both named.
+    let rogue = Repo::new();
+    rogue.add_raw("base", "outputs = [\"b\"]", "echo evil > $CAIRN_OUT/b");
+    let e = repo
+        .pkgs(c.path())
+        .with_local(&rogue.root)
+        .err()
+        .expect("refused")
+        .to_string();
+    assert!(
+        e.contains("cannot replace the repository's `base`")
+            && e.contains(
+                &rogue
+                    .root
+                    .join("pkgs/base/recipe.toml")
+                    .display()
+                    .to_string()
+            ),
+        "{e}"
+    );
+
+    // find_repo: a profile in a site directory nested in the checkout
+    // still finds the checkout (it has `init`), not the site.
+    let nested = repo.root.join("sites/edge");
+    fs::create_dir_all(nested.join("pkgs/x")).unwrap();
+    fs::write(
+        nested.join("pkgs/x/recipe.toml"),
+        "name = \"x\"\nversion = \"1\"\n",
+    )
+    .unwrap();
+    let found = Pkgs::find_repo(&[nested.join("edge.toml")]).unwrap();
+    assert_eq!(found, repo.root);
+}
