@@ -887,6 +887,7 @@ mod tests {
 
     const BASE: &str = r#"
 name = "default"
+# (the tests below count lines of this text)
 outputs = ["raw", "iso"]
 [os]
 name = "cairn"
