@@ -105,7 +105,7 @@ struct Uki {
 }
 
 pub fn run(args: InspectArgs) -> Result<()> {
-    let trusted = load_keys(&args.pubkeys)?;
+    let trusted = super::sign_cmd::trusted_keys(&args.pubkeys)?;
     let p = &args.path;
     let shown = p.display().to_string();
     let report = if p.is_dir() {
@@ -136,18 +136,6 @@ pub fn run(args: InspectArgs) -> Result<()> {
         print!("{}", human(&report));
     }
     Ok(())
-}
-
-fn load_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>> {
-    let mut trusted = Vec::new();
-    for p in paths {
-        if p.is_dir() {
-            trusted.extend(signing::keys::load_trusted_dir(p)?);
-        } else {
-            trusted.push(PublicKey::load(p)?);
-        }
-    }
-    Ok(trusted)
 }
 
 fn file(p: &Path, trusted: &[PublicKey]) -> Result<Report> {

@@ -78,14 +78,7 @@ pub fn run(cmd: SignCommand) -> Result<()> {
             );
         }
         SignCommand::Verify { pubkeys, dir, json } => {
-            let mut trusted = Vec::new();
-            for p in &pubkeys {
-                if p.is_dir() {
-                    trusted.extend(load_trusted_dir(p)?);
-                } else {
-                    trusted.push(PublicKey::load(p)?);
-                }
-            }
+            let trusted = trusted_keys(&pubkeys)?;
             if dir.is_file() {
                 // A bundle tar: the installer's own check (signature first,
                 // members hashed as they are unpacked into a temp dir).
@@ -103,6 +96,20 @@ pub fn run(cmd: SignCommand) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The keys of `--pubkey` flags (`cairn verify`, `cairn inspect`): a
+/// public key file, or a directory of `*.pub`.
+pub fn trusted_keys(paths: &[PathBuf]) -> Result<Vec<PublicKey>> {
+    let mut trusted = Vec::new();
+    for p in paths {
+        if p.is_dir() {
+            trusted.extend(load_trusted_dir(p)?);
+        } else {
+            trusted.push(PublicKey::load(p)?);
+        }
+    }
+    Ok(trusted)
 }
 
 /// What `cairn verify` prints for a release that verified: one line, or
